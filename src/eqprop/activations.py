@@ -1,0 +1,73 @@
+"""Activation functions of the populations.
+
+Each activation maps a pre-activation state ``u`` to an activity ``a = act(u)``
+elementwise. The holomorphic ones also accept complex ``u`` (holomorphic EP needs
+complex states); the others raise a clear error when asked to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+
+def _sigmoid(z: Array) -> Array:
+    """Logistic function, real or complex (``1 / (1 + exp(-z))`` is holomorphic)."""
+    if jnp.iscomplexobj(z):
+        return 1.0 / (1.0 + jnp.exp(-z))
+    return jax.nn.sigmoid(z)
+
+
+def sigmoid4(u: Array) -> Array:
+    """``sigmoid(4u - 2)``: the MLP activation of Laborieux and Zenke (range (0, 1))."""
+    return _sigmoid(4.0 * u - 2.0)
+
+
+def dsilu(u: Array) -> Array:
+    """``0.5 u sigmoid(u) + (1 - 0.5 u) sigmoid(u - 2)``: the CNN activation of hEP."""
+    return 0.5 * u * _sigmoid(u) + (1.0 - 0.5 * u) * _sigmoid(u - 2.0)
+
+
+def tanh(u: Array) -> Array:
+    """Hyperbolic tangent (holomorphic away from its poles at i pi (k + 1/2))."""
+    return jnp.tanh(u)
+
+
+def hard_sigmoid(u: Array) -> Array:
+    """``clip(u, 0, 1)`` (Scellier and Bengio 2017). Real states only."""
+    if jnp.iscomplexobj(u):
+        raise ValueError("hard-sigmoid is not holomorphic: it cannot take complex states")
+    return jnp.clip(u, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A named activation and whether it is holomorphic (accepts complex states)."""
+
+    name: str
+    fn: Callable[[Array], Array]
+    holomorphic: bool
+
+    def __call__(self, u: Array) -> Array:
+        return self.fn(u)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "sigmoid4": Activation("sigmoid4", sigmoid4, True),
+    "dsilu": Activation("dsilu", dsilu, True),
+    "tanh": Activation("tanh", tanh, True),
+    "hard-sigmoid": Activation("hard-sigmoid", hard_sigmoid, False),
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Look an activation up by name; unknown names list the allowed ones."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        allowed = ", ".join(repr(k) for k in ACTIVATIONS)
+        raise ValueError(f"unknown activation {name!r}; allowed: {allowed}") from None

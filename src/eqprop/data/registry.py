@@ -1,0 +1,255 @@
+"""Load data sets by name, searching a fixed list of directories.
+
+Search order for file-backed data sets: the ``path`` argument (the data set's own
+directory), then ``$EQPROP_DATA/<name>``, then any system location (Debian's
+``dataset-fashion-mnist`` installs to ``/usr/share/datasets/fashion-mnist``).
+CIFAR directories may be given as the directory itself or its parent holding the
+standard ``cifar-10-batches-py`` / ``cifar-100-python`` subdirectory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import builtin, formats
+from .base import DataError, Dataset
+
+__all__ = ["DATASETS", "ENV_VAR", "available", "load", "search_paths"]
+
+ENV_VAR = "EQPROP_DATA"
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR100_FILES = ("train", "test")
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+# --- locating files -------------------------------------------------------------------
+
+def _idx_file(d: Path, stem: str) -> Path | None:
+    """``stem.gz`` or ``stem`` in ``d``, whichever exists (gz preferred)."""
+    for p in (d / f"{stem}.gz", d / stem):
+        if p.is_file():
+            return p
+    return None
+
+
+def _missing_idx(d: Path) -> list[str]:
+    return [f"{s}[.gz]" for s in IDX_FILES if _idx_file(d, s) is None]
+
+
+def _missing_plain(names: tuple[str, ...]) -> Callable[[Path], list[str]]:
+    return lambda d: [n for n in names if not (d / n).is_file()]
+
+
+def _imagenet32_train(d: Path) -> list[Path]:
+    return formats.numeric_sorted([p for p in d.glob("train_data_batch_*.npz") if p.is_file()])
+
+
+def _missing_imagenet32(d: Path) -> list[str]:
+    missing = [] if _imagenet32_train(d) else ["train_data_batch_<k>.npz"]
+    return missing + ([] if (d / "val_data.npz").is_file() else ["val_data.npz"])
+
+
+# --- reading a located directory ------------------------------------------------------
+
+def _read_idx_dir(d: Path) -> Arrays:
+    """idx train/t10k pairs -> x/255 as ``(N, 28, 28, 1)`` float32, int labels."""
+    out = []
+    for split in ("train", "t10k"):
+        x, y = formats.read_idx_pair(_idx_file(d, f"{split}-images-idx3-ubyte"),
+                                     _idx_file(d, f"{split}-labels-idx1-ubyte"), 10)
+        out += [(x.astype(np.float32) / np.float32(255.0))[..., None], y]
+    return tuple(out)
+
+
+def _read_cifar(d: Path, train: tuple[str, ...], test: str, label_key: str,
+                n_classes: int, mean, std) -> Arrays:
+    tr = [formats.read_cifar_pickle(d / f, label_key, n_classes) for f in train]
+    te = formats.read_cifar_pickle(d / test, label_key, n_classes)
+    return (formats.chw_to_nhwc_normalized([b[0] for b in tr], mean, std),
+            np.concatenate([b[1] for b in tr]),
+            formats.chw_to_nhwc_normalized([te[0]], mean, std), te[1])
+
+
+def _read_cifar10(d: Path) -> Arrays:
+    """CIFAR-10 pickles -> NHWC ``(N, 32, 32, 3)``, per-channel ``(v/255 - mean)/std``."""
+    return _read_cifar(d, CIFAR10_FILES[:5], "test_batch", "labels", 10,
+                       CIFAR10_MEAN, CIFAR10_STD)
+
+
+def _read_cifar100(d: Path) -> Arrays:
+    """CIFAR-100 pickles (fine labels) -> NHWC, normalised with CIFAR-100 statistics."""
+    return _read_cifar(d, ("train",), "test", "fine_labels", 100,
+                       CIFAR100_MEAN, CIFAR100_STD)
+
+
+def _read_imagenet32(d: Path) -> Arrays:
+    """ImageNet 32x32 npz batches -> NHWC, labels made 0-based.
+
+    Normalised with the CIFAR-10 mean/std (a close enough natural-image statistic).
+    Uses whichever ``train_data_batch_<k>.npz`` exist, in numeric order.
+    Note: the full set is ~15.7 GB as float32.
+    """
+    tr = [formats.read_imagenet32_npz(p) for p in _imagenet32_train(d)]
+    te = formats.read_imagenet32_npz(d / "val_data.npz")
+    return (formats.chw_to_nhwc_normalized([b[0] for b in tr], CIFAR10_MEAN, CIFAR10_STD),
+            np.concatenate([b[1] for b in tr]),
+            formats.chw_to_nhwc_normalized([te[0]], CIFAR10_MEAN, CIFAR10_STD), te[1])
+
+
+# --- the registry ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _FileSpec:
+    """A file-backed data set: what must exist in a directory and how to read it."""
+
+    name: str
+    n_classes: int
+    missing: Callable[[Path], list[str]]
+    read: Callable[[Path], Arrays]
+    how: str
+    system_dirs: tuple[str, ...] = ()
+    subdir: str | None = None
+
+
+_FILE_SPECS: dict[str, _FileSpec] = {s.name: s for s in (
+    _FileSpec("mnist", 10, _missing_idx, _read_idx_dir,
+              "download the four MNIST idx files (train-images-idx3-ubyte.gz, "
+              "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+              f"t10k-labels-idx1-ubyte.gz) into a directory and pass it as path, "
+              f"or put them in ${ENV_VAR}/mnist"),
+    _FileSpec("fashion-mnist", 10, _missing_idx, _read_idx_dir,
+              "apt-get update && apt-get install -y dataset-fashion-mnist "
+              "(installs to /usr/share/datasets/fashion-mnist), or put the four idx files "
+              f"in ${ENV_VAR}/fashion-mnist or a directory passed as path",
+              system_dirs=("/usr/share/datasets/fashion-mnist",)),
+    _FileSpec("cifar10", 10, _missing_plain(CIFAR10_FILES), _read_cifar10,
+              "download and extract cifar-10-python.tar.gz (data_batch_1..5, test_batch) "
+              f"into ${ENV_VAR}/cifar10 or a directory passed as path",
+              subdir="cifar-10-batches-py"),
+    _FileSpec("cifar100", 100, _missing_plain(CIFAR100_FILES), _read_cifar100,
+              "download and extract cifar-100-python.tar.gz (train, test) "
+              f"into ${ENV_VAR}/cifar100 or a directory passed as path",
+              subdir="cifar-100-python"),
+    _FileSpec("imagenet32", 1000, _missing_imagenet32, _read_imagenet32,
+              "download the downsampled ImageNet 32x32 npz batches (train_data_batch_1..10.npz, "
+              f"val_data.npz) into ${ENV_VAR}/imagenet32 or a directory passed as path"),
+)}
+
+_BUILTINS: dict[str, Callable[[], Dataset]] = {
+    "digits": builtin.load_digits,
+    "synthetic": builtin.load_synthetic,
+    **{g: (lambda g=g: builtin.load_gate(g)) for g in builtin.GATES},
+}
+
+DATASETS: tuple[str, ...] = tuple(_BUILTINS) + tuple(_FILE_SPECS)
+
+
+def search_paths(name: str, path: str | os.PathLike | None = None) -> list[Path]:
+    """Directories searched for ``name``, in order (each base, then its standard subdir)."""
+    spec = _spec(name)
+    bases = [Path(path)] if path is not None else []
+    if os.environ.get(ENV_VAR):
+        bases.append(Path(os.environ[ENV_VAR]) / name)
+    bases += [Path(p) for p in spec.system_dirs]
+    dirs: list[Path] = []
+    for b in bases:
+        dirs += [b] + ([b / spec.subdir] if spec.subdir else [])
+    return dirs
+
+
+def _spec(name: str) -> _FileSpec:
+    if name not in _FILE_SPECS:
+        _check_name(name)
+        raise DataError(f"{name} is built in; it has no files to search for")
+    return _FILE_SPECS[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+def _locate(name: str, path: str | os.PathLike | None) -> tuple[Path | None, list[str]]:
+    """First directory holding every needed file, and a note per directory searched."""
+    spec = _spec(name)
+    notes = []
+    for d in search_paths(name, path):
+        if not d.is_dir():
+            notes.append(f"{d} (no such directory)")
+            continue
+        missing = spec.missing(d)
+        if not missing:
+            return d, notes
+        notes.append(f"{d} (missing {', '.join(missing)})")
+    return None, notes
+
+
+def available() -> list[dict]:
+    """One entry per data set: ``name``, ``available``, ``where``, ``searched``, ``how``.
+
+    Built-in sets report ``where="built-in"`` and an empty ``searched`` list.
+    Only ``$EQPROP_DATA`` and system locations are consulted (no ``path``).
+    """
+    out = []
+    for name in DATASETS:
+        if name in _BUILTINS:
+            out.append({"name": name, "available": True, "where": builtin.BUILTIN,
+                        "searched": [], "how": "built in; nothing to download"})
+            continue
+        where, _ = _locate(name, None)
+        out.append({"name": name, "available": where is not None,
+                    "where": None if where is None else str(where),
+                    "searched": [str(p) for p in search_paths(name)],
+                    "how": _FILE_SPECS[name].how})
+    return out
+
+
+def load(name: str, *, path: str | os.PathLike | None = None, validation: float = 0.0,
+         seed: int = 0) -> Dataset:
+    """Load data set ``name`` (one of :data:`DATASETS`).
+
+    ``path`` is the data set's own directory and is searched first (built-in sets
+    ignore it). With ``validation`` in ``(0, 1)`` that fraction of the training set,
+    chosen by a ``seed``-ed shuffle, becomes the *test* split: the returned test split
+    is then the held-out validation set and the true test set is not returned.
+    Raises :class:`DataError` if the name is unknown, the files are not found, or
+    a file is malformed.
+    """
+    _check_name(name)
+    if not 0.0 <= validation < 1.0:
+        raise DataError(f"validation must be in [0, 1), got {validation}")
+    ds = _BUILTINS[name]() if name in _BUILTINS else _load_files(name, path)
+    return split_validation(ds, validation, seed) if validation > 0 else ds
+
+
+def _load_files(name: str, path: str | os.PathLike | None) -> Dataset:
+    spec = _FILE_SPECS[name]
+    where, notes = _locate(name, path)
+    if where is None:
+        searched = "; ".join(notes) or f"nothing (no path given and ${ENV_VAR} not set)"
+        raise DataError(f"{name} not found; searched: {searched}. Get it with: {spec.how}")
+    x_tr, y_tr, x_te, y_te = spec.read(where)
+    return Dataset(name, x_tr, y_tr, x_te, y_te, spec.n_classes, str(where))
+
+
+def split_validation(ds: Dataset, validation: float, seed: int) -> Dataset:
+    """Move ``round(validation * N)`` (at least 1) shuffled training examples to the test split."""
+    n = len(ds.x_train)
+    n_val = max(1, int(round(validation * n)))
+    if n_val >= n:
+        raise DataError(f"{ds.name}: validation={validation} leaves no training examples "
+                        f"(N={n})")
+    perm = np.random.default_rng(seed).permutation(n)
+    val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return Dataset(ds.name, ds.x_train[tr], ds.y_train[tr], ds.x_train[val], ds.y_train[val],
+                   ds.n_classes, ds.source)

@@ -1,0 +1,140 @@
+"""The estimator interface and the pieces every estimator shares.
+
+An estimator maps ``(model, x, y, free, key)`` to a gradient pytree shaped like the
+model (``None`` where a leaf is not trainable) and an :class:`Estimate` of
+diagnostics. Generalized EP writes every gradient as
+
+    g = (dF/dtheta)^T v / B  +  d(mean loss)/d(readout)
+
+at the free fixed point, where ``v`` (batched, activity space) is an estimate of
+``da*/dbeta`` (EP, hEP, exact nudge) or the recurrent-backprop adjoint ``delta``
+(implicit differentiation). For a dense projection this VJP is the local outer
+product of presynaptic activity and ``v``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ..network.base import EquilibriumModel
+from ..relax import Dynamics, RelaxStats, relax
+
+PyTree = Any
+
+
+class FreePhase(eqx.Module):
+    """The free relaxation of a batch: fixed point ``u``, hoisted ``drive`` and stats."""
+
+    u: PyTree
+    drive: PyTree
+    stats: RelaxStats
+
+
+class Estimate(eqx.Module):
+    """Diagnostics of one estimate.
+
+    ``error_vector``: the ``v`` used in the update, pytree like the activity with
+    leaves ``(B, ...)``, or ``None`` (BPTT). ``phases``: stats of the nudged or linear
+    relaxations (leaves may carry a leading phase axis), or ``None``.
+    """
+
+    error_vector: PyTree | None
+    phases: RelaxStats | None
+
+
+class Estimator(eqx.Module):
+    """Abstract gradient estimator (static settings only, so it can be a jit argument)."""
+
+    dynamics: Dynamics = eqx.field(static=True)
+    name: ClassVar[str] = "abstract"
+
+    def needs_complex(self) -> bool:
+        """Whether this estimator relaxes complex states (needs a holomorphic model)."""
+        return False
+
+    @abc.abstractmethod
+    def __call__(
+        self, model: EquilibriumModel, x: Array, y: Array, free: FreePhase, key: Array
+    ) -> tuple[PyTree, Estimate]:
+        """Gradient of the mean loss (or its estimate) and diagnostics."""
+
+    def check(self, model: EquilibriumModel) -> None:
+        """Raise ``ValueError`` if this estimator cannot run on ``model``."""
+        if self.needs_complex() and not model.holomorphic:
+            raise ValueError(
+                f"estimator {self.name!r} needs complex nudges, but activation "
+                f"{getattr(model, 'activation', '?')!r} is not holomorphic; use a holomorphic "
+                "activation (sigmoid4, dsilu, tanh) or real nudges (ep, points 1 or 2)"
+            )
+
+
+def free_phase(
+    model: EquilibriumModel, x: Array, dynamics: Dynamics, u0: PyTree | None = None
+) -> FreePhase:
+    """Relax the free phase (no nudge) from ``u0`` (default: the model's initial state)."""
+    drive = model.prepare(x)
+    u0 = model.init_state(drive) if u0 is None else u0
+    u, stats = relax(
+        lambda u: model.field(u, drive),
+        u0,
+        dt=dynamics.dt,
+        steps=dynamics.free_steps,
+        tol=dynamics.tol,
+    )
+    return FreePhase(u=u, drive=drive, stats=stats)
+
+
+def _add_opt(s, t):
+    if s is None:
+        return t
+    if t is None:
+        return s
+    return s + t
+
+
+def add_grads(a: PyTree, b: PyTree) -> PyTree:
+    """Sum two model-shaped gradient pytrees whose leaves may be ``None``."""
+    return jax.tree.map(_add_opt, a, b, is_leaf=lambda z: z is None)
+
+
+def field_vjp(model: EquilibriumModel, x: Array, u: PyTree, v: PyTree) -> PyTree:
+    """``(dF/dtheta)^T v`` at state ``u`` (summed over the batch), model-shaped."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def f(p):
+        m = eqx.combine(p, static)
+        return m.field(u, m.prepare(x))
+
+    _, pullback = jax.vjp(f, params)
+    (g,) = pullback(v)
+    return g
+
+
+def readout_grad(model: EquilibriumModel, a: PyTree, y: Array) -> PyTree:
+    """Direct gradient of the mean loss at fixed activity ``a`` (the readout's parameters)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    return jax.grad(lambda p: jnp.mean(eqx.combine(p, static).loss(a, y)))(params)
+
+
+def assemble(model: EquilibriumModel, x: Array, y: Array, u: PyTree, v: PyTree) -> PyTree:
+    """The generalized-EP gradient ``(dF/dtheta)^T v / B + readout gradient`` at ``u``."""
+    batch = x.shape[0]
+    v = jax.tree.map(lambda t: jnp.real(t) / batch, v)
+    return add_grads(field_vjp(model, x, u, v), readout_grad(model, model.activity(u), y))
+
+
+def nudged_field(model: EquilibriumModel, drive: PyTree, y: Array, beta: Array):
+    """``u -> F(u) + beta * dl/da``: the field of a phase nudged with (complex) ``beta``."""
+
+    def field(u):
+        f = model.field(u, drive)
+        n = model.nudge(model.activity(u), y)
+        return jax.tree.map(lambda fi, ni: fi + beta * ni, f, n)
+
+    return field

@@ -1,0 +1,54 @@
+"""Classic EP for tied (energy-based) networks: the local contrast form.
+
+With the primitive ``Phi(a)`` (``dPhi/da = h(a)``), classic EP estimates the gradient
+by contrasting the local products ``dPhi/dtheta`` (for a projection: presynaptic times
+postsynaptic activity) at two fixed points:
+
+    one-sided:  (dPhi/dtheta(a_beta) - dPhi/dtheta(a_0)) / beta
+    symmetric:  (dPhi/dtheta(a_beta) - dPhi/dtheta(a_-beta)) / (2 beta)
+
+Since ``d/dbeta dPhi/dtheta(a(beta)) = (dh/dtheta)^T da/dbeta``, this equals the
+generalized form to first order in beta (to second order for the symmetric one).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .base import Estimate, Estimator, add_grads, readout_grad
+from .nudge import circle_derivative
+
+
+class Contrast(Estimator):
+    """Classic EP contrast of local products at the free and nudged fixed points (tied only)."""
+
+    beta: float = eqx.field(static=True, default=0.5)
+    points: int = eqx.field(static=True, default=2)
+    name = "contrast"
+
+    def __check_init__(self):
+        if self.points not in (1, 2):
+            raise ValueError(f"'contrast' takes points 1 (one-sided) or 2 (symmetric), got {self.points}")
+
+    def check(self, model):
+        super().check(model)
+        if not model.symmetric:
+            raise ValueError("estimator 'contrast' needs a tied (symmetric) network; use 'ep' or 'hep'")
+
+    def __call__(self, model, x, y, free, key):
+        d = self.dynamics
+        v, stats, states = circle_derivative(model, free, y, self.beta, self.points, d.nudged_steps, d.dt, d.tol)
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        local = jax.grad(lambda p, a: jnp.sum(eqx.combine(p, static).primitive(a, x)))
+        betas, a = states["real"]
+        a0 = model.activity(free.u)
+        if self.points == 1:
+            lo, hi, width = a0, jax.tree.map(lambda t: t[0], a), self.beta
+        else:
+            lo, hi, width = jax.tree.map(lambda t: t[1], a), jax.tree.map(lambda t: t[0], a), 2 * self.beta
+        scale = 1.0 / (width * x.shape[0])
+        g_hi, g_lo = local(params, hi), local(params, lo)
+        g = jax.tree.map(lambda s, t: (s - t) * scale, g_hi, g_lo)
+        return add_grads(g, readout_grad(model, a0, y)), Estimate(error_vector=v, phases=stats)

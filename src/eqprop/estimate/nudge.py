@@ -1,0 +1,173 @@
+"""Estimators of ``da*/dbeta`` from finite nudges: EP, holomorphic EP, online hEP.
+
+All nudged phases start at the free fixed point and relax together on a leading
+axis (``vmap``): real nudges with real states, complex nudges with complex states.
+
+hEP with ``N`` points averages ``(a(beta_k) - a(0)) / beta_k`` over
+``beta_k = |beta| exp(2 pi i k / N)``: the discrete Cauchy integral of ``a(beta)/beta^2``,
+whose error is ``O(|beta|^N)``. ``N = 1`` is one-sided EP, ``N = 2`` symmetric EP
+(subtracting ``a(0)`` changes nothing for ``N >= 2``). Conjugate points give conjugate
+states, so only ``k = 0 .. N/2`` are relaxed and the others enter as twice the real part.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ..network.base import EquilibriumModel
+from ..relax import RelaxStats, relax, residual_norm
+from .base import Estimate, Estimator, FreePhase, assemble, nudged_field
+
+PyTree = Any
+
+
+def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
+    """The nudges to relax for ``n`` points on the circle of radius ``beta``.
+
+    Returns the real points (``beta``, and ``-beta`` for even ``n``) and the complex
+    points ``beta exp(2 pi i k / n)`` with ``0 < k < n/2`` (each standing for itself and
+    its conjugate).
+    """
+    if n < 1:
+        raise ValueError(f"points must be >= 1, got {n}")
+    real = [beta] + ([-beta] if n % 2 == 0 else [])
+    cplx = [beta * complex(math.cos(2 * math.pi * k / n), math.sin(2 * math.pi * k / n))
+            for k in range(1, (n + 1) // 2)]
+    return real, cplx
+
+
+def nudged_phases(
+    model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, steps: int, dt: float, tol
+) -> tuple[PyTree, RelaxStats]:
+    """Relax one nudged phase per entry of ``betas`` (1-D), together on a leading axis."""
+    dtype = betas.dtype
+    u0 = jax.tree.map(lambda v: v.astype(jnp.result_type(v.dtype, dtype)), free.u)
+
+    def one(beta):
+        return relax(nudged_field(model, free.drive, y, beta), u0, dt=dt, steps=steps, tol=tol)
+
+    return jax.vmap(one)(betas)
+
+
+def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
+    return jax.tree.map(lambda *s: jnp.concatenate([jnp.atleast_1d(t) for t in s]), *stats)
+
+
+def circle_derivative(
+    model: EquilibriumModel, free: FreePhase, y: Array, beta: float, n: int, steps: int, dt: float, tol
+) -> tuple[PyTree, RelaxStats, dict]:
+    """hEP estimate of ``da*/dbeta`` with ``n`` points; also returns the phases' states."""
+    real, cplx = circle_points(beta, n)
+    a0 = model.activity(free.u)
+    ftype = jax.tree.leaves(free.u)[0].dtype
+    total = jax.tree.map(jnp.zeros_like, a0)
+    stats, states = [], {}
+    if real:
+        b = jnp.asarray(real, ftype)
+        u, s = nudged_phases(model, free, y, b, steps, dt, tol)
+        a = model.activity(u)
+        total = jax.tree.map(
+            lambda t, ak, a0_: t + jnp.sum((ak - a0_) / b.reshape((-1,) + (1,) * a0_.ndim), axis=0),
+            total, a, a0)
+        stats.append(s)
+        states["real"] = (b, a)
+    if cplx:
+        ctype = jnp.result_type(ftype, jnp.complex64)
+        b = jnp.asarray(cplx, ctype)
+        u, s = nudged_phases(model, free, y, b, steps, dt, tol)
+        a = model.activity(u)
+        total = jax.tree.map(
+            lambda t, ak, a0_: t + 2 * jnp.sum(jnp.real((ak - a0_) / b.reshape((-1,) + (1,) * a0_.ndim)), axis=0),
+            total, a, a0)
+        stats.append(s)
+        states["complex"] = (b, a)
+    v = jax.tree.map(lambda t: t / n, total)
+    return v, _concat_stats(stats), states
+
+
+class HolomorphicEP(Estimator):
+    """Holomorphic EP: ``N`` nudges on a circle of radius ``beta`` (any ``N >= 1``)."""
+
+    beta: float = eqx.field(static=True, default=0.5)
+    points: int = eqx.field(static=True, default=2)
+    name = "hep"
+
+    def needs_complex(self) -> bool:
+        return self.points > 2
+
+    def __call__(self, model, x, y, free, key):
+        d = self.dynamics
+        v, stats, _ = circle_derivative(model, free, y, self.beta, self.points, d.nudged_steps, d.dt, d.tol)
+        return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats)
+
+
+class EP(HolomorphicEP):
+    """Classic finite-nudge EP in generalized form: one-sided (``points=1``) or symmetric (2)."""
+
+    points: int = eqx.field(static=True, default=1)
+    name = "ep"
+
+    def __check_init__(self):
+        if self.points not in (1, 2):
+            raise ValueError(f"'ep' takes points 1 (one-sided) or 2 (symmetric), got {self.points}; use 'hep' for more")
+
+
+class OnlineHEP(Estimator):
+    """Online hEP: one complex trajectory, never reset, with the nudge rotating on the circle.
+
+    ``beta(t) = beta exp(2 pi i k(t) / N)`` advances one point every ``nudged_steps``
+    steps for ``periods`` periods. The time average of ``a(t)`` replaces ``a*`` and the
+    time average of ``a(t) / beta(t)`` (the first Fourier coefficient) replaces
+    ``da*/dbeta``. Its bias shrinks as ``periods`` grows (the start-up transient) and as
+    ``nudged_steps`` grows (the lag of the state behind the nudge).
+    """
+
+    beta: float = eqx.field(static=True, default=0.5)
+    points: int = eqx.field(static=True, default=4)
+    periods: int = eqx.field(static=True, default=4)
+    name = "online-hep"
+
+    def needs_complex(self) -> bool:
+        return True
+
+    def __check_init__(self):
+        if self.points < 2:
+            raise ValueError(f"'online-hep' needs points >= 2, got {self.points}")
+
+    def __call__(self, model, x, y, free, key):
+        d = self.dynamics
+        ftype = jax.tree.leaves(free.u)[0].dtype
+        ctype = jnp.result_type(ftype, jnp.complex64)
+        seg, n = d.nudged_steps, self.points
+        total = seg * n * self.periods
+        u0 = jax.tree.map(lambda v: v.astype(ctype), free.u)
+        zeros = jax.tree.map(jnp.zeros_like, u0)
+
+        def body(t, carry):
+            u, u_sum, f_sum = carry
+            k = (t // seg) % n
+            beta = self.beta * jnp.exp(2j * jnp.pi * k / n).astype(ctype)
+            f = nudged_field(model, free.drive, y, beta)(u)
+            u = jax.tree.map(lambda ui, fi: ui + d.dt * fi, u, f)
+            a = model.activity(u)
+            return (u, jax.tree.map(jnp.add, u_sum, u),
+                    jax.tree.map(lambda s, ai: s + ai / beta, f_sum, a))
+
+        u, u_sum, f_sum = jax.lax.fori_loop(0, total, body, (u0, zeros, zeros))
+        v = jax.tree.map(lambda s: jnp.real(s) / total, f_sum)
+        u_bar = jax.tree.map(lambda s: jnp.real(s) / total, u_sum)
+        last = self.beta * jnp.exp(2j * jnp.pi * ((total - 1) // seg % n) / n).astype(ctype)
+        nonfinite = {k: ~jnp.all(jnp.isfinite(l)) for k, l in u.items()}
+        stats = RelaxStats(
+            steps=jnp.asarray(total),
+            residual=residual_norm(nudged_field(model, free.drive, y, last)(u)),
+            nonfinite_step=jnp.where(jnp.any(jnp.stack(list(nonfinite.values()))), total, -1),
+            nonfinite=nonfinite,
+        )
+        return assemble(model, x, y, u_bar, v), Estimate(error_vector=v, phases=stats)

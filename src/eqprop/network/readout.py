@@ -1,0 +1,112 @@
+"""Readouts: how the output population's activity becomes a prediction and a loss.
+
+Conventions: ``a_out`` has shape ``(B, n_out)`` (real or complex), labels ``y`` are
+integer classes of shape ``(B,)``. ``loss`` returns the per-example loss ``(B,)``;
+``loss_grad`` returns the per-example ``dl/da_out`` (same shape as ``a_out``) written
+with holomorphic operations only, so that complex nudges can use it.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+
+class Readout(eqx.Module):
+    """Abstract readout: logits, per-example loss and its gradient in ``a_out``."""
+
+    n_classes: int = eqx.field(static=True)
+
+    @abc.abstractmethod
+    def logits(self, a_out: Array) -> Array:
+        """Scores ``(B, n_classes)`` used for the prediction (argmax)."""
+
+    @abc.abstractmethod
+    def loss(self, a_out: Array, y: Array) -> Array:
+        """Per-example loss ``(B,)`` (real ``a_out``)."""
+
+    @abc.abstractmethod
+    def loss_grad(self, a_out: Array, y: Array) -> Array:
+        """Per-example ``dl/da_out``, holomorphic in ``a_out``."""
+
+
+def _softmax(z: Array) -> Array:
+    """Softmax along the last axis; shifting by the (real) max keeps it holomorphic."""
+    shift = jax.lax.stop_gradient(jnp.max(z.real, axis=-1, keepdims=True))
+    e = jnp.exp(z - shift)
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _mm(a: Array, w: Array) -> Array:
+    """``a @ w`` for real ``w``; a complex ``a`` costs two real matmuls, not four."""
+    if jnp.iscomplexobj(a) and not jnp.iscomplexobj(w):
+        parts = jnp.stack([a.real, a.imag]) @ w
+        return jax.lax.complex(parts[0], parts[1])
+    return a @ w
+
+
+class SoftmaxReadout(Readout):
+    """Trainable linear readout ``r = a_out V + c`` with softmax cross-entropy."""
+
+    weight: Array  # (n_out, n_classes)
+    bias: Array  # (n_classes,)
+
+    def __init__(self, n_out: int, n_classes: int, *, key: Array, dtype=jnp.float32):
+        k = 1.0 / jnp.sqrt(n_out)
+        kw, kb = jax.random.split(key)
+        self.weight = jax.random.uniform(kw, (n_out, n_classes), dtype, -k, k)
+        self.bias = jax.random.uniform(kb, (n_classes,), dtype, -k, k)
+        self.n_classes = n_classes
+
+    def logits(self, a_out: Array) -> Array:
+        return _mm(a_out, self.weight) + self.bias
+
+    def loss(self, a_out: Array, y: Array) -> Array:
+        r = self.logits(a_out)
+        return -jnp.take_along_axis(jax.nn.log_softmax(r, axis=-1), y[:, None], axis=-1)[:, 0]
+
+    def loss_grad(self, a_out: Array, y: Array) -> Array:
+        err = _softmax(self.logits(a_out)) - jax.nn.one_hot(y, self.n_classes, dtype=self.weight.dtype)
+        return _mm(err, self.weight.T)
+
+
+class MSEReadout(Readout):
+    """Mean squared error on the output activity: ``l = 0.5 ||a_out - onehot(y)||^2``.
+
+    The prediction is ``argmax a_out``; there are no parameters.
+    """
+
+    def __init__(self, n_out: int, n_classes: int):
+        if n_out != n_classes:
+            raise ValueError(
+                f"readout 'mse' needs as many output units as classes ({n_out} != {n_classes})"
+            )
+        self.n_classes = n_classes
+
+    def logits(self, a_out: Array) -> Array:
+        return a_out
+
+    def _target(self, a_out: Array, y: Array) -> Array:
+        return jax.nn.one_hot(y, self.n_classes, dtype=a_out.real.dtype)
+
+    def loss(self, a_out: Array, y: Array) -> Array:
+        return 0.5 * jnp.sum((a_out - self._target(a_out, y)) ** 2, axis=-1)
+
+    def loss_grad(self, a_out: Array, y: Array) -> Array:
+        return a_out - self._target(a_out, y)
+
+
+READOUTS = ("softmax", "mse")
+
+
+def make_readout(name: str, n_out: int, n_classes: int, *, key: Array, dtype=jnp.float32) -> Readout:
+    """Build a readout by name (``"softmax"`` or ``"mse"``)."""
+    if name == "softmax":
+        return SoftmaxReadout(n_out, n_classes, key=key, dtype=dtype)
+    if name == "mse":
+        return MSEReadout(n_out, n_classes)
+    raise ValueError(f"unknown readout {name!r}; allowed: 'softmax', 'mse'")

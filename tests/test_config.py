@@ -1,0 +1,477 @@
+"""Tests for eqprop.config (pure Python, fast)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+try:
+    import eqprop.config  # noqa: F401
+except ModuleNotFoundError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from eqprop.config import (
+    ACTIVATIONS,
+    DATASETS,
+    ESTIMATORS,
+    SCHEMA,
+    Config,
+    ConfigError,
+    ModelConfig,
+    apply_overrides,
+    describe,
+    dumps_toml,
+    load_config,
+    parse_config,
+    to_dict,
+    with_updates,
+)
+
+EXAMPLE = """\
+[data]
+name = "digits"
+batch_size = 50
+[model]
+kind = "graph"
+populations = { h1 = 32, h2 = 32, out = 10 }
+projections = [["input","h1"], ["h1","h2"], ["h2","h1"], ["h2","out"], ["out","h1"]]
+feedback = "untied"
+asymmetry_angle = 90.0
+activation = "sigmoid4"
+readout = "softmax"
+[dynamics]
+dt = 1.0
+free_steps = 150
+nudged_steps = 20
+tol = 0.0
+[estimator]
+name = "hep"
+beta = 0.5
+points = 2
+"""
+
+GRAPH = {
+    "kind": "graph",
+    "populations": {"h1": 8, "out": 3},
+    "projections": [["input", "h1"], ["h1", "out"], ["out", "h1"]],
+    "feedback": "untied",
+}
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.strip() == msg
+    return msg
+
+
+def graph(**changes) -> dict:
+    return {"model": {**GRAPH, **changes}}
+
+
+# --- defaults and the example -------------------------------------------------
+
+
+def test_defaults_parse():
+    c = parse_config({})
+    assert c == Config()
+    assert c.model.sizes == (784, 256, 256, 10)
+    assert c.data.path is None and c.train.max_batches is None
+    assert c.estimator.name == "hep" and c.dynamics.linear_tol == 1e-7
+    hash(c)  # usable as a static argument
+    assert pickle.loads(pickle.dumps(c)) == c
+
+
+def test_schema_matches_dataclasses():
+    for section, specs in SCHEMA.items():
+        cls = type(getattr(Config(), section))
+        assert [s.name for s in specs] == [f.name for f in dataclasses.fields(cls)]
+        assert all(s.doc and "\n" not in s.doc for s in specs)
+
+
+def test_example_parses(tmp_path):
+    path = tmp_path / "ex.toml"
+    path.write_text(EXAMPLE)
+    c = load_config(path)
+    assert c.model.kind == "graph"
+    assert c.model.populations == {"h1": 32, "h2": 32, "out": 10}
+    assert c.model.projections[0] == ("input", "h1")
+    assert c.model.asymmetry_angle == 90.0
+    assert c.estimator.points == 2
+
+
+def test_int_accepted_as_float():
+    c = parse_config({"estimator": {"beta": 1}, "dynamics": {"dt": 1}})
+    assert c.estimator.beta == 1.0 and isinstance(c.estimator.beta, float)
+    assert isinstance(c.dynamics.dt, float)
+
+
+# --- error kinds ---------------------------------------------------------------
+
+
+def test_unknown_key():
+    msg = error_of({"model": {"sizez": [1, 2]}})
+    assert msg.startswith("model.sizez: unknown key; allowed keys: kind, sizes, populations")
+
+
+def test_unknown_section():
+    msg = error_of({"modle": {}})
+    assert msg.startswith("unknown section 'modle'; allowed sections: data, model, dynamics")
+
+
+def test_section_not_a_table():
+    assert error_of({"model": 5}).startswith("model: expected a table")
+
+
+def test_top_level_not_a_table():
+    assert "expected a table" in error_of([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"dynamics": {"free_steps": 150.5}},
+         "dynamics.free_steps: expected an integer, got '150.5' (float)"),
+        ({"dynamics": {"free_steps": True}},
+         "dynamics.free_steps: expected an integer, got 'true' (boolean)"),
+        ({"estimator": {"beta": "big"}}, "estimator.beta: expected a float, got 'big' (string)"),
+        ({"estimator": {"beta": False}}, "estimator.beta: expected a float"),
+        ({"data": {"augment": 1}}, "data.augment: expected a boolean, got '1' (integer)"),
+        ({"data": {"name": 3}}, "data.name: expected a string"),
+        ({"data": {"path": 3}}, "data.path: expected a string"),
+        ({"model": {"sizes": 10}}, "model.sizes: expected an array"),
+        ({"model": {"sizes": [10, "a"]}}, "model.sizes[1]: expected an integer"),
+        ({"model": {"populations": [1]}}, "model.populations: expected a table"),
+        ({"model": {"populations": {"h": 1.5}}}, "model.populations.h: expected an integer"),
+        ({"optim": {"lr_multipliers": {"a": "x"}}}, "optim.lr_multipliers.a: expected a float"),
+        ({"train": {"max_batches": 2.0}}, "train.max_batches: expected an integer"),
+    ],
+)
+def test_wrong_type(raw, expected):
+    assert error_of(raw).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, allowed",
+    [
+        ("model", "feedback", "tid", "must be one of 'tied', 'untied', got 'tid'"),
+        ("model", "kind", "tree", "'layered', 'graph'"),
+        ("model", "activation", "relu", "'sigmoid4', 'dsilu', 'tanh', 'hard-sigmoid'"),
+        ("model", "readout", "ce", "'softmax', 'mse'"),
+        ("model", "dtype", "float16", "'float32', 'float64'"),
+        ("data", "name", "svhn", "'digits', 'synthetic'"),
+        ("dynamics", "solver", "anderson", "'fixed-point'"),
+        ("estimator", "name", "hebb", "'ep', 'hep', 'online-hep'"),
+        ("optim", "name", "rmsprop", "'sgd', 'adam', 'adamw'"),
+        ("optim", "schedule", "linear", "'constant', 'cosine'"),
+    ],
+)
+def test_not_in_allowed_set(section, key, value, allowed):
+    msg = error_of({section: {key: value}})
+    assert msg.startswith(f"{section}.{key}: must be one of ")
+    assert allowed in msg and f"got '{value}'" in msg
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("dynamics", "dt", 1.5, "dynamics.dt: must be in (0, 1], got 1.5"),
+        ("dynamics", "dt", 0, "dynamics.dt: must be in (0, 1], got 0.0"),
+        ("dynamics", "free_steps", 0, "dynamics.free_steps: must be >= 1, got 0"),
+        ("dynamics", "tol", -1e-3, "dynamics.tol: must be >= 0"),
+        ("dynamics", "linear_steps", 0, "dynamics.linear_steps: must be >= 1"),
+        ("dynamics", "linear_tol", -1.0, "dynamics.linear_tol: must be >= 0"),
+        ("data", "batch_size", 0, "data.batch_size: must be >= 1"),
+        ("data", "validation", 1.0, "data.validation: must be in [0, 1), got 1.0"),
+        ("model", "asymmetry_angle", 91, "model.asymmetry_angle: must be in [0, 90]"),
+        ("model", "init_scale", 0.0, "model.init_scale: must be > 0"),
+        ("model", "sizes", [10, 0], "model.sizes[1]: must be >= 1, got 0"),
+        ("model", "sizes", [10], "model.sizes: needs at least 2 entries, got 1"),
+        ("estimator", "beta", 0.0, "estimator.beta: must be > 0"),
+        ("estimator", "beta", float("nan"), "estimator.beta: must be > 0, got nan"),
+        ("estimator", "points", 0, "estimator.points: must be >= 1"),
+        ("estimator", "periods", 0, "estimator.periods: must be >= 1"),
+        ("optim", "lr", -0.1, "optim.lr: must be > 0"),
+        ("optim", "momentum", 1.0, "optim.momentum: must be in [0, 1)"),
+        ("optim", "weight_decay", -1, "optim.weight_decay: must be >= 0"),
+        ("optim", "lr_multipliers", {"a": 0}, "optim.lr_multipliers.a: must be > 0"),
+        ("train", "epochs", 0, "train.epochs: must be >= 1"),
+        ("train", "seeds", 0, "train.seeds: must be >= 1"),
+        ("train", "eval_every", 0, "train.eval_every: must be >= 1"),
+        ("train", "checkpoint_every", 0, "train.checkpoint_every: must be >= 1"),
+        ("train", "max_batches", 0, "train.max_batches: must be >= 1"),
+        ("homeostasis", "coef", -1.0, "homeostasis.coef: must be >= 0"),
+        ("homeostasis", "probes", 0, "homeostasis.probes: must be >= 1"),
+        ("homeostasis", "every", 0, "homeostasis.every: must be >= 1"),
+        ("diagnostics", "batch_size", 0, "diagnostics.batch_size: must be >= 1"),
+        ("diagnostics", "every", 0, "diagnostics.every: must be >= 1"),
+    ],
+)
+def test_out_of_range(section, key, value, expected):
+    assert error_of({section: {key: value}}).startswith(expected)
+
+
+def test_messages_stay_one_line_for_odd_values():
+    msg = error_of({"model": {"feedback": "a\nb" * 100}})
+    assert msg.startswith("model.feedback: must be one of") and len(msg) < 200
+    assert error_of({"model": {"bad\nkey": 1}}).startswith("model.bad\\nkey: unknown key")
+
+
+def test_optional_keys():
+    c = parse_config({"data": {"path": "/d"}, "train": {"max_batches": 3}})
+    assert c.data.path == "/d" and c.train.max_batches == 3
+    assert parse_config({"train": {"max_batches": None}}).train.max_batches is None
+
+
+# --- cross-checks ----------------------------------------------------------------
+
+
+def test_tied_with_angle_is_error():
+    msg = error_of({"model": {"asymmetry_angle": 30.0}})
+    assert msg.startswith("model.asymmetry_angle: only meaningful with model.feedback = 'untied'")
+    assert parse_config({"model": {"asymmetry_angle": 30, "feedback": "untied"}})
+
+
+@pytest.mark.parametrize("points", [1, 2])
+def test_ep_points_ok(points):
+    assert parse_config({"estimator": {"name": "ep", "points": points}}).estimator.points == points
+
+
+def test_ep_points_error():
+    msg = error_of({"estimator": {"name": "ep", "points": 3}})
+    assert msg.startswith("estimator.points: 'ep' takes 1 (one-sided) or 2 (symmetric); "
+                          "use 'hep' for more")
+    assert parse_config({"estimator": {"name": "hep", "points": 3}}).estimator.points == 3
+
+
+def test_graph_ok():
+    c = parse_config(graph())
+    assert c.model.output == "out" and len(c.model.projections) == 3
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"populations": {}}, "model.populations: kind = 'graph' needs at least one population"),
+        ({"projections": []}, "model.projections: kind = 'graph' needs at least one projection"),
+        ({"populations": {"input": 4, "h1": 8, "out": 3}},
+         "model.populations.input: the name 'input' is reserved"),
+        ({"projections": [["input", "h2"]]}, "model.projections[0]: unknown population 'h2'"),
+        ({"projections": [["input", "h1"], ["h1", "input"]]},
+         "model.projections[1]: destination may not be 'input' (input is clamped)"),
+        ({"projections": [["input", "h1"], ["h1", "h1"]]}, "model.projections[1]: self-loop"),
+        ({"projections": [["input", "h1"], ["h1", "out"], ["h1", "out"]]},
+         "model.projections[2]: duplicate projection 'h1' -> 'out'"),
+        ({"output": "o"}, "model.output: must be one of the declared populations 'h1', 'out'"),
+        ({"projections": [["input", "h1", "out"]]},
+         "model.projections[0]: expected a [src, dst] pair of strings"),
+        ({"projections": [["input", 1]]}, "model.projections[0]: expected a [src, dst] pair"),
+        ({"projections": ["input"]}, "model.projections[0]: expected a [src, dst] pair"),
+        ({"projections": "input->h1"}, "model.projections: expected an array"),
+    ],
+)
+def test_graph_errors(changes, expected):
+    assert error_of(graph(**changes)).startswith(expected)
+
+
+def test_unknown_population_lists_allowed():
+    msg = error_of(graph(projections=[["input", "h9"]]))
+    assert "allowed: 'input', 'h1', 'out'" in msg
+
+
+# --- overrides --------------------------------------------------------------------
+
+
+def test_overrides_apply_and_typecheck(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(EXAMPLE)
+    c = load_config(path, ["estimator.points=4", "model.sizes=[64,10]", "model.feedback=untied",
+                           "estimator.beta = 0.1", "data.path=/tmp/x y", "train.max_batches=3"])
+    assert c.estimator.points == 4 and c.estimator.beta == 0.1
+    assert c.model.sizes == (64, 10) and c.model.feedback == "untied"
+    assert c.data.path == "/tmp/x y" and c.train.max_batches == 3
+    with pytest.raises(ConfigError, match=r"^estimator\.points: expected an integer"):
+        load_config(path, ["estimator.points=four"])
+    with pytest.raises(ConfigError, match=r"^model\.feedback: must be one of 'tied', 'untied'"):
+        load_config(path, ["model.feedback=tid"])
+
+
+def test_overrides_nested_and_new_sections():
+    raw = apply_overrides({}, ["model.populations.h1=4", "optim.lr_multipliers.h1=2"])
+    assert raw == {"model": {"populations": {"h1": 4}}, "optim": {"lr_multipliers": {"h1": 2}}}
+    original = {"model": {"sizes": [1, 2]}}
+    apply_overrides(original, ["model.sizes=[3,4]"])
+    assert original == {"model": {"sizes": [1, 2]}}  # not mutated
+
+
+def test_override_value_parsing():
+    raw = apply_overrides({}, ["a.b=true", "a.c=1e-3", "a.d=hello world", "a.e=", "a.f=x = 1"])
+    assert raw["a"] == {"b": True, "c": 1e-3, "d": "hello world", "e": "", "f": "x = 1"}
+
+
+@pytest.mark.parametrize("bad", ["model.sizes", "sizes=[1,2]", "=3", ".x=1", "model.=1",
+                                 "model..x=1"])
+def test_malformed_override(bad):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides({}, [bad])
+    assert "section.key=value" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_override_into_non_table():
+    with pytest.raises(ConfigError, match=r"^model: expected a table"):
+        apply_overrides({"model": 3}, ["model.sizes=[1,2]"])
+
+
+def test_override_unknown_section_reported():
+    with pytest.raises(ConfigError, match=r"^unknown section 'modle'"):
+        parse_config(apply_overrides({}, ["modle.sizes=[1,2]"]))
+
+
+# --- files --------------------------------------------------------------------------
+
+
+def test_missing_file_names_path(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "not found" in str(info.value)
+
+
+def test_toml_syntax_error_names_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[model]\nsizes = = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert str(path) in msg and "line 2" in msg and "\n" not in msg
+    path.write_text("[model]\nsizes = [1, 2\n")  # error at end of document
+    with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
+        load_config(path)
+
+
+def test_non_utf8_file(tmp_path):
+    path = tmp_path / "bin.toml"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="bin.toml"):
+        load_config(path)
+
+
+def test_directory_is_error(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config(tmp_path)
+
+
+# --- serialisation ----------------------------------------------------------------------
+
+
+def test_to_dict_round_trip():
+    c = parse_config(tomllib.loads(EXAMPLE))
+    d = to_dict(c)
+    assert d["model"]["projections"][0] == ["input", "h1"]
+    assert type(d["model"]["populations"]) is dict
+    assert parse_config(d) == c
+
+
+def test_dumps_example_round_trip():
+    c = parse_config(tomllib.loads(EXAMPLE))
+    assert parse_config(tomllib.loads(dumps_toml(c))) == c
+    assert parse_config(tomllib.loads(dumps_toml(Config()))) == Config()
+
+
+def test_dumps_odd_strings_and_keys():
+    c = parse_config({"data": {"path": 'we"ird\\ \n\t\x01\x7f é'},
+                      "optim": {"lr_multipliers": {"h1->h2": 2.0, "a b": 1e-30, "x": 1e300}}})
+    assert parse_config(tomllib.loads(dumps_toml(c))) == c
+
+
+def test_with_updates():
+    c = with_updates(Config(), estimator={"beta": 0.1}, model={"sizes": [4, 2]})
+    assert c.estimator.beta == 0.1 and c.model.sizes == (4, 2)
+    with pytest.raises(ConfigError, match=r"^estimator\.beta: must be > 0"):
+        with_updates(c, estimator={"beta": -1.0})
+    with pytest.raises(ConfigError, match="unknown section"):
+        with_updates(c, nope={})
+
+
+def test_describe_lists_every_key():
+    text = describe()
+    for section, specs in SCHEMA.items():
+        assert f"## [{section}]" in text
+        for spec in specs:
+            assert f"| `{spec.name}` |" in text
+    assert "`[784, 256, 256, 10]`" in text
+
+
+def test_frozen():
+    c = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.model.kind = "graph"  # type: ignore[misc]
+    assert ModelConfig().populations == {}
+
+
+# --- property-based round trip ----------------------------------------------------------
+
+names = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s != "input")
+pos_floats = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False)
+unit = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
+
+
+@st.composite
+def graph_models(draw) -> dict:
+    pops = draw(st.dictionaries(names, st.integers(1, 512), min_size=1, max_size=5))
+    ends = ["input", *pops]
+    edges = draw(st.lists(st.tuples(st.sampled_from(ends), st.sampled_from(list(pops))),
+                          min_size=1, max_size=10, unique=True)
+                 .filter(lambda es: any(s != d for s, d in es)))
+    edges = [[s, d] for s, d in edges if s != d]
+    return {"kind": "graph", "populations": pops, "projections": edges,
+            "output": draw(st.sampled_from(list(pops)))}
+
+
+@st.composite
+def configs(draw) -> dict:
+    feedback = draw(st.sampled_from(["tied", "untied"]))
+    model = draw(st.one_of(
+        st.builds(lambda s: {"sizes": s}, st.lists(st.integers(1, 4096), min_size=2, max_size=6)),
+        graph_models()))
+    model.update(
+        feedback=feedback,
+        asymmetry_angle=draw(st.floats(0, 90)) if feedback == "untied" else 0.0,
+        activation=draw(st.sampled_from(ACTIVATIONS)),
+        init_scale=draw(pos_floats),
+    )
+    est_name = draw(st.sampled_from(ESTIMATORS))
+    points = draw(st.integers(1, 2) if est_name == "ep" else st.integers(1, 16))
+    raw = {
+        "data": {"name": draw(st.sampled_from(DATASETS)), "batch_size": draw(st.integers(1, 10**4)),
+                 "validation": draw(unit), "augment": draw(st.booleans())},
+        "model": model,
+        "dynamics": {"dt": draw(st.floats(1e-9, 1.0)), "free_steps": draw(st.integers(1, 10**5)),
+                     "tol": draw(st.floats(0, 1)), "linear_tol": draw(st.floats(0, 1e-3))},
+        "estimator": {"name": est_name, "beta": draw(pos_floats), "points": points},
+        "optim": {"lr": draw(pos_floats), "momentum": draw(unit),
+                  "lr_multipliers": draw(st.dictionaries(st.text(max_size=8), pos_floats,
+                                                         max_size=3))},
+        "train": {"seed": draw(st.integers(-(2**63), 2**63 - 1))},
+    }
+    if draw(st.booleans()):
+        raw["data"]["path"] = draw(st.text(max_size=20))
+        raw["train"]["max_batches"] = draw(st.integers(1, 1000))
+    return raw
+
+
+@settings(max_examples=150, deadline=None)
+@given(configs())
+def test_dumps_toml_round_trips(raw):
+    c = parse_config(raw)
+    text = dumps_toml(c)
+    assert parse_config(tomllib.loads(text)) == c
+    assert parse_config(to_dict(c)) == c
