@@ -1,0 +1,120 @@
+"""From a validated :class:`~eqprop.config.Config` to the objects that train.
+
+``build_dynamics``, ``build_estimator``, ``build_model`` and ``build_optimizer`` are the
+only place where configuration meets the library, so scripts and the CLI agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .config import Config, ConfigError
+from .estimate import Estimator, make_estimator
+from .network import DenseNetwork, EquilibriumModel, graph, layered
+from .relax import Dynamics
+
+
+def build_dynamics(config: Config) -> Dynamics:
+    """The relaxation settings of ``[dynamics]``."""
+    d = config.dynamics
+    return Dynamics(
+        dt=d.dt, free_steps=d.free_steps, nudged_steps=d.nudged_steps, tol=d.tol,
+        linear_steps=d.linear_steps, linear_tol=d.linear_tol,
+    )
+
+
+def estimator_settings(config: Config) -> dict:
+    """``[estimator]`` as keyword settings (name included), for :func:`~eqprop.estimate.parse_spec`."""
+    return asdict(config.estimator)
+
+
+def build_estimator(config: Config) -> Estimator:
+    """The estimator named in ``[estimator]`` with its settings."""
+    from .estimate import SETTINGS
+
+    e = config.estimator
+    settings = {k: v for k, v in asdict(e).items() if k in SETTINGS[e.name]}
+    return make_estimator(e.name, build_dynamics(config), **settings)
+
+
+def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
+    """The network of ``[model]`` for inputs of ``input_size`` features and ``n_classes`` classes."""
+    m = config.model
+    common = dict(
+        feedback=m.feedback, asymmetry_angle=m.asymmetry_angle, activation=m.activation,
+        readout=m.readout, dtype=jnp.dtype(m.dtype), init_scale=m.init_scale,
+    )
+    try:
+        if m.kind == "layered":
+            if m.sizes[0] != input_size:
+                raise ConfigError(
+                    f"model.sizes: the first size must be the input size {input_size} of data "
+                    f"'{config.data.name}', got {m.sizes[0]}"
+                )
+            return layered(list(m.sizes), key=key, n_classes=n_classes, **common)
+        return graph(
+            dict(m.populations), [list(p) for p in m.projections], input_size=input_size,
+            n_classes=n_classes, key=key, output=m.output, **common,
+        )
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+
+
+def learning_rate(config: Config, steps_total: int) -> optax.Schedule | float:
+    """The base learning rate, or a cosine decay over ``steps_total`` steps."""
+    o = config.optim
+    if o.schedule == "cosine":
+        return optax.cosine_decay_schedule(o.lr, max(steps_total, 1))
+    return o.lr
+
+
+def build_optimizer(config: Config, model: EquilibriumModel, steps_total: int = 1) -> optax.GradientTransformation:
+    """The optax optimizer of ``[optim]``; ``lr_multipliers`` scale named projections'
+    updates (keys as in ``named_parameters``, e.g. ``"weights.input->h1"``, or a projection
+    name ``"input->h1"``)."""
+    o = config.optim
+    lr = learning_rate(config, steps_total)
+    if o.name == "sgd":
+        opt = optax.sgd(lr, momentum=o.momentum or None)
+        if o.weight_decay:
+            opt = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
+    elif o.name == "adam":
+        opt = optax.adam(lr)
+        if o.weight_decay:
+            opt = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
+    else:
+        opt = optax.adamw(lr, weight_decay=o.weight_decay)
+    if o.lr_multipliers:
+        opt = optax.chain(opt, _scale_by_name(model, dict(o.lr_multipliers)))
+    return opt
+
+
+def _scale_by_name(model: EquilibriumModel, multipliers: dict[str, float]) -> optax.GradientTransformation:
+    from .network import named_parameters, parameters
+
+    names = named_parameters(parameters(model))
+    unknown = [k for k in multipliers if not any(n == k or n.endswith("." + k) for n in names)]
+    if unknown:
+        raise ConfigError(
+            f"optim.lr_multipliers: unknown parameter {unknown[0]!r}; known: {', '.join(names)}"
+        )
+
+    def factor(name: str) -> float:
+        for k, f in multipliers.items():
+            if name == k or name.endswith("." + k):
+                return f
+        return 1.0
+
+    params = parameters(model)
+    leaves, treedef = jax.tree.flatten(params)
+    factors = jax.tree.unflatten(treedef, [factor(n) for n in names])
+    del leaves
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, f: u * f, updates, factors), state
+
+    return optax.GradientTransformation(lambda p: optax.EmptyState(), update)

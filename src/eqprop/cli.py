@@ -1,0 +1,253 @@
+"""The ``eqprop`` command line: train, resume, eval, gradcheck, datasets, report, config.
+
+Exit codes: 0 success; 2 bad input (config, data, arguments, run directory) with a
+one-line message on stderr; 3 training diverged; 130 interrupted (checkpoint saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import default_run_dir, train, with_epochs
+
+    config = with_epochs(load_config(args.config, args.set), args.epochs)
+    out = Path(args.out) if args.out else default_run_dir(args.config)
+    print(f"run directory: {out}")
+    train(config, out, progress=not args.quiet)
+    return EXIT_OK
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import RunDir, train, with_epochs
+
+    run = RunDir(args.run_dir)
+    if not run.is_run():
+        raise ValueError(f"{run.path}: not a run directory (no config.toml)")
+    config = with_epochs(load_config(run.config), args.epochs)
+    train(config, run.path, resume=True, progress=not args.quiet)
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .train import evaluate, load_run
+
+    config, program, model, meta = load_run(args.run_dir, args.checkpoint)
+    ds = program.dataset
+    x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
+    m = evaluate(program, model, x, y)
+    top5 = ds.n_classes > 10
+    print(f"{args.run_dir}: checkpoint {args.checkpoint} (epoch {meta.get('epoch')}), "
+          f"{ds.name} {args.split} split, {len(y)} examples")
+    rows = [("mean", {k: float(np.mean(v)) for k, v in m.items()})]
+    if program.seeds > 1:
+        rows = [(f"seed {i}", {k: float(v[i]) for k, v in m.items()})
+                for i in range(program.seeds)] + rows
+    head = f"{'':<8}{'top-1':>9}" + (f"{'top-5':>9}" if top5 else "") + f"{'loss':>10}"
+    print(head)
+    for name, r in rows:
+        print(f"{name:<8}{100 * r['acc']:>8.2f}%" + (f"{100 * r['top5']:>8.2f}%" if top5 else "")
+              + f"{r['loss']:>10.4f}")
+    return EXIT_OK
+
+
+def _cmd_gradcheck(args: argparse.Namespace) -> int:
+    import jax
+
+    from . import build
+    from .config import load_config
+    from .data import batches
+    from .gradcheck import build_specs, format_table, gradcheck, to_json
+    from .train import RunDir, build_program, load_run, unstack
+
+    target = Path(args.target)
+    if target.is_dir():
+        if not RunDir(target).is_run():
+            raise ValueError(f"{target}: not a run directory (no config.toml)")
+        config, program, model, _ = load_run(target, "latest", args.set)
+    else:
+        config = load_config(target, args.set)
+        program = build_program(config)
+        model = program.model
+    if program.seeds > 1:
+        model = unstack(model, 0)  # gradcheck looks at the first seed's network
+    dynamics = build.build_dynamics(config)
+    specs = args.estimator or [config.estimator.name]
+    estimators = build_specs(specs, dynamics, build.estimator_settings(config))
+    ds = program.dataset
+    xb, yb = next(batches(ds.x_train, ds.y_train, config.data.batch_size,
+                          seed=config.train.seed, epoch=0, drop_last=False))
+    result = gradcheck(model, xb, yb, estimators, dynamics,
+                       key=jax.random.PRNGKey(config.train.seed))
+    print(format_table(result))
+    if args.json:
+        out = Path(args.json)
+        if out.parent != Path(""):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(to_json(result), indent=2) + "\n")
+        print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import available
+
+    rows = available()
+    width = max(len(r["name"]) for r in rows) + 2
+    print(f"{'name':<{width}}{'status':<11}where / how to get")
+    for r in rows:
+        status = "available" if r["available"] else "missing"
+        where = r["where"] if r["available"] else r["how"]
+        print(f"{r['name']:<{width}}{status:<11}{where}")
+        if not r["available"] and r["searched"] and args.verbose:
+            print(f"{'':<{width + 11}}searched: {', '.join(r['searched'])}")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .train.report import report
+
+    out = Path(args.out) if args.out else (
+        Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("report"))
+    md = report(args.run_dirs, out)
+    print(f"wrote {md} and plots in {out}")
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .config import describe, dumps_toml, load_config
+
+    if args.config:
+        print(dumps_toml(load_config(args.config, args.set)), end="")
+    else:
+        print(describe())
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML syntax; repeatable), e.g. optim.lr=0.05")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``eqprop`` command."""
+    parser = argparse.ArgumentParser(
+        prog="eqprop", description="Train and inspect equilibrium-propagation networks.",
+        epilog="exit codes: 0 ok, 2 bad input, 3 training diverged, 130 interrupted")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a network from a TOML config",
+                       description="Train from CONFIG into a run directory (config.toml, "
+                       "metrics.jsonl, checkpoints/, summary.json).")
+    p.add_argument("config", metavar="CONFIG", help="TOML config file")
+    _add_set(p)
+    p.add_argument("--out", "-o", metavar="RUN_DIR",
+                   help="run directory (default: runs/<config stem>-<timestamp>)")
+    p.add_argument("--epochs", type=int, metavar="N", help="override train.epochs")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("resume", help="continue a run from its latest checkpoint",
+                       description="Continue RUN_DIR from checkpoints/latest.eqx; the result "
+                       "equals an uninterrupted run with the same config.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--epochs", type=int, metavar="N", help="new total number of epochs")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint",
+                       description="Top-1 (and top-5 with more than 10 classes) accuracy and "
+                       "loss of a checkpoint on a split.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("gradcheck", help="compare estimators with the exact gradient",
+                       description="On the first training batch, compare each estimator SPEC "
+                       "with the implicit (exact) gradient. With a RUN_DIR, uses its config.toml "
+                       "and latest checkpoint (first seed when seeds > 1).")
+    p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
+    _add_set(p)
+    p.add_argument("--estimator", "-e", action="append", metavar="SPEC",
+                   help="estimator SPEC, e.g. hep:points=6:beta=0.5 (repeatable; default: the "
+                   "config's estimator)")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.set_defaults(func=_cmd_gradcheck)
+
+    p = sub.add_parser("datasets", help="list data sets and where they are found",
+                       description="Which data sets are available, where, and how to get "
+                       "the missing ones.")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the searched directories")
+    p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("report", help="plots and a markdown table of runs",
+                       description="Write accuracy/loss/relaxation (and diagnostics) plots and "
+                       "report.md for one or more runs, overlaid.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", "-o", metavar="DIR",
+                   help="output directory (default: RUN_DIR/report for one run, ./report else)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("config", help="print the config reference (or a resolved config)",
+                       description="Without CONFIG: the markdown reference of every key. With "
+                       "CONFIG: the resolved config (defaults filled in, overrides applied).")
+    p.add_argument("config", nargs="?", metavar="CONFIG")
+    _add_set(p)
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).splitlines()) or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (``--help`` and usage errors too)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    from .config import ConfigError
+    from .data import DataError
+    from .train import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except TrainingDiverged as e:
+        print(f"eqprop: {_one_line(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt as e:
+        print(f"\neqprop: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, DataError, ValueError, OSError) as e:
+        print(f"eqprop: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

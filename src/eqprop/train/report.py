@@ -1,0 +1,133 @@
+"""Plots and a markdown summary of one or more run directories (matplotlib, Agg backend).
+
+Writes into the output directory: ``accuracy.png`` (train/test accuracy per epoch),
+``loss.png``, ``relaxation.png`` (free_steps_mean, residual_mean), ``diagnostics.png``
+(any other numeric per-epoch keys, e.g. ``angle``, ``alignment``, ``homeo_loss``; only
+when present) and ``report.md`` (a table of the runs, linking the plots). Several runs
+are overlaid, labelled by their directory name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .rundir import RunDir
+
+__all__ = ["report", "KNOWN_KEYS"]
+
+KNOWN_KEYS = {
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_std", "epoch_seconds",
+    "ms_per_batch", "free_steps_mean", "residual_mean", "nonconverged_fraction", "batches",
+    "compile_seconds",
+}
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            xs.append(r["epoch"])
+            ys.append(float(v))
+    return xs, ys
+
+
+def _extra_keys(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
+    keys: list[str] = []
+    for _, records in runs:
+        for r in records:
+            for k, v in r.items():
+                if (k not in KNOWN_KEYS and k not in keys and isinstance(v, (int, float))
+                        and not isinstance(v, bool)):
+                    keys.append(k)
+    return keys
+
+
+def _plot(path: Path, runs, panels: list[tuple[str, list[tuple[str, str]], bool]]) -> None:
+    """One figure, one panel per ``(title, [(key, style)], log_y)``; one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, keys, log_y) in zip(axes[0], panels):
+        for i, (name, records) in enumerate(runs):
+            for key, style in keys:
+                xs, ys = _series(records, key)
+                if xs:
+                    label = f"{name} {key}" if len(keys) > 1 else name
+                    ax.plot(xs, ys, style, color=colours[i % len(colours)], label=label,
+                            marker="o", markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if log_y and any(_series(r, k)[1] and min(_series(r, k)[1]) > 0
+                         for _, r in runs for k, _ in keys):
+            ax.set_yscale("log")
+        if ax.lines:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:.2f}%"
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+    """Write the plots and ``report.md`` for ``run_dirs`` into ``out_dir``; return report.md."""
+    runs = []
+    summaries = []
+    for d in run_dirs:
+        run = RunDir(d)
+        if not run.is_run():
+            raise ValueError(f"{run.path}: not a run directory (no config.toml)")
+        records = run.read_metrics()
+        if not records:
+            raise ValueError(f"{run.path}: no metrics.jsonl records yet")
+        runs.append((run.name, records))
+        summaries.append((run, records, run.read_summary() or {}))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "accuracy.png": [("accuracy", [("train_acc", "--"), ("test_acc", "-")], False)],
+        "loss.png": [("loss", [("train_loss", "--"), ("test_loss", "-")], True)],
+        "relaxation.png": [("free steps (mean)", [("free_steps_mean", "-")], False),
+                           ("residual (mean)", [("residual_mean", "-")], True)],
+    }
+    extra = _extra_keys(runs)
+    if extra:
+        plots["diagnostics.png"] = [(k, [(k, "-")], False) for k in extra]
+    for name, panels in plots.items():
+        _plot(out / name, runs, panels)
+
+    lines = ["# eqprop report", "",
+             "| run | data | estimator | seeds | epochs | final test acc | best test acc "
+             "| final train acc | time (s) | ms/batch | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run, records, s in summaries:
+        last = records[-1]
+        evald = [r for r in records if r.get("test_acc") is not None]
+        final = evald[-1]["test_acc"] if evald else None
+        best = max((r["test_acc"] for r in evald), default=None)
+        std = evald[-1].get("test_acc_std") if evald else None
+        final_txt = _fmt(final, True) + (f" ± {_fmt(std, True)}" if std is not None else "")
+        time_s = s.get("train_seconds") or sum(r.get("epoch_seconds") or 0 for r in records)
+        lines.append(
+            f"| {run.name} | {s.get('data', '-')} | {s.get('estimator', '-')} "
+            f"| {s.get('seeds', '-')} | {last['epoch']} | {final_txt} | {_fmt(best, True)} "
+            f"| {_fmt(last.get('train_acc'), True)} | {_fmt(float(time_s))} "
+            f"| {_fmt(s.get('ms_per_batch'))} | {s.get('status', 'running/unknown')} |")
+    lines += ["", *(f"![{n[:-4]}]({n})" for n in plots), ""]
+    md = out / "report.md"
+    md.write_text("\n".join(lines))
+    return md

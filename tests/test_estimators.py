@@ -1,0 +1,225 @@
+"""Every estimator against the exact gradient: the math of eqprop, pinned."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+
+import eqprop
+from eqprop.estimate import (
+    EP, OnlineHEP, circle_derivative, exact_nudge_derivative, free_phase, make_estimator, rbp_delta,
+)
+from helpers import cos, flat, flat_params, rel
+
+F64 = jnp.float64
+EXACT = eqprop.Dynamics(free_steps=300, nudged_steps=300, linear_steps=4000, linear_tol=1e-13)
+
+
+def batch(n_in, n_classes, b=6, seed=1):
+    x = jax.random.uniform(jax.random.PRNGKey(seed), (b, n_in), F64)
+    return x, jnp.arange(b) % n_classes
+
+
+def setup(model, n_in, n_classes, dyn=EXACT):
+    x, y = batch(n_in, n_classes)
+    return x, y, free_phase(model, x, dyn)
+
+
+def grad(name, model, x, y, free, dyn=EXACT, **kw):
+    return make_estimator(name, dyn, **kw)(model, x, y, free, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def tied():
+    m = eqprop.layered([12, 16, 10, 5], key=jax.random.PRNGKey(0), dtype=F64)
+    return (m, *setup(m, 12, 5))
+
+
+@pytest.fixture(scope="module")
+def untied90():
+    m = eqprop.layered([12, 16, 10, 5], key=jax.random.PRNGKey(0), feedback="untied",
+                       asymmetry_angle=90.0, dtype=F64)
+    return (m, *setup(m, 12, 5))
+
+
+def test_free_phase_converges(tied):
+    m, x, y, free = tied
+    assert float(jnp.max(free.stats.residual)) < 1e-10
+    assert int(free.stats.nonfinite_step) == -1
+
+
+def test_implicit_equals_bptt_through_long_relaxation(tied):
+    m, x, y, free = tied
+    g_imp, _ = grad("implicit", m, x, y, free)
+    g_bptt, _ = grad("bptt", m, x, y, free)
+    assert rel(flat_params(g_imp), flat_params(g_bptt)) < 1e-4
+
+
+def test_bptt_with_few_steps_differs_from_implicit(tied):
+    """The reference is not trivially equal: BPTT through 3 steps is a different gradient."""
+    m, x, y, free = tied
+    g_imp, _ = grad("implicit", m, x, y, free)
+    short = eqprop.Dynamics(free_steps=3)
+    g_bptt, _ = grad("bptt", m, x, y, free, dyn=short)
+    assert rel(flat_params(g_bptt), flat_params(g_imp)) > 1e-2
+
+
+def test_implicit_matches_finite_differences_of_the_loss(tied):
+    """Implicit gradient vs a central difference of L(theta) along a random direction."""
+    m, x, y, _ = tied
+    params, static = eqx.partition(m, eqx.is_inexact_array)
+    direction = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(7), p.shape, p.dtype), params)
+
+    def loss_at(eps):
+        mm = eqx.combine(jax.tree.map(lambda p, d: p + eps * d, params, direction), static)
+        f = free_phase(mm, x, EXACT)
+        return float(jnp.mean(mm.loss(mm.activity(f.u), y)))
+
+    h = 1e-5
+    fd = (loss_at(h) - loss_at(-h)) / (2 * h)
+    g, _ = grad("implicit", m, x, y, free_phase(m, x, EXACT))
+    analytic = float(flat_params(g) @ flat_params(direction))
+    assert abs(fd - analytic) < 1e-6 * max(1.0, abs(fd))
+
+
+def test_exact_nudge_equals_implicit_when_tied(tied):
+    m, x, y, free = tied
+    g_imp, info_imp = grad("implicit", m, x, y, free)
+    g_ex, info_ex = grad("exact-nudge", m, x, y, free)
+    assert cos(flat_params(g_ex), flat_params(g_imp)) > 0.9999
+    assert rel(flat_params(g_ex), flat_params(g_imp)) < 1e-6
+    # da*/dbeta is the RBP delta itself for a symmetric Jacobian
+    assert rel(flat(info_ex.error_vector), flat(info_imp.error_vector)) < 1e-6
+
+
+def test_contrast_form_equals_generalized_form(tied):
+    """Classic EP (contrast of local products at two fixed points) = generalized EP + O(beta^2)."""
+    m, x, y, free = tied
+    g_imp, _ = grad("implicit", m, x, y, free)
+    for beta in (0.1, 0.01):
+        g_c, _ = grad("contrast", m, x, y, free, beta=beta, points=2)
+        g_ep, _ = grad("ep", m, x, y, free, beta=beta, points=2)
+        assert rel(flat_params(g_c), flat_params(g_ep)) < 2 * beta**2
+        assert rel(flat_params(g_c), flat_params(g_imp)) < 4 * beta**2
+    # and the primitive really is the energy of the drive: dPhi/da = h(a)
+    a = m.activity(free.u)
+    dphi = jax.grad(lambda a: jnp.sum(m.primitive(a, x)))(a)
+    h = m.drive(a, free.drive)
+    assert rel(flat(dphi), flat(h)) < 1e-12
+
+
+def test_contrast_refuses_untied(untied90):
+    m, x, y, free = untied90
+    with pytest.raises(ValueError, match="tied"):
+        make_estimator("contrast", EXACT, beta=0.1).check(m)
+
+
+def test_hep_error_falls_geometrically_with_points():
+    """At a fixed finite beta = 0.5 the hEP error is O(beta^N): >= 10x per step N = 2 -> 4 -> 6."""
+    m = eqprop.layered([6, 8, 6, 4], key=jax.random.PRNGKey(3), activation="tanh", init_scale=0.5, dtype=F64)
+    x, y, free = setup(m, 6, 4)
+    exact, _ = exact_nudge_derivative(m, free, y, EXACT)
+    err = {n: rel(flat(circle_derivative(m, free, y, 0.5, n, 300, 1.0, 0.0)[0]), flat(exact)) for n in (2, 4, 6)}
+    assert err[4] * 10 <= err[2]
+    assert err[6] * 10 <= err[4]
+    one_sided_small, _, _ = circle_derivative(m, free, y, 0.05, 1, 300, 1.0, 0.0)
+    assert err[4] < rel(flat(one_sided_small), flat(exact))
+
+
+def test_hep_n1_and_n2_are_one_sided_and_symmetric_ep(tied):
+    m, x, y, free = tied
+    a0 = m.activity(free.u)
+    v1, _, st1 = circle_derivative(m, free, y, 0.3, 1, 300, 1.0, 0.0)
+    v2, _, st2 = circle_derivative(m, free, y, 0.3, 2, 300, 1.0, 0.0)
+    _, a = st2["real"]
+    plus, minus = jax.tree.map(lambda t: t[0], a), jax.tree.map(lambda t: t[1], a)
+    sym = jax.tree.map(lambda p, q: (p - q) / 0.6, plus, minus)
+    one = jax.tree.map(lambda p, q: (p - q) / 0.3, plus, a0)
+    assert rel(flat(v2), flat(sym)) < 1e-12
+    assert rel(flat(v1), flat(one)) < 1e-12
+    assert "complex" not in st2  # N = 2 needs no complex states
+
+
+def test_conjugate_points_computed_once():
+    from eqprop.estimate import circle_points
+
+    real, cplx = circle_points(0.5, 6)
+    assert real == [0.5, -0.5] and len(cplx) == 2  # k = 1, 2; k = 4, 5 are their conjugates
+    real, cplx = circle_points(0.5, 5)
+    assert real == [0.5] and len(cplx) == 2
+
+
+def test_untied_biases_separate(untied90):
+    """At 90 degrees hEP still matches the exact da/dbeta (finite-nudge bias gone), while the
+    exact-nudge gradient differs from the implicit one (asymmetry bias remains)."""
+    m, x, y, free = untied90
+    exact, _ = exact_nudge_derivative(m, free, y, EXACT)
+    v6, _, _ = circle_derivative(m, free, y, 0.5, 6, 300, 1.0, 0.0)
+    finite_nudge_bias = rel(flat(v6), flat(exact))
+    assert finite_nudge_bias < 1e-2
+    g_imp, _ = grad("implicit", m, x, y, free)
+    g_ex, _ = grad("exact-nudge", m, x, y, free)
+    g_hep, _ = grad("hep", m, x, y, free, beta=0.5, points=6)
+    assert cos(flat_params(g_ex), flat_params(g_imp)) < 0.97
+    assert cos(flat_params(g_hep), flat_params(g_ex)) > 0.9999
+    delta, _ = rbp_delta(m, free, y, EXACT)
+    assert cos(flat(exact), flat(delta)) < 0.99
+    assert rel(flat(exact), flat(delta)) > 10 * finite_nudge_bias
+
+
+def test_sign_pinned_step_against_estimate_lowers_loss(tied):
+    m, x, y, free = tied
+
+    def loss(mm):
+        f = free_phase(mm, x, EXACT)
+        return float(jnp.mean(mm.loss(mm.activity(f.u), y)))
+
+    g, _ = grad("ep", m, x, y, free, beta=0.1, points=1)
+    step = lambda s: eqx.apply_updates(m, jax.tree.map(lambda t: s * t, g))
+    base = loss(m)
+    assert loss(step(-0.05)) < base < loss(step(+0.05))
+
+
+def test_online_hep_converges_and_its_lag_bias_shrinks_with_segment_length():
+    """Online hEP: the running estimate settles as periods grow (changes halve when the
+    periods double), and its distance to the exact da/dbeta falls as the nudge rotates
+    more slowly (lag bias ~ 1/T2); with slow rotation it is within 1%."""
+    m = eqprop.layered([6, 8, 6, 4], key=jax.random.PRNGKey(3), activation="tanh", init_scale=0.5, dtype=F64)
+    x, y, free = setup(m, 6, 4)
+    exact, _ = exact_nudge_derivative(m, free, y, EXACT)
+
+    def online(t2, periods):
+        est = OnlineHEP(dynamics=eqprop.Dynamics(nudged_steps=t2), beta=0.5, points=4, periods=periods)
+        return flat(est(m, x, y, free, None)[1].error_vector)
+
+    v = {p: online(40, p) for p in (1, 2, 4, 8)}
+    changes = [rel(v[2], v[1]), rel(v[4], v[2]), rel(v[8], v[4])]
+    assert changes[1] < 0.6 * changes[0] and changes[2] < 0.6 * changes[1]
+    err_fast, err_slow = rel(online(10, 4), flat(exact)), rel(online(160, 4), flat(exact))
+    assert err_slow * 3 < err_fast
+    assert err_slow < 1e-2
+
+
+def test_complex_nudges_need_a_holomorphic_activation():
+    m = eqprop.layered([4, 5, 3], key=jax.random.PRNGKey(0), activation="hard-sigmoid")
+    for est in (make_estimator("hep", EXACT, points=4), make_estimator("online-hep", EXACT)):
+        with pytest.raises(ValueError, match="not holomorphic"):
+            est.check(m)
+    make_estimator("ep", EXACT, points=2).check(m)  # real nudges are fine
+
+
+def test_ep_rejects_more_than_two_points():
+    with pytest.raises(ValueError, match="hep"):
+        EP(dynamics=EXACT, points=3)
+
+
+def test_float32_path(tied):
+    m32 = eqprop.layered([12, 16, 10, 5], key=jax.random.PRNGKey(0))
+    x, y = batch(12, 5)
+    x = x.astype(jnp.float32)
+    dyn = eqprop.Dynamics(free_steps=200, nudged_steps=40, linear_steps=400, linear_tol=1e-6)
+    free = free_phase(m32, x, dyn)
+    g_hep, _ = make_estimator("hep", dyn, beta=0.5, points=4)(m32, x, y, free, None)
+    g_imp, _ = make_estimator("implicit", dyn)(m32, x, y, free, None)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(eqx.filter(g_hep, eqx.is_array)))
+    assert cos(flat_params(g_hep), flat_params(g_imp)) > 0.999
