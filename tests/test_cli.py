@@ -1,0 +1,193 @@
+"""Tests for the ``eqprop`` command line (``eqprop.cli.main`` returns the exit code)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eqprop.cli import main
+from eqprop.config import load_config
+from eqprop.train import loop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_TOML = """
+[data]
+name = "synthetic"
+batch_size = 32
+
+[model]
+sizes = [16, 8, 4]
+
+[dynamics]
+free_steps = 15
+nudged_steps = 5
+
+[optim]
+lr = 0.2
+
+[train]
+epochs = 2
+max_batches = 4
+"""
+
+SUBCOMMANDS = ("train", "resume", "eval", "gradcheck", "datasets", "report", "config")
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", str(tiny_config), "--out", str(out), "-q"]) == 0
+    return out
+
+
+def test_train_writes_run(run_dir):
+    assert (run_dir / "config.toml").is_file()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (run_dir / "checkpoints" / "latest.eqx").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_train_set_and_epochs(tiny_config, tmp_path):
+    out = tmp_path / "r"
+    code = main(["train", str(tiny_config), "--set", "optim.lr=0.05", "--epochs", "1",
+                 "--out", str(out), "-q"])
+    assert code == 0
+    cfg = load_config(out / "config.toml")
+    assert cfg.optim.lr == 0.05 and cfg.train.epochs == 1
+    assert main(["resume", str(out), "--epochs", "2", "-q"]) == 0
+    epochs = [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert load_config(out / "config.toml").train.epochs == 2
+
+
+def test_eval(run_dir, capsys):
+    assert main(["eval", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "loss" in out and "top-5" not in out  # 4 classes
+    assert main(["eval", str(run_dir), "--split", "train", "--checkpoint", "best"]) == 0
+
+
+def test_gradcheck_json(run_dir, tiny_config, tmp_path, capsys):
+    out = tmp_path / "gc.json"
+    specs = ["hep:points=4:beta=0.5", "ep"]
+    args = ["gradcheck", str(run_dir), "--json", str(out)]
+    for s in specs:
+        args += ["--estimator", s]
+    assert main(args) == 0
+    assert "cosine" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert "relaxation" in data
+    for s in specs:
+        entry = data[s]
+        assert -1.0 <= entry["total"]["cosine"] <= 1.0001
+        assert entry["total"]["relative_error"] >= 0
+        assert entry["parameters"] and entry["error_vectors"] is not None
+    # a config file works too, with the config's own estimator as the default SPEC
+    out2 = tmp_path / "gc2.json"
+    assert main(["gradcheck", str(tiny_config), "--set", "dynamics.free_steps=10",
+                 "--json", str(out2)]) == 0
+    assert "hep" in json.loads(out2.read_text())
+
+
+def test_gradcheck_bad_spec(tiny_config, capsys):
+    assert main(["gradcheck", str(tiny_config), "--estimator", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_datasets(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic" in out and "fashion-mnist" in out
+
+
+def test_report(run_dir, tmp_path, capsys):
+    # an extra numeric key becomes a diagnostics plot
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.toml").write_text((run_dir / "config.toml").read_text())
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (other / "metrics.jsonl").write_text(
+        "".join(json.dumps({**r, "angle": 10.0 * r["epoch"]}) + "\n" for r in lines))
+    out = tmp_path / "rep"
+    assert main(["report", str(run_dir), str(other), "--out", str(out)]) == 0
+    for name in ("accuracy.png", "loss.png", "relaxation.png", "diagnostics.png", "report.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    md = (out / "report.md").read_text()
+    assert "tiny" in md and "other" in md
+
+
+def test_bad_config_value(tiny_config, tmp_path, capsys):
+    code = main(["train", str(tiny_config), "--set", "optim.lr=-1", "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "optim.lr" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_input_files(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.toml")]) == 2
+    assert main(["eval", str(tmp_path)]) == 2
+    assert main(["resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("eqprop: error:") for line in err)
+
+
+def test_divergence_exit_code(tiny_config, tmp_path, monkeypatch, capsys):
+    real = loop._call_step
+
+    def diverging(*args):
+        model, opt_state, m = real(*args)
+        return model, opt_state, {**m, "loss": np.float32("inf")}
+
+    monkeypatch.setattr(loop, "_call_step", diverging)
+    assert main(["train", str(tiny_config), "--out", str(tmp_path / "d"), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "diverged at epoch 1, batch 0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_interrupt_exit_code(tiny_config, tmp_path, monkeypatch):
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_call_step", interrupt)
+    assert main(["train", str(tiny_config), "--out", str(tmp_path / "i"), "-q"]) == 130
+    assert (tmp_path / "i" / "checkpoints" / "latest.eqx").is_file()
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "usage: eqprop " + command in capsys.readouterr().out
+
+
+def test_top_level_help_and_usage_error(capsys):
+    assert main(["--help"]) == 0
+    assert main([]) == 2
+    assert main(["train"]) == 2
+
+
+def test_config_reference(capsys):
+    assert main(["config"]) == 0
+    assert "## [train]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["digits-quick", "fmnist-mlp-hep", "fmnist-mlp-implicit"])
+def test_shipped_configs_parse(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.toml")
+    if name.startswith("fmnist"):
+        assert cfg.data.name == "fashion-mnist" and cfg.model.sizes == (784, 256, 256, 10)
+        assert cfg.estimator.name == name.rsplit("-", 1)[1]
+        assert (cfg.dynamics.free_steps, cfg.dynamics.nudged_steps) == (150, 20)

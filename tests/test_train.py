@@ -1,0 +1,219 @@
+"""Tests for eqprop.train: the loop, metrics, checkpoints, resume, faults, several seeds.
+
+All runs are tiny (synthetic data, a 16-8-4 network, <= 20 relaxation steps, 4 batches
+per epoch) so the whole file takes a few seconds of compile time per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eqprop.config import load_config, parse_config, with_updates
+from eqprop.network.base import named_parameters, parameters
+from eqprop.train import (RunDir, TrainingDiverged, TrainingInterrupted, atomic_write, evaluate,
+                          load_run, train, with_epochs)
+from eqprop.train import checkpoint, loop
+
+TINY = {
+    "data": {"name": "synthetic", "batch_size": 32},
+    "model": {"sizes": [16, 8, 4]},
+    "dynamics": {"free_steps": 15, "nudged_steps": 5},
+    "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9},
+    "train": {"epochs": 2, "max_batches": 4, "seed": 3},
+}
+
+METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
+               "ms_per_batch", "free_steps_mean", "residual_mean", "nonconverged_fraction"}
+
+
+def tiny(**updates) -> "loop.Config":
+    return with_updates(parse_config(TINY), **updates)
+
+
+def params_of(run_dir: Path, which: str = "latest") -> dict[str, np.ndarray]:
+    _, _, model, _ = load_run(run_dir, which)
+    return {k: np.asarray(v) for k, v in named_parameters(parameters(model)).items()}
+
+
+def assert_same_params(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run, shared by the resume tests."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(tiny(), out, progress=False)
+    return out
+
+
+def test_training_reduces_loss(tmp_path):
+    cfg = tiny(train={"epochs": 4, "max_batches": 8})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    records = RunDir(tmp_path / "run").read_metrics()
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert records[-1]["test_loss"] < records[0]["test_loss"]
+    assert summary["status"] == "completed" and summary["epochs"] == 4
+
+
+def test_run_directory_layout(straight):
+    run = RunDir(straight)
+    records = run.read_metrics()
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert METRIC_KEYS <= r.keys()
+        assert r["batches"] == 4
+        assert r["free_steps_mean"] == 15
+    assert load_config(run.config) == tiny()
+    for which in ("latest", "best"):
+        assert run.checkpoint(which).is_file()
+        assert checkpoint.meta_path(run.checkpoint(which)).is_file()
+    meta = checkpoint.read_meta(run.checkpoint("latest"))
+    assert meta["epoch"] == 2 and meta["batch"] == 0 and meta["seed"] == 3
+    summary = json.loads(run.summary.read_text())
+    for key in ("final_test_acc", "best_test_acc", "best_epoch", "train_seconds",
+                "final_test_acc_mean", "final_test_acc_std"):
+        assert key in summary
+    assert summary["final_test_acc"] == records[-1]["test_acc"]
+
+
+def test_checkpoint_round_trip(straight):
+    config, program, model, meta = load_run(straight, "latest")
+    m = evaluate(program, model, program.dataset.x_test, program.dataset.y_test)
+    last = RunDir(straight).read_metrics()[-1]
+    np.testing.assert_allclose(m["acc"][0], last["test_acc"], atol=1e-6)
+    np.testing.assert_allclose(m["loss"][0], last["test_loss"], rtol=1e-5)
+    # the leaves themselves survive save/load
+    path = straight / "copy.eqx"
+    checkpoint.save(path, (model, program.opt_state), {"epoch": 7})
+    (model2, _), meta2 = checkpoint.load(path, (program.model, program.opt_state))
+    assert meta2["epoch"] == 7
+    assert_same_params(named_parameters(parameters(model)), named_parameters(parameters(model2)))
+
+
+def test_checkpoint_mismatch_is_detected(straight, tmp_path):
+    _, program, model, _ = load_run(straight)
+    path = tmp_path / "c.eqx"
+    checkpoint.save(path, model, {"epoch": 1})
+    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(checkpoint.CheckpointError, match="does not match"):
+        checkpoint.load(path, model)
+
+
+def test_resume_equals_uninterrupted(straight, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(train={"epochs": 1}), out, progress=False)
+    train(with_epochs(load_config(out / "config.toml"), 2), out, resume=True, progress=False)
+    assert_same_params(params_of(out), params_of(straight))
+    assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
+
+
+def test_ctrl_c_mid_epoch_then_resume_is_exact(straight, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = loop._call_step
+
+    def interrupting(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, batch 1
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(loop, "_call_step", interrupting)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(tiny(), out, progress=False)
+    assert (info.value.epoch, info.value.batch) == (2, 1)
+    meta = checkpoint.read_meta(RunDir(out).checkpoint("latest"))
+    assert (meta["epoch"], meta["batch"]) == (1, 1)
+    monkeypatch.setattr(loop, "_call_step", real)
+    train(load_config(out / "config.toml"), out, resume=True, progress=False)
+    assert_same_params(params_of(out), params_of(straight))
+    a, b = RunDir(out).read_metrics(), RunDir(straight).read_metrics()
+    assert [r["epoch"] for r in a] == [1, 2]
+    np.testing.assert_allclose(a[1]["train_loss"], b[1]["train_loss"], rtol=1e-5)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = loop._call_step
+
+    def diverging(program, model, opt_state, x, y, key):
+        model, opt_state, m = real(program, model, opt_state, x, y, key)
+        calls["n"] += 1
+        if calls["n"] >= 6:  # epoch 2, batch 1: poison the state
+            model = jax.tree.map(lambda a: a * jnp.nan if jnp.issubdtype(a.dtype, jnp.floating)
+                                 else a, model)
+            m = {**m, "nonfinite_step": np.int32(7), "loss": np.float32("nan"),
+                 "nonfinite": {**m["nonfinite"], "h1": np.bool_(True)}}
+        return model, opt_state, m
+
+    monkeypatch.setattr(loop, "_call_step", diverging)
+    with pytest.raises(TrainingDiverged) as info:
+        train(tiny(train={"epochs": 3}), out, progress=False)
+    msg = str(info.value)
+    assert "epoch 2" in msg and "batch 1" in msg and "h1" in msg and "\n" not in msg
+    assert (info.value.epoch, info.value.batch, info.value.populations) == (2, 1, ["h1"])
+    meta = checkpoint.read_meta(RunDir(out).checkpoint("latest"))
+    assert meta["epoch"] == 1 and meta["batch"] == 0
+    for v in params_of(out).values():
+        assert np.all(np.isfinite(v))
+    assert json.loads(RunDir(out).summary.read_text())["status"] == "diverged"
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def failing(fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["f.bin"]
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "new.bin", lambda fh: (_ for _ in ()).throw(RuntimeError()))
+    assert sorted(os.listdir(tmp_path)) == ["f.bin"]
+
+
+def test_several_seeds(tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny(train={"seeds": 3, "epochs": 1}), out, progress=False)
+    rec = RunDir(out).read_metrics()[-1]
+    per = rec["per_seed"]["test_acc"]
+    assert len(per) == 3 and len(set(per)) == 3
+    assert rec["test_acc"] == pytest.approx(np.mean(per))
+    assert summary["final_test_acc_per_seed"] == per
+    assert summary["final_test_acc_mean"] == pytest.approx(np.mean(per))
+    assert summary["final_test_acc_std"] == pytest.approx(np.std(per))
+    _, program, model, _ = load_run(out)
+    assert program.seeds == 3
+    assert jax.tree.leaves(parameters(model))[0].shape[0] == 3
+
+
+def test_refuses_to_overwrite_or_resume_nothing(straight, tmp_path):
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny(), straight, progress=False)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(tiny(), tmp_path / "empty", resume=True, progress=False)
+    with pytest.raises(ValueError, match="already trained"):
+        train(tiny(train={"epochs": 1}), straight, resume=True, progress=False)
+
+
+def test_step_keys_are_pure_functions_of_seed_epoch_batch():
+    a = loop.step_keys(3, 2, 4)
+    b = loop.step_keys(3, 2, 6)[:4]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(loop.step_keys(3, 1, 4), a)
+    assert loop.step_keys(3, 2, 4, seeds=3).shape[:2] == (4, 3)
