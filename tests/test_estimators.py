@@ -218,8 +218,9 @@ def test_float32_path():
     x, y = batch(12, 5)
     dyn = eqprop.Dynamics(free_steps=200, nudged_steps=40, linear_steps=400, linear_tol=1e-6)
     out = {}
+    m64 = eqprop.layered([12, 16, 10, 5], key=jax.random.PRNGKey(0), dtype=F64)
     for dtype in (jnp.float32, F64):
-        m = eqprop.layered([12, 16, 10, 5], key=jax.random.PRNGKey(0), dtype=dtype)
+        m = jax.tree.map(lambda v: v.astype(dtype) if eqx.is_inexact_array(v) else v, m64)
         xd = x.astype(dtype)
         free = free_phase(m, xd, dyn)
         out[dtype] = [make_estimator(n, dyn, **kw)(m, xd, y, free, None)[0]
