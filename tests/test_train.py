@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eqprop.config import load_config, parse_config, with_updates
+from eqprop.config import Config, load_config, parse_config, with_updates
 from eqprop.network.base import named_parameters, parameters
 from eqprop.train import (RunDir, TrainingDiverged, TrainingInterrupted, atomic_write, evaluate,
                           load_run, train, with_epochs)
@@ -33,7 +33,7 @@ METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epo
                "ms_per_batch", "free_steps_mean", "residual_mean", "nonconverged_fraction"}
 
 
-def tiny(**updates) -> "loop.Config":
+def tiny(**updates) -> Config:
     return with_updates(parse_config(TINY), **updates)
 
 

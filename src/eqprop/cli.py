@@ -22,6 +22,19 @@ EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 # ---------------------------------------------------------------------------
 
 
+def _interrupt_on_sigterm() -> None:
+    """Treat SIGTERM (e.g. a scheduler's preemption) like Ctrl-C: checkpoint and stop."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        pass
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import default_run_dir, train, with_epochs
@@ -29,6 +42,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = with_epochs(load_config(args.config, args.set), args.epochs)
     out = Path(args.out) if args.out else default_run_dir(args.config)
     print(f"run directory: {out}")
+    _interrupt_on_sigterm()
     train(config, out, progress=not args.quiet)
     return EXIT_OK
 
@@ -41,6 +55,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if not run.is_run():
         raise ValueError(f"{run.path}: not a run directory (no config.toml)")
     config = with_epochs(load_config(run.config), args.epochs)
+    _interrupt_on_sigterm()
     train(config, run.path, resume=True, progress=not args.quiet)
     return EXIT_OK
 
@@ -174,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Continue RUN_DIR from checkpoints/latest.eqx; the result "
                        "equals an uninterrupted run with the same config.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--epochs", type=int, metavar="N", help="new total number of epochs")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="new total number of epochs (with a cosine schedule this changes the "
+                   "schedule, so the result no longer equals an uninterrupted run)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
     p.set_defaults(func=_cmd_resume)
 

@@ -1,0 +1,131 @@
+"""Graph networks (loops, skips), relaxation reports, and property tests on random networks."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import eqprop
+from eqprop.estimate import circle_derivative, exact_nudge_derivative, free_phase, make_estimator
+from eqprop.relax import relax
+from helpers import cos, flat, flat_params, rel
+
+F64 = jnp.float64
+EXACT = eqprop.Dynamics(free_steps=300, nudged_steps=300, linear_steps=4000, linear_tol=1e-13)
+
+
+def run(model, n_in, n_classes, b=5):
+    x = jax.random.uniform(jax.random.PRNGKey(2), (b, n_in), F64)
+    y = jnp.arange(b) % n_classes
+    free = free_phase(model, x, EXACT)
+    g = lambda name, **kw: make_estimator(name, EXACT, **kw)(model, x, y, free, None)
+    return x, y, free, g
+
+
+def test_untied_graph_with_loop_and_skip():
+    """in -> h1 -> h2 -> out, skip h1 -> out, and the loop out -> h1 (no other feedback)."""
+    m = eqprop.graph(
+        {"h1": 10, "h2": 8, "out": 4},
+        [["input", "h1"], ["h1", "h2"], ["h2", "out"], ["h1", "out"], ["out", "h1"]],
+        input_size=7, n_classes=4, key=jax.random.PRNGKey(1), feedback="untied", dtype=F64,
+        activation="tanh", init_scale=0.5,
+    )
+    assert [p.name for p in m.projections][-1] == "out->h1" and not m.symmetric
+    x, y, free, g = run(m, 7, 4)
+    assert float(jnp.max(free.stats.residual)) < 1e-10
+    g_imp, _ = g("implicit")
+    g_bptt, _ = g("bptt")
+    assert rel(flat_params(g_bptt), flat_params(g_imp)) < 1e-4
+    g_ex, info_ex = g("exact-nudge")
+    g_hep, info_hep = g("hep", beta=0.5, points=6)
+    assert rel(flat(info_hep.error_vector), flat(info_ex.error_vector)) < 1e-3
+    assert cos(flat_params(g_hep), flat_params(g_ex)) > 0.9999
+    assert cos(flat_params(g_ex), flat_params(g_imp)) < 0.999  # a loop is not symmetric
+
+
+def test_tied_graph_with_skip_is_energy_based():
+    m = eqprop.graph(
+        {"h1": 9, "h2": 6, "out": 3},
+        [["input", "h1"], ["h1", "h2"], ["h2", "out"], ["h1", "out"]],
+        input_size=5, n_classes=3, key=jax.random.PRNGKey(4), feedback="tied", dtype=F64,
+    )
+    x, y, free, g = run(m, 5, 3)
+    g_imp, _ = g("implicit")
+    assert rel(flat_params(g("bptt")[0]), flat_params(g_imp)) < 1e-4
+    assert cos(flat_params(g("exact-nudge")[0]), flat_params(g_imp)) > 0.9999
+    assert rel(flat_params(g("contrast", beta=0.01, points=2)[0]), flat_params(g_imp)) < 1e-3
+
+
+def test_asymmetry_angle_initialisation():
+    """B = sin(a) B_init + cos(a) W^T: 0 degrees gives B = W^T exactly, 90 an independent B."""
+    for angle, expect_sym in ((0.0, True), (90.0, False)):
+        m = eqprop.layered([5, 6, 4], key=jax.random.PRNGKey(0), feedback="untied", asymmetry_angle=angle, dtype=F64)
+        w, b = m.weights["h1->out"], m.weights["out->h1"]
+        assert jnp.allclose(b, w.T) == expect_sym
+    m = eqprop.layered([5, 6, 4], key=jax.random.PRNGKey(0), feedback="untied", asymmetry_angle=45.0, dtype=F64)
+    w, b = m.weights["h1->out"], m.weights["out->h1"]
+    c = float(jnp.vdot(w.T, b) / (jnp.linalg.norm(w) * jnp.linalg.norm(b)))
+    assert 0.4 < c < 0.95
+
+
+def test_graph_rejects_bad_structure():
+    kw = dict(input_size=3, n_classes=2, key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="clamped"):
+        eqprop.graph({"out": 2}, [["out", "input"]], **kw)
+    with pytest.raises(ValueError, match="unknown population"):
+        eqprop.graph({"out": 2}, [["input", "hx"]], **kw)
+    with pytest.raises(ValueError, match="twice"):
+        eqprop.graph({"h": 2, "out": 2}, [["input", "h"], ["h", "out"], ["out", "h"]], **kw)
+
+
+def test_relax_tolerance_stops_early():
+    m = eqprop.layered([6, 8, 4], key=jax.random.PRNGKey(0), dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6), F64)
+    free = free_phase(m, x, eqprop.Dynamics(free_steps=500, tol=1e-6))
+    assert 0 < int(free.stats.steps) < 500
+    assert float(jnp.max(free.stats.residual)) < 1e-6
+    fixed = free_phase(m, x, eqprop.Dynamics(free_steps=37))
+    assert int(fixed.stats.steps) == 37
+
+
+def test_relax_reports_nonfinite_step_and_population():
+    """A field that blows up in one population is stopped and reported, not hidden."""
+    u0 = {"h": jnp.ones((2, 3)), "out": jnp.ones((2, 2))}
+    field = lambda u: {"h": 2.0 * u["h"] ** 2, "out": -u["out"]}  # h explodes, out decays
+    u, stats = relax(field, u0, dt=1.0, steps=1000)
+    assert 0 < int(stats.nonfinite_step) < 1000
+    assert int(stats.steps) == int(stats.nonfinite_step)
+    assert bool(stats.nonfinite["h"]) and not bool(stats.nonfinite["out"])
+
+
+def test_complex_states_relax():
+    m = eqprop.layered([4, 5, 3], key=jax.random.PRNGKey(0), dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4), F64)
+    free = free_phase(m, x, EXACT)
+    v, stats, states = circle_derivative(m, free, jnp.array([0, 1]), 0.5, 3, 200, 1.0, 0.0)
+    betas, a = states["complex"]
+    assert jnp.iscomplexobj(a["out"]) and float(jnp.max(stats.residual)) < 1e-10
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    sizes=st.lists(st.integers(2, 7), min_size=2, max_size=4),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 1000),
+    activation=st.sampled_from(["sigmoid4", "tanh", "dsilu"]),
+)
+def test_property_tied_random_networks(sizes, batch, seed, activation):
+    """Any small tied network: implicit == BPTT, exact nudge == implicit, hEP(6) ~ exact."""
+    n_in = sizes[0] + 1
+    n_classes = sizes[-1]
+    m = eqprop.layered([n_in] + sizes, key=jax.random.PRNGKey(seed), activation=activation,
+                       init_scale=0.5, dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (batch, n_in), F64)
+    y = jnp.arange(batch) % n_classes
+    dyn = eqprop.Dynamics(free_steps=400, nudged_steps=400, linear_steps=4000, linear_tol=1e-13)
+    free = free_phase(m, x, dyn)
+    g = lambda name, **kw: make_estimator(name, dyn, **kw)(m, x, y, free, None)
+    g_imp = flat_params(g("implicit")[0])
+    assert rel(flat_params(g("bptt")[0]), g_imp) < 1e-4
+    assert rel(flat_params(g("exact-nudge")[0]), g_imp) < 1e-6
+    assert cos(flat_params(g("hep", beta=0.1, points=6)[0]), g_imp) > 0.999
