@@ -104,7 +104,7 @@ def test_contrast_form_equals_generalized_form(tied):
     # and the primitive really is the energy of the drive: dPhi/da = h(a)
     a = m.activity(free.u)
     dphi = jax.grad(lambda a: jnp.sum(m.primitive(a, x)))(a)
-    h = m.drive(a, free.drive)
+    h = m.interaction(a, free.drive)
     assert rel(flat(dphi), flat(h)) < 1e-12
 
 

@@ -53,6 +53,12 @@ class EquilibriumModel(eqx.Module):
     def field(self, u: PyTree, drive: PyTree) -> PyTree:
         """Free vector field ``F(u)`` (same structure as ``u``); fixed points: ``F = 0``."""
 
+    def interaction(self, a: PyTree, drive: PyTree) -> PyTree:
+        """``h(a)``: the part of ``F`` driven by the activities (``F = h(a) - u`` for dense and
+        convolutional networks). Its Jacobian ``dh/da`` has the same antisymmetric part as
+        the activity-coordinate Jacobian ``J``; homeostasis and symmetry diagnostics use it."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its interaction h(a)")
+
     @property
     @abc.abstractmethod
     def holomorphic(self) -> bool:

@@ -85,7 +85,7 @@ class DenseNetwork(EquilibriumModel):
         act = get_activation(self.activation)
         return {p: act(v) for p, v in u.items()}
 
-    def drive(self, a: dict[str, Array], drive: dict[str, Array]) -> dict[str, Array]:
+    def interaction(self, a: dict[str, Array], drive: dict[str, Array]) -> dict[str, Array]:
         """``h(a)``: the prepared input drive plus every internal projection."""
         h = dict(drive)
         for e in self.projections:
@@ -98,7 +98,7 @@ class DenseNetwork(EquilibriumModel):
         return h
 
     def field(self, u: dict[str, Array], drive: dict[str, Array]) -> dict[str, Array]:
-        h = self.drive(self.activity(u), drive)
+        h = self.interaction(self.activity(u), drive)
         return {p: h[p] - u[p] for p in u}
 
     def primitive(self, a: dict[str, Array], x: Array) -> Array:
