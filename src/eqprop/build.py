@@ -1,7 +1,7 @@
 """From a validated :class:`~eqprop.config.Config` to the objects that train.
 
-``build_dynamics``, ``build_estimator``, ``build_model`` and ``build_optimizer`` are the
-only place where configuration meets the library, so scripts and the CLI agree.
+``build_dynamics``, ``build_estimator``, ``build_model``, ``build_optimizer`` and
+``build_homeostasis`` are the only place where configuration meets the library, so scripts and the CLI agree.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import optax
 
 from .config import Config, ConfigError
 from .estimate import Estimator, make_estimator
+from .homeostasis import Homeostasis
 from .network import DenseNetwork, EquilibriumModel, graph, layered
 from .relax import Dynamics
 
@@ -39,6 +40,14 @@ def build_estimator(config: Config) -> Estimator:
     e = config.estimator
     settings = {k: v for k, v in asdict(e).items() if k in SETTINGS[e.name]}
     return make_estimator(e.name, build_dynamics(config), **settings)
+
+
+def build_homeostasis(config: Config) -> Homeostasis | None:
+    """Jacobian homeostasis of ``[homeostasis]``, or ``None`` when ``coef == 0`` (off)."""
+    h = config.homeostasis
+    if h.coef == 0:
+        return None
+    return Homeostasis(coef=h.coef, probes=h.probes, every=h.every)
 
 
 def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:

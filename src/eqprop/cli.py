@@ -111,7 +111,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     xb, yb = next(batches(ds.x_train, ds.y_train, config.data.batch_size,
                           seed=config.train.seed, epoch=0, drop_last=False))
     result = gradcheck(model, xb, yb, estimators, dynamics,
-                       key=jax.random.PRNGKey(config.train.seed))
+                       key=jax.random.PRNGKey(config.train.seed),
+                       diagnostics_estimator=build.build_estimator(config))
     print(format_table(result))
     if args.json:
         out = Path(args.json)
@@ -205,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gradcheck", help="compare estimators with the exact gradient",
                        description="On the first training batch, compare each estimator SPEC "
-                       "with the implicit (exact) gradient. With a RUN_DIR, uses its config.toml "
+                       "with the implicit (exact) gradient, and report the asymmetry diagnostics (angle, "
+                       "jacobian_symmetry, alignment, bias cosines, homeo_loss) of the config's "
+                       "estimator. With a RUN_DIR, uses its config.toml "
                        "and latest checkpoint (first seed when seeds > 1).")
     p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
     _add_set(p)

@@ -351,14 +351,17 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
     ),
     "homeostasis": _section(
         HomeostasisConfig,
-        _F("coef", FLOAT, "Jacobian-homeostasis coefficient (reserved).", bounds=NONNEGATIVE),
-        _F("probes", INTEGER, "Random probes per estimate (reserved).", bounds=POSITIVE_INT),
-        _F("every", INTEGER, "Apply on one batch in `every` (reserved).", bounds=POSITIVE_INT),
+        _F("coef", FLOAT, "Jacobian-homeostasis coefficient (0: off).", bounds=NONNEGATIVE),
+        _F("probes", INTEGER, "Gaussian probes per homeostatic-loss estimate.",
+           bounds=POSITIVE_INT),
+        _F("every", INTEGER, "Apply on one batch in `every` (batch index % every == 0).",
+           bounds=POSITIVE_INT),
     ),
     "diagnostics": _section(
         DiagnosticsConfig,
-        _F("enabled", BOOLEAN, "Record diagnostics."),
-        _F("batch_size", INTEGER, "Batch size of the diagnostic estimates.",
+        _F("enabled", BOOLEAN, "Record diagnostics (angle, jacobian_symmetry, alignment, "
+           "bias cosines, homeo_loss) in metrics.jsonl."),
+        _F("batch_size", INTEGER, "Size of the fixed probe batch (first training examples).",
            bounds=POSITIVE_INT),
         _F("every", INTEGER, "Run diagnostics every this many epochs.", bounds=POSITIVE_INT),
     ),

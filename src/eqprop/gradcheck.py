@@ -3,7 +3,9 @@
 On one batch, for each estimator SPEC: cosine similarity and relative error of its
 gradient against the implicit gradient, per parameter and in total; the cosine of each
 population's error vector (its ``da/dbeta`` estimate) against the recurrent-backprop
-``delta``; and the relaxation figures.
+``delta``; and the relaxation figures. With ``diagnostics_estimator``, the asymmetry
+diagnostics of :mod:`eqprop.diagnostics` (``angle``, ``jacobian_symmetry``, ``alignment``,
+``cos_finite_nudge``, ``cos_asymmetry``, ``homeo_loss``, ...) are added at the top level.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def gradcheck(
     dynamics: Dynamics,
     *,
     key: jax.Array | None = None,
+    diagnostics_estimator: Estimator | None = None,
 ) -> dict[str, Any]:
     """Compare each estimator (keyed by its SPEC) with the implicit gradient on ``(x, y)``.
 
@@ -88,6 +91,10 @@ def gradcheck(
         out[spec] = entry
     out["relaxation"] = {"free": _stats(free.stats), "implicit_solve": _stats(info_ref.phases)}
     out["reference"] = "implicit"
+    if diagnostics_estimator is not None:
+        from .diagnostics import diagnostics
+
+        out.update(diagnostics(model, x, y, diagnostics_estimator, dynamics, key))
     return out
 
 
@@ -98,7 +105,8 @@ def build_specs(specs: Sequence[str], dynamics: Dynamics, defaults: Mapping[str,
 
 def format_table(result: Mapping[str, Any]) -> str:
     """A human-readable table of a :func:`gradcheck` result."""
-    specs = [k for k in result if k not in ("relaxation", "reference")]
+    specs = [k for k, v in result.items()
+             if k not in ("relaxation", "reference") and isinstance(v, Mapping)]
     if not specs:
         return "(no estimators)"
     params = list(result[specs[0]]["parameters"])
@@ -130,6 +138,11 @@ def format_table(result: Mapping[str, Any]) -> str:
         ph = result[s].get("phases")
         if ph:
             lines.append(f"{s}: {ph['steps']} steps (max over phases), residual max {ph['residual_max']:.2e}")
+    diag = {k: v for k, v in result.items() if isinstance(v, float)}
+    if diag:
+        lines += ["", "asymmetry diagnostics (configured estimator; see eqprop.diagnostics):"]
+        kw = max(len(k) for k in diag) + 2
+        lines += [f"  {k:<{kw}}{v:.6g}" for k, v in diag.items()]
     return "\n".join(lines)
 
 

@@ -51,9 +51,10 @@ class RelaxStats(eqx.Module):
         return self.nonfinite_step < 0
 
 
-def residual_norm(f: PyTree) -> Array:
-    """Per-example norm of a batched pytree: ``sqrt(sum |f|^2)`` over all but axis 0."""
-    sq = [jnp.sum(jnp.abs(v) ** 2, axis=tuple(range(1, v.ndim))) for v in jax.tree.leaves(f)]
+def residual_norm(f: PyTree, batch_ndim: int = 1) -> Array:
+    """Per-example norm of a batched pytree: ``sqrt(sum |f|^2)`` over all but the first
+    ``batch_ndim`` axes (``(B,)``, or ``(P, B)`` for phases stacked on a leading axis)."""
+    sq = [jnp.sum(jnp.abs(v) ** 2, axis=tuple(range(batch_ndim, v.ndim))) for v in jax.tree.leaves(f)]
     return jnp.sqrt(sum(sq))
 
 
@@ -69,36 +70,63 @@ def relax(
     dt: float,
     steps: int,
     tol: float | Array = 0.0,
+    batch_ndim: int = 1,
 ) -> tuple[PyTree, RelaxStats]:
     """Iterate ``u <- u + dt * field(u)`` from ``u0``.
 
     Stops after ``steps`` steps, when every example's residual is below ``tol``
     (a positive float or a traced scalar; ``0`` disables the check), or at the first
     non-finite state. Returns the final state and its :class:`RelaxStats`.
+    ``batch_ndim = 2`` relaxes phases stacked on a leading axis in one loop (leaves
+    ``(P, B, ...)``; ``field`` handles the stack): the loop condition stays a scalar,
+    which is cheaper than ``vmap`` over the loop.
     """
     check_residual = not (isinstance(tol, (int, float)) and tol <= 0)
+    ftype = jnp.result_type(float)
 
-    def cond(carry):
-        i, _, r, ok = carry
-        go = (i < steps) & ok
-        return go & (r > tol) if check_residual else go
-
-    def body(carry):
-        i, u, _, _ = carry
+    def step(u):
         f = field(u)
-        r = jnp.max(residual_norm(f)) if check_residual else jnp.inf
-        u = jax.tree.map(lambda v, g: v + dt * g, u, f)
-        return i + 1, u, jnp.asarray(r, jnp.result_type(float)), _all_finite(u)
+        return f, jax.tree.map(lambda v, g: v + dt * g, u, f)
 
-    init = (jnp.asarray(0), u0, jnp.asarray(jnp.inf, jnp.result_type(float)), _all_finite(u0))
-    i, u, _, ok = jax.lax.while_loop(cond, body, init)
+    if check_residual:
+        def cond(carry):
+            i, _, r, ok = carry
+            return (i < steps) & ok & (r > tol)
+
+        def body(carry):
+            i, u, _, _ = carry
+            f, u = step(u)
+            return i + 1, u, jnp.max(residual_norm(f, batch_ndim)).astype(ftype), _all_finite(u)
+
+        init = (jnp.asarray(0), u0, jnp.asarray(jnp.inf, ftype), _all_finite(u0))
+        i, u, _, ok = jax.lax.while_loop(cond, body, init)
+        nonfinite_step = jnp.where(ok, -1, i)
+    else:
+        # fixed budget: a fori_loop (unrolled a little, ~5% faster on CPU) that records the
+        # first non-finite step; NaNs propagate, so nothing is lost by not stopping early.
+        def fixed_body(t, carry):
+            u, bad = carry
+            _, u = step(u)
+            bad = jnp.where((bad < 0) & ~_all_finite(u), t + 1, bad)
+            return u, bad
+
+        u, nonfinite_step = jax.lax.fori_loop(
+            0, steps, fixed_body, (u0, jnp.where(_all_finite(u0), -1, 0)), unroll=_unroll(steps))
+        i = jnp.where(nonfinite_step < 0, steps, nonfinite_step)
     stats = RelaxStats(
         steps=i,
-        residual=residual_norm(field(u)),
-        nonfinite_step=jnp.where(ok, -1, i),
+        residual=residual_norm(field(u), batch_ndim),
+        nonfinite_step=nonfinite_step,
         nonfinite={k: ~jnp.all(jnp.isfinite(v)) for k, v in _as_dict(u).items()},
     )
     return u, stats
+
+
+def _unroll(steps: int) -> int:
+    for k in (4, 3, 2):
+        if steps % k == 0:
+            return k
+    return 1
 
 
 def _as_dict(u: PyTree) -> dict[str, Array]:

@@ -1,7 +1,11 @@
 """The training step: relax, estimate, update, in one jitted function.
 
-``step(model, opt_state, x, y, key) -> (model, opt_state, metrics)`` where ``metrics``
-holds the batch's loss and accuracy at the free fixed point and the relaxation stats.
+``step(model, opt_state, x, y, key[, index]) -> (model, opt_state, metrics)`` where
+``metrics`` holds the batch's loss and accuracy at the free fixed point and the
+relaxation stats. With Jacobian homeostasis (:class:`eqprop.homeostasis.Homeostasis`)
+the step adds ``coef * d L_homeo / d theta`` to the estimator's gradient on the batches
+with ``index % every == 0`` (``index`` defaults to 0: always applied) and reports
+``homeo_loss`` (0 on skipped batches) and ``homeo_applied``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import optax
 from jax import Array
 
 from .estimate import Estimator, free_phase
+from .estimate.base import add_grads
+from .homeostasis import Homeostasis, homeostasis_grad
 from .network.base import EquilibriumModel, parameters
 
 PyTree = Any
@@ -40,18 +46,45 @@ def batch_metrics(model: EquilibriumModel, free, y: Array) -> dict[str, Array]:
 
 
 def make_train_step(
-    estimator: Estimator, optimizer: optax.GradientTransformation
+    estimator: Estimator,
+    optimizer: optax.GradientTransformation,
+    homeostasis: Homeostasis | None = None,
 ) -> Callable[..., tuple[EquilibriumModel, PyTree, dict[str, Array]]]:
-    """A jitted ``step(model, opt_state, x, y, key)``: free phase, estimate, optax update."""
+    """A jitted ``step(model, opt_state, x, y, key, index=0)``: free phase, estimate,
+    (homeostasis,) optax update. ``homeostasis=None`` or ``coef == 0``: task gradient only."""
+    if homeostasis is not None and homeostasis.coef == 0:
+        homeostasis = None
 
     @eqx.filter_jit
-    def step(model, opt_state, x, y, key):
+    def step(model, opt_state, x, y, key, index=0):
         free = free_phase(model, x, estimator.dynamics)
         grads, _ = estimator(model, x, y, free, key)
+        extra = {}
+        if homeostasis is not None:
+            h = homeostasis
+
+            def apply(_):
+                homeo_key = jax.random.fold_in(key, 0x4E0)  # the estimator keeps `key` itself
+                loss, g = homeostasis_grad(model, x, free.u, homeo_key, h.probes)
+                return loss, jax.tree.map(lambda t: h.coef * t, g)
+
+            def skip(_):
+                params = parameters(model)
+                loss = jnp.zeros((), jax.tree.leaves(free.u)[0].real.dtype)
+                return loss, jax.tree.map(jnp.zeros_like, params)
+
+            if h.every == 1:
+                applied = jnp.asarray(True)
+                loss, hgrad = apply(None)
+            else:
+                applied = jnp.asarray(index) % h.every == 0
+                loss, hgrad = jax.lax.cond(applied, apply, skip, None)
+            grads = add_grads(grads, hgrad)
+            extra = {"homeo_loss": loss, "homeo_applied": applied}
         params = parameters(model)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         model = eqx.apply_updates(model, updates)
-        return model, opt_state, batch_metrics(model, free, y)
+        return model, opt_state, {**batch_metrics(model, free, y), **extra}
 
     return step
 

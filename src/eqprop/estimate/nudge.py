@@ -45,18 +45,26 @@ def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
 def nudged_phases(
     model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, steps: int, dt: float, tol
 ) -> tuple[PyTree, RelaxStats]:
-    """Relax one nudged phase per entry of ``betas`` (1-D), together on a leading axis."""
-    dtype = betas.dtype
-    u0 = jax.tree.map(lambda v: v.astype(jnp.result_type(v.dtype, dtype)), free.u)
+    """Relax one nudged phase per entry of ``betas`` (1-D), together on a leading axis.
 
-    def one(beta):
-        return relax(nudged_field(model, free.drive, y, beta), u0, dt=dt, steps=steps, tol=tol)
-
-    return jax.vmap(one)(betas)
+    Returns states with leaves ``(P, B, ...)`` and stats with ``residual`` ``(P, B)``.
+    """
+    dtype = jnp.result_type(jax.tree.leaves(free.u)[0].dtype, betas.dtype)
+    u0 = jax.tree.map(lambda v: jnp.broadcast_to(v.astype(dtype), betas.shape + v.shape), free.u)
+    field = jax.vmap(lambda u, beta: nudged_field(model, free.drive, y, beta)(u))
+    return relax(lambda u: field(u, betas), u0, dt=dt, steps=steps, tol=tol, batch_ndim=2)
 
 
 def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
-    return jax.tree.map(lambda *s: jnp.concatenate([jnp.atleast_1d(t) for t in s]), *stats)
+    """Stats of several phase groups as one (per-phase ``residual`` ``(P, B)``)."""
+    if len(stats) == 1:
+        return stats[0]
+    return RelaxStats(
+        steps=jnp.max(jnp.stack([s.steps for s in stats])),
+        residual=jnp.concatenate([s.residual for s in stats]),
+        nonfinite_step=jnp.max(jnp.stack([s.nonfinite_step for s in stats])),
+        nonfinite={k: jnp.any(jnp.stack([s.nonfinite[k] for s in stats])) for k in stats[0].nonfinite},
+    )
 
 
 def circle_derivative(

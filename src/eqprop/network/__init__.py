@@ -1,10 +1,10 @@
 """Networks: the vector fields that relax to a fixed point."""
 
 from .base import EquilibriumModel, named_parameters, parameters
-from .dense import INPUT, DenseNetwork, Projection, graph, layered
+from .dense import INPUT, DenseDrive, DenseNetwork, Projection, graph, layered
 from .readout import MSEReadout, Readout, SoftmaxReadout, make_readout
 
 __all__ = [
-    "EquilibriumModel", "DenseNetwork", "Projection", "INPUT", "graph", "layered",
+    "EquilibriumModel", "DenseNetwork", "DenseDrive", "Projection", "INPUT", "graph", "layered",
     "Readout", "SoftmaxReadout", "MSEReadout", "make_readout", "parameters", "named_parameters",
 ]

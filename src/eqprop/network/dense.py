@@ -39,6 +39,18 @@ class Projection(NamedTuple):
         return f"{self.src}->{self.dst}"
 
 
+class DenseDrive(eqx.Module):
+    """What a dense network hoists out of the relaxation loop for a batch.
+
+    ``inputs[p]``: ``b_p + sum_{e: input -> p} x @ W_e``, ``(B, n_p)``.
+    ``transposed[e]``: ``W_e^T`` of each tied internal projection, materialised once
+    (a transposed operand inside the loop cost ~8% per step on CPU).
+    """
+
+    inputs: dict[str, Array]
+    transposed: dict[str, Array]
+
+
 class DenseNetwork(EquilibriumModel):
     """Dense network over named populations; parameters ``weights``, ``biases``, ``readout``.
 
@@ -70,34 +82,35 @@ class DenseNetwork(EquilibriumModel):
 
     # -- dynamics ----------------------------------------------------------------------
 
-    def prepare(self, x: Array) -> dict[str, Array]:
+    def prepare(self, x: Array) -> DenseDrive:
         x = x.reshape(x.shape[0], -1).astype(self.biases[self.output].dtype)
         drive = {p: jnp.broadcast_to(b, (x.shape[0],) + b.shape) for p, b in self.biases.items()}
         for e in self.projections:
             if e.src == INPUT:
                 drive[e.dst] = drive[e.dst] + x @ self.weights[e.name]
-        return drive
+        transposed = {e.name: jnp.transpose(self.weights[e.name]) for e in self.projections
+                      if e.tied and e.src != INPUT}
+        return DenseDrive(inputs=drive, transposed=transposed)
 
-    def init_state(self, drive: dict[str, Array]) -> dict[str, Array]:
-        return {p: jnp.zeros_like(d) for p, d in drive.items()}
+    def init_state(self, drive: DenseDrive) -> dict[str, Array]:
+        return {p: jnp.zeros_like(d) for p, d in drive.inputs.items()}
 
     def activity(self, u: dict[str, Array]) -> dict[str, Array]:
         act = get_activation(self.activation)
         return {p: act(v) for p, v in u.items()}
 
-    def interaction(self, a: dict[str, Array], drive: dict[str, Array]) -> dict[str, Array]:
+    def interaction(self, a: dict[str, Array], drive: DenseDrive) -> dict[str, Array]:
         """``h(a)``: the prepared input drive plus every internal projection."""
-        h = dict(drive)
+        h = dict(drive.inputs)
         for e in self.projections:
             if e.src == INPUT:
                 continue
-            w = self.weights[e.name]
-            h[e.dst] = h[e.dst] + _mm(a[e.src], w)
+            h[e.dst] = h[e.dst] + _mm(a[e.src], self.weights[e.name])
             if e.tied:
-                h[e.src] = h[e.src] + _mm(a[e.dst], w.T)
+                h[e.src] = h[e.src] + _mm(a[e.dst], drive.transposed[e.name])
         return h
 
-    def field(self, u: dict[str, Array], drive: dict[str, Array]) -> dict[str, Array]:
+    def field(self, u: dict[str, Array], drive: DenseDrive) -> dict[str, Array]:
         h = self.interaction(self.activity(u), drive)
         return {p: h[p] - u[p] for p in u}
 

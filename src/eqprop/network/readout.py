@@ -44,8 +44,7 @@ def _softmax(z: Array) -> Array:
 def _mm(a: Array, w: Array) -> Array:
     """``a @ w`` for real ``w``; a complex ``a`` costs two real matmuls, not four."""
     if jnp.iscomplexobj(a) and not jnp.iscomplexobj(w):
-        parts = jnp.stack([a.real, a.imag]) @ w
-        return jax.lax.complex(parts[0], parts[1])
+        return jax.lax.complex(a.real @ w, a.imag @ w)
     return a @ w
 
 

@@ -11,6 +11,15 @@ Conventions
   reproduces an uninterrupted one exactly.
 * K > 1: models and optimizer states are stacked along a leading axis of size K and the
   step is ``filter_vmap``-ed (data shared). Metrics then carry one value per seed.
+* Jacobian homeostasis (``[homeostasis] coef > 0``): the step is told the global batch
+  index ``(epoch - 1) * n_batches + b`` and applies the homeostatic gradient when it is a
+  multiple of ``every``; the epoch record gains ``train_homeo_loss`` (mean over the
+  batches where it was applied).
+* Diagnostics (``[diagnostics] enabled``): at the end of every ``every``-th epoch (and the
+  last), :func:`eqprop.diagnostics.diagnostics` on a fixed probe batch (the first
+  ``batch_size`` training examples), for every seed; the record's top-level keys
+  (``angle``, ``jacobian_symmetry``, ``alignment``, ...) are means over seeds and
+  ``per_seed`` holds each seed's values.
 * Checkpoint position: ``epoch`` = completed epochs, ``batch`` = batches already done in
   the next epoch (non-zero only after Ctrl-C), ``partial`` = that epoch's running sums.
 """
@@ -44,7 +53,8 @@ __all__ = ["TrainingDiverged", "TrainingInterrupted", "Program", "train", "build
 
 PyTree = Any
 SUM_KEYS = ("examples", "batches", "loss", "acc", "free_steps", "residual", "nonconverged",
-            "step_seconds", "timed_batches")
+            "step_seconds", "timed_batches", "homeo_loss", "homeo_batches")
+_PER_SEED_SUMS = ("loss", "acc", "free_steps", "residual", "nonconverged", "homeo_loss")
 
 
 class TrainingDiverged(RuntimeError):
@@ -77,6 +87,8 @@ class Program:
 
     ``step(model, opt_state, x, y, key) -> (model, opt_state, metrics)`` and
     ``evaluate(model, x, y) -> metrics`` are vmapped over seeds when ``seeds > 1``.
+    ``step`` passes ``batch_index`` (set by the trainer before each call: the global
+    batch count) on to the jitted step, for homeostasis' ``every``.
     """
 
     config: Config
@@ -87,6 +99,8 @@ class Program:
     n_batches: int
     step: Callable[..., tuple[PyTree, PyTree, dict[str, Any]]]
     eval_batch: Callable[..., dict[str, Any]]
+    estimator: Any = None
+    batch_index: int = 0
 
 
 def load_dataset(config: Config) -> Dataset:
@@ -162,10 +176,10 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     except ValueError as e:
         raise ConfigError(f"estimator.name: {e}") from None
     optimizer = build.build_optimizer(config, models[0], config.train.epochs * n_batches)
-    base_step = make_train_step(estimator, optimizer)
+    base_step = make_train_step(estimator, optimizer, build.build_homeostasis(config))
 
-    def checked_step(model, opt_state, x, y, key):
-        model, opt_state, metrics = base_step(model, opt_state, x, y, key)
+    def checked_step(model, opt_state, x, y, key, index):
+        model, opt_state, metrics = base_step(model, opt_state, x, y, key, index)
         return model, opt_state, {**metrics, "params_finite": _all_finite(model)}
 
     eval_fn = _make_eval(estimator)
@@ -176,10 +190,17 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     else:
         model = _stack(models)
         opt_state = eqx.filter_vmap(lambda m: init_optimizer(optimizer, m))(model)
-        step = eqx.filter_vmap(checked_step, in_axes=(0, 0, None, None, 0))
+        step = eqx.filter_vmap(checked_step, in_axes=(0, 0, None, None, 0, None))
         eval_batch = eqx.filter_vmap(eval_fn, in_axes=(0, None, None))
-    return Program(config, ds, k, model, opt_state, n_batches,
-                   eqx.filter_jit(step), eqx.filter_jit(eval_batch))
+    jitted = eqx.filter_jit(step)
+    program = Program(config, ds, k, model, opt_state, n_batches, jitted,
+                      eqx.filter_jit(eval_batch), estimator)
+
+    def indexed_step(model, opt_state, x, y, key):
+        return jitted(model, opt_state, x, y, key, jnp.asarray(program.batch_index, jnp.int32))
+
+    program.step = indexed_step
+    return program
 
 
 def step_keys(seed: int, epoch: int, n_batches: int, seeds: int = 1) -> np.ndarray:
@@ -259,8 +280,7 @@ class _Position:
 
 
 def _zero_sums(k: int) -> dict[str, Any]:
-    return {key: np.zeros(k) if key in ("loss", "acc", "free_steps", "residual", "nonconverged")
-            else 0.0 for key in SUM_KEYS}
+    return {key: np.zeros(k) if key in _PER_SEED_SUMS else 0.0 for key in SUM_KEYS}
 
 
 def _sums_from_json(d: dict | None, k: int) -> dict[str, Any]:
@@ -278,6 +298,11 @@ def _accumulate(sums: dict[str, Any], m: dict[str, Any], bs: int, seconds: float
         out[key] = sums[key] + np.atleast_1d(np.asarray(m[key], np.float64)) * bs
     for key in ("free_steps", "residual", "nonconverged"):
         out[key] = sums[key] + np.atleast_1d(np.asarray(m[key], np.float64))
+    if "homeo_loss" in m:
+        applied = bool(np.any(np.asarray(m["homeo_applied"])))
+        if applied:
+            out["homeo_loss"] = sums["homeo_loss"] + np.atleast_1d(np.asarray(m["homeo_loss"], np.float64))
+            out["homeo_batches"] = sums["homeo_batches"] + 1
     if seconds is not None:
         out["step_seconds"] = sums["step_seconds"] + seconds
         out["timed_batches"] = sums["timed_batches"] + 1
@@ -331,12 +356,37 @@ def _record(epoch: int, sums: dict[str, Any], test: dict[str, np.ndarray] | None
     rec["epoch_seconds"] = seconds
     rec["ms_per_batch"] = 1000.0 * sums["step_seconds"] / timed if timed else None
     rec["batches"] = int(sums["batches"])
+    if sums.get("homeo_batches"):
+        homeo = sums["homeo_loss"] / sums["homeo_batches"]
+        rec["train_homeo_loss"] = float(np.mean(homeo))
     if compile_seconds is not None:
         rec["compile_seconds"] = compile_seconds
     if seeds > 1:
         rec["test_acc_std"] = None if test is None else float(np.std(test["acc"]))
         rec["per_seed"] = {k: None if v is None else [float(a) for a in v] for k, v in per.items()}
+        if sums.get("homeo_batches"):
+            rec["per_seed"]["train_homeo_loss"] = [float(a) for a in homeo]
     return rec
+
+
+def probe_batch(program: Program) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed diagnostics batch: the first ``diagnostics.batch_size`` training examples."""
+    n = program.config.diagnostics.batch_size
+    return program.dataset.x_train[:n], program.dataset.y_train[:n]
+
+
+def run_diagnostics(program: Program, model: PyTree, epoch: int) -> tuple[dict, dict]:
+    """``(means over seeds, {key: [value per seed]})`` of the diagnostics of ``model``."""
+    from ..diagnostics import diagnostics
+
+    x, y = probe_batch(program)
+    key = jax.random.fold_in(jax.random.PRNGKey(program.config.train.seed), 100_000 + epoch)
+    models = [model] if program.seeds == 1 else [unstack(model, i) for i in range(program.seeds)]
+    rows = [diagnostics(m, x, y, program.estimator, program.estimator.dynamics, key)
+            for m in models]
+    keys = [k for k in rows[0] if all(k in r for r in rows)]
+    per = {k: [r[k] for r in rows] for k in keys}
+    return {k: float(np.mean(v)) for k, v in per.items()}, per
 
 
 class _Trainer:
@@ -390,6 +440,7 @@ class _Trainer:
                 if b < pos.batch:
                     continue  # done before an interruption
                 ts = time.perf_counter()
+                p.batch_index = (epoch - 1) * p.n_batches + b
                 model, opt_state, m = _call_step(p, pos.model, pos.opt_state, xb, yb, keys[b])
                 m = jax.device_get(m)
                 dt = time.perf_counter() - ts
@@ -418,6 +469,14 @@ class _Trainer:
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
         rec = _record(epoch, pos.sums, test, seconds, p.seeds, compile_seconds)
+        d = cfg.diagnostics
+        if d.enabled and (epoch % d.every == 0 or last):
+            t_diag = time.perf_counter()
+            means, per = run_diagnostics(p, pos.model, epoch)
+            rec.update(means)
+            if p.seeds > 1:
+                rec["per_seed"].update(per)
+            rec["diagnostics_seconds"] = time.perf_counter() - t_diag
         self.run.append_metrics(rec)
         boundary = _Position(pos.model, pos.opt_state, epoch, 0, _zero_sums(p.seeds))
         if test is not None and (self.best_acc is None or rec["test_acc"] > self.best_acc):

@@ -3,7 +3,8 @@
 Writes into the output directory: ``accuracy.png`` (train/test accuracy per epoch),
 ``loss.png``, ``relaxation.png`` (free_steps_mean, residual_mean), ``diagnostics.png``
 (any other numeric per-epoch keys, e.g. ``angle``, ``alignment``, ``homeo_loss``; only
-when present) and ``report.md`` (a table of the runs, linking the plots). Several runs
+when present; keys sharing a prefix before ``/`` such as ``angle`` and ``angle/h1-h2``, and
+the bias cosines ``cos_*``, share a panel) and ``report.md`` (a table of the runs, linking the plots). Several runs
 are overlaid, labelled by their directory name.
 """
 
@@ -20,8 +21,26 @@ __all__ = ["report", "KNOWN_KEYS"]
 KNOWN_KEYS = {
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_std", "epoch_seconds",
     "ms_per_batch", "free_steps_mean", "residual_mean", "nonconverged_fraction", "batches",
-    "compile_seconds",
+    "compile_seconds", "diagnostics_seconds",
 }
+
+_STYLES = ("-", "--", ":", "-.")
+
+
+def _group(keys: list[str]) -> list[tuple[str, list[tuple[str, str]], bool]]:
+    """Panels for extra keys: ``x`` with ``x/*``; every ``cos_*`` together; the homeostatic
+    losses (``homeo_loss``, ``train_homeo_loss``) together on a log scale."""
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        if k.startswith("cos_"):
+            g = "bias cosines"
+        elif k in ("homeo_loss", "train_homeo_loss"):
+            g = "homeostatic loss"
+        else:
+            g = k.split("/", 1)[0]
+        groups.setdefault(g, []).append(k)
+    return [(g, [(k, _STYLES[i % len(_STYLES)]) for i, k in enumerate(ks)],
+             g == "homeostatic loss") for g, ks in groups.items()]
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -52,9 +71,13 @@ def _plot(path: Path, runs, panels: list[tuple[str, list[tuple[str, str]], bool]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (title, keys, log_y) in zip(axes[0], panels):
+    for ax, (title, keys, log_y) in zip(axes.ravel(), panels):
         for i, (name, records) in enumerate(runs):
             for key, style in keys:
                 xs, ys = _series(records, key)
@@ -106,7 +129,7 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
     }
     extra = _extra_keys(runs)
     if extra:
-        plots["diagnostics.png"] = [(k, [(k, "-")], False) for k in extra]
+        plots["diagnostics.png"] = _group(extra)
     for name, panels in plots.items():
         _plot(out / name, runs, panels)
 
