@@ -116,7 +116,7 @@ def test_contrast_refuses_untied(untied90):
 
 def test_hep_error_falls_geometrically_with_points():
     """At a fixed finite beta = 0.5 the hEP error is O(beta^N): >= 10x per step N = 2 -> 4 -> 6."""
-    m = eqprop.layered([6, 8, 6, 4], key=jax.random.PRNGKey(3), activation="tanh", init_scale=0.5, dtype=F64)
+    m = eqprop.layered([6, 10, 8, 4], key=jax.random.PRNGKey(3), activation="tanh", init_scale=0.5, dtype=F64)
     x, y, free = setup(m, 6, 4)
     exact, _ = exact_nudge_derivative(m, free, y, EXACT)
     err = {n: rel(flat(circle_derivative(m, free, y, 0.5, n, 300, 1.0, 0.0)[0]), flat(exact)) for n in (2, 4, 6)}
@@ -184,7 +184,7 @@ def test_online_hep_converges_and_its_lag_bias_shrinks_with_segment_length():
     """Online hEP: the running estimate settles as periods grow (changes halve when the
     periods double), and its distance to the exact da/dbeta falls as the nudge rotates
     more slowly (lag bias ~ 1/T2); with slow rotation it is within 1%."""
-    m = eqprop.layered([6, 8, 6, 4], key=jax.random.PRNGKey(3), activation="tanh", init_scale=0.5, dtype=F64)
+    m = eqprop.layered([6, 10, 8, 4], key=jax.random.PRNGKey(3), activation="tanh", init_scale=0.5, dtype=F64)
     x, y, free = setup(m, 6, 4)
     exact, _ = exact_nudge_derivative(m, free, y, EXACT)
 

@@ -59,11 +59,11 @@ def test_tied_graph_with_skip_is_energy_based():
 def test_asymmetry_angle_initialisation():
     """B = sin(a) B_init + cos(a) W^T: 0 degrees gives B = W^T exactly, 90 an independent B."""
     for angle, expect_sym in ((0.0, True), (90.0, False)):
-        m = eqprop.layered([5, 6, 4], key=jax.random.PRNGKey(0), feedback="untied", asymmetry_angle=angle, dtype=F64)
-        w, b = m.weights["h1->out"], m.weights["out->h1"]
+        m = eqprop.layered([5, 6, 7, 4], key=jax.random.PRNGKey(0), feedback="untied", asymmetry_angle=angle, dtype=F64)
+        w, b = m.weights["h1->h2"], m.weights["h2->h1"]
         assert jnp.allclose(b, w.T) == expect_sym
-    m = eqprop.layered([5, 6, 4], key=jax.random.PRNGKey(0), feedback="untied", asymmetry_angle=45.0, dtype=F64)
-    w, b = m.weights["h1->out"], m.weights["out->h1"]
+    m = eqprop.layered([5, 6, 7, 4], key=jax.random.PRNGKey(0), feedback="untied", asymmetry_angle=45.0, dtype=F64)
+    w, b = m.weights["h1->h2"], m.weights["h2->h1"]
     c = float(jnp.vdot(w.T, b) / (jnp.linalg.norm(w) * jnp.linalg.norm(b)))
     assert 0.4 < c < 0.95
 
@@ -104,7 +104,7 @@ def test_complex_states_relax():
     free = free_phase(m, x, EXACT)
     v, stats, states = circle_derivative(m, free, jnp.array([0, 1]), 0.5, 3, 200, 1.0, 0.0)
     betas, a = states["complex"]
-    assert jnp.iscomplexobj(a["out"]) and float(jnp.max(stats.residual)) < 1e-10
+    assert jnp.iscomplexobj(a[m.output]) and float(jnp.max(stats.residual)) < 1e-10
 
 
 @settings(max_examples=6, deadline=None)

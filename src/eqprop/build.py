@@ -64,6 +64,11 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
                     f"model.sizes: the first size must be the input size {input_size} of data "
                     f"'{config.data.name}', got {m.sizes[0]}"
                 )
+            if m.sizes[-1] != n_classes:
+                raise ConfigError(
+                    f"model.sizes: the last size must be the number of classes {n_classes} of data "
+                    f"'{config.data.name}', got {m.sizes[-1]}"
+                )
             return layered(list(m.sizes), key=key, n_classes=n_classes, **common)
         return graph(
             dict(m.populations), [list(p) for p in m.projections], input_size=input_size,

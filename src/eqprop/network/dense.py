@@ -219,16 +219,36 @@ def layered(
     key: Array,
     n_classes: int | None = None,
     feedback: str = "tied",
+    readout: str = "softmax",
     **kwargs,
 ) -> DenseNetwork:
-    """A layered network ``sizes = [n_in, n_1, ..., n_out]``: populations ``h1 .. h{L-1}``
-    and ``out``; forward projections between consecutive layers, and with untied feedback
-    the reverse projections ``out -> h{L-1} -> ... -> h1`` (none into the input).
+    """A layered network from ``sizes = [n_in, n_1, ..., n_last]``.
+
+    - ``readout="softmax"``: ``n_1 .. n_{L-1}`` are hidden populations ``h1 .. h{L-1}``;
+      the last hidden population is the output (the nudged one) and the trainable
+      readout maps it to ``n_last`` classes (as in Laborieux et al.'s code: for
+      784-256-256-10 the readout reads the second 256-unit layer). Needs ``len >= 3``.
+    - ``readout="mse"``: ``n_last`` is an output population ``out`` whose activity is
+      compared with the one-hot target.
+
+    Forward projections join consecutive layers; with untied feedback the reverse
+    projections run from the output back to ``h1`` (none into the input).
     """
-    if len(sizes) < 2:
-        raise ValueError(f"sizes needs at least an input and an output size, got {list(sizes)}")
-    names = [INPUT] + [f"h{i}" for i in range(1, len(sizes) - 1)] + ["out"]
-    pops = dict(zip(names[1:], sizes[1:]))
+    if readout == "softmax":
+        if len(sizes) < 3:
+            raise ValueError(
+                f"a softmax readout needs sizes [input, hidden..., classes] with at least one hidden layer, got {list(sizes)}"
+            )
+        pop_sizes, classes = list(sizes[1:-1]), sizes[-1]
+        names = [INPUT] + [f"h{i}" for i in range(1, len(pop_sizes) + 1)]
+    else:
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs at least an input and an output size, got {list(sizes)}")
+        pop_sizes, classes = list(sizes[1:]), sizes[-1]
+        names = [INPUT] + [f"h{i}" for i in range(1, len(pop_sizes))] + ["out"]
+    if n_classes is not None and n_classes != classes:
+        raise ValueError(f"the last size {classes} must be the number of classes {n_classes}")
+    pops = dict(zip(names[1:], pop_sizes))
     projs = [[names[i], names[i + 1]] for i in range(len(names) - 1)]
     if feedback == "untied":
         projs += [[names[i + 1], names[i]] for i in range(len(names) - 2, 0, -1)]
@@ -236,9 +256,10 @@ def layered(
         pops,
         projs,
         input_size=sizes[0],
-        n_classes=n_classes if n_classes is not None else sizes[-1],
+        n_classes=classes,
         key=key,
-        output="out",
+        output=names[-1],
         feedback=feedback,
+        readout=readout,
         **kwargs,
     )
