@@ -1,0 +1,201 @@
+"""Run one experiment of arXiv 2309.02214 (see docs/asymmetry.md): every setting, several
+seeds each (``[train] seeds``, trained together), then plots and a markdown table.
+
+    python experiments/run.py finite-nudge|asymmetry|homeostasis
+        [--epochs N] [--seeds K] [--max-batches M] [--out DIR] [--data fashion-mnist|digits]
+
+- finite-nudge: tied MLP, hEP with N in {1, 2, 4, 6} x beta in {0.05, 0.5} (N = 1: one-sided EP).
+- asymmetry:    untied MLP, initial angle 0, 15, ..., 90 degrees; exact-nudge and implicit.
+- homeostasis:  MLP at 90 degrees with and without homeostasis (coef 1.0, AdamW 1e-4), and
+                the loop architecture with and without homeostasis (coef 0.1).
+
+Runs go to ``DIR/<experiment>/<setting>/`` (default DIR: ``runs/experiments``); a setting
+whose run completed is not run again (delete it to redo), an interrupted one is resumed.
+``DIR/<experiment>/results.md`` holds the table (mean ± std over seeds of the final test
+accuracy and of the last diagnostics), ``summary.png`` the headline plot and ``report/``
+the per-epoch plots of ``eqprop report``. ``--data digits`` runs the same settings on the
+8x8 digits (64 inputs), a quick version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eqprop.config import Config, load_config, with_updates
+from eqprop.train import RunDir, train
+from eqprop.train.report import report
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
+DIAG_COLUMNS = ("angle", "jacobian_symmetry", "alignment", "cos_finite_nudge", "cos_asymmetry",
+                "homeo_loss")
+
+
+def settings(experiment: str) -> list[tuple[str, str, dict[str, dict[str, Any]], dict[str, Any]]]:
+    """``[(name, base config, section updates, labels for the summary plot)]``."""
+    out = []
+    if experiment == "finite-nudge":
+        for beta in (0.05, 0.5):
+            for n in (1, 2, 4, 6):
+                est = {"name": "ep", "points": 1, "beta": beta} if n == 1 else \
+                      {"name": "hep", "points": n, "beta": beta}
+                out.append((f"N{n}-beta{beta}", "finite-nudge", {"estimator": est},
+                            {"x": n, "line": f"beta = {beta}"}))
+    elif experiment == "asymmetry":
+        for est in ("exact-nudge", "implicit"):
+            for angle in range(0, 91, 15):
+                out.append((f"{est}-angle{angle}", "asymmetry",
+                            {"estimator": {"name": est}, "model": {"asymmetry_angle": float(angle)}},
+                            {"x": angle, "line": est}))
+    elif experiment == "homeostasis":
+        for arch, coef in (("mlp", 1.0), ("loop", 0.1)):
+            for on in (True, False):
+                out.append((f"{arch}-{'homeo' if on else 'plain'}", f"homeostasis-{arch}",
+                            {"homeostasis": {"coef": coef if on else 0.0}},
+                            {"x": arch, "line": f"homeostasis coef {coef}" if on else "no homeostasis"}))
+    else:
+        raise SystemExit(f"unknown experiment {experiment!r}; choose finite-nudge, asymmetry or homeostasis")
+    return out
+
+
+def make_config(base: str, updates: dict, args: argparse.Namespace) -> Config:
+    config = load_config(CONFIGS / f"{base}.toml")
+    updates = {k: dict(v) for k, v in updates.items()}
+    train_up = updates.setdefault("train", {})
+    if args.epochs is not None:
+        train_up["epochs"] = args.epochs
+    if args.seeds is not None:
+        train_up["seeds"] = args.seeds
+    if args.max_batches is not None:
+        train_up["max_batches"] = args.max_batches
+    if args.data != config.data.name:
+        updates.setdefault("data", {})["name"] = args.data
+        if config.model.kind == "layered":
+            sizes = list(config.model.sizes)
+            sizes[0] = 64 if args.data == "digits" else 784
+            updates.setdefault("model", {})["sizes"] = sizes
+    if args.data == "digits":
+        # 1797 examples: a smaller diagnostics batch keeps the per-epoch diagnostics cheap
+        updates.setdefault("diagnostics", {})["batch_size"] = 128
+    return with_updates(config, **updates)
+
+
+def final_record(run: RunDir) -> dict[str, Any]:
+    records = run.read_metrics()
+    return records[-1] if records else {}
+
+
+def last_value(run: RunDir, key: str) -> list[float] | None:
+    """The last recorded per-seed values of ``key`` (diagnostics may skip epochs)."""
+    for r in reversed(run.read_metrics()):
+        if r.get(key) is not None:
+            per = (r.get("per_seed") or {}).get(key)
+            return list(per) if per is not None else [r[key]]
+    return None
+
+
+def fmt(values: list[float] | None, scale: float = 1.0, digits: int = 3) -> str:
+    if not values:
+        return "-"
+    v = np.asarray(values, float) * scale
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", choices=("finite-nudge", "asymmetry", "homeostasis"))
+    p.add_argument("--epochs", type=int, help="override train.epochs (default: the configs' 50)")
+    p.add_argument("--seeds", type=int, help="override train.seeds (default: the configs' 5)")
+    p.add_argument("--max-batches", type=int, help="cap on batches per epoch (smoke runs)")
+    p.add_argument("--out", default="runs/experiments", help="output directory")
+    p.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist", "digits"))
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    args = p.parse_args(argv)
+
+    root = Path(args.out) / args.experiment
+    rows = []
+    for name, base, updates, labels in settings(args.experiment):
+        config = make_config(base, updates, args)
+        run = RunDir(root / name)
+        summary = run.read_summary() if run.summary.exists() else None
+        if summary and summary.get("status") == "completed" and summary.get("epochs") == config.train.epochs:
+            print(f"[{name}] already completed, skipping", flush=True)
+        else:
+            print(f"[{name}] training ({config.estimator.name}, {config.train.seeds} seeds, "
+                  f"{config.train.epochs} epochs)", flush=True)
+            train(config, run.path, resume=run.has_checkpoint(), progress=not args.quiet)
+            summary = run.read_summary()
+        rec = final_record(run)
+        acc = (rec.get("per_seed") or {}).get("test_acc") or [rec.get("test_acc")]
+        rows.append({"name": name, "labels": labels, "summary": summary, "acc": acc,
+                     "diag": {k: last_value(run, k) for k in DIAG_COLUMNS},
+                     "train_homeo_loss": last_value(run, "train_homeo_loss")})
+
+    # table
+    cols = [c for c in DIAG_COLUMNS if any(r["diag"][c] for r in rows)]
+    lines = [f"# {args.experiment} ({args.data})", "",
+             f"Mean ± standard deviation over seeds; test accuracy after the last epoch, "
+             f"diagnostics from the last epoch that recorded them (see eqprop.diagnostics).", "",
+             "| setting | seeds | epochs | test acc (%) | " + " | ".join(cols) + " | ms/batch |",
+             "|---" * (len(cols) + 5) + "|"]
+    for r in rows:
+        s = r["summary"] or {}
+        ms = s.get("ms_per_batch")
+        lines.append(f"| {r['name']} | {s.get('seeds', '-')} | {s.get('epochs', '-')} | "
+                     f"{fmt(r['acc'], 100, 2)} | "
+                     + " | ".join(fmt(r["diag"][c], 1, 1 if c == 'angle' else 3) for c in cols)
+                     + f" | {'-' if ms is None else f'{ms:.1f}'} |")
+    report_dir = report([root / r["name"] for r in rows], root / "report")
+    lines += ["", "![summary](summary.png)", "",
+              f"Per-epoch curves of every run: [report/report.md]({report_dir.relative_to(root)}).", ""]
+    summary_plot(rows, root / "summary.png", args.experiment)
+    (root / "results.md").write_text("\n".join(lines))
+    (root / "results.json").write_text(json.dumps(
+        [{"name": r["name"], "test_acc": r["acc"], **r["diag"]} for r in rows], indent=1))
+    print("\n".join(lines))
+    print(f"wrote {root / 'results.md'}")
+    return 0
+
+
+def summary_plot(rows, path: Path, experiment: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["acc"] + [c for c in ("cos_asymmetry", "jacobian_symmetry", "alignment")
+                        if any(r["diag"][c] for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    lines: dict[str, list] = {}
+    for r in rows:
+        lines.setdefault(r["labels"]["line"], []).append(r)
+    xs_all = list(dict.fromkeys(r["labels"]["x"] for r in rows))
+    for ax, panel in zip(axes[0], panels):
+        for label, rs in lines.items():
+            vals = [(100 * np.asarray(r["acc"], float)) if panel == "acc" else
+                    (np.asarray(r["diag"][panel], float) if r["diag"][panel] else None) for r in rs]
+            pts = [(xs_all.index(r["labels"]["x"]), v.mean(), v.std()) for r, v in zip(rs, vals)
+                   if v is not None]
+            if pts:
+                x, m, s = zip(*pts)
+                ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=label)
+        ax.set_xticks(range(len(xs_all)))
+        ax.set_xticklabels([str(x) for x in xs_all])
+        ax.set_xlabel({"finite-nudge": "N (points)", "asymmetry": "initial angle (degrees)",
+                       "homeostasis": "architecture"}[experiment])
+        ax.set_title("test accuracy (%)" if panel == "acc" else f"{panel} (last epoch)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

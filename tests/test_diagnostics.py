@@ -1,0 +1,89 @@
+"""Asymmetry diagnostics: values on known networks, and their plumbing (trainer, CLI, report)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import eqprop
+from eqprop.cli import main
+from eqprop.config import parse_config
+from eqprop.diagnostics import diagnostics
+from eqprop.estimate import make_estimator
+from eqprop.train import train
+
+F64 = jnp.float64
+DYN = eqprop.Dynamics(free_steps=80, nudged_steps=30, linear_steps=500, linear_tol=1e-12)
+
+
+def run(feedback, angle, estimator="exact-nudge", **kw):
+    m = eqprop.layered([8, 10, 7, 4], key=jax.random.PRNGKey(0), feedback=feedback,
+                       asymmetry_angle=angle, dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8), F64)
+    y = jnp.arange(4) % 4
+    return diagnostics(m, x, y, make_estimator(estimator, DYN, **kw), DYN)
+
+
+def test_tied_network_is_symmetric_and_unbiased():
+    d = run("tied", 0.0)
+    assert d["jacobian_symmetry"] == 1.0 and d["homeo_loss"] == 0.0
+    assert d["angle"] == 0.0
+    per_pop = [v for k, v in d.items() if k.startswith("alignment/")]
+    assert len(per_pop) >= 2 and d["alignment"] > 1 - 1e-8 and min(per_pop) > 1 - 1e-8
+    assert d["cos_asymmetry"] > 1 - 1e-8 and d["cos_finite_nudge"] > 1 - 1e-8
+
+
+def test_untied_90_degrees_has_asymmetry_bias():
+    d = run("untied", 90.0, "ep", beta=0.05, points=1)
+    assert 60 < d["angle"] < 120
+    assert d["jacobian_symmetry"] < 0.9 and d["homeo_loss"] > 0.05
+    assert d["cos_asymmetry"] < 0.9
+    assert d["cos_finite_nudge"] > 0.95  # small beta: the finite-nudge bias is small
+    assert d["alignment"] < 0.9
+
+
+TINY = {
+    "data": {"name": "synthetic", "batch_size": 16},
+    "model": {"sizes": [16, 8, 6, 4], "feedback": "untied", "asymmetry_angle": 90.0},
+    "dynamics": {"free_steps": 15, "nudged_steps": 5, "linear_steps": 50},
+    "estimator": {"name": "hep", "points": 2},
+    "optim": {"name": "adamw", "lr": 1e-3},
+    "train": {"epochs": 2, "max_batches": 3, "seeds": 2},
+    "homeostasis": {"coef": 0.1, "probes": 2, "every": 2},
+    "diagnostics": {"enabled": True, "batch_size": 16},
+}
+KEYS = {"angle", "jacobian_symmetry", "alignment", "alignment/h1", "cos_finite_nudge",
+        "cos_asymmetry", "homeo_loss", "train_homeo_loss"}
+
+
+def has_pairs(keys):
+    return any(k.startswith("angle/") for k in keys) and sum(k.startswith("alignment/") for k in keys) >= 2
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("diag") / "run"
+    train(parse_config(TINY), out, progress=False)
+    return out
+
+
+def test_metrics_have_diagnostics(run_dir):
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert KEYS <= set(r) and has_pairs(r), KEYS - set(r)
+        assert len(r["per_seed"]["jacobian_symmetry"]) == 2
+        assert 0 < r["jacobian_symmetry"] <= 1 and r["homeo_loss"] >= 0
+
+
+def test_gradcheck_json_and_report_show_diagnostics(run_dir, tmp_path, capsys):
+    out = tmp_path / "gc.json"
+    assert main(["gradcheck", str(run_dir), "--json", str(out)]) == 0
+    assert "jacobian_symmetry" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert (KEYS - {"train_homeo_loss"}) <= set(data) and has_pairs(data)
+    assert "hep" in data and "cosine" in data["hep"]["total"]
+    rep = tmp_path / "rep"
+    assert main(["report", str(run_dir), "--out", str(rep)]) == 0
+    assert (rep / "diagnostics.png").stat().st_size > 0
