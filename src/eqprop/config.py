@@ -294,7 +294,7 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         ModelConfig,
         _F("kind", STRING, "Architecture: a layer stack or a graph of populations.",
            choices=MODEL_KINDS),
-        _F("sizes", INT_ARRAY, "Layer sizes, input first, output last (layered).",
+        _F("sizes", INT_ARRAY, "Layered: [n_in, hidden..., last]; softmax readout: last = number of classes, read from the last hidden layer; mse: last = output population.",
            bounds=POSITIVE_INT, min_len=2),
         _F("populations", INT_TABLE, "Population name -> size (graph); 'input' is reserved.",
            bounds=POSITIVE_INT),

@@ -1,0 +1,175 @@
+"""Anderson acceleration (eqprop.solvers.anderson) against the plain relaxation."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import eqprop
+from eqprop.estimate import make_estimator
+from eqprop.estimate.base import FreePhase, nudged_field
+from eqprop.relax import Dynamics, relax, residual_norm
+from eqprop.solvers import anderson
+
+from helpers import flat, flat_params, rel
+
+TOL = 1e-10
+
+
+def _setup(sizes=(8, 12, 10, 4), batch=6, seed=0):
+    model = eqprop.layered(list(sizes), key=jax.random.PRNGKey(seed), dtype=jnp.float64)
+    x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (batch, sizes[0]), jnp.float64)
+    y = jnp.arange(batch) % sizes[-1]
+    drive = model.prepare(x)
+    return model, x, y, drive
+
+
+def _maxdiff(a, b):
+    return float(jnp.max(jnp.abs(flat(a) - flat(b))))
+
+
+@pytest.fixture(scope="module")
+def net():
+    model, x, y, drive = _setup()
+    field = lambda u: model.field(u, drive)
+    u0 = model.init_state(drive)
+    u_p, s_p = jax.jit(lambda u: relax(field, u, dt=1.0, steps=2000, tol=TOL))(u0)
+    u_a, s_a = jax.jit(lambda u: anderson(field, u, steps=2000, tol=TOL))(u0)
+    return model, x, y, drive, (u_p, s_p), (u_a, s_a)
+
+
+def test_anderson_converges_in_fewer_steps_to_the_same_point(net):
+    model, x, y, drive, (u_p, s_p), (u_a, s_a) = net
+    field = lambda u: model.field(u, drive)
+    u0 = model.init_state(drive)
+    # both to 1e-8: Anderson takes clearly fewer steps
+    _, p8 = relax(field, u0, dt=1.0, steps=2000, tol=1e-8)
+    _, a8 = anderson(field, u0, steps=2000, tol=1e-8)
+    assert int(a8.steps) <= 0.6 * int(p8.steps), (int(a8.steps), int(p8.steps))
+    assert float(jnp.max(a8.residual)) < 1e-8
+    assert int(a8.nonfinite_step) == -1
+    # the reported residual is the true one, and the fixed points agree
+    assert jnp.allclose(s_a.residual, residual_norm(field(u_a)), rtol=1e-6, atol=1e-14)
+    assert float(jnp.max(s_a.residual)) < TOL
+    assert _maxdiff(u_a, u_p) < 1e-7
+    assert set(s_a.nonfinite) == set(u_a) and not any(bool(v) for v in s_a.nonfinite.values())
+    assert s_a.residual.shape == s_p.residual.shape == (x.shape[0],)
+
+
+def test_tol_zero_runs_every_step(net):
+    model, _, _, drive, _, _ = net
+    u0 = model.init_state(drive)
+    _, s = anderson(lambda u: model.field(u, drive), u0, steps=7, tol=0.0)
+    assert int(s.steps) == 7
+
+
+def test_memory_zero_is_the_plain_iteration(net):
+    model, _, _, drive, _, _ = net
+    field = lambda u: model.field(u, drive)
+    u0 = model.init_state(drive)
+    u_p, _ = relax(field, u0, dt=1.0, steps=10)
+    # anderson returns the last accepted (evaluated) iterate: 11 evaluations = 10 steps
+    u_a, _ = anderson(field, u0, steps=11, memory=0)
+    assert _maxdiff(u_a, u_p) < 1e-12
+
+
+@pytest.mark.parametrize("name,settings", [("implicit", {}), ("hep", {"beta": 0.5, "points": 2}),
+                                           ("exact-nudge", {})])
+def test_estimators_agree_whichever_solver_found_the_fixed_point(net, name, settings):
+    model, x, y, drive, (u_p, s_p), (u_a, s_a) = net
+    dyn = Dynamics(nudged_steps=400, tol=1e-12, linear_tol=1e-12, linear_steps=3000)
+    est = make_estimator(name, dyn, **settings)
+    g_p, _ = est(model, x, y, FreePhase(u=u_p, drive=drive, stats=s_p), None)
+    g_a, _ = est(model, x, y, FreePhase(u=u_a, drive=drive, stats=s_a), None)
+    assert rel(flat_params(g_a), flat_params(g_p)) < 1e-6
+
+
+def test_complex_nudged_field(net):
+    model, x, y, drive, (u_p, _), _ = net
+    field = nudged_field(model, drive, y, jnp.asarray(0.5j, jnp.complex128))
+    u0 = jax.tree.map(lambda v: v.astype(jnp.complex128), u_p)
+    c_p, s_p = relax(field, u0, dt=1.0, steps=2000, tol=TOL)
+    c_a, s_a = anderson(field, u0, steps=2000, tol=TOL)
+    assert all(v.dtype == jnp.complex128 for v in jax.tree.leaves(c_a))
+    assert float(jnp.max(s_a.residual)) < TOL
+    assert int(s_a.steps) < int(s_p.steps)
+    assert _maxdiff(c_a, c_p) < 1e-7
+    assert float(jnp.max(jnp.abs(flat(c_a).imag))) > 1e-3  # genuinely complex
+
+
+def test_stacked_phases(net):
+    model, x, y, drive, (u_p, _), _ = net
+    betas = jnp.asarray([0.5, -0.5, 0.2], jnp.float64)
+    u0 = jax.tree.map(lambda v: jnp.broadcast_to(v, betas.shape + v.shape), u_p)
+    fv = jax.vmap(lambda u, b: nudged_field(model, drive, y, b)(u))
+    field = lambda u: fv(u, betas)
+    s_p = relax(field, u0, dt=1.0, steps=2000, tol=TOL, batch_ndim=2)
+    s_a = jax.jit(lambda u: anderson(field, u, steps=2000, tol=TOL, batch_ndim=2))(u0)
+    assert s_a[1].residual.shape == (3, x.shape[0])
+    assert float(jnp.max(s_a[1].residual)) < TOL
+    assert _maxdiff(s_a[0], s_p[0]) < 1e-7
+
+
+def _sin_field(u):
+    return {"h": 0.9 * jnp.sin(3 * u["h"]) / 3 + 0.3 - u["h"]}
+
+
+def test_safeguard_keeps_the_residual_below_the_initial_one():
+    # plain iteration (dt = 0.5) converges; unsafeguarded Anderson with m = 10 and no
+    # damping overshoots (its residual grows ~5x at some step)
+    u0 = {"h": jax.random.normal(jax.random.PRNGKey(0), (8, 6), jnp.float64)}
+    r0 = residual_norm(_sin_field(u0))
+    # the budget may be traced (it only enters the loop condition): one compilation each
+    run = jax.jit(lambda u, sg, k: anderson(_sin_field, u, steps=k, memory=10, dt=0.5, safeguard=sg),
+                  static_argnums=1)
+    worst = {True: 0.0, False: 0.0}
+    for k in range(1, 10):
+        for sg in (True, False):
+            worst[sg] = max(worst[sg], float(jnp.max(run(u0, sg, k)[1].residual / r0)))
+    assert worst[True] <= 1.0 + 1e-12
+    assert worst[False] > 1.5
+    _, plain = relax(_sin_field, u0, dt=0.5, steps=400, tol=TOL)
+    _, safe = anderson(_sin_field, u0, steps=400, tol=TOL, memory=10, dt=0.5)
+    assert float(jnp.max(safe.residual)) < TOL and int(safe.steps) < int(plain.steps)
+
+
+def test_nonfinite_field_is_reported_like_relax():
+    u0 = {"a": jnp.ones((4, 3)), "b": jnp.ones((4, 2))}
+
+    def field(u):  # finite for a few steps, then NaN in population "a"
+        return {"a": jnp.where(u["a"] > 3.5, jnp.nan, 1.0) + 0 * u["a"], "b": -u["b"]}
+
+    for tol in (0.0, 1e-8):
+        _, sr = relax(field, u0, dt=1.0, steps=20, tol=tol)
+        u, sa = anderson(field, u0, steps=20, tol=tol, memory=0)
+        assert int(sr.nonfinite_step) > 0
+        assert int(sa.nonfinite_step) > 0 and int(sa.steps) == int(sa.nonfinite_step)
+        assert bool(sa.nonfinite["a"]) and not bool(sa.nonfinite["b"])
+        assert not bool(sa.finite)
+    # a field NaN from the start: stops after the first evaluation, like relax
+    bad = lambda u: jax.tree.map(lambda v: v * jnp.nan, u)
+    _, sr = relax(bad, u0, dt=1.0, steps=20, tol=1e-8)
+    _, sa = anderson(bad, u0, steps=20, tol=1e-8)
+    assert int(sa.nonfinite_step) == int(sr.nonfinite_step) == 1
+
+
+def test_float32_state_stays_float32():
+    model = eqprop.layered([8, 12, 10, 4], key=jax.random.PRNGKey(0), dtype=jnp.float32)
+    drive = model.prepare(jnp.ones((3, 8), jnp.float32))
+    u, s = anderson(lambda u: model.field(u, drive), model.init_state(drive), steps=200, tol=1e-5)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(u))
+    assert float(jnp.max(s.residual)) < 1e-5
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n1=st.integers(2, 10), n2=st.integers(2, 10), batch=st.integers(1, 5), seed=st.integers(0, 1000),
+       memory=st.integers(1, 6))
+def test_anderson_fixed_point_equals_relax_fixed_point(n1, n2, batch, seed, memory):
+    model, x, y, drive = _setup((5, n1, n2, 3), batch, seed)
+    field = lambda u: model.field(u, drive)
+    u0 = model.init_state(drive)
+    u_p, s_p = relax(field, u0, dt=1.0, steps=3000, tol=TOL)
+    u_a, s_a = anderson(field, u0, steps=3000, tol=TOL, memory=memory)
+    assert float(jnp.max(s_p.residual)) < TOL  # a contraction: the reference converged
+    assert float(jnp.max(s_a.residual)) < TOL
+    assert _maxdiff(u_a, u_p) < 1e-7
