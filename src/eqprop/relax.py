@@ -22,7 +22,10 @@ class Dynamics:
     """Settings of the relaxations (static, hashable).
 
     ``tol = 0`` runs the full step budget; ``tol > 0`` stops once every example's
-    residual ``||F(u)||`` is below it. ``linear_*`` budget the exact linear solves.
+    residual ``||F(u)||`` is below it. ``linear_*`` configure the linear solves of the
+    exact estimators: ``"gmres"`` (Lineax, restarted GMRES: needs only a nonsingular
+    Jacobian) or ``"fixed-point"`` (the damped linearised relaxation: converges only
+    where the relaxation itself contracts, cheap there).
     """
 
     dt: float = 1.0
@@ -31,6 +34,7 @@ class Dynamics:
     tol: float = 0.0
     linear_steps: int = 1000
     linear_tol: float = 1e-7
+    linear_solver: str = "gmres"
 
 
 class RelaxStats(eqx.Module):
