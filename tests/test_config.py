@@ -85,7 +85,7 @@ def test_defaults_parse():
     assert c == Config()
     assert c.model.sizes == (784, 256, 256, 10)
     assert c.data.path is None and c.train.max_batches is None
-    assert c.estimator.name == "hep" and c.dynamics.linear_tol == 1e-7
+    assert c.estimator.name == "hep" and c.dynamics.linear_tol == 1e-5
     hash(c)  # usable as a static argument
     assert pickle.loads(pickle.dumps(c)) == c
 
@@ -168,7 +168,7 @@ def test_wrong_type(raw, expected):
         ("model", "readout", "ce", "'softmax', 'mse'"),
         ("model", "dtype", "float16", "'float32', 'float64'"),
         ("data", "name", "svhn", "'digits', 'synthetic'"),
-        ("dynamics", "solver", "anderson", "'fixed-point'"),
+        ("dynamics", "solver", "newton", "'fixed-point', 'anderson'"),
         ("estimator", "name", "hebb", "'ep', 'hep', 'online-hep'"),
         ("optim", "name", "rmsprop", "'sgd', 'adam', 'adamw'"),
         ("optim", "schedule", "linear", "'constant', 'cosine'"),

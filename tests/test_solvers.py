@@ -182,3 +182,24 @@ def test_anderson_fixed_point_equals_relax_fixed_point(seed, scale):
     for u_a, s_a in runs:
         assert float(jnp.max(s_a.residual)) < TOL
         assert _maxdiff(u_a, u_p) < 1e-7
+
+
+def test_anderson_from_config_trains():
+    """``[dynamics] solver = "anderson"`` reaches the training step through build.py."""
+    import optax
+
+    from eqprop import build
+    from eqprop.config import parse_config
+    from eqprop.update import init_optimizer, make_train_step
+
+    cfg = parse_config({"model": {"sizes": [6, 8, 3]}, "dynamics": {"solver": "anderson", "tol": 1e-6,
+                                                                   "free_steps": 100, "nudged_steps": 30}})
+    dyn = build.build_dynamics(cfg)
+    assert dyn.solver == "anderson" and dyn.anderson_memory == 5
+    model = build.build_model(cfg, input_size=6, n_classes=3, key=jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6), jnp.float32)
+    y = jnp.arange(4) % 3
+    opt = optax.sgd(0.1)
+    step = make_train_step(build.build_estimator(cfg), opt)
+    _, _, m = step(model, init_optimizer(opt, model), x, y, jax.random.PRNGKey(2))
+    assert 0 < int(m["free_steps"]) < 100 and float(m["residual"]) < 1e-5

@@ -58,7 +58,8 @@ FEEDBACKS = ("tied", "untied")
 ACTIVATIONS = ("sigmoid4", "dsilu", "tanh", "hard-sigmoid")
 READOUTS = ("softmax", "mse")
 DTYPES = ("float32", "float64")
-SOLVERS = ("fixed-point",)
+SOLVERS = ("fixed-point", "anderson")
+LINEAR_SOLVERS = ("gmres", "fixed-point")
 ESTIMATORS = ("ep", "hep", "online-hep", "exact-nudge", "implicit", "bptt", "contrast")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -133,7 +134,10 @@ class DynamicsConfig:
     tol: float = 0.0
     solver: str = "fixed-point"
     linear_steps: int = 1000
-    linear_tol: float = 1e-7
+    linear_tol: float = 1e-5
+    linear_solver: str = "gmres"
+    anderson_memory: int = 5
+    anderson_damping: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -318,7 +322,11 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         _F("solver", STRING, "Equilibrium solver.", choices=SOLVERS),
         _F("linear_steps", INTEGER, "Iteration budget of the exact estimators' linear solves.",
            bounds=POSITIVE_INT),
-        _F("linear_tol", FLOAT, "Tolerance of the linear solves.", bounds=NONNEGATIVE),
+        _F("linear_tol", FLOAT, "Relative tolerance of the linear solves (exact-nudge, implicit).", bounds=NONNEGATIVE),
+        _F("linear_solver", STRING, "Linear solver of the exact estimators: GMRES, or the damped linearised relaxation.",
+           choices=LINEAR_SOLVERS),
+        _F("anderson_memory", INTEGER, "History length of Anderson acceleration (solver = 'anderson').", bounds=NONNEGATIVE),
+        _F("anderson_damping", FLOAT, "Anderson mixing parameter in (0, 1].", bounds=Bounds(lo=0, hi=1, lo_open=True)),
     ),
     "estimator": _section(
         EstimatorConfig,

@@ -25,7 +25,9 @@ class Dynamics:
     residual ``||F(u)||`` is below it. ``linear_*`` configure the linear solves of the
     exact estimators: ``"gmres"`` (Lineax, restarted GMRES: needs only a nonsingular
     Jacobian) or ``"fixed-point"`` (the damped linearised relaxation: converges only
-    where the relaxation itself contracts, cheap there).
+    where the relaxation itself contracts, cheap there). ``solver`` finds the free fixed
+    point: ``"fixed-point"`` (the plain iteration) or ``"anderson"`` (Anderson
+    acceleration, :mod:`eqprop.solvers`; ``free_steps`` then counts field evaluations).
     """
 
     dt: float = 1.0
@@ -35,6 +37,9 @@ class Dynamics:
     linear_steps: int = 1000
     linear_tol: float = 1e-7
     linear_solver: str = "gmres"
+    solver: str = "fixed-point"
+    anderson_memory: int = 5
+    anderson_damping: float = 1.0
 
 
 class RelaxStats(eqx.Module):

@@ -80,13 +80,16 @@ def free_phase(
     """Relax the free phase (no nudge) from ``u0`` (default: the model's initial state)."""
     drive = model.prepare(x)
     u0 = model.init_state(drive) if u0 is None else u0
-    u, stats = relax(
-        lambda u: model.field(u, drive),
-        u0,
-        dt=dynamics.dt,
-        steps=dynamics.free_steps,
-        tol=dynamics.tol,
-    )
+    field = lambda u: model.field(u, drive)  # noqa: E731
+    if dynamics.solver == "anderson":
+        from ..solvers import anderson
+
+        u, stats = anderson(field, u0, steps=dynamics.free_steps, tol=dynamics.tol, dt=dynamics.dt,
+                            memory=dynamics.anderson_memory, damping=dynamics.anderson_damping)
+    elif dynamics.solver == "fixed-point":
+        u, stats = relax(field, u0, dt=dynamics.dt, steps=dynamics.free_steps, tol=dynamics.tol)
+    else:
+        raise ValueError(f"solver must be 'fixed-point' or 'anderson', got {dynamics.solver!r}")
     return FreePhase(u=u, drive=drive, stats=stats)
 
 
