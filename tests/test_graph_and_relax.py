@@ -129,3 +129,22 @@ def test_property_tied_random_networks(sizes, batch, seed, activation):
     assert rel(flat_params(g("bptt")[0]), g_imp) < 1e-4
     assert rel(flat_params(g("exact-nudge")[0]), g_imp) < 1e-6
     assert cos(flat_params(g("hep", beta=0.1, points=6)[0]), g_imp) > 0.999
+
+
+def test_exploding_state_is_reported_like_nan():
+    """A state that grows without bound (finite all along) is caught by the state bound."""
+    u0 = {"h": jnp.ones((2, 3)), "out": jnp.ones((2, 2))}
+    field = lambda u: {"h": 0.5 * u["h"], "out": -u["out"]}  # h grows 1.5x a step, never NaN
+    _, free_running = relax(field, u0, dt=1.0, steps=60)
+    assert int(free_running.nonfinite_step) == -1  # finite, so unbounded relax says nothing
+    _, bounded = relax(field, u0, dt=1.0, steps=60, bound=1e6)
+    assert int(bounded.nonfinite_step) == 35  # 1.5^35 > 1e6 > 1.5^34
+    assert bool(bounded.nonfinite["h"]) and not bool(bounded.nonfinite["out"])
+
+
+def test_free_phase_uses_the_state_bound():
+    m = eqprop.layered([4, 5, 3], key=jax.random.PRNGKey(0), dtype=F64, activation="tanh")
+    m = jax.tree.map(lambda v: v * 1e7 if v.ndim == 1 else v, m)  # huge biases: |u| ~ 1e7
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4), F64)
+    stats = free_phase(m, x, eqprop.Dynamics(free_steps=10)).stats
+    assert int(stats.nonfinite_step) == 1 and any(bool(v) for v in stats.nonfinite.values())

@@ -136,6 +136,7 @@ class DynamicsConfig:
     linear_steps: int = 1000
     linear_tol: float = 1e-5
     linear_solver: str = "gmres"
+    state_bound: float = 1e6
     anderson_memory: int = 5
     anderson_damping: float = 1.0
 
@@ -325,6 +326,8 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         _F("linear_tol", FLOAT, "Relative tolerance of the linear solves (exact-nudge, implicit).", bounds=NONNEGATIVE),
         _F("linear_solver", STRING, "Linear solver of the exact estimators: GMRES, or the damped linearised relaxation.",
            choices=LINEAR_SOLVERS),
+        _F("state_bound", FLOAT, "A free-phase state with |u| above this counts as diverged (exploding), like a NaN.",
+           bounds=POSITIVE),
         _F("anderson_memory", INTEGER, "History length of Anderson acceleration (solver = 'anderson').", bounds=NONNEGATIVE),
         _F("anderson_damping", FLOAT, "Anderson mixing parameter in (0, 1].", bounds=Bounds(lo=0, hi=1, lo_open=True)),
     ),

@@ -28,6 +28,8 @@ class Dynamics:
     where the relaxation itself contracts, cheap there). ``solver`` finds the free fixed
     point: ``"fixed-point"`` (the plain iteration) or ``"anderson"`` (Anderson
     acceleration, :mod:`eqprop.solvers`; ``free_steps`` then counts field evaluations).
+    ``state_bound``: a state with ``|u| > state_bound`` counts as diverged (exploding),
+    like a NaN.
     """
 
     dt: float = 1.0
@@ -37,6 +39,7 @@ class Dynamics:
     linear_steps: int = 1000
     linear_tol: float = 1e-7
     linear_solver: str = "gmres"
+    state_bound: float = 1e6
     solver: str = "fixed-point"
     anderson_memory: int = 5
     anderson_damping: float = 1.0
@@ -46,8 +49,9 @@ class RelaxStats(eqx.Module):
     """What a relaxation reports.
 
     ``steps``: steps taken (scalar int). ``residual``: ``||F(u)||`` per example at the end,
-    ``(B,)``. ``nonfinite_step``: first step after which a state was NaN or infinite,
-    ``-1`` if none. ``nonfinite``: per population, whether its final state is non-finite.
+    ``(B,)``. ``nonfinite_step``: first step after which a state was NaN, infinite or
+    beyond ``bound`` (exploding), ``-1`` if none. ``nonfinite``: per population, whether its
+    final state is so.
     """
 
     steps: Array
@@ -67,9 +71,15 @@ def residual_norm(f: PyTree, batch_ndim: int = 1) -> Array:
     return jnp.sqrt(sum(sq))
 
 
-def _all_finite(u: PyTree) -> Array:
-    # a single sum per leaf: NaN and inf propagate through it.
-    return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(v)) for v in jax.tree.leaves(u)]))
+def _all_finite(u: PyTree, bound: float = jnp.inf) -> Array:
+    """Every state finite and within ``bound`` (one reduction per leaf; NaN fails ``<=``)."""
+    if bound == jnp.inf:  # a single sum per leaf: NaN and inf propagate through it
+        return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(v)) for v in jax.tree.leaves(u)]))
+    return jnp.all(jnp.stack([jnp.max(jnp.abs(v)) <= bound for v in jax.tree.leaves(u)]))
+
+
+def _bad(v: Array, bound: float) -> Array:
+    return ~jnp.all(jnp.isfinite(v)) | (jnp.max(jnp.abs(v)) > bound)
 
 
 def relax(
@@ -80,6 +90,7 @@ def relax(
     steps: int,
     tol: float | Array = 0.0,
     batch_ndim: int = 1,
+    bound: float = jnp.inf,
 ) -> tuple[PyTree, RelaxStats]:
     """Iterate ``u <- u + dt * field(u)`` from ``u0``.
 
@@ -88,7 +99,8 @@ def relax(
     non-finite state. Returns the final state and its :class:`RelaxStats`.
     ``batch_ndim = 2`` relaxes phases stacked on a leading axis in one loop (leaves
     ``(P, B, ...)``; ``field`` handles the stack): the loop condition stays a scalar,
-    which is cheaper than ``vmap`` over the loop.
+    which is cheaper than ``vmap`` over the loop. A state beyond ``bound`` in absolute
+    value counts as diverged, like a NaN.
     """
     check_residual = not (isinstance(tol, (int, float)) and tol <= 0)
     ftype = jnp.result_type(float)
@@ -105,9 +117,9 @@ def relax(
         def body(carry):
             i, u, _, _ = carry
             f, u = step(u)
-            return i + 1, u, jnp.max(residual_norm(f, batch_ndim)).astype(ftype), _all_finite(u)
+            return i + 1, u, jnp.max(residual_norm(f, batch_ndim)).astype(ftype), _all_finite(u, bound)
 
-        init = (jnp.asarray(0), u0, jnp.asarray(jnp.inf, ftype), _all_finite(u0))
+        init = (jnp.asarray(0), u0, jnp.asarray(jnp.inf, ftype), _all_finite(u0, bound))
         i, u, _, ok = jax.lax.while_loop(cond, body, init)
         nonfinite_step = jnp.where(ok, -1, i)
     else:
@@ -116,17 +128,17 @@ def relax(
         def fixed_body(t, carry):
             u, bad = carry
             _, u = step(u)
-            bad = jnp.where((bad < 0) & ~_all_finite(u), t + 1, bad)
+            bad = jnp.where((bad < 0) & ~_all_finite(u, bound), t + 1, bad)
             return u, bad
 
         u, nonfinite_step = jax.lax.fori_loop(
-            0, steps, fixed_body, (u0, jnp.where(_all_finite(u0), -1, 0)), unroll=_unroll(steps))
+            0, steps, fixed_body, (u0, jnp.where(_all_finite(u0, bound), -1, 0)), unroll=_unroll(steps))
         i = jnp.where(nonfinite_step < 0, steps, nonfinite_step)
     stats = RelaxStats(
         steps=i,
         residual=residual_norm(field(u), batch_ndim),
         nonfinite_step=nonfinite_step,
-        nonfinite={k: ~jnp.all(jnp.isfinite(v)) for k, v in _as_dict(u).items()},
+        nonfinite={k: _bad(v, bound) for k, v in _as_dict(u).items()},
     )
     return u, stats
 

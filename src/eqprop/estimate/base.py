@@ -87,7 +87,8 @@ def free_phase(
         u, stats = anderson(field, u0, steps=dynamics.free_steps, tol=dynamics.tol, dt=dynamics.dt,
                             memory=dynamics.anderson_memory, damping=dynamics.anderson_damping)
     elif dynamics.solver == "fixed-point":
-        u, stats = relax(field, u0, dt=dynamics.dt, steps=dynamics.free_steps, tol=dynamics.tol)
+        u, stats = relax(field, u0, dt=dynamics.dt, steps=dynamics.free_steps, tol=dynamics.tol,
+                         bound=dynamics.state_bound)
     else:
         raise ValueError(f"solver must be 'fixed-point' or 'anderson', got {dynamics.solver!r}")
     return FreePhase(u=u, drive=drive, stats=stats)

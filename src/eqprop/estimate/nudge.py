@@ -43,7 +43,8 @@ def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
 
 
 def nudged_phases(
-    model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, steps: int, dt: float, tol
+    model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, steps: int, dt: float, tol,
+    bound: float = jnp.inf,
 ) -> tuple[PyTree, RelaxStats]:
     """Relax one nudged phase per entry of ``betas`` (1-D), together on a leading axis.
 
@@ -52,7 +53,7 @@ def nudged_phases(
     dtype = jnp.result_type(jax.tree.leaves(free.u)[0].dtype, betas.dtype)
     u0 = jax.tree.map(lambda v: jnp.broadcast_to(v.astype(dtype), betas.shape + v.shape), free.u)
     field = jax.vmap(lambda u, beta: nudged_field(model, free.drive, y, beta)(u))
-    return relax(lambda u: field(u, betas), u0, dt=dt, steps=steps, tol=tol, batch_ndim=2)
+    return relax(lambda u: field(u, betas), u0, dt=dt, steps=steps, tol=tol, batch_ndim=2, bound=bound)
 
 
 def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:

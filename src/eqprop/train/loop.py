@@ -321,7 +321,7 @@ def _check_finite(m: dict[str, Any], epoch: int, batch: int, seeds: int) -> None
     parts = []
     if pops:
         at = int(step[step >= 0].min()) if np.any(step >= 0) else None
-        parts.append("non-finite state in population(s) " + ", ".join(pops)
+        parts.append("non-finite or exploding state in population(s) " + ", ".join(pops)
                      + (f" at relaxation step {at}" if at is not None else ""))
     if not np.all(np.isfinite(loss)):
         parts.append("loss is not finite")
