@@ -10,6 +10,7 @@ from eqprop.estimate import (
     EP, OnlineHEP, circle_derivative, exact_nudge_derivative, free_phase, make_estimator, rbp_delta,
 )
 from helpers import cos, flat, flat_params, rel
+from eqprop.network import named_parameters
 
 F64 = jnp.float64
 EXACT = eqprop.Dynamics(free_steps=300, nudged_steps=300, linear_steps=4000, linear_tol=1e-13)
@@ -230,3 +231,21 @@ def test_float32_path():
     for g_lo, g_hi in zip(g32, out[F64]):
         assert cos(flat_params(g_lo).astype(F64), flat_params(g_hi)) > 0.99999
     assert cos(flat_params(g32[0]), flat_params(g32[1])) > 0.99
+
+
+def test_exact_estimators_leave_out_unconverged_examples(tied):
+    """converged_tol: an example whose free phase did not converge adds nothing to the
+    implicit gradient; the others are untouched."""
+    m, x, y, free = tied
+    res = free.stats.residual.at[0].set(1.0)  # pretend example 0 did not converge
+    fake = eqx.tree_at(lambda f: f.stats.residual, free, res)
+    masked = eqprop.Dynamics(**{**EXACT.__dict__, "converged_tol": 1e-3})
+    g_masked, _ = make_estimator("implicit", masked)(m, x, y, fake, None)
+    rest = free_phase(m, x[1:], EXACT)
+    g_rest, _ = make_estimator("implicit", EXACT)(m, x[1:], y[1:], rest, None)
+    # the task part is averaged over the full batch (B) instead of B - 1; the readout is direct
+    b = x.shape[0]
+    g_masked_p = named_parameters(g_masked)
+    for k, v in named_parameters(g_rest).items():
+        if not k.startswith("readout"):
+            assert rel(g_masked_p[k] * b / (b - 1), v) < 1e-6

@@ -24,7 +24,7 @@ def build_dynamics(config: Config) -> Dynamics:
     d = config.dynamics
     return Dynamics(
         dt=d.dt, free_steps=d.free_steps, nudged_steps=d.nudged_steps, tol=d.tol,
-        linear_steps=d.linear_steps, linear_tol=d.linear_tol, linear_solver=d.linear_solver, state_bound=d.state_bound,
+        linear_steps=d.linear_steps, linear_tol=d.linear_tol, linear_solver=d.linear_solver, state_bound=d.state_bound, converged_tol=d.converged_tol,
         solver=d.solver, anderson_memory=d.anderson_memory, anderson_damping=d.anderson_damping,
     )
 
@@ -105,6 +105,8 @@ def build_optimizer(config: Config, model: EquilibriumModel, steps_total: int = 
         opt = optax.adamw(lr, weight_decay=o.weight_decay)
     if o.lr_multipliers:
         opt = optax.chain(opt, _scale_by_name(model, dict(o.lr_multipliers)))
+    if o.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
     return opt
 
 

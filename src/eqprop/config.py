@@ -137,6 +137,7 @@ class DynamicsConfig:
     linear_tol: float = 1e-5
     linear_solver: str = "gmres"
     state_bound: float = 1e6
+    converged_tol: float = 0.0
     anderson_memory: int = 5
     anderson_damping: float = 1.0
 
@@ -157,6 +158,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"
     lr_multipliers: Mapping[str, float] = FrozenMap()
+    clip_norm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,8 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
            choices=LINEAR_SOLVERS),
         _F("state_bound", FLOAT, "A free-phase state with |u| above this counts as diverged (exploding), like a NaN.",
            bounds=POSITIVE),
+        _F("converged_tol", FLOAT, "Exact estimators leave out examples whose free-phase residual exceeds this (0: keep all).",
+           bounds=NONNEGATIVE),
         _F("anderson_memory", INTEGER, "History length of Anderson acceleration (solver = 'anderson').", bounds=NONNEGATIVE),
         _F("anderson_damping", FLOAT, "Anderson mixing parameter in (0, 1].", bounds=Bounds(lo=0, hi=1, lo_open=True)),
     ),
@@ -347,6 +351,8 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         _F("schedule", STRING, "Learning-rate schedule.", choices=SCHEDULES),
         _F("lr_multipliers", FLOAT_TABLE, "Per-projection learning-rate multipliers.",
            bounds=POSITIVE),
+        _F("clip_norm", FLOAT, "Clip the gradient to this global norm before the optimizer (0: off).",
+           bounds=NONNEGATIVE),
     ),
     "train": _section(
         TrainConfig,

@@ -29,7 +29,9 @@ class Dynamics:
     point: ``"fixed-point"`` (the plain iteration) or ``"anderson"`` (Anderson
     acceleration, :mod:`eqprop.solvers`; ``free_steps`` then counts field evaluations).
     ``state_bound``: a state with ``|u| > state_bound`` counts as diverged (exploding),
-    like a NaN.
+    like a NaN. ``converged_tol > 0``: the exact estimators (exact nudge, implicit), whose
+    formulas hold only at a fixed point, leave out examples whose free-phase residual
+    exceeds it.
     """
 
     dt: float = 1.0
@@ -40,6 +42,7 @@ class Dynamics:
     linear_tol: float = 1e-7
     linear_solver: str = "gmres"
     state_bound: float = 1e6
+    converged_tol: float = 0.0
     solver: str = "fixed-point"
     anderson_memory: int = 5
     anderson_damping: float = 1.0

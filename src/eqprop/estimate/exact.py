@@ -94,6 +94,14 @@ def rbp_delta(
     return solve_linear(lambda lam: vjp(lam)[0], dl_du, dynamics)
 
 
+def converged_only(v: PyTree, free: FreePhase, dynamics: Dynamics) -> PyTree:
+    """Zero the rows of ``v`` whose example did not reach a fixed point (``converged_tol``)."""
+    if dynamics.converged_tol <= 0:
+        return v
+    keep = free.stats.residual <= dynamics.converged_tol  # (B,)
+    return jax.tree.map(lambda t: t * keep.reshape((-1,) + (1,) * (t.ndim - 1)).astype(t.dtype), v)
+
+
 class ExactNudge(Estimator):
     """Generalized EP with the exact ``da*/dbeta`` (no finite-nudge bias)."""
 
@@ -101,7 +109,8 @@ class ExactNudge(Estimator):
 
     def __call__(self, model, x, y, free, key):
         v, stats = exact_nudge_derivative(model, free, y, self.dynamics)
-        return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats)
+        g = assemble(model, x, y, free.u, converged_only(v, free, self.dynamics))
+        return g, Estimate(error_vector=v, phases=stats)
 
 
 class Implicit(Estimator):
@@ -111,7 +120,8 @@ class Implicit(Estimator):
 
     def __call__(self, model, x, y, free, key):
         delta, stats = rbp_delta(model, free, y, self.dynamics)
-        return assemble(model, x, y, free.u, delta), Estimate(error_vector=delta, phases=stats)
+        g = assemble(model, x, y, free.u, converged_only(delta, free, self.dynamics))
+        return g, Estimate(error_vector=delta, phases=stats)
 
 
 def unrolled_loss(model: EquilibriumModel, x: Array, y: Array, dynamics: Dynamics) -> Array:
