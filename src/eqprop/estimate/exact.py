@@ -99,7 +99,8 @@ def converged_only(v: PyTree, free: FreePhase, dynamics: Dynamics) -> PyTree:
     if dynamics.converged_tol <= 0:
         return v
     keep = free.stats.residual <= dynamics.converged_tol  # (B,)
-    return jax.tree.map(lambda t: t * keep.reshape((-1,) + (1,) * (t.ndim - 1)).astype(t.dtype), v)
+    # where, not a product: a left-out example's solve may be huge or non-finite
+    return jax.tree.map(lambda t: jnp.where(keep.reshape((-1,) + (1,) * (t.ndim - 1)), t, 0), v)
 
 
 class ExactNudge(Estimator):
