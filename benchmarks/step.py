@@ -1,5 +1,8 @@
 """Milliseconds per EP training step for the reference MLP (784-256-256-10, batch 50,
-150 free + 20 nudged steps, sigmoid4, hEP beta 0.5), N = 2 (real) and N = 4 (complex).
+150 free + 20 nudged steps, sigmoid4, hEP beta 0.5), N = 2 (real) and N = 4 (complex),
+with synchronous updates (the papers' iteration) and alternating updates of the two halves
+of the layered network (``[dynamics] update = "alternating"``: same fixed points, half the
+matmuls per step).
 
     python benchmarks/step.py [--json FILE] [--repeats R] [--batch B]
 
@@ -23,10 +26,11 @@ from eqprop.estimate import make_estimator
 from eqprop.update import init_optimizer, make_train_step
 
 
-def bench(points: int, *, batch: int, repeats: int, free_steps: int, nudged_steps: int) -> dict:
+def bench(points: int, *, batch: int, repeats: int, free_steps: int, nudged_steps: int,
+          update: str = "synchronous") -> dict:
     key = jax.random.PRNGKey(0)
     model = eqprop.layered([784, 256, 256, 10], key=key)
-    dyn = eqprop.Dynamics(free_steps=free_steps, nudged_steps=nudged_steps)
+    dyn = eqprop.Dynamics(free_steps=free_steps, nudged_steps=nudged_steps, update=update)
     est = make_estimator("hep", dyn, beta=0.5, points=points)
     opt = optax.sgd(0.01, momentum=0.9)
     step = make_train_step(est, opt)
@@ -55,12 +59,17 @@ def main(argv=None) -> None:
     p.add_argument("--nudged-steps", type=int, default=20)
     args = p.parse_args(argv)
     out = {}
-    for n in (2, 4):
-        r = bench(n, batch=args.batch, repeats=args.repeats, free_steps=args.free_steps, nudged_steps=args.nudged_steps)
-        out[f"N={n}"] = r
-        print(f"N={n}: {r['ms_per_step']:.1f} ms per step (min {r['ms_min']:.1f}), compile {r['compile_s']:.1f} s")
+    for update in ("synchronous", "alternating"):
+        for n in (2, 4):
+            r = bench(n, batch=args.batch, repeats=args.repeats, free_steps=args.free_steps,
+                      nudged_steps=args.nudged_steps, update=update)
+            key = f"N={n}" if update == "synchronous" else f"N={n} alternating"
+            out[key] = r
+            print(f"{key}: {r['ms_per_step']:.1f} ms per step (min {r['ms_min']:.1f}), compile {r['compile_s']:.1f} s")
     out["N=4/N=2"] = out["N=4"]["ms_per_step"] / out["N=2"]["ms_per_step"]
-    print(f"ratio N=4 / N=2: {out['N=4/N=2']:.2f}  ({jax.devices()[0].device_kind}, {jax.__version__})")
+    out["alternating/synchronous N=2"] = out["N=2 alternating"]["ms_per_step"] / out["N=2"]["ms_per_step"]
+    print(f"ratio N=4 / N=2: {out['N=4/N=2']:.2f}; alternating / synchronous (N=2): "
+          f"{out['alternating/synchronous N=2']:.2f}  ({jax.devices()[0].device_kind}, {jax.__version__})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

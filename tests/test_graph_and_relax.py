@@ -148,3 +148,41 @@ def test_free_phase_uses_the_state_bound():
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4), F64)
     stats = free_phase(m, x, eqprop.Dynamics(free_steps=10)).stats
     assert int(stats.nonfinite_step) == 1 and any(bool(v) for v in stats.nonfinite.values())
+
+
+def test_alternating_updates_follow_one_synchronous_chain():
+    """Bipartite network, dt = 1: the synchronous iteration runs two decoupled copies;
+    alternating updates reproduce one of them exactly (half the work per step)."""
+    m = eqprop.layered([7, 9, 8, 6, 4], key=jax.random.PRNGKey(5), dtype=F64)
+    g0, g1 = m.partition()
+    assert set(g0) == {"h1", "h3"} and set(g1) == {"h2"}
+    x = jax.random.uniform(jax.random.PRNGKey(6), (3, 7), F64)
+    alt = free_phase(m, x, eqprop.Dynamics(free_steps=12, update="alternating"))
+    sync_even = free_phase(m, x, eqprop.Dynamics(free_steps=12))
+    sync_odd = free_phase(m, x, eqprop.Dynamics(free_steps=11))
+    for p in g1:  # the second group is updated last: step 12 of the copy
+        assert rel(alt.u[p], sync_even.u[p]) < 1e-12
+    for p in g0:  # the first group was last updated at step 11
+        assert rel(alt.u[p], sync_odd.u[p]) < 1e-12
+
+
+def test_alternating_needs_a_bipartite_network():
+    m = eqprop.graph({"h1": 5, "h2": 5, "out": 3}, [["input", "h1"], ["h1", "h2"], ["h2", "out"], ["h1", "out"]],
+                     input_size=4, n_classes=3, key=jax.random.PRNGKey(0))
+    assert m.partition() is None
+    with pytest.raises(ValueError, match="bipartite"):
+        free_phase(m, jnp.ones((2, 4)), eqprop.Dynamics(update="alternating"))
+
+
+def test_alternating_updates_give_the_same_gradients():
+    m = eqprop.layered([8, 10, 7, 4], key=jax.random.PRNGKey(2), dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(3), (4, 8), F64)
+    y = jnp.arange(4) % 4
+    out = {}
+    for update in ("synchronous", "alternating"):
+        dyn = eqprop.Dynamics(free_steps=200, nudged_steps=200, update=update)
+        free = free_phase(m, x, dyn)
+        out[update] = [flat_params(make_estimator(n, dyn, **kw)(m, x, y, free, None)[0])
+                       for n, kw in (("hep", dict(beta=0.5, points=4)), ("implicit", {}))]
+    for a, b in zip(out["alternating"], out["synchronous"]):
+        assert rel(a, b) < 1e-8

@@ -24,7 +24,7 @@ def build_dynamics(config: Config) -> Dynamics:
     d = config.dynamics
     return Dynamics(
         dt=d.dt, free_steps=d.free_steps, nudged_steps=d.nudged_steps, tol=d.tol,
-        linear_steps=d.linear_steps, linear_tol=d.linear_tol, linear_solver=d.linear_solver, state_bound=d.state_bound, converged_tol=d.converged_tol,
+        linear_steps=d.linear_steps, linear_tol=d.linear_tol, linear_solver=d.linear_solver, state_bound=d.state_bound, converged_tol=d.converged_tol, update=d.update,
         solver=d.solver, anderson_memory=d.anderson_memory, anderson_damping=d.anderson_damping,
     )
 

@@ -138,6 +138,7 @@ class DynamicsConfig:
     linear_solver: str = "gmres"
     state_bound: float = 1e6
     converged_tol: float = 0.0
+    update: str = "synchronous"
     anderson_memory: int = 5
     anderson_damping: float = 1.0
 
@@ -332,6 +333,9 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
            bounds=POSITIVE),
         _F("converged_tol", FLOAT, "Exact estimators leave out examples whose free-phase residual exceeds this (0: keep all).",
            bounds=NONNEGATIVE),
+        _F("update", STRING, "Plain iteration: update every population at once, or the two halves of a "
+           "bipartite (layered) network in turn: same fixed points, half the work per step.",
+           choices=("synchronous", "alternating")),
         _F("anderson_memory", INTEGER, "History length of Anderson acceleration (solver = 'anderson').", bounds=NONNEGATIVE),
         _F("anderson_damping", FLOAT, "Anderson mixing parameter in (0, 1].", bounds=Bounds(lo=0, hi=1, lo_open=True)),
     ),

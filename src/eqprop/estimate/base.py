@@ -66,6 +66,9 @@ class Estimator(eqx.Module):
 
     def check(self, model: EquilibriumModel) -> None:
         """Raise ``ValueError`` if this estimator cannot run on ``model``."""
+        if self.dynamics.update == "alternating" and model.partition() is None:
+            raise ValueError("dynamics.update = 'alternating' needs a bipartite network (no coupling "
+                             "inside either half, e.g. a layered network without skips)")
         if self.needs_complex() and not model.holomorphic:
             raise ValueError(
                 f"estimator {self.name!r} needs complex nudges, but activation "
@@ -88,10 +91,35 @@ def free_phase(
                             memory=dynamics.anderson_memory, damping=dynamics.anderson_damping)
     elif dynamics.solver == "fixed-point":
         u, stats = relax(field, u0, dt=dynamics.dt, steps=dynamics.free_steps, tol=dynamics.tol,
-                         bound=dynamics.state_bound)
+                         bound=dynamics.state_bound, **alternating(model, dynamics, drive))
     else:
         raise ValueError(f"solver must be 'fixed-point' or 'anderson', got {dynamics.solver!r}")
     return FreePhase(u=u, drive=drive, stats=stats)
+
+
+def alternating(model: EquilibriumModel, dynamics: Dynamics, drive: PyTree, nudge=None) -> dict:
+    """``relax`` keywords for ``update = "alternating"`` (``{}`` for synchronous updates).
+
+    ``nudge``: ``(y, beta)`` adds ``beta * dl/da`` on the output's group (nudged phases).
+    """
+    if dynamics.update == "synchronous":
+        return {}
+    if dynamics.update != "alternating":
+        raise ValueError(f"update must be 'synchronous' or 'alternating', got {dynamics.update!r}")
+    groups = model.partition()
+    if groups is None:
+        raise ValueError("update = 'alternating' needs a bipartite network (no coupling inside "
+                         "either half, e.g. a layered network without skips); this one is not")
+
+    def field_on(u, group):
+        f = model.field_on(u, drive, group)
+        if nudge is not None and model.output in group:
+            y, beta = nudge
+            n = model.readout.loss_grad(model.output_activity(model.activity(u)), y)
+            f = {**f, model.output: f[model.output] + beta * n}
+        return f
+
+    return {"groups": groups, "field_on": field_on}
 
 
 def _add_opt(s, t):

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..network.base import EquilibriumModel
-from ..relax import RelaxStats, relax, residual_norm
-from .base import Estimate, Estimator, FreePhase, assemble, nudged_field
+from ..relax import Dynamics, RelaxStats, relax, residual_norm
+from .base import Estimate, Estimator, FreePhase, alternating, assemble, nudged_field
 
 PyTree = Any
 
@@ -44,7 +44,7 @@ def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
 
 def nudged_phases(
     model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, steps: int, dt: float, tol,
-    bound: float = jnp.inf,
+    bound: float = jnp.inf, update: str = "synchronous",
 ) -> tuple[PyTree, RelaxStats]:
     """Relax one nudged phase per entry of ``betas`` (1-D), together on a leading axis.
 
@@ -53,7 +53,14 @@ def nudged_phases(
     dtype = jnp.result_type(jax.tree.leaves(free.u)[0].dtype, betas.dtype)
     u0 = jax.tree.map(lambda v: jnp.broadcast_to(v.astype(dtype), betas.shape + v.shape), free.u)
     field = jax.vmap(lambda u, beta: nudged_field(model, free.drive, y, beta)(u))
-    return relax(lambda u: field(u, betas), u0, dt=dt, steps=steps, tol=tol, batch_ndim=2, bound=bound)
+    extra = {}
+    if update != "synchronous":
+        dyn = Dynamics(update=update)
+        on = jax.vmap(lambda u, beta, group: alternating(model, dyn, free.drive, (y, beta))["field_on"](u, group),
+                      in_axes=(0, 0, None))
+        extra = {"groups": model.partition(), "field_on": lambda u, group: on(u, betas, group)}
+    return relax(lambda u: field(u, betas), u0, dt=dt, steps=steps, tol=tol, batch_ndim=2, bound=bound,
+                 **extra)
 
 
 def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
@@ -69,7 +76,8 @@ def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
 
 
 def circle_derivative(
-    model: EquilibriumModel, free: FreePhase, y: Array, beta: float, n: int, steps: int, dt: float, tol
+    model: EquilibriumModel, free: FreePhase, y: Array, beta: float, n: int, steps: int, dt: float, tol,
+    *, bound: float = jnp.inf, update: str = "synchronous",
 ) -> tuple[PyTree, RelaxStats, dict]:
     """hEP estimate of ``da*/dbeta`` with ``n`` points; also returns the phases' states."""
     real, cplx = circle_points(beta, n)
@@ -79,7 +87,7 @@ def circle_derivative(
     stats, states = [], {}
     if real:
         b = jnp.asarray(real, ftype)
-        u, s = nudged_phases(model, free, y, b, steps, dt, tol)
+        u, s = nudged_phases(model, free, y, b, steps, dt, tol, bound, update)
         a = model.activity(u)
         total = jax.tree.map(
             lambda t, ak, a0_: t + jnp.sum((ak - a0_) / b.reshape((-1,) + (1,) * a0_.ndim), axis=0),
@@ -89,7 +97,7 @@ def circle_derivative(
     if cplx:
         ctype = jnp.result_type(ftype, jnp.complex64)
         b = jnp.asarray(cplx, ctype)
-        u, s = nudged_phases(model, free, y, b, steps, dt, tol)
+        u, s = nudged_phases(model, free, y, b, steps, dt, tol, bound, update)
         a = model.activity(u)
         total = jax.tree.map(
             lambda t, ak, a0_: t + 2 * jnp.sum(jnp.real((ak - a0_) / b.reshape((-1,) + (1,) * a0_.ndim)), axis=0),
@@ -112,7 +120,8 @@ class HolomorphicEP(Estimator):
 
     def __call__(self, model, x, y, free, key):
         d = self.dynamics
-        v, stats, _ = circle_derivative(model, free, y, self.beta, self.points, d.nudged_steps, d.dt, d.tol)
+        v, stats, _ = circle_derivative(model, free, y, self.beta, self.points, d.nudged_steps, d.dt, d.tol,
+                                        bound=d.state_bound, update=d.update)
         return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats)
 
 

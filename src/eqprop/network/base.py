@@ -64,6 +64,17 @@ class EquilibriumModel(eqx.Module):
     def holomorphic(self) -> bool:
         """Whether the field accepts complex states (needed by complex nudges)."""
 
+    def partition(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """Two groups of populations with no coupling inside either group (the coupling
+        graph is bipartite), or ``None``. Then the synchronous iteration is two decoupled
+        copies, and alternating updates of the groups do half the work per step."""
+        return None
+
+    def field_on(self, u: PyTree, drive: PyTree, group: tuple[str, ...]) -> PyTree:
+        """``F`` restricted to the populations in ``group`` (default: the full field, sliced)."""
+        f = self.field(u, drive)
+        return {p: f[p] for p in group}
+
     @property
     def symmetric(self) -> bool:
         """True when ``dF/da`` is symmetric at every state (an energy-based network)."""

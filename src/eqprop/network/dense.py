@@ -99,20 +99,53 @@ class DenseNetwork(EquilibriumModel):
         act = get_activation(self.activation)
         return {p: act(v) for p, v in u.items()}
 
-    def interaction(self, a: dict[str, Array], drive: DenseDrive) -> dict[str, Array]:
-        """``h(a)``: the prepared input drive plus every internal projection."""
-        h = dict(drive.inputs)
+    def interaction(
+        self, a: dict[str, Array], drive: DenseDrive, targets: tuple[str, ...] | None = None
+    ) -> dict[str, Array]:
+        """``h(a)``: the prepared input drive plus every internal projection (only into
+        ``targets`` when given)."""
+        h = dict(drive.inputs) if targets is None else {p: drive.inputs[p] for p in targets}
         for e in self.projections:
             if e.src == INPUT:
                 continue
-            h[e.dst] = h[e.dst] + _mm(a[e.src], self.weights[e.name])
-            if e.tied:
+            if e.dst in h:
+                h[e.dst] = h[e.dst] + _mm(a[e.src], self.weights[e.name])
+            if e.tied and e.src in h:
                 h[e.src] = h[e.src] + _mm(a[e.dst], drive.transposed[e.name])
         return h
 
     def field(self, u: dict[str, Array], drive: DenseDrive) -> dict[str, Array]:
         h = self.interaction(self.activity(u), drive)
         return {p: h[p] - u[p] for p in u}
+
+    def field_on(self, u: dict[str, Array], drive: DenseDrive, group: tuple[str, ...]) -> dict[str, Array]:
+        h = self.interaction(self.activity(u), drive, targets=group)
+        return {p: h[p] - u[p] for p in group}
+
+    def partition(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """2-colour the coupling graph of the internal populations (BFS); ``None`` if an
+        odd cycle (or a skip over one layer) makes it non-bipartite."""
+        pops = [p for p, _ in self.sizes if p != INPUT]
+        nbrs: dict[str, set[str]] = {p: set() for p in pops}
+        for e in self.projections:
+            if e.src != INPUT:
+                nbrs[e.src].add(e.dst)
+                nbrs[e.dst].add(e.src)
+        colour: dict[str, int] = {}
+        for start in pops:
+            if start in colour:
+                continue
+            colour[start], queue = 0, [start]
+            while queue:
+                p = queue.pop()
+                for q in nbrs[p]:
+                    if q not in colour:
+                        colour[q] = 1 - colour[p]
+                        queue.append(q)
+                    elif colour[q] == colour[p]:
+                        return None
+        groups = tuple(tuple(p for p in pops if colour[p] == c) for c in (0, 1))
+        return groups if all(groups) else None
 
     def primitive(self, a: dict[str, Array], x: Array) -> Array:
         """``Phi(a) = sum_e a_src W_e a_dst + sum_p b_p a_p`` per example (tied only).
