@@ -74,12 +74,22 @@ def _gmres(matvec, rhs: PyTree, dynamics: Dynamics) -> tuple[PyTree, RelaxStats]
     return w, stats
 
 
+def converged_only(v: PyTree, free: FreePhase, dynamics: Dynamics) -> PyTree:
+    """Zero the rows of ``v`` whose example did not reach a fixed point (``converged_tol``)."""
+    if dynamics.converged_tol <= 0:
+        return v
+    keep = free.stats.residual <= dynamics.converged_tol  # (B,)
+    # where, not a product: a left-out example's solve may be huge or non-finite
+    return jax.tree.map(lambda t: jnp.where(keep.reshape((-1,) + (1,) * (t.ndim - 1)), t, 0), v)
+
+
 def exact_nudge_derivative(
     model: EquilibriumModel, free: FreePhase, y: Array, dynamics: Dynamics
 ) -> tuple[PyTree, RelaxStats]:
     """``da*/dbeta`` at ``beta = 0``, exactly: ``-J^{-1} dl/da`` in activity space."""
     _, jvp = jax.linearize(lambda u: model.field(u, free.drive), free.u)
-    e = model.nudge(model.activity(free.u), y)
+    # left-out examples get a zero right-hand side: their blocks stay 0 and cost the solve nothing
+    e = converged_only(model.nudge(model.activity(free.u), y), free, dynamics)
     w, stats = solve_linear(jvp, e, dynamics)
     _, v = jax.jvp(model.activity, (free.u,), (w,))
     return v, stats
@@ -91,16 +101,8 @@ def rbp_delta(
     """The recurrent-backprop adjoint ``delta = -J^{-T} dl/da`` (per example, activity space)."""
     _, vjp = jax.vjp(lambda u: model.field(u, free.drive), free.u)
     dl_du = jax.grad(lambda u: jnp.sum(model.loss(model.activity(u), y)))(free.u)
+    dl_du = converged_only(dl_du, free, dynamics)  # see exact_nudge_derivative
     return solve_linear(lambda lam: vjp(lam)[0], dl_du, dynamics)
-
-
-def converged_only(v: PyTree, free: FreePhase, dynamics: Dynamics) -> PyTree:
-    """Zero the rows of ``v`` whose example did not reach a fixed point (``converged_tol``)."""
-    if dynamics.converged_tol <= 0:
-        return v
-    keep = free.stats.residual <= dynamics.converged_tol  # (B,)
-    # where, not a product: a left-out example's solve may be huge or non-finite
-    return jax.tree.map(lambda t: jnp.where(keep.reshape((-1,) + (1,) * (t.ndim - 1)), t, 0), v)
 
 
 class ExactNudge(Estimator):
