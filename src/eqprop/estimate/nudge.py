@@ -56,9 +56,12 @@ def nudged_phases(
     extra = {}
     if update != "synchronous":
         dyn = Dynamics(update=update)
-        on = jax.vmap(lambda u, beta, group: alternating(model, dyn, free.drive, (y, beta))["field_on"](u, group),
-                      in_axes=(0, 0, None))
-        extra = {"groups": model.partition(), "field_on": lambda u, group: on(u, betas, group)}
+
+        def field_on(u, group):  # the group is static: closed over, not vmapped
+            one = lambda ui, beta: alternating(model, dyn, free.drive, (y, beta))["field_on"](ui, group)  # noqa: E731
+            return jax.vmap(one)(u, betas)
+
+        extra = {"groups": model.partition(), "field_on": field_on}
     return relax(lambda u: field(u, betas), u0, dt=dt, steps=steps, tol=tol, batch_ndim=2, bound=bound,
                  **extra)
 
