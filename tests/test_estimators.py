@@ -249,3 +249,20 @@ def test_exact_estimators_leave_out_unconverged_examples(tied):
     for k, v in named_parameters(g_rest).items():
         if not k.startswith("readout"):
             assert rel(g_masked_p[k] * b / (b - 1), v) < 1e-6
+
+
+def test_linear_solve_falls_back_to_gmres_where_the_iteration_diverges():
+    """J w + r = 0 with J = A - I, A with an eigenvalue 2.5: the damped iteration
+    w <- A w + r diverges, GMRES (the "auto" fallback) still solves it."""
+    from eqprop.estimate.exact import solve_linear
+
+    a = jnp.diag(jnp.array([0.2, -0.4, 2.5, 0.5]))
+    rhs = {"h": jnp.array([[1.0, -2.0, 0.5, 3.0], [0.3, 0.0, -1.0, 2.0]], F64)}
+    matvec = lambda w: {"h": w["h"] @ a.T - w["h"]}  # noqa: E731
+    exact = -rhs["h"] @ jnp.linalg.inv(a - jnp.eye(4)).T
+    dyn = dict(linear_steps=200, linear_tol=1e-10)
+    w_fp, st = solve_linear(matvec, rhs, eqprop.Dynamics(linear_solver="fixed-point", **dyn))
+    assert not rel(w_fp["h"], exact) < 1e-3  # the iteration alone fails here
+    for solver in ("auto", "gmres"):
+        w, _ = solve_linear(matvec, rhs, eqprop.Dynamics(linear_solver=solver, **dyn))
+        assert rel(w["h"], exact) < 1e-8

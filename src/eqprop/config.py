@@ -59,7 +59,7 @@ ACTIVATIONS = ("sigmoid4", "dsilu", "tanh", "hard-sigmoid")
 READOUTS = ("softmax", "mse")
 DTYPES = ("float32", "float64")
 SOLVERS = ("fixed-point", "anderson")
-LINEAR_SOLVERS = ("gmres", "fixed-point")
+LINEAR_SOLVERS = ("auto", "gmres", "fixed-point")
 ESTIMATORS = ("ep", "hep", "online-hep", "exact-nudge", "implicit", "bptt", "contrast")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -135,7 +135,7 @@ class DynamicsConfig:
     solver: str = "fixed-point"
     linear_steps: int = 1000
     linear_tol: float = 1e-5
-    linear_solver: str = "gmres"
+    linear_solver: str = "auto"
     state_bound: float = 1e6
     converged_tol: float = 0.0
     update: str = "synchronous"
@@ -327,7 +327,7 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         _F("linear_steps", INTEGER, "Iteration budget of the exact estimators' linear solves.",
            bounds=POSITIVE_INT),
         _F("linear_tol", FLOAT, "Relative tolerance of the linear solves (exact-nudge, implicit).", bounds=NONNEGATIVE),
-        _F("linear_solver", STRING, "Linear solver of the exact estimators: GMRES, or the damped linearised relaxation.",
+        _F("linear_solver", STRING, "Linear solver of the exact estimators: the damped linearised relaxation with a GMRES fallback (auto), or either alone.",
            choices=LINEAR_SOLVERS),
         _F("state_bound", FLOAT, "A free-phase state with |u| above this counts as diverged (exploding), like a NaN.",
            bounds=POSITIVE),

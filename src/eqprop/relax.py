@@ -23,9 +23,9 @@ class Dynamics:
 
     ``tol = 0`` runs the full step budget; ``tol > 0`` stops once every example's
     residual ``||F(u)||`` is below it. ``linear_*`` configure the linear solves of the
-    exact estimators: ``"gmres"`` (Lineax, restarted GMRES: needs only a nonsingular
-    Jacobian) or ``"fixed-point"`` (the damped linearised relaxation: converges only
-    where the relaxation itself contracts, cheap there). ``solver`` finds the free fixed
+    exact estimators: ``"auto"`` (the damped linearised relaxation, cheap, falling back
+    to Lineax's restarted GMRES when it does not converge), ``"gmres"`` or
+    ``"fixed-point"`` alone. ``solver`` finds the free fixed
     point: ``"fixed-point"`` (the plain iteration) or ``"anderson"`` (Anderson
     acceleration, :mod:`eqprop.solvers`; ``free_steps`` then counts field evaluations).
     ``state_bound``: a state with ``|u| > state_bound`` counts as diverged (exploding),
@@ -41,7 +41,7 @@ class Dynamics:
     tol: float = 0.0
     linear_steps: int = 1000
     linear_tol: float = 1e-7
-    linear_solver: str = "gmres"
+    linear_solver: str = "auto"
     state_bound: float = 1e6
     converged_tol: float = 0.0
     update: str = "synchronous"

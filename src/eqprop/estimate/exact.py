@@ -9,10 +9,11 @@ At the free fixed point ``u*`` with Jacobian ``J_u = dF/du``:
   ``g = (dF/dtheta)^T delta / B`` is the exact gradient of the loss at the fixed point;
 - BPTT: autodiff through ``free_steps`` unrolled steps of the free phase (``lax.scan``).
 
-The linear systems ``J_u w = -r`` are solved matrix-free (JVPs or VJPs only) by
-restarted GMRES (Lineax; needs only a nonsingular ``J_u``) or, with
-``linear_solver = "fixed-point"``, by the linearised relaxation
-``w <- w + dt (J_u w + r)``, which converges exactly when the relaxation contracts.
+The linear systems ``J_u w = -r`` are solved matrix-free (JVPs or VJPs only) by the
+linearised relaxation ``w <- w + dt (J_u w + r)``, which converges exactly when the
+relaxation contracts and is cheap, with a fallback to restarted GMRES (Lineax; needs only
+a nonsingular ``J_u``) when it does not converge (``linear_solver = "auto"``, the
+default; ``"fixed-point"`` or ``"gmres"`` force one).
 Both stop at ``linear_tol`` relative to ``||r||`` or after ``linear_steps`` steps.
 Training drives networks toward the edge of contraction, where the damped iteration
 returned exploding gradients; GMRES does not.
@@ -38,19 +39,40 @@ PyTree = Any
 def solve_linear(
     matvec: Callable[[PyTree], PyTree], rhs: PyTree, dynamics: Dynamics
 ) -> tuple[PyTree, RelaxStats]:
-    """Solve ``matvec(w) + rhs = 0`` (``matvec`` linear, batched leaves ``(B, ...)``)."""
-    if dynamics.linear_solver == "gmres":
+    """Solve ``matvec(w) + rhs = 0`` (``matvec`` linear, batched leaves ``(B, ...)``).
+
+    ``"auto"`` runs the damped iteration and falls back to GMRES (``lax.cond``, so only
+    when needed) if it did not reach the tolerance; Lineax's GMRES cost ~100x the
+    iteration per solve on the reference MLP (477 ms vs 3.5 ms) where both converge.
+    """
+    solver = dynamics.linear_solver
+    if solver not in ("auto", "gmres", "fixed-point"):
+        raise ValueError(f"linear_solver must be 'auto', 'gmres' or 'fixed-point', got {solver!r}")
+    if solver == "gmres":
         return _gmres(matvec, rhs, dynamics)
-    if dynamics.linear_solver != "fixed-point":
-        raise ValueError(f"linear_solver must be 'gmres' or 'fixed-point', got {dynamics.linear_solver!r}")
-    tol = dynamics.linear_tol * jnp.max(residual_norm(rhs)) if dynamics.linear_tol > 0 else 0.0
-    return relax(
+    scale = jnp.max(residual_norm(rhs))
+    tol = dynamics.linear_tol * scale if dynamics.linear_tol > 0 else 0.0
+    w, stats = relax(
         lambda w: jax.tree.map(jnp.add, matvec(w), rhs),
         jax.tree.map(jnp.zeros_like, rhs),
         dt=dynamics.dt,
         steps=dynamics.linear_steps,
         tol=tol,
     )
+    stats = _int32_stats(stats)
+    if solver == "fixed-point":
+        return w, stats
+    converged = (jnp.max(stats.residual) <= jnp.maximum(tol, 1e-30) * 1.0001) & (stats.nonfinite_step < 0)
+    return jax.lax.cond(converged, lambda: (w, stats),
+                        lambda: tuple(_int32_stats(s) if isinstance(s, RelaxStats) else s
+                                      for s in _gmres(matvec, rhs, dynamics)))
+
+
+def _int32_stats(stats: RelaxStats) -> RelaxStats:
+    """Stats with int32 counters (so both branches of ``lax.cond`` agree)."""
+    return RelaxStats(steps=jnp.asarray(stats.steps, jnp.int32), residual=stats.residual,
+                      nonfinite_step=jnp.asarray(stats.nonfinite_step, jnp.int32),
+                      nonfinite=stats.nonfinite)
 
 
 def _gmres(matvec, rhs: PyTree, dynamics: Dynamics) -> tuple[PyTree, RelaxStats]:
