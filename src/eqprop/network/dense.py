@@ -22,7 +22,8 @@ from jax import Array
 
 from ..activations import get_activation
 from .base import EquilibriumModel
-from .readout import Readout, _mm, make_readout
+from .ops import matmul
+from .readout import Readout, make_readout
 
 INPUT = "input"
 
@@ -109,9 +110,9 @@ class DenseNetwork(EquilibriumModel):
             if e.src == INPUT:
                 continue
             if e.dst in h:
-                h[e.dst] = h[e.dst] + _mm(a[e.src], self.weights[e.name])
+                h[e.dst] = h[e.dst] + matmul(a[e.src], self.weights[e.name])
             if e.tied and e.src in h:
-                h[e.src] = h[e.src] + _mm(a[e.dst], drive.transposed[e.name])
+                h[e.src] = h[e.src] + matmul(a[e.dst], drive.transposed[e.name])
         return h
 
     def field(self, u: dict[str, Array], drive: DenseDrive) -> dict[str, Array]:

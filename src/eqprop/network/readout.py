@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from .ops import matmul
+
 
 class Readout(eqx.Module):
     """Abstract readout: logits, per-example loss and its gradient in ``a_out``."""
@@ -41,13 +43,6 @@ def _softmax(z: Array) -> Array:
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
-def _mm(a: Array, w: Array) -> Array:
-    """``a @ w`` for real ``w``; a complex ``a`` costs two real matmuls, not four."""
-    if jnp.iscomplexobj(a) and not jnp.iscomplexobj(w):
-        return jax.lax.complex(a.real @ w, a.imag @ w)
-    return a @ w
-
-
 class SoftmaxReadout(Readout):
     """Trainable linear readout ``r = a_out V + c`` with softmax cross-entropy."""
 
@@ -62,7 +57,7 @@ class SoftmaxReadout(Readout):
         self.n_classes = n_classes
 
     def logits(self, a_out: Array) -> Array:
-        return _mm(a_out, self.weight) + self.bias
+        return matmul(a_out, self.weight) + self.bias
 
     def loss(self, a_out: Array, y: Array) -> Array:
         r = self.logits(a_out)
@@ -70,7 +65,7 @@ class SoftmaxReadout(Readout):
 
     def loss_grad(self, a_out: Array, y: Array) -> Array:
         err = _softmax(self.logits(a_out)) - jax.nn.one_hot(y, self.n_classes, dtype=self.weight.dtype)
-        return _mm(err, self.weight.T)
+        return matmul(err, self.weight.T)
 
 
 class MSEReadout(Readout):
