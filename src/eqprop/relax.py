@@ -40,7 +40,7 @@ class Dynamics:
     nudged_steps: int = 20
     tol: float = 0.0
     linear_steps: int = 1000
-    linear_tol: float = 1e-7
+    linear_tol: float = 1e-5
     linear_solver: str = "auto"
     state_bound: float = 1e6
     converged_tol: float = 0.0
