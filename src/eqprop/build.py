@@ -20,13 +20,8 @@ from .relax import Dynamics
 
 
 def build_dynamics(config: Config) -> Dynamics:
-    """The relaxation settings of ``[dynamics]``."""
-    d = config.dynamics
-    return Dynamics(
-        dt=d.dt, free_steps=d.free_steps, nudged_steps=d.nudged_steps, tol=d.tol,
-        linear_steps=d.linear_steps, linear_tol=d.linear_tol, linear_solver=d.linear_solver, state_bound=d.state_bound, converged_tol=d.converged_tol, update=d.update,
-        solver=d.solver, anderson_memory=d.anderson_memory, anderson_damping=d.anderson_damping,
-    )
+    """The relaxation settings of ``[dynamics]`` (the section is a :class:`Dynamics`)."""
+    return config.dynamics
 
 
 def estimator_settings(config: Config) -> dict:

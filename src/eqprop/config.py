@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .dynamics import Dynamics as DynamicsConfig
+
 __all__ = [
     "ConfigError",
     "FrozenMap",
@@ -124,23 +126,6 @@ class ModelConfig:
     readout: str = "softmax"
     dtype: str = "float32"
     init_scale: float = 1.0
-
-
-@dataclass(frozen=True)
-class DynamicsConfig:
-    dt: float = 1.0
-    free_steps: int = 150
-    nudged_steps: int = 20
-    tol: float = 0.0
-    solver: str = "fixed-point"
-    linear_steps: int = 1000
-    linear_tol: float = 1e-5
-    linear_solver: str = "auto"
-    state_bound: float = 1e6
-    converged_tol: float = 0.0
-    update: str = "synchronous"
-    anderson_memory: int = 5
-    anderson_damping: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Every leaf of the state has the batch on axis 0; run several phases together by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import equinox as eqx
@@ -14,40 +13,11 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from .dynamics import Dynamics
+
 PyTree = Any
 
-
-@dataclass(frozen=True)
-class Dynamics:
-    """Settings of the relaxations (static, hashable).
-
-    ``tol = 0`` runs the full step budget; ``tol > 0`` stops once every example's
-    residual ``||F(u)||`` is below it. ``linear_*`` configure the linear solves of the
-    exact estimators: ``"auto"`` (the damped linearised relaxation, cheap, falling back
-    to Lineax's restarted GMRES when it does not converge), ``"gmres"`` or
-    ``"fixed-point"`` alone. ``solver`` finds the free fixed
-    point: ``"fixed-point"`` (the plain iteration) or ``"anderson"`` (Anderson
-    acceleration, :mod:`eqprop.solvers`; ``free_steps`` then counts field evaluations).
-    ``state_bound``: a state with ``|u| > state_bound`` counts as diverged (exploding),
-    like a NaN. ``converged_tol > 0``: the exact estimators (exact nudge, implicit), whose
-    formulas hold only at a fixed point, leave out examples whose free-phase residual
-    exceeds it. ``update = "alternating"``: the plain iteration updates the two halves of
-    a bipartite network in turn (see :func:`relax`), half the work per step.
-    """
-
-    dt: float = 1.0
-    free_steps: int = 150
-    nudged_steps: int = 20
-    tol: float = 0.0
-    linear_steps: int = 1000
-    linear_tol: float = 1e-5
-    linear_solver: str = "auto"
-    state_bound: float = 1e6
-    converged_tol: float = 0.0
-    update: str = "synchronous"
-    solver: str = "fixed-point"
-    anderson_memory: int = 5
-    anderson_damping: float = 1.0
+__all__ = ["Dynamics", "RelaxStats", "relax", "residual_norm"]
 
 
 class RelaxStats(eqx.Module):
