@@ -17,7 +17,7 @@ from .dynamics import Dynamics
 
 PyTree = Any
 
-__all__ = ["Dynamics", "RelaxStats", "relax", "residual_norm"]
+__all__ = ["Dynamics", "RelaxStats", "relax", "residual_norm", "nonfinite_populations"]
 
 
 class RelaxStats(eqx.Module):
@@ -53,8 +53,10 @@ def _all_finite(u: PyTree, bound: float = jnp.inf) -> Array:
     return jnp.all(jnp.stack([jnp.max(jnp.abs(v)) <= bound for v in jax.tree.leaves(u)]))
 
 
-def _bad(v: Array, bound: float) -> Array:
-    return ~jnp.all(jnp.isfinite(v)) | (jnp.max(jnp.abs(v)) > bound)
+def nonfinite_populations(u: PyTree, bound: float = jnp.inf) -> dict[str, Array]:
+    """Per population (leaf), whether any state is NaN, infinite or beyond ``bound``."""
+    return {k: ~jnp.all(jnp.isfinite(v)) | (jnp.max(jnp.abs(v)) > bound)
+            for k, v in _as_dict(u).items()}
 
 
 def relax(
@@ -132,7 +134,7 @@ def relax(
         steps=i,
         residual=residual_norm(field(u), batch_ndim),
         nonfinite_step=nonfinite_step,
-        nonfinite={k: _bad(v, bound) for k, v in _as_dict(u).items()},
+        nonfinite=nonfinite_populations(u, bound),
     )
     return u, stats
 

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .relax import RelaxStats, _as_dict
+from .relax import RelaxStats, nonfinite_populations
 
 PyTree = Any
 
@@ -219,6 +219,6 @@ def anderson(
         steps=c["i"],
         residual=residual,
         nonfinite_step=jnp.where(ok, -1, c["i"]),
-        nonfinite={k: ~jnp.all(jnp.isfinite(v)) for k, v in _as_dict(u).items()},
+        nonfinite=nonfinite_populations(u),
     )
     return u, stats

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..network.base import EquilibriumModel
-from ..relax import Dynamics, RelaxStats, relax, residual_norm
+from ..relax import Dynamics, RelaxStats, nonfinite_populations, relax, residual_norm
 from .base import Estimate, Estimator, FreePhase, assemble
 
 PyTree = Any
@@ -85,8 +85,8 @@ def _gmres(matvec, rhs: PyTree, dynamics: Dynamics) -> tuple[PyTree, RelaxStats]
     sol = lx.linear_solve(operator, neg, solver, throw=False)
     w = sol.value
     res = jax.tree.map(jnp.add, matvec(w), rhs)
-    nonfinite = {k: ~jnp.all(jnp.isfinite(v)) for k, v in w.items()} if isinstance(w, dict) else {}
-    bad = jnp.any(jnp.stack(list(nonfinite.values()))) if nonfinite else jnp.asarray(False)
+    nonfinite = nonfinite_populations(w)
+    bad = jnp.any(jnp.stack(list(nonfinite.values())))
     stats = RelaxStats(
         steps=jnp.asarray(sol.stats["num_steps"]),
         residual=residual_norm(res),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..network.base import EquilibriumModel
-from ..relax import Dynamics, RelaxStats, relax, residual_norm
+from ..relax import Dynamics, RelaxStats, nonfinite_populations, relax, residual_norm
 from .base import Estimate, Estimator, FreePhase, alternating, assemble, nudged_field
 
 PyTree = Any
@@ -184,7 +184,7 @@ class OnlineHEP(Estimator):
         v = jax.tree.map(lambda s: jnp.real(s) / total, f_sum)
         u_bar = jax.tree.map(lambda s: jnp.real(s) / total, u_sum)
         last = self.beta * jnp.exp(2j * jnp.pi * ((total - 1) // seg % n) / n).astype(ctype)
-        nonfinite = {k: ~jnp.all(jnp.isfinite(l)) for k, l in u.items()}
+        nonfinite = nonfinite_populations(u)
         stats = RelaxStats(
             steps=jnp.asarray(total),
             residual=residual_norm(nudged_field(model, free.drive, y, last)(u)),
