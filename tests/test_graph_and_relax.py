@@ -88,6 +88,37 @@ def test_relax_tolerance_stops_early():
     assert int(fixed.stats.steps) == 37
 
 
+def test_tol_fraction_lets_stragglers_go():
+    """Three fast examples (rate 0.5) and one straggler (rate 0.01): with q = 1/4 the loop
+    stops once the fast ones are converged; with q = 0 or q < 1/4 it waits for the slow one."""
+    k = jnp.array([[0.5], [0.5], [0.5], [0.01]], F64)
+    field = lambda u: -k * (u - 1.0)  # noqa: E731
+    u0 = jnp.zeros((4, 1), F64)
+    runs = {q: relax(field, u0, dt=1.0, steps=2000, tol=1e-6, tol_fraction=q) for q in (0.0, 0.2, 0.25)}
+    # residual before step t is k (1 - k)^t: below 1e-6 from t = 19 (fast), t = 917 (slow)
+    assert int(runs[0.25][1].steps) == 20
+    assert int(runs[0.0][1].steps) == int(runs[0.2][1].steps) == 918
+    r = runs[0.25][1].residual
+    assert bool(jnp.all(r[:3] < 1e-6)) and float(r[3]) > 1e-3
+    assert bool(jnp.all(runs[0.0][1].residual < 1e-6))
+
+
+def test_free_phase_warm_mask():
+    """``warm[i]``: example i starts from ``u0`` (here its fixed point, so it stays put);
+    the others start cold, exactly as without ``u0``."""
+    m = eqprop.layered([6, 8, 8, 4], key=jax.random.PRNGKey(0), dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6), F64)
+    star = free_phase(m, x, eqprop.Dynamics(free_steps=400)).u
+    warm = jnp.array([True, False, True, False])
+    one = eqprop.Dynamics(free_steps=3)
+    mixed = free_phase(m, x, one, u0=star, warm=warm)
+    cold = free_phase(m, x, one)
+    for p in star:
+        assert float(jnp.max(jnp.abs(mixed.u[p][warm] - star[p][warm]))) < 1e-9
+        assert bool(jnp.all(mixed.u[p][~warm] == cold.u[p][~warm]))
+        assert float(jnp.max(jnp.abs(cold.u[p] - star[p]))) > 1e-3  # 3 steps are not enough
+
+
 def test_relax_reports_nonfinite_step_and_population():
     """A field that blows up in one population is stopped and reported, not hidden."""
     u0 = {"h": jnp.ones((2, 3)), "out": jnp.ones((2, 2))}

@@ -217,3 +217,87 @@ def test_step_keys_are_pure_functions_of_seed_epoch_batch():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(loop.step_keys(3, 1, 4), a)
     assert loop.step_keys(3, 2, 4, seeds=3).shape[:2] == (4, 3)
+
+
+# -- warm starts (persistent per-example states) -------------------------------------
+
+WARM = {"model": {"sizes": [16, 16, 16, 4]},
+        "dynamics": {"free_steps": 100, "nudged_steps": 5, "tol": 1e-4, "warm_start": True},
+        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}
+
+
+def warm(**updates) -> Config:
+    cfg = with_updates(tiny(), **WARM)
+    return with_updates(cfg, **updates)
+
+
+@pytest.fixture(scope="module")
+def warm_straight(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("warm") / "run"
+    train(warm(), out, progress=False)
+    return out
+
+
+def test_warm_start_starts_from_the_last_fixed_point(tmp_path):
+    """With a tiny learning rate the stored fixed points are (nearly) the new ones: the
+    second visit of every example needs far fewer steps than a cold start."""
+    slow = {"optim": {"lr": 1e-5}, "dynamics": {"tol": 1e-5},
+            "train": {"epochs": 2, "max_batches": None}, "data": {"name": "synthetic", "batch_size": 256}}
+    records = {}
+    for on in (False, True):
+        out = tmp_path / str(on)
+        train(with_updates(warm(**slow), dynamics={"warm_start": on}), out, progress=False)
+        records[on] = RunDir(out).read_metrics()
+    cold, hot = records[False], records[True]
+    assert hot[0]["free_steps_mean"] == cold[0]["free_steps_mean"] > 20  # epoch 1: all cold
+    assert hot[1]["free_steps_mean"] < 0.5 * cold[1]["free_steps_mean"]
+    assert hot[1]["train_loss"] == pytest.approx(cold[1]["train_loss"], rel=1e-3)
+    files = sorted(p.name for p in (tmp_path / "True" / "checkpoints").glob("states-*.npz"))
+    assert files == ["states-2-0.npz"]  # only the one the latest checkpoint points at
+    assert not list((tmp_path / "False" / "checkpoints").glob("states-*.npz"))
+
+
+def test_warm_start_ctrl_c_then_resume_is_exact(warm_straight, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = loop._call_step
+
+    def interrupting(*args):
+        calls["n"] += 1
+        if calls["n"] == 7:  # epoch 2, batch 2
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(loop, "_call_step", interrupting)
+    with pytest.raises(TrainingInterrupted):
+        train(warm(), out, progress=False)
+    meta = checkpoint.read_meta(RunDir(out).checkpoint("latest"))
+    assert (meta["epoch"], meta["batch"], meta["states_file"]) == (1, 2, "states-1-2.npz")
+    monkeypatch.setattr(loop, "_call_step", real)
+    train(load_config(out / "config.toml"), out, resume=True, progress=False)
+    assert_same_params(params_of(out), params_of(warm_straight))
+    a, b = RunDir(out).read_metrics(), RunDir(warm_straight).read_metrics()
+    assert a[1]["free_steps_mean"] == b[1]["free_steps_mean"]
+
+
+def test_warm_start_resume_checks_the_states_file(warm_straight, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(warm_straight, out)
+    states = out / "checkpoints" / checkpoint.read_meta(RunDir(out).checkpoint("latest"))["states_file"]
+    states.write_bytes(states.read_bytes()[:-8])
+    cfg = with_epochs(load_config(out / "config.toml"), 3)
+    with pytest.raises(checkpoint.CheckpointError, match="states_sha256"):
+        train(cfg, out, resume=True, progress=False)
+    states.unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="not found"):
+        train(cfg, out, resume=True, progress=False)
+
+
+def test_tol_fraction_needs_the_plain_iteration():
+    from eqprop.config import ConfigError
+
+    cfg = tiny(dynamics={"solver": "anderson", "tol": 1e-4, "tol_fraction": 0.1})
+    with pytest.raises(ConfigError, match="dynamics.tol_fraction"):
+        loop.build_program(cfg)

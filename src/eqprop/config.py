@@ -308,6 +308,9 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         _F("free_steps", INTEGER, "Steps of the free phase.", bounds=POSITIVE_INT),
         _F("nudged_steps", INTEGER, "Steps of each nudged phase.", bounds=POSITIVE_INT),
         _F("tol", FLOAT, "Early-stop tolerance (0: run all steps).", bounds=NONNEGATIVE),
+        _F("tol_fraction", FLOAT, "Free phase: stop once at most this fraction of the batch is above "
+           "tol (0: every example must be), so that a few stragglers do not keep the batch iterating.",
+           bounds=Bounds(lo=0, hi=1, hi_open=True)),
         _F("solver", STRING, "Equilibrium solver.", choices=SOLVERS),
         _F("linear_steps", INTEGER, "Iteration budget of the exact estimators' linear solves.",
            bounds=POSITIVE_INT),
@@ -323,6 +326,9 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
            choices=("synchronous", "alternating")),
         _F("anderson_memory", INTEGER, "History length of Anderson acceleration (solver = 'anderson').", bounds=NONNEGATIVE),
         _F("anderson_damping", FLOAT, "Anderson mixing parameter in (0, 1].", bounds=Bounds(lo=0, hi=1, lo_open=True)),
+        _F("warm_start", BOOLEAN, "Start each training example's free phase from its fixed point at "
+           "the previous epoch (persistent states, saved with the latest checkpoint; the first "
+           "epoch and evaluation start cold)."),
     ),
     "estimator": _section(
         EstimatorConfig,

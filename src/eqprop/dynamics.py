@@ -15,7 +15,8 @@ class Dynamics:
     """Settings of the relaxations (static, hashable).
 
     ``tol = 0`` runs the full step budget; ``tol > 0`` stops once every example's
-    residual ``||F(u)||`` is below it. ``linear_*`` configure the linear solves of the
+    residual ``||F(u)||`` is below it (with ``tol_fraction = q > 0``: once all but a
+    fraction ``q`` of the batch is; free phase of the plain iteration only). ``linear_*`` configure the linear solves of the
     exact estimators: ``"auto"`` (the damped linearised relaxation, cheap, falling back
     to Lineax's restarted GMRES when it does not converge), ``"gmres"`` or
     ``"fixed-point"`` alone. ``solver`` finds the free fixed
@@ -26,12 +27,15 @@ class Dynamics:
     formulas hold only at a fixed point, leave out examples whose free-phase residual
     exceeds it. ``update = "alternating"``: the plain iteration updates the two halves of
     a bipartite network in turn (see :func:`relax`), half the work per step.
+    ``warm_start``: the trainer starts each training example's free phase from its
+    fixed point at the previous epoch (persistent states; the solvers ignore it).
     """
 
     dt: float = 1.0
     free_steps: int = 150
     nudged_steps: int = 20
     tol: float = 0.0
+    tol_fraction: float = 0.0
     solver: str = "fixed-point"
     linear_steps: int = 1000
     linear_tol: float = 1e-5
@@ -41,3 +45,4 @@ class Dynamics:
     update: str = "synchronous"
     anderson_memory: int = 5
     anderson_damping: float = 1.0
+    warm_start: bool = False

@@ -66,6 +66,7 @@ def relax(
     dt: float,
     steps: int,
     tol: float | Array = 0.0,
+    tol_fraction: float = 0.0,
     batch_ndim: int = 1,
     bound: float = jnp.inf,
     groups: tuple[tuple[str, ...], ...] | None = None,
@@ -76,6 +77,9 @@ def relax(
     Stops after ``steps`` steps, when every example's residual is below ``tol``
     (a positive float or a traced scalar; ``0`` disables the check), or at the first
     non-finite state. Returns the final state and its :class:`RelaxStats`.
+    ``tol_fraction = q > 0`` stops instead once at most a fraction ``q`` of the examples
+    is above ``tol``: a few slowly converging examples (stragglers) then no longer keep
+    the whole batch iterating; they leave with their state at that step.
     ``batch_ndim = 2`` relaxes phases stacked on a leading axis in one loop (leaves
     ``(P, B, ...)``; ``field`` handles the stack): the loop condition stays a scalar,
     which is cheaper than ``vmap`` over the loop. A state beyond ``bound`` in absolute
@@ -107,15 +111,17 @@ def relax(
 
     if check_residual:
         def cond(carry):
-            i, _, r, ok = carry
-            return (i < sweeps * per_sweep) & ok & (r > tol)
+            i, _, busy, ok = carry
+            return (i < sweeps * per_sweep) & ok & busy
 
         def body(carry):
             i, u, _, _ = carry
             f, u = step(u)
-            return i + per_sweep, u, jnp.max(residual_norm(f, batch_ndim)).astype(ftype), _all_finite(u, bound)
+            r = residual_norm(f, batch_ndim)
+            busy = jnp.max(r) > tol if tol_fraction <= 0 else jnp.mean(r > tol) > tol_fraction
+            return i + per_sweep, u, busy, _all_finite(u, bound)
 
-        init = (jnp.asarray(0), u0, jnp.asarray(jnp.inf, ftype), _all_finite(u0, bound))
+        init = (jnp.asarray(0), u0, jnp.asarray(True), _all_finite(u0, bound))
         i, u, _, ok = jax.lax.while_loop(cond, body, init)
         nonfinite_step = jnp.where(ok, -1, i)
     else:

@@ -6,6 +6,10 @@ relaxation stats. With Jacobian homeostasis (:class:`eqprop.homeostasis.Homeosta
 the step adds ``coef * d L_homeo / d theta`` to the estimator's gradient on the batches
 with ``index % every == 0`` (``index`` defaults to 0: always applied) and reports
 ``homeo_loss`` (0 on skipped batches) and ``homeo_applied``.
+
+Warm starts: ``step(..., index, u0, warm)`` starts the free phase of example ``i`` from
+``u0`` (leaves ``(B, ...)``) where ``warm[i]`` (see :func:`eqprop.estimate.free_phase`)
+and returns the free fixed point as ``metrics["state"]``, to be stored for next time.
 """
 
 from __future__ import annotations
@@ -50,14 +54,14 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     homeostasis: Homeostasis | None = None,
 ) -> Callable[..., tuple[EquilibriumModel, PyTree, dict[str, Array]]]:
-    """A jitted ``step(model, opt_state, x, y, key, index=0)``: free phase, estimate,
+    """A jitted ``step(model, opt_state, x, y, key, index=0, u0=None, warm=None)``: free phase, estimate,
     (homeostasis,) optax update. ``homeostasis=None`` or ``coef == 0``: task gradient only."""
     if homeostasis is not None and homeostasis.coef == 0:
         homeostasis = None
 
     @eqx.filter_jit
-    def step(model, opt_state, x, y, key, index=0):
-        free = free_phase(model, x, estimator.dynamics)
+    def step(model, opt_state, x, y, key, index=0, u0=None, warm=None):
+        free = free_phase(model, x, estimator.dynamics, u0, warm)
         grads, _ = estimator(model, x, y, free, key)
         extra = {}
         if homeostasis is not None:
@@ -84,6 +88,8 @@ def make_train_step(
         params = parameters(model)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         model = eqx.apply_updates(model, updates)
+        if u0 is not None:
+            extra["state"] = free.u
         return model, opt_state, {**batch_metrics(model, free, y), **extra}
 
     return step

@@ -26,8 +26,11 @@ def flatten(x: np.ndarray) -> np.ndarray:
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, epoch: int,
             shuffle: bool = True, drop_last: bool = True,
-            augment: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            augment: str | None = None, with_index: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
     """Yield ``(xb, yb)`` mini-batches of ``(x (N, ...), y (N,))``.
+
+    ``with_index=True`` yields ``(xb, yb, idx)`` with ``idx`` the examples' positions in
+    ``x`` (for per-example state such as warm starts).
 
     Deterministic: the order is ``np.random.default_rng([seed, epoch]).permutation(N)``
     (identity order if ``shuffle=False``). ``drop_last=True`` drops the final partial
@@ -43,12 +46,12 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, epoch: 
         raise ValueError(f"unknown augment {augment!r}; allowed: {AUGMENTS}")
     if augment is not None and x.ndim != 4:
         raise ValueError(f"augment={augment!r} needs NHWC images, got x of shape {x.shape}")
-    return _iterate(x, y, batch_size, seed, epoch, shuffle, drop_last, augment)
+    return _iterate(x, y, batch_size, seed, epoch, shuffle, drop_last, augment, with_index)
 
 
 def _iterate(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
-             shuffle: bool, drop_last: bool,
-             augment: str | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+             shuffle: bool, drop_last: bool, augment: str | None,
+             with_index: bool) -> Iterator[tuple[np.ndarray, ...]]:
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
     for i in range(num_batches(len(x), batch_size, drop_last)):
@@ -56,7 +59,7 @@ def _iterate(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: in
         xb = x[idx]
         if augment == "flip-crop":
             xb = flip_crop(xb, rng)
-        yield xb, y[idx]
+        yield (xb, y[idx], idx) if with_index else (xb, y[idx])
 
 
 def flip_crop(xb: np.ndarray, rng: np.random.Generator, pad: int = CROP_PAD) -> np.ndarray:

@@ -69,6 +69,8 @@ class Estimator(eqx.Module):
         if self.dynamics.update == "alternating" and model.partition() is None:
             raise ValueError("dynamics.update = 'alternating' needs a bipartite network (no coupling "
                              "inside either half, e.g. a layered network without skips)")
+        if self.dynamics.tol_fraction > 0 and self.dynamics.solver != "fixed-point":
+            raise ValueError("dynamics.tol_fraction applies to solver = 'fixed-point' only")
         if self.needs_complex() and not model.holomorphic:
             raise ValueError(
                 f"estimator {self.name!r} needs complex nudges, but activation "
@@ -78,11 +80,22 @@ class Estimator(eqx.Module):
 
 
 def free_phase(
-    model: EquilibriumModel, x: Array, dynamics: Dynamics, u0: PyTree | None = None
+    model: EquilibriumModel, x: Array, dynamics: Dynamics, u0: PyTree | None = None,
+    warm: Array | None = None,
 ) -> FreePhase:
-    """Relax the free phase (no nudge) from ``u0`` (default: the model's initial state)."""
+    """Relax the free phase (no nudge) from ``u0`` (default: the model's initial state).
+
+    ``warm`` (``(B,)`` booleans, with ``u0``): example ``i`` starts from ``u0`` where
+    ``warm[i]`` and from the model's initial state otherwise (warm starts from
+    persistent states, some of which do not exist yet).
+    """
     drive = model.prepare(x)
-    u0 = model.init_state(drive) if u0 is None else u0
+    if u0 is None:
+        u0 = model.init_state(drive)
+    elif warm is not None:
+        cold = model.init_state(drive)
+        u0 = jax.tree.map(lambda w, c: jnp.where(warm.reshape(warm.shape + (1,) * (c.ndim - 1)),
+                                                 w.astype(c.dtype), c), u0, cold)
     field = lambda u: model.field(u, drive)  # noqa: E731
     if dynamics.solver == "anderson":
         from ..solvers import anderson
@@ -91,6 +104,7 @@ def free_phase(
                             memory=dynamics.anderson_memory, damping=dynamics.anderson_damping)
     elif dynamics.solver == "fixed-point":
         u, stats = relax(field, u0, dt=dynamics.dt, steps=dynamics.free_steps, tol=dynamics.tol,
+                         tol_fraction=dynamics.tol_fraction,
                          bound=dynamics.state_bound, **alternating(model, dynamics, drive))
     else:
         raise ValueError(f"solver must be 'fixed-point' or 'anderson', got {dynamics.solver!r}")

@@ -22,6 +22,10 @@ Conventions
   ``per_seed`` holds each seed's values.
 * Checkpoint position: ``epoch`` = completed epochs, ``batch`` = batches already done in
   the next epoch (non-zero only after Ctrl-C), ``partial`` = that epoch's running sums.
+* Warm starts (``[dynamics] warm_start``): every training example's free phase starts
+  from its fixed point at its previous visit (:class:`eqprop.train.states.PersistentStates`;
+  cold at the first). ``latest`` checkpoints then reference a ``states-E-B.npz`` file
+  next to them (``states_file``, ``states_sha256`` in the sidecar) so resume is exact.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from ..network.base import parameters
 from ..update import batch_metrics, init_optimizer, make_train_step
 from . import checkpoint
 from .rundir import RunDir
+from .states import PersistentStates
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "Program", "train", "build_program",
            "load_dataset", "evaluate", "load_run", "unstack", "step_keys"]
@@ -85,8 +90,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 class Program:
     """Everything rebuilt from a config: data, the (stacked) initial state, jitted functions.
 
-    ``step(model, opt_state, x, y, key) -> (model, opt_state, metrics)`` and
-    ``evaluate(model, x, y) -> metrics`` are vmapped over seeds when ``seeds > 1``.
+    ``step(model, opt_state, x, y, key[, u0, warm]) -> (model, opt_state, metrics)`` and
+    ``evaluate(model, x, y) -> metrics`` are vmapped over seeds when ``seeds > 1``
+    (``u0``: warm-start states, see :func:`eqprop.update.make_train_step`).
     ``step`` passes ``batch_index`` (set by the trainer before each call: the global
     batch count) on to the jitted step, for homeostasis' ``every``.
     """
@@ -174,12 +180,13 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     try:
         estimator.check(models[0])
     except ValueError as e:
-        raise ConfigError(f"estimator.name: {e}") from None
+        msg = str(e)  # messages that name their own key keep it; the rest are the estimator's
+        raise ConfigError(msg if msg.startswith("dynamics.") else f"estimator.name: {msg}") from None
     optimizer = build.build_optimizer(config, models[0], config.train.epochs * n_batches)
     base_step = make_train_step(estimator, optimizer, build.build_homeostasis(config))
 
-    def checked_step(model, opt_state, x, y, key, index):
-        model, opt_state, metrics = base_step(model, opt_state, x, y, key, index)
+    def checked_step(model, opt_state, x, y, key, index, u0=None, warm=None):
+        model, opt_state, metrics = base_step(model, opt_state, x, y, key, index, u0, warm)
         return model, opt_state, {**metrics, "params_finite": _all_finite(model)}
 
     eval_fn = _make_eval(estimator)
@@ -190,14 +197,15 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     else:
         model = _stack(models)
         opt_state = eqx.filter_vmap(lambda m: init_optimizer(optimizer, m))(model)
-        step = eqx.filter_vmap(checked_step, in_axes=(0, 0, None, None, 0, None))
+        step = eqx.filter_vmap(checked_step, in_axes=(0, 0, None, None, 0, None, 0, None))
         eval_batch = eqx.filter_vmap(eval_fn, in_axes=(0, None, None))
     jitted = eqx.filter_jit(step)
     program = Program(config, ds, k, model, opt_state, n_batches, jitted,
                       eqx.filter_jit(eval_batch), estimator)
 
-    def indexed_step(model, opt_state, x, y, key):
-        return jitted(model, opt_state, x, y, key, jnp.asarray(program.batch_index, jnp.int32))
+    def indexed_step(model, opt_state, x, y, key, u0=None, warm=None):
+        return jitted(model, opt_state, x, y, key, jnp.asarray(program.batch_index, jnp.int32),
+                      u0, warm)
 
     program.step = indexed_step
     return program
@@ -277,6 +285,7 @@ class _Position:
     epoch: int  # completed epochs
     batch: int  # batches done in the next epoch
     sums: dict[str, Any]
+    states: PersistentStates | None = None  # warm starts (updated in place, batch by batch)
 
 
 def _zero_sums(k: int) -> dict[str, Any]:
@@ -333,9 +342,9 @@ def _check_finite(m: dict[str, Any], epoch: int, batch: int, seeds: int) -> None
         epoch=epoch, batch=batch, populations=pops)
 
 
-def _call_step(program: Program, model, opt_state, x, y, key):
+def _call_step(program: Program, model, opt_state, x, y, key, u0=None, warm=None):
     """One training step (a seam for tests)."""
-    return program.step(model, opt_state, x, y, key)
+    return program.step(model, opt_state, x, y, key, u0, warm)
 
 
 def _record(epoch: int, sums: dict[str, Any], test: dict[str, np.ndarray] | None,
@@ -415,7 +424,17 @@ class _Trainer:
         }
 
     def save(self, which: str, pos: _Position) -> None:
-        checkpoint.save(self.run.checkpoint(which), (pos.model, pos.opt_state), self.meta(pos))
+        meta = self.meta(pos)
+        keep = None
+        if which == "latest" and pos.states is not None:
+            keep = f"states-{pos.epoch}-{pos.batch}.npz"
+            sha = pos.states.save(self.run.checkpoint(which).parent / keep)
+            meta.update(states_file=keep, states_sha256=sha)
+        checkpoint.save(self.run.checkpoint(which), (pos.model, pos.opt_state), meta)
+        if keep is not None:  # the checkpoint now points at `keep`: older states are garbage
+            for old in self.run.checkpoint(which).parent.glob("states-*.npz"):
+                if old.name != keep:
+                    old.unlink(missing_ok=True)
 
     # -- loop -------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -430,27 +449,31 @@ class _Trainer:
         keys = step_keys(cfg.train.seed, epoch, p.n_batches, p.seeds)
         data = islice(batches(p.dataset.x_train, p.dataset.y_train, cfg.data.batch_size,
                               seed=cfg.train.seed, epoch=epoch - 1, drop_last=cfg.data.drop_last,
-                              augment=_augment(cfg, p.dataset)), p.n_batches)
+                              augment=_augment(cfg, p.dataset), with_index=True), p.n_batches)
         bar = tqdm(total=p.n_batches, initial=pos.batch, desc=f"epoch {epoch}/{cfg.train.epochs}",
                    disable=not (self.progress and sys.stderr.isatty()), leave=False,
                    dynamic_ncols=True)
         compile_seconds = None
         try:
-            for b, (xb, yb) in enumerate(data):
+            for b, (xb, yb, idx) in enumerate(data):
                 if b < pos.batch:
                     continue  # done before an interruption
                 ts = time.perf_counter()
                 p.batch_index = (epoch - 1) * p.n_batches + b
-                model, opt_state, m = _call_step(p, pos.model, pos.opt_state, xb, yb, keys[b])
+                warm = () if pos.states is None else pos.states.gather(idx)
+                model, opt_state, m = _call_step(p, pos.model, pos.opt_state, xb, yb, keys[b],
+                                                 *warm)
                 m = jax.device_get(m)
                 dt = time.perf_counter() - ts
-                _check_finite(m, epoch, b, p.seeds)
+                _check_finite(m, epoch, b, p.seeds)  # a diverged state is never stored
+                if pos.states is not None:
+                    pos.states.scatter(idx, m.pop("state"))
                 first = not self.compiled
                 self.compiled = True
                 if first:
                     compile_seconds = dt
                 sums = _accumulate(pos.sums, m, len(yb), None if first else dt)
-                pos = self.pos = _Position(model, opt_state, epoch - 1, b + 1, sums)
+                pos = self.pos = _Position(model, opt_state, epoch - 1, b + 1, sums, pos.states)
                 if not bar.disable:
                     ms = 1000 * sums["step_seconds"] / max(sums["timed_batches"], 1)
                     bar.set_postfix(loss=f"{np.mean(m['loss']):.4f}",
@@ -478,7 +501,7 @@ class _Trainer:
                 rec["per_seed"].update(per)
             rec["diagnostics_seconds"] = time.perf_counter() - t_diag
         self.run.append_metrics(rec)
-        boundary = _Position(pos.model, pos.opt_state, epoch, 0, _zero_sums(p.seeds))
+        boundary = _Position(pos.model, pos.opt_state, epoch, 0, _zero_sums(p.seeds), pos.states)
         if test is not None and (self.best_acc is None or rec["test_acc"] > self.best_acc):
             self.best_acc, self.best_epoch = rec["test_acc"], epoch
             self.save("best", boundary)
@@ -569,13 +592,18 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
                              "total with --epochs")
         tr.best_acc, tr.best_epoch = meta.get("best_test_acc"), meta.get("best_epoch")
         tr.elapsed = float(meta.get("elapsed_seconds", 0.0))
+        states = _warm_states(config, program)
+        if states is not None and meta.get("states_file"):
+            states.load(run.checkpoint("latest").parent / meta["states_file"],
+                        meta.get("states_sha256"))
         tr.pos = _Position(model, opt_state, done, int(meta.get("batch", 0)),
-                           _sums_from_json(meta.get("partial"), program.seeds))
+                           _sums_from_json(meta.get("partial"), program.seeds), states)
         run.truncate_metrics(done)
         tr.log(f"resuming {run.path} at epoch {done + 1}"
                + (f", batch {tr.pos.batch}" if tr.pos.batch else ""))
     else:
-        tr.pos = _Position(program.model, program.opt_state, 0, 0, _zero_sums(program.seeds))
+        tr.pos = _Position(program.model, program.opt_state, 0, 0, _zero_sums(program.seeds),
+                           _warm_states(config, program))
     run.write_config(config)
     try:
         for epoch in range(tr.pos.epoch + 1, config.train.epochs + 1):
@@ -594,6 +622,13 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     run.write_summary(summary)
     print(format_summary(summary))
     return summary
+
+
+def _warm_states(config: Config, program: Program) -> PersistentStates | None:
+    """Empty persistent states when ``[dynamics] warm_start`` is on, else ``None``."""
+    if not config.dynamics.warm_start:
+        return None
+    return PersistentStates.empty(program.model, program.dataset.x_train, program.seeds)
 
 
 def with_epochs(config: Config, epochs: int | None) -> Config:
