@@ -6,8 +6,9 @@ seeds each (``[train] seeds``, trained together), then plots and a markdown tabl
 
 - finite-nudge: tied MLP, hEP with N in {1, 2, 4, 6} x beta in {0.05, 0.5} (N = 1: one-sided EP).
 - asymmetry:    untied MLP, initial angle 0, 15, ..., 90 degrees; exact-nudge and implicit.
-- homeostasis:  MLP at 90 degrees with and without homeostasis (coef 1.0, AdamW 1e-4), and
-                the loop architecture with and without homeostasis (coef 0.1).
+- homeostasis:  MLP at 90 degrees with and without homeostasis (coef 1.0, AdamW 1e-4), the
+                same MLP started symmetric (the reference for the gap), and the loop
+                architecture with and without homeostasis (coef 0.1).
 
 Runs go to ``DIR/<experiment>/<setting>/`` (default DIR: ``runs/experiments``); a setting
 whose run completed is not run again (delete it to redo), an interrupted one is resumed.
@@ -54,6 +55,10 @@ def settings(experiment: str) -> list[tuple[str, str, dict[str, dict[str, Any]],
                             {"estimator": {"name": est}, "model": {"asymmetry_angle": float(angle)}},
                             {"x": angle, "line": est}))
     elif experiment == "homeostasis":
+        # the reference point for the 90-degree runs: the same network started symmetric
+        out.append(("mlp-symmetric", "homeostasis-mlp",
+                    {"model": {"asymmetry_angle": 0.0}, "homeostasis": {"coef": 0.0}},
+                    {"x": "mlp", "line": "symmetric init, no homeostasis"}))
         for arch, coef in (("mlp", 1.0), ("loop", 0.1)):
             for on in (True, False):
                 out.append((f"{arch}-{'homeo' if on else 'plain'}", f"homeostasis-{arch}",
@@ -151,6 +156,8 @@ def main(argv=None) -> int:
                      f"{fmt(r['acc'], 100, 2)} | "
                      + " | ".join(fmt(r["diag"][c], 1, 1 if c == 'angle' else 3) for c in cols)
                      + f" | {'-' if ms is None else f'{ms:.1f}'} |")
+    if args.experiment == "homeostasis":
+        lines += ["", *gap_closed(rows)]
     report_dir = report([root / r["name"] for r in rows], root / "report")
     lines += ["", "![summary](summary.png)", "",
               f"Per-epoch curves of every run: [report/report.md]({report_dir.relative_to(root)}).", ""]
@@ -161,6 +168,19 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     print(f"wrote {root / 'results.md'}")
     return 0
+
+
+def gap_closed(rows) -> list[str]:
+    """The headline of the homeostasis experiment: which fraction of the accuracy gap
+    between the 90-degree MLP without homeostasis and the symmetric one homeostasis closes."""
+    acc = {r["name"]: float(np.mean(r["acc"])) for r in rows if r["acc"] and r["acc"][0] is not None}
+    if not {"mlp-symmetric", "mlp-plain", "mlp-homeo"} <= acc.keys():
+        return []
+    gap = acc["mlp-symmetric"] - acc["mlp-plain"]
+    gain = acc["mlp-homeo"] - acc["mlp-plain"]
+    frac = f"{100 * gain / gap:.0f}%" if gap > 0 else "n/a (no gap)"
+    return [f"Accuracy gap, symmetric minus 90 degrees without homeostasis: {100 * gap:.2f} points; "
+            f"homeostasis recovers {100 * gain:.2f} points, {frac} of the gap."]
 
 
 def summary_plot(rows, path: Path, experiment: str) -> None:

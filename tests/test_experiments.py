@@ -1,0 +1,44 @@
+"""The experiment driver's settings and its homeostasis headline (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location(
+    "experiments_run", Path(__file__).resolve().parent.parent / "experiments" / "run.py")
+run = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(run)
+
+
+def test_settings_cover_the_papers_grids():
+    names = [s[0] for s in run.settings("finite-nudge")]
+    assert len(names) == 8 and "N1-beta0.5" in names and "N6-beta0.05" in names
+    asym = run.settings("asymmetry")
+    assert [s[3]["x"] for s in asym[:7]] == [0, 15, 30, 45, 60, 75, 90]
+    assert {s[2]["estimator"]["name"] for s in asym} == {"exact-nudge", "implicit"}
+    homeo = {s[0]: s for s in run.settings("homeostasis")}
+    assert set(homeo) == {"mlp-symmetric", "mlp-homeo", "mlp-plain", "loop-homeo", "loop-plain"}
+    assert homeo["mlp-symmetric"][2]["model"]["asymmetry_angle"] == 0.0
+
+
+def test_every_setting_builds_a_valid_config():
+    import argparse
+
+    args = argparse.Namespace(epochs=1, seeds=1, max_batches=1, data="digits")
+    for experiment in ("finite-nudge", "asymmetry", "homeostasis"):
+        for name, base, updates, _ in run.settings(experiment):
+            cfg = run.make_config(base, updates, args)
+            assert cfg.train.epochs == 1 and cfg.data.name == "digits", name
+
+
+def test_gap_closed():
+    rows = [{"name": "mlp-symmetric", "acc": [0.88, 0.86]}, {"name": "mlp-plain", "acc": [0.80]},
+            {"name": "mlp-homeo", "acc": [0.845]}]
+    (line,) = run.gap_closed(rows)
+    assert "7.00 points" in line and "4.50 points" in line and "64% of the gap" in line
+    assert run.gap_closed(rows[:2]) == []
+    with pytest.raises(SystemExit):
+        run.settings("nope")
