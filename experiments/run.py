@@ -3,6 +3,7 @@ seeds each (``[train] seeds``, trained together), then plots and a markdown tabl
 
     python experiments/run.py finite-nudge|asymmetry|homeostasis
         [--epochs N] [--seeds K] [--max-batches M] [--out DIR] [--data fashion-mnist|digits]
+        [--only NAME,NAME,...]
 
 - finite-nudge: tied MLP, hEP with N in {1, 2, 4, 6} x beta in {0.05, 0.5} (N = 1: one-sided EP).
 - asymmetry:    untied MLP, initial angle 0, 15, ..., 90 degrees; exact-nudge and implicit.
@@ -121,11 +122,22 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/experiments", help="output directory")
     p.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist", "digits"))
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--only", help="comma-separated setting names to run (default: all); the "
+                   "table then covers these")
     args = p.parse_args(argv)
 
     root = Path(args.out) / args.experiment
     rows = []
-    for name, base, updates, labels in settings(args.experiment):
+    chosen = settings(args.experiment)
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        names = [c[0] for c in chosen]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            p.error(f"--only: unknown setting(s) {', '.join(unknown)}; {args.experiment} has "
+                    f"{', '.join(names)}")
+        chosen = [c for c in chosen if c[0] in wanted]
+    for name, base, updates, labels in chosen:
         config = make_config(base, updates, args)
         run = RunDir(root / name)
         summary = run.read_summary() if run.summary.exists() else None
