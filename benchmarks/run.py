@@ -1,12 +1,16 @@
 """Benchmark suite: speed of an EP training step against its floating-point floor,
 solver modes, EP against implicit differentiation and BPTT, and peak memory.
 
-    python benchmarks/run.py [--json FILE] [--quick] [--repeats R]
+    python benchmarks/run.py [--json FILE] [--quick] [--repeats R] [--epochs E [--epoch-modes M,...]]
 
 Reference: MLP 784-256-256-10 (float32), batch 50, sigmoid4, hEP beta 0.5, N = 2 and 4,
 real Fashion-MNIST batch when /usr/share/datasets/fashion-mnist exists, else uniform.
 Everything is measured in ONE process, repeats interleaved across configurations,
-medians reported. See benchmarks/README.md for what each figure means.
+medians reported. ``ms_per_epoch`` is ms/step x 1200 (a Fashion-MNIST epoch of batch 50)
+at initialisation; ``--epochs E`` also trains the Fashion-MNIST reference config for E
+epochs per relaxation mode (``benchmarks/epochs.py``: real per-epoch wall time, steps and
+accuracy late in training, where stragglers matter) and adds them as ``"epochs"``.
+See benchmarks/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ BETA = 0.5
 FREE, NUDGED = 150, 20
 TOL = 1e-4
 MEMORY = 5
+BATCHES_PER_EPOCH = 60000 // BATCH  # Fashion-MNIST
 
 
 # -- the network and the batch ----------------------------------------------------------
@@ -195,6 +200,9 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="fewer repeats, smaller sweeps (< 2 min)")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=0,
+                   help="also train the reference config E epochs per mode (benchmarks/epochs.py)")
+    p.add_argument("--epoch-modes", default="fixed,fast,tolerance,anderson")
     args = p.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 30)
     points_list = (2,) if args.quick else (2, 4)
@@ -250,7 +258,8 @@ def main(argv=None) -> dict:
         flops = step_flops(BATCH, phases_real_equiv(n), int(r["free_steps"]), int(r["nudged_steps"]),
                            alternating=mode.startswith("alternating"))
         floor_ms = 1e3 * flops / flops_per_s
-        r.update(ms_per_step=ms[label], ms_min=1e3 * min(times[label]), gflop=flops / 1e9,
+        r.update(ms_per_step=ms[label], ms_per_epoch=ms[label] * BATCHES_PER_EPOCH,
+                 ms_min=1e3 * min(times[label]), gflop=flops / 1e9,
                  floor_ms=floor_ms, over_floor=ms[label] / floor_ms)
         out["modes"][label] = r
     # headline figures: N = 2
@@ -269,12 +278,12 @@ def main(argv=None) -> dict:
 
     print(f"# eqprop benchmark ({out['device']}, jax {out['jax']}, {out['cpus']} cpus, data {source}, "
           f"batch {BATCH}, {repeats} interleaved repeats, medians)\n")
-    print("| config | ms/step | free steps | nudged steps | free residual (max) | GFLOP | floor ms | x floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| config | ms/step | s/epoch (est.) | free steps | nudged steps | free residual (max) | GFLOP | floor ms | x floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, r in out["modes"].items():
         if "/" not in label:
             continue
-        print(f"| {label} | {r['ms_per_step']:.1f} | {r['free_steps']:.0f} | {r['nudged_steps']:.0f} | "
+        print(f"| {label} | {r['ms_per_step']:.1f} | {r['ms_per_epoch'] / 1e3:.1f} | {r['free_steps']:.0f} | {r['nudged_steps']:.0f} | "
               f"{r['residual']:.1e} | {r['gflop']:.2f} | {r['floor_ms']:.1f} | {r['over_floor']:.1f} |")
     print(f"| implicit (fixed) | {ms['implicit']:.1f} | | | | | | |")
     print(f"| bptt (fixed) | {ms['bptt']:.1f} | | | | | | |")
@@ -287,6 +296,11 @@ def main(argv=None) -> dict:
     for s, e, b in zip(mem_steps, mem["ep"], mem["bptt"]):
         fmt = lambda d: f"{d['temp_bytes'] / 2**20:.2f}" if d else "n/a"
         print(f"| {s} | {fmt(e)} | {fmt(b)} |")
+    if args.epochs:
+        from epochs import main as epochs_main  # benchmarks/epochs.py, next to this file
+
+        print()
+        out["epochs"] = epochs_main(["--epochs", str(args.epochs), "--modes", args.epoch_modes])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
