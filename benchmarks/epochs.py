@@ -14,7 +14,8 @@ each mode as a ratio to the first. Modes (``--set``-style overrides of ``[dynami
 - ``tolerance``: alternating, stop once every example's residual is below 1e-3;
 - ``anderson``: Anderson acceleration (synchronous map), tolerance 1e-3;
 - ``fast``: alternating + tolerance 1e-3 with ``tol_fraction`` 0.1 (up to 10% of a batch
-  may stop unconverged) + warm starts (the recommended fast mode, see docs/relaxation.md).
+  may stop unconverged) + warm starts (the recommended fast mode; README, "Choosing the
+  dynamics").
 
 Run directories go to ``DIR/<mode>`` (default ``runs/bench-epochs``); they are overwritten.
 """
