@@ -20,7 +20,9 @@ def test_settings_cover_the_papers_grids():
     assert [s[3]["x"] for s in asym[:7]] == [0, 15, 30, 45, 60, 75, 90]
     assert {s[2]["estimator"]["name"] for s in asym} == {"exact-nudge", "implicit"}
     homeo = {s[0]: s for s in run.settings("homeostasis")}
-    assert set(homeo) == {"mlp-symmetric", "mlp-homeo", "mlp-plain", "loop-homeo", "loop-plain"}
+    assert set(homeo) == {"mlp-symmetric", "mlp-tied", "mlp-homeo", "mlp-plain", "loop-homeo",
+                          "loop-plain"}
+    assert homeo["mlp-tied"][2]["model"]["feedback"] == "tied"
     assert homeo["mlp-symmetric"][2]["model"]["asymmetry_angle"] == 0.0
 
 
@@ -38,7 +40,10 @@ def test_gap_closed():
     rows = [{"name": "mlp-symmetric", "acc": [0.88, 0.86]}, {"name": "mlp-plain", "acc": [0.80]},
             {"name": "mlp-homeo", "acc": [0.845]}]
     (line,) = run.gap_closed(rows)
-    assert "7.00 points" in line and "4.50 points" in line and "64% of the gap" in line
+    assert "7.00 points" in line and "+4.50 points" in line and "64% of the gap" in line
     assert run.gap_closed(rows[:2]) == []
+    rows.append({"name": "mlp-tied", "acc": [0.79]})
+    tied, _ = run.gap_closed(rows)
+    assert tied.startswith("Accuracy gap, mlp-tied") and "no gap to close" in tied
     with pytest.raises(SystemExit):
         run.settings("nope")
