@@ -117,18 +117,24 @@ def test_resume_equals_uninterrupted(straight, tmp_path):
     assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
 
 
-def test_ctrl_c_mid_epoch_then_resume_is_exact(straight, tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def interrupt_at(monkeypatch, n: int):
+    """Make the ``n``-th training step raise KeyboardInterrupt; returns the real step."""
     calls = {"n": 0}
     real = loop._call_step
 
     def interrupting(*args):
         calls["n"] += 1
-        if calls["n"] == 6:  # epoch 2, batch 1
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return real(*args)
 
     monkeypatch.setattr(loop, "_call_step", interrupting)
+    return real
+
+
+def test_ctrl_c_mid_epoch_then_resume_is_exact(straight, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = interrupt_at(monkeypatch, 6)  # epoch 2, batch 1
     with pytest.raises(TrainingInterrupted) as info:
         train(tiny(), out, progress=False)
     assert (info.value.epoch, info.value.batch) == (2, 1)
@@ -259,16 +265,7 @@ def test_warm_start_starts_from_the_last_fixed_point(tmp_path):
 
 def test_warm_start_ctrl_c_then_resume_is_exact(warm_straight, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    calls = {"n": 0}
-    real = loop._call_step
-
-    def interrupting(*args):
-        calls["n"] += 1
-        if calls["n"] == 7:  # epoch 2, batch 2
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(loop, "_call_step", interrupting)
+    real = interrupt_at(monkeypatch, 7)  # epoch 2, batch 2
     with pytest.raises(TrainingInterrupted):
         train(warm(), out, progress=False)
     meta = checkpoint.read_meta(RunDir(out).checkpoint("latest"))
