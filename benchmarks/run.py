@@ -202,7 +202,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--epochs", type=int, default=0,
                    help="also train the reference config E epochs per mode (benchmarks/epochs.py)")
-    p.add_argument("--epoch-modes", default="fixed,fast,tolerance,anderson")
+    p.add_argument("--epoch-modes", default="fixed,fast,fast+warm,tolerance,anderson")
     args = p.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 30)
     points_list = (2,) if args.quick else (2, 4)
