@@ -48,12 +48,17 @@ def assert_same_params(a: dict, b: dict) -> None:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6, err_msg=k)
 
 
+def trained(tmp_path_factory, name: str, config: Config) -> Path:
+    """Run directory of an uninterrupted run of ``config``."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    train(config, out, progress=False)
+    return out
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Path:
     """An uninterrupted 2-epoch run, shared by the resume tests."""
-    out = tmp_path_factory.mktemp("straight") / "run"
-    train(tiny(), out, progress=False)
-    return out
+    return trained(tmp_path_factory, "straight", tiny())
 
 
 def test_training_reduces_loss(tmp_path):
@@ -239,9 +244,8 @@ def warm(**updates) -> Config:
 
 @pytest.fixture(scope="module")
 def warm_straight(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("warm") / "run"
-    train(warm(), out, progress=False)
-    return out
+    """An uninterrupted 2-epoch run with warm starts, shared by the warm resume tests."""
+    return trained(tmp_path_factory, "warm", warm())
 
 
 def test_warm_start_starts_from_the_last_fixed_point(tmp_path):
