@@ -12,9 +12,11 @@ each mode as a ratio to the first. Modes (``--set``-style overrides of ``[dynami
 - ``fixed``: the papers' iteration: synchronous updates, a fixed 150 / 20 steps;
 - ``alternating``: alternating updates, fixed steps (same fixed points, half the work);
 - ``tolerance``: alternating, stop once every example's residual is below 1e-3;
-- ``anderson``: Anderson acceleration (synchronous map), tolerance 1e-3;
+- ``anderson``: Anderson acceleration (synchronous map, memory 5), tolerance 1e-3;
 - ``fast``: alternating + tolerance 1e-3 with ``tol_fraction`` 0.1 (up to 10% of a batch
   may stop unconverged): the recommended fast mode (README, "Choosing the dynamics");
+- ``fast+anderson``: ``fast`` with Anderson acceleration of the alternating sweep
+  (memory 2, after 20 plain steps);
 - ``fast+warm``: ``fast`` plus warm starts (faster, but see the README's caution).
 
 Run directories go to ``DIR/<mode>`` (default ``runs/bench-epochs``); they are overwritten.
@@ -40,6 +42,8 @@ MODES: dict[str, dict] = {
     "tolerance": {"update": "alternating", "tol": 1e-3},
     "anderson": {"update": "synchronous", "solver": "anderson", "tol": 1e-3},
     "fast": {"update": "alternating", "tol": 1e-3, "tol_fraction": 0.1},
+    "fast+anderson": {"update": "alternating", "tol": 1e-3, "tol_fraction": 0.1, "solver": "anderson",
+                      "anderson_memory": 2, "anderson_delay": 20},
     "fast+warm": {"update": "alternating", "tol": 1e-3, "tol_fraction": 0.1, "warm_start": True},
 }
 

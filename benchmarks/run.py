@@ -29,11 +29,8 @@ import optax
 
 import eqprop
 from eqprop.estimate import free_phase, make_estimator
-from eqprop.estimate.base import FreePhase
-from eqprop.network.base import parameters
 from eqprop.relax import Dynamics
-from eqprop.solvers import anderson
-from eqprop.update import batch_metrics, init_optimizer, make_train_step
+from eqprop.update import init_optimizer, make_train_step
 
 SIZES = [784, 256, 256, 10]
 BATCH = 50
@@ -41,6 +38,7 @@ BETA = 0.5
 FREE, NUDGED = 150, 20
 TOL = 1e-4
 MEMORY = 5
+ALT_MEMORY, ALT_DELAY = 2, 20  # Anderson on the alternating sweep: the settings of benchmarks/epochs.py
 BATCHES_PER_EPOCH = 60000 // BATCH  # Fashion-MNIST
 
 
@@ -58,50 +56,27 @@ def make_batch(batch: int):
     return x, jnp.arange(batch) % SIZES[-1], "uniform"
 
 
-def anderson_free_phase(model, x, dyn: Dynamics, memory: int = MEMORY) -> FreePhase:
-    drive = model.prepare(x)
-    u, stats = anderson(lambda u: model.field(u, drive), model.init_state(drive),
-                        steps=dyn.free_steps, tol=dyn.tol, dt=dyn.dt, memory=memory)
-    return FreePhase(u=u, drive=drive, stats=stats)
-
-
-def modes() -> dict[str, tuple[Dynamics, bool]]:
-    """mode -> (dynamics, whether the free phase uses Anderson)."""
+def modes() -> dict[str, Dynamics]:
+    """mode -> the relaxation settings it benchmarks."""
+    base = {"free_steps": FREE, "nudged_steps": NUDGED}
     return {
-        "fixed": (Dynamics(free_steps=FREE, nudged_steps=NUDGED, tol=0.0), False),
-        "tolerance": (Dynamics(free_steps=FREE, nudged_steps=NUDGED, tol=TOL), False),
-        "anderson": (Dynamics(free_steps=FREE, nudged_steps=NUDGED, tol=TOL), True),
-        "alternating": (Dynamics(free_steps=FREE, nudged_steps=NUDGED, tol=0.0, update="alternating"), False),
-        "alternating+tolerance": (Dynamics(free_steps=FREE, nudged_steps=NUDGED, tol=TOL,
-                                           update="alternating"), False),
+        "fixed": Dynamics(**base, tol=0.0),
+        "tolerance": Dynamics(**base, tol=TOL),
+        "anderson": Dynamics(**base, tol=TOL, solver="anderson", anderson_memory=MEMORY),
+        "alternating": Dynamics(**base, tol=0.0, update="alternating"),
+        "alternating+tolerance": Dynamics(**base, tol=TOL, update="alternating"),
+        "alternating+anderson": Dynamics(**base, tol=TOL, update="alternating", solver="anderson",
+                                         anderson_memory=ALT_MEMORY, anderson_delay=ALT_DELAY),
     }
 
 
-def make_step(estimator, optimizer, use_anderson: bool):
-    """The jitted training step: ``make_train_step`` itself, or its body (no homeostasis)
-    with the free phase found by Anderson."""
-    if not use_anderson:
-        return make_train_step(estimator, optimizer)
-
-    @eqx.filter_jit
-    def step(model, opt_state, x, y, key, index=0):
-        free = anderson_free_phase(model, x, estimator.dynamics)
-        grads, _ = estimator(model, x, y, free, key)
-        params = parameters(model)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        model = eqx.apply_updates(model, updates)
-        return model, opt_state, batch_metrics(model, free, y)
-
-    return step
-
-
-def make_probe(estimator, use_anderson: bool):
+def make_probe(estimator):
     """Free phase + estimate, returning the relaxation figures (not timed)."""
 
     @eqx.filter_jit
     def probe(model, x, y, key):
         d = estimator.dynamics
-        free = anderson_free_phase(model, x, d) if use_anderson else free_phase(model, x, d)
+        free = free_phase(model, x, d)
         _, est = estimator(model, x, y, free, key)
         ph = est.phases
         return {
@@ -216,13 +191,13 @@ def main(argv=None) -> dict:
     # configurations: (label, step, probe, points, mode)
     configs = []
     for n in points_list:
-        for mode, (dyn, use_aa) in modes().items():
+        for mode, dyn in modes().items():
             est = make_estimator("hep", dyn, beta=BETA, points=n)
-            configs.append((f"{mode}/N={n}", make_step(est, opt, use_aa), make_probe(est, use_aa), n, mode))
-    fixed = modes()["fixed"][0]
+            configs.append((f"{mode}/N={n}", make_train_step(est, opt), make_probe(est), n, mode))
+    fixed = modes()["fixed"]
     for name in ("implicit", "bptt"):
         est = make_estimator(name, fixed)
-        configs.append((name, make_step(est, opt, False), None, None, name))
+        configs.append((name, make_train_step(est, opt), None, None, name))
 
     state = {}
     compile_s = {}

@@ -203,3 +203,57 @@ def test_anderson_from_config_trains():
     step = make_train_step(build.build_estimator(cfg), opt)
     _, _, m = step(model, init_optimizer(opt, model), x, y, jax.random.PRNGKey(2))
     assert 0 < int(m["free_steps"]) < 100 and float(m["residual"]) < 1e-5
+
+
+def test_tol_fraction_lets_stragglers_go():
+    """As for ``relax``: three fast examples (rate 0.5), one straggler (rate 0.01). With
+    ``memory = 0`` (the plain iteration) the counts are exact: the residual of iterate t
+    is k (1 - k)^t, below 1e-6 from t = 19 (fast) and t = 917 (slow), and Anderson
+    evaluates iterates 0 .. t."""
+    k = jnp.array([[0.5], [0.5], [0.5], [0.01]], jnp.float64)
+    field = lambda u: -k * (u - 1.0)  # noqa: E731
+    u0 = jnp.zeros((4, 1), jnp.float64)
+    runs = {q: anderson(field, u0, steps=2000, tol=1e-6, tol_fraction=q, memory=0) for q in (0.0, 0.2, 0.25)}
+    assert int(runs[0.25][1].steps) == 20
+    assert int(runs[0.0][1].steps) == int(runs[0.2][1].steps) == 918
+    r = runs[0.25][1].residual
+    assert bool(jnp.all(r[:3] < 1e-6)) and float(r[3]) > 1e-3
+
+
+def _alternating(model, drive):
+    from eqprop.estimate.base import alternating
+
+    return alternating(model, Dynamics(update="alternating"), drive)
+
+
+def test_anderson_on_the_alternating_sweep(net):
+    """Anderson accelerates the alternating sweep: the same fixed point as the plain
+    iteration (synchronous or alternating), in fewer group updates than the plain
+    alternating iteration; the reported residual is the alternating one."""
+    model, x, y, drive, (u_p, _), _ = net
+    field = lambda u: model.field(u, drive)  # noqa: E731
+    alt = _alternating(model, drive)
+    u0 = model.init_state(drive)
+    u_alt, s_alt = relax(field, u0, dt=1.0, steps=4000, tol=1e-10, **alt)
+    u_a, s_a = jax.jit(lambda u: anderson(field, u, steps=4000, tol=1e-10, memory=3, **alt))(u0)
+    assert float(jnp.max(s_a.residual)) < 1e-10 and int(s_a.steps) % 2 == 0
+    assert int(s_a.steps) <= 0.6 * int(s_alt.steps), (int(s_a.steps), int(s_alt.steps))
+    assert _maxdiff(u_a, u_alt) < 1e-8 and _maxdiff(u_a, u_p) < 1e-8
+    assert float(jnp.max(residual_norm(field(u_a)))) < 1e-8  # a zero of the field itself
+
+
+def test_delay_takes_plain_steps_first(net):
+    """With ``delay = d`` the first d iterates are those of the plain iteration (Anderson
+    returns the last evaluated iterate: d + 1 evaluations give iterate d), synchronous and
+    alternating; afterwards Anderson takes over and still converges."""
+    model, x, y, drive, (u_p, _), _ = net
+    field = lambda u: model.field(u, drive)  # noqa: E731
+    u0 = model.init_state(drive)
+    for kw, per in (({}, 1), (_alternating(model, drive), 2)):
+        u_r, _ = relax(field, u0, dt=1.0, steps=10 * per, **kw)
+        u_d, _ = anderson(field, u0, steps=11 * per, memory=5, delay=10 * per, **kw)
+        u_n, _ = anderson(field, u0, steps=11 * per, memory=5, **kw)
+        assert _maxdiff(u_d, u_r) < 1e-12
+        assert _maxdiff(u_n, u_r) > 1e-6  # without the delay Anderson has already moved elsewhere
+        u_c, s_c = anderson(field, u0, steps=4000, tol=1e-10, memory=5, delay=10 * per, **kw)
+        assert float(jnp.max(s_c.residual)) < 1e-10 and _maxdiff(u_c, u_p) < 1e-8

@@ -296,9 +296,11 @@ def test_warm_start_resume_checks_the_states_file(warm_straight, tmp_path):
         train(cfg, out, resume=True, progress=False)
 
 
-def test_tol_fraction_needs_the_plain_iteration():
-    from eqprop.config import ConfigError
-
-    cfg = tiny(dynamics={"solver": "anderson", "tol": 1e-4, "tol_fraction": 0.1})
-    with pytest.raises(ConfigError, match="dynamics.tol_fraction"):
-        loop.build_program(cfg)
+def test_anderson_with_tol_fraction_and_alternating_updates_trains(tmp_path):
+    cfg = tiny(dynamics={"solver": "anderson", "tol": 1e-4, "tol_fraction": 0.1, "update": "alternating",
+                         "anderson_memory": 2, "anderson_delay": 4, "free_steps": 60, "nudged_steps": 5},
+               model={"sizes": [16, 8, 8, 4]}, train={"epochs": 1})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["status"] == "completed" and summary["epochs"] == 1
+    record = RunDir(tmp_path / "run").read_metrics()[-1]
+    assert np.isfinite(record["test_loss"]) and 4 < record["free_steps_mean"] < 60, record

@@ -321,11 +321,13 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
            bounds=POSITIVE),
         _F("converged_tol", FLOAT, "Exact estimators leave out examples whose free-phase residual exceeds this (0: keep all).",
            bounds=NONNEGATIVE),
-        _F("update", STRING, "Plain iteration: update every population at once, or the two halves of a "
-           "bipartite (layered) network in turn: same fixed points, half the work per step.",
+        _F("update", STRING, "Update every population at once, or the two halves of a "
+           "bipartite (layered) network in turn (plain iteration and Anderson): same fixed points, half the work per step.",
            choices=("synchronous", "alternating")),
         _F("anderson_memory", INTEGER, "History length of Anderson acceleration (solver = 'anderson').", bounds=NONNEGATIVE),
         _F("anderson_damping", FLOAT, "Anderson mixing parameter in (0, 1].", bounds=Bounds(lo=0, hi=1, lo_open=True)),
+        _F("anderson_delay", INTEGER, "Plain steps before Anderson starts (counted like free_steps): skips "
+           "the initial transient.", bounds=NONNEGATIVE),
         _F("warm_start", BOOLEAN, "Start each training example's free phase from its fixed point at "
            "the previous epoch (persistent states, saved with the latest checkpoint; the first "
            "epoch and evaluation start cold)."),

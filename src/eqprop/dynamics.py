@@ -16,17 +16,19 @@ class Dynamics:
 
     ``tol = 0`` runs the full step budget; ``tol > 0`` stops once every example's
     residual ``||F(u)||`` is below it (with ``tol_fraction = q > 0``: once all but a
-    fraction ``q`` of the batch is; free phase of the plain iteration only). ``linear_*`` configure the linear solves of the
-    exact estimators: ``"auto"`` (the damped linearised relaxation, cheap, falling back
+    fraction ``q`` of the batch is; free phase only). ``linear_*`` configure the linear
+    solves of the exact estimators: ``"auto"`` (the damped linearised relaxation, cheap, falling back
     to Lineax's restarted GMRES when it does not converge), ``"gmres"`` or
     ``"fixed-point"`` alone. ``solver`` finds the free fixed
     point: ``"fixed-point"`` (the plain iteration) or ``"anderson"`` (Anderson
-    acceleration, :mod:`eqprop.solvers`; ``free_steps`` then counts field evaluations).
+    acceleration, :mod:`eqprop.solvers`, of the synchronous step or of the alternating
+    sweep, after ``anderson_delay`` plain steps; ``free_steps`` counts as for the plain
+    iteration).
     ``state_bound``: a state with ``|u| > state_bound`` counts as diverged (exploding),
     like a NaN. ``converged_tol > 0``: the exact estimators (exact nudge, implicit), whose
     formulas hold only at a fixed point, leave out examples whose free-phase residual
-    exceeds it. ``update = "alternating"``: the plain iteration updates the two halves of
-    a bipartite network in turn (see :func:`relax`), half the work per step.
+    exceeds it. ``update = "alternating"``: the iteration updates the two halves of a
+    bipartite network in turn (see :func:`relax`), half the work per step.
     ``warm_start``: the trainer starts each training example's free phase from its
     fixed point at the previous epoch (persistent states; the solvers ignore it).
     """
@@ -45,4 +47,5 @@ class Dynamics:
     update: str = "synchronous"
     anderson_memory: int = 5
     anderson_damping: float = 1.0
+    anderson_delay: int = 0
     warm_start: bool = False

@@ -17,7 +17,7 @@ from .dynamics import Dynamics
 
 PyTree = Any
 
-__all__ = ["Dynamics", "RelaxStats", "relax", "residual_norm", "nonfinite_populations"]
+__all__ = ["Dynamics", "RelaxStats", "relax", "residual_norm", "nonfinite_populations", "sweep_map"]
 
 
 class RelaxStats(eqx.Module):
@@ -93,21 +93,8 @@ def relax(
     same. ``steps`` then counts group updates (rounded up to whole sweeps).
     """
     check_residual = not (isinstance(tol, (int, float)) and tol <= 0)
-    ftype = jnp.result_type(float)
-
-    per_sweep = 1 if groups is None else len(groups)
+    step, per_sweep = sweep_map(field, dt, groups, field_on)
     sweeps = -(-steps // per_sweep)
-
-    def step(u):
-        if groups is None:
-            f = field(u)
-            return f, jax.tree.map(lambda v, g: v + dt * g, u, f)
-        f = {}
-        for group in groups:
-            fg = field_on(u, group)
-            u = {**u, **{p: u[p] + dt * fg[p] for p in group}}
-            f.update(fg)
-        return f, u
 
     if check_residual:
         def cond(carry):
@@ -118,7 +105,7 @@ def relax(
             i, u, _, _ = carry
             f, u = step(u)
             r = residual_norm(f, batch_ndim)
-            busy = jnp.max(r) > tol if tol_fraction <= 0 else jnp.mean(r > tol) > tol_fraction
+            busy = stop_test(r, tol, tol_fraction)
             return i + per_sweep, u, busy, _all_finite(u, bound)
 
         init = (jnp.asarray(0), u0, jnp.asarray(True), _all_finite(u0, bound))
@@ -143,6 +130,44 @@ def relax(
         nonfinite=nonfinite_populations(u, bound),
     )
     return u, stats
+
+
+def sweep_map(
+    field: Callable[[PyTree], PyTree],
+    dt: float,
+    groups: tuple[tuple[str, ...], ...] | None = None,
+    field_on: Callable[[PyTree, tuple[str, ...]], PyTree] | None = None,
+) -> tuple[Callable[[PyTree], tuple[PyTree, PyTree]], int]:
+    """One step of the iteration: ``u -> (f, u')`` and the group updates it counts.
+
+    Synchronous (``groups=None``): ``f = field(u)``, ``u' = u + dt f``, one update.
+    Alternating: one sweep over ``groups``, each updated from the latest state of the
+    others; ``f`` collects each group's field at the moment it was updated (zero at a
+    fixed point, and ``||f||`` is the residual the tolerance tests), ``len(groups)``
+    updates.
+    """
+    if groups is None:
+        def step(u):
+            f = field(u)
+            return f, jax.tree.map(lambda v, g: v + dt * g, u, f)
+        return step, 1
+
+    def sweep(u):
+        f = {}
+        for group in groups:
+            fg = field_on(u, group)
+            u = {**u, **{p: u[p] + dt * fg[p] for p in group}}
+            f.update(fg)
+        return f, u
+    return sweep, len(groups)
+
+
+def stop_test(r: Array, tol, tol_fraction: float) -> Array:
+    """Whether to keep iterating, from per-example residuals ``r``: some example above
+    ``tol`` (``tol_fraction = 0``), or more than a fraction ``tol_fraction`` of them."""
+    if tol_fraction <= 0:
+        return jnp.max(r) > tol
+    return jnp.mean(r > tol) > tol_fraction
 
 
 def _unroll(steps: int) -> int:

@@ -69,8 +69,6 @@ class Estimator(eqx.Module):
         if self.dynamics.update == "alternating" and model.partition() is None:
             raise ValueError("dynamics.update = 'alternating' needs a bipartite network (no coupling "
                              "inside either half, e.g. a layered network without skips)")
-        if self.dynamics.tol_fraction > 0 and self.dynamics.solver != "fixed-point":
-            raise ValueError("dynamics.tol_fraction applies to solver = 'fixed-point' only")
         if self.needs_complex() and not model.holomorphic:
             raise ValueError(
                 f"estimator {self.name!r} needs complex nudges, but activation "
@@ -100,8 +98,11 @@ def free_phase(
     if dynamics.solver == "anderson":
         from ..solvers import anderson
 
-        u, stats = anderson(field, u0, steps=dynamics.free_steps, tol=dynamics.tol, dt=dynamics.dt,
-                            memory=dynamics.anderson_memory, damping=dynamics.anderson_damping)
+        u, stats = anderson(field, u0, steps=dynamics.free_steps, tol=dynamics.tol,
+                            tol_fraction=dynamics.tol_fraction, dt=dynamics.dt,
+                            memory=dynamics.anderson_memory, damping=dynamics.anderson_damping,
+                            delay=dynamics.anderson_delay,
+                            **alternating(model, dynamics, drive))
     elif dynamics.solver == "fixed-point":
         u, stats = relax(field, u0, dt=dynamics.dt, steps=dynamics.free_steps, tol=dynamics.tol,
                          tol_fraction=dynamics.tol_fraction,
