@@ -16,7 +16,7 @@ each mode as a ratio to the first. Modes (``--set``-style overrides of ``[dynami
 - ``fast``: alternating + tolerance 1e-3 with ``tol_fraction`` 0.1 (up to 10% of a batch
   may stop unconverged): the recommended fast mode (README, "Choosing the dynamics");
 - ``fast+anderson``: ``fast`` with Anderson acceleration of the alternating sweep
-  (memory 2, after 20 plain steps);
+  (memory 2, after 40 plain steps);
 - ``fast+warm``: ``fast`` plus warm starts (faster, but see the README's caution).
 
 Run directories go to ``DIR/<mode>`` (default ``runs/bench-epochs``); they are overwritten.
@@ -43,7 +43,7 @@ MODES: dict[str, dict] = {
     "anderson": {"update": "synchronous", "solver": "anderson", "tol": 1e-3},
     "fast": {"update": "alternating", "tol": 1e-3, "tol_fraction": 0.1},
     "fast+anderson": {"update": "alternating", "tol": 1e-3, "tol_fraction": 0.1, "solver": "anderson",
-                      "anderson_memory": 2, "anderson_delay": 20},
+                      "anderson_memory": 2, "anderson_delay": 40},
     "fast+warm": {"update": "alternating", "tol": 1e-3, "tol_fraction": 0.1, "warm_start": True},
 }
 

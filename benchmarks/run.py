@@ -38,7 +38,7 @@ BETA = 0.5
 FREE, NUDGED = 150, 20
 TOL = 1e-4
 MEMORY = 5
-ALT_MEMORY, ALT_DELAY = 2, 20  # Anderson on the alternating sweep: the settings of benchmarks/epochs.py
+ALT_MEMORY, ALT_DELAY = 2, 40  # Anderson on the alternating sweep: the settings of benchmarks/epochs.py
 BATCHES_PER_EPOCH = 60000 // BATCH  # Fashion-MNIST
 
 

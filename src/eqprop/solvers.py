@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .relax import RelaxStats, nonfinite_populations, stop_test, sweep_map
+from .relax import RelaxStats, nonfinite_populations, relax, stop_test, sweep_map
 
 PyTree = Any
 
@@ -169,18 +169,24 @@ def anderson(
     leaves ``(B, ...)``, 2 for stacked phases ``(P, B, ...)``. ``groups, field_on``:
     accelerate the alternating sweep of :func:`eqprop.relax.relax` instead of the
     synchronous step (same fixed points, half the work per evaluation). ``delay``: the
-    first ``delay`` steps (counted like ``steps``) are plain steps that only fill the
-    history; Anderson starts after the initial transient, where the residual of the
+    first ``delay`` steps (counted like ``steps``) run the plain iteration
+    (:func:`eqprop.relax.relax`, at its lower cost per step, stopping early like it);
+    Anderson starts from there, after the initial transient, where the residual of the
     plain iteration is often not monotone and extrapolation misleads. Stops early at
     the first non-finite state (``nonfinite_step``). Returns the last accepted iterate
     (whose residual is known without an extra evaluation) and its
-    :class:`RelaxStats`. Jit-able; one ``lax.while_loop``.
+    :class:`RelaxStats`. Jit-able; one ``lax.while_loop`` (two with ``delay``).
     """
     if memory < 0:
         raise ValueError(f"memory must be >= 0, got {memory}")
     if not 0 < damping <= 1:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     check_residual = not (isinstance(tol, (int, float)) and tol <= 0)
+    start = jnp.asarray(0)
+    if delay > 0:  # the plain iteration first, without the history's overhead
+        u0, plain = relax(field, u0, dt=dt, steps=min(delay, steps), tol=tol, tol_fraction=tol_fraction,
+                          batch_ndim=batch_ndim, groups=groups, field_on=field_on)
+        start = plain.steps
     x0, unflatten = _flatten(u0, batch_ndim)
     batch = x0.shape[:-1]
     rtype = jnp.finfo(x0.dtype).dtype  # real dtype of the state
@@ -230,8 +236,6 @@ def anderson(
         else:
             nxt = x + damping * f
         use_plain = ~accept
-        if delay > 0:
-            use_plain = use_plain | (c["i"] + per_eval <= delay)
         if safeguard:
             use_plain = use_plain | ~_finite(nxt)
         cand = jnp.where(use_plain[..., None], x + f, nxt)
@@ -244,7 +248,7 @@ def anderson(
 
     zeros_h = jnp.zeros((m,) + x0.shape, x0.dtype)
     init = {
-        "i": jnp.asarray(0), "pos": jnp.asarray(0), "cand": x0,
+        "i": start, "pos": jnp.asarray(0), "cand": x0,
         "x": x0, "f": jnp.zeros_like(x0), "r": jnp.full(batch, jnp.inf, rtype),
         "dxs": zeros_h, "dfs": zeros_h, "gram": jnp.zeros(batch + (m, m), x0.dtype),
         "valid": jnp.zeros(batch + (m,), bool),
