@@ -31,6 +31,7 @@ import eqprop
 from eqprop.estimate import free_phase, make_estimator
 from eqprop.relax import Dynamics
 from eqprop.update import init_optimizer, make_train_step
+from epochs import MODES as EPOCH_MODES  # benchmarks/epochs.py, next to this file
 
 SIZES = [784, 256, 256, 10]
 BATCH = 50
@@ -38,7 +39,6 @@ BETA = 0.5
 FREE, NUDGED = 150, 20
 TOL = 1e-4
 MEMORY = 5
-ALT_MEMORY, ALT_DELAY = 2, 40  # Anderson on the alternating sweep: the settings of benchmarks/epochs.py
 BATCHES_PER_EPOCH = 60000 // BATCH  # Fashion-MNIST
 
 
@@ -66,7 +66,8 @@ def modes() -> dict[str, Dynamics]:
         "alternating": Dynamics(**base, tol=0.0, update="alternating"),
         "alternating+tolerance": Dynamics(**base, tol=TOL, update="alternating"),
         "alternating+anderson": Dynamics(**base, tol=TOL, update="alternating", solver="anderson",
-                                         anderson_memory=ALT_MEMORY, anderson_delay=ALT_DELAY),
+                                         **{k: EPOCH_MODES["fast+anderson"][k]
+                                            for k in ("anderson_memory", "anderson_delay")}),
     }
 
 
@@ -272,7 +273,7 @@ def main(argv=None) -> dict:
         fmt = lambda d: f"{d['temp_bytes'] / 2**20:.2f}" if d else "n/a"
         print(f"| {s} | {fmt(e)} | {fmt(b)} |")
     if args.epochs:
-        from epochs import main as epochs_main  # benchmarks/epochs.py, next to this file
+        from epochs import main as epochs_main
 
         print()
         out["epochs"] = epochs_main(["--epochs", str(args.epochs), "--modes", args.epoch_modes])
