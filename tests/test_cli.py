@@ -184,10 +184,10 @@ def test_config_reference(capsys):
     assert "## [train]" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["digits-quick", "fmnist-mlp-hep", "fmnist-mlp-implicit"])
+@pytest.mark.parametrize("name", ["digits-quick", "fmnist-mlp-hep", "fmnist-mlp-implicit", "fmnist-mlp-hep-fast"])
 def test_shipped_configs_parse(name):
     cfg = load_config(ROOT / "configs" / f"{name}.toml")
     if name.startswith("fmnist"):
         assert cfg.data.name == "fashion-mnist" and cfg.model.sizes == (784, 256, 256, 10)
-        assert cfg.estimator.name == name.rsplit("-", 1)[1]
+        assert cfg.estimator.name == name.split("-")[2]
         assert (cfg.dynamics.free_steps, cfg.dynamics.nudged_steps) == (150, 20)

@@ -188,6 +188,7 @@ def test_not_in_allowed_set(section, key, value, allowed):
         ("dynamics", "free_steps", 0, "dynamics.free_steps: must be >= 1, got 0"),
         ("dynamics", "tol", -1e-3, "dynamics.tol: must be >= 0"),
         ("dynamics", "linear_steps", 0, "dynamics.linear_steps: must be >= 1"),
+        ("dynamics", "check_every", 0, "dynamics.check_every: must be >= 1, got 0"),
         ("dynamics", "linear_tol", -1.0, "dynamics.linear_tol: must be >= 0"),
         ("data", "batch_size", 0, "data.batch_size: must be >= 1"),
         ("data", "validation", 1.0, "data.validation: must be in [0, 1), got 1.0"),

@@ -141,6 +141,20 @@ def test_hep_n1_and_n2_are_one_sided_and_symmetric_ep(tied):
     assert "complex" not in st2  # N = 2 needs no complex states
 
 
+def test_check_every_reaches_the_nudged_phases_and_keeps_the_gradient(tied):
+    """``Dynamics.check_every`` reaches the nudged phases (real and complex): they stop on a
+    multiple of k sweeps, and the hEP gradient is the per-step test's to within the tolerance."""
+    m, x, y, _ = tied
+    grads, steps = {}, {}
+    for k in (1, 7):
+        dyn = eqprop.Dynamics(free_steps=400, nudged_steps=400, tol=1e-9, check_every=k)
+        free = free_phase(m, x, dyn)
+        g, info = grad("hep", m, x, y, free, dyn, beta=0.5, points=4)
+        grads[k], steps[k] = flat_params(g), int(info.phases.steps)
+    assert steps[7] % 7 == 0 and steps[1] <= steps[7] < steps[1] + 7 and steps[1] < 400
+    assert rel(grads[7], grads[1]) < 1e-7
+
+
 def test_conjugate_points_computed_once():
     from eqprop.estimate import circle_points
 

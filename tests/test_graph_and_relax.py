@@ -103,6 +103,47 @@ def test_tol_fraction_lets_stragglers_go():
     assert bool(jnp.all(runs[0.0][1].residual < 1e-6))
 
 
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_check_every_tests_the_tolerance_every_k_sweeps(k):
+    """Rates 0.5 (converged, residual below 1e-6, before step 20) and 0.01 (before step 918):
+    testing every k steps stops at the first multiple of k at or past those steps, with the
+    same iterates as the per-step test until then."""
+    rate = jnp.array([[0.5], [0.5], [0.5], [0.01]], F64)
+    field = lambda u: -rate * (u - 1.0)  # noqa: E731
+    u0 = jnp.zeros((4, 1), F64)
+    for q, first in ((0.25, 20), (0.0, 918)):
+        u, stats = relax(field, u0, dt=1.0, steps=2000, tol=1e-6, tol_fraction=q, check_every=k)
+        steps = -(-first // k) * k
+        assert int(stats.steps) == steps
+        exact, _ = relax(field, u0, dt=1.0, steps=steps)  # the fixed budget: the same iterate
+        assert float(jnp.max(jnp.abs(u - exact))) == 0.0
+    # a budget that is not a multiple of k ends with a shorter chunk, on the budget exactly
+    u, stats = relax(field, u0, dt=1.0, steps=50, tol=1e-6, check_every=k)
+    assert int(stats.steps) == 50
+    assert float(jnp.max(jnp.abs(u - relax(field, u0, dt=1.0, steps=50)[0]))) == 0.0
+
+
+def test_check_every_on_alternating_sweeps_and_divergence():
+    """Alternating updates count steps as group updates (2 a sweep): k sweeps = 2k steps.
+    Divergence is caught at the end of the chunk in which it happened."""
+    m = eqprop.layered([6, 8, 8, 4], key=jax.random.PRNGKey(0), dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6), F64)
+    per_step = free_phase(m, x, eqprop.Dynamics(free_steps=400, tol=1e-8, update="alternating"))
+    chunked = free_phase(m, x, eqprop.Dynamics(free_steps=400, tol=1e-8, update="alternating", check_every=4))
+    n = int(per_step.stats.steps)
+    assert int(chunked.stats.steps) == -(-n // 8) * 8  # the next multiple of 4 sweeps
+    assert float(jnp.max(chunked.stats.residual)) <= float(jnp.max(per_step.stats.residual))
+    u0 = {"h": jnp.ones((2, 3)), "out": jnp.ones((2, 2))}
+    field = lambda u: {"h": 2.0 * u["h"] ** 2, "out": -u["out"]}  # h explodes
+    _, one = relax(field, u0, dt=1.0, steps=1000, tol=1e-9)
+    _, five = relax(field, u0, dt=1.0, steps=1000, tol=1e-9, check_every=5)
+    first = int(one.nonfinite_step)
+    assert 0 < first < 1000 and int(five.nonfinite_step) == -(-first // 5) * 5
+    assert bool(five.nonfinite["h"]) and not bool(five.nonfinite["out"])
+    with pytest.raises(ValueError, match="check_every"):
+        relax(field, u0, dt=1.0, steps=10, tol=1e-3, check_every=0)
+
+
 def test_free_phase_warm_mask():
     """``warm[i]``: example i starts from ``u0`` (here its fixed point, so it stays put);
     the others start cold, exactly as without ``u0``."""

@@ -331,6 +331,10 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         _F("warm_start", BOOLEAN, "Start each training example's free phase from its fixed point at "
            "the previous epoch (persistent states, saved with the latest checkpoint; the first "
            "epoch and evaluation start cold)."),
+        _F("check_every", INTEGER, "With tol > 0, test the tolerance and divergence once every this "
+           "many sweeps of the plain iteration (free phase, Anderson's delay, nudged phases) instead "
+           "of after each: saves the residual's cost per step at up to check_every - 1 extra sweeps.",
+           bounds=POSITIVE_INT),
     ),
     "estimator": _section(
         EstimatorConfig,

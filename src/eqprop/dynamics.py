@@ -31,6 +31,9 @@ class Dynamics:
     bipartite network in turn (see :func:`relax`), half the work per step.
     ``warm_start``: the trainer starts each training example's free phase from its
     fixed point at the previous epoch (persistent states; the solvers ignore it).
+    ``check_every = k``: with ``tol > 0`` the plain iteration (free phase, Anderson's
+    delay, nudged phases) tests the tolerance and divergence every ``k`` sweeps instead
+    of after each (see :func:`eqprop.relax.relax`).
     """
 
     dt: float = 1.0
@@ -49,3 +52,4 @@ class Dynamics:
     anderson_damping: float = 1.0
     anderson_delay: int = 0
     warm_start: bool = False
+    check_every: int = 1

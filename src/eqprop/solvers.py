@@ -157,6 +157,7 @@ def anderson(
     delay: int = 0,
     groups: tuple[tuple[str, ...], ...] | None = None,
     field_on: Callable[[PyTree, tuple[str, ...]], PyTree] | None = None,
+    check_every: int = 1,
 ) -> tuple[PyTree, RelaxStats]:
     """Anderson-accelerated relaxation to ``field(u) = 0`` (contract of ``relax``).
 
@@ -172,7 +173,8 @@ def anderson(
     first ``delay`` steps (counted like ``steps``) run the plain iteration
     (:func:`eqprop.relax.relax`, at its lower cost per step, stopping early like it);
     Anderson starts from there, after the initial transient, where the residual of the
-    plain iteration is often not monotone and extrapolation misleads. Stops early at
+    plain iteration is often not monotone and extrapolation misleads (``check_every``:
+    that iteration's tolerance test, see ``relax``). Stops early at
     the first non-finite state (``nonfinite_step``). Returns the last accepted iterate
     (whose residual is known without an extra evaluation) and its
     :class:`RelaxStats`. Jit-able; one ``lax.while_loop`` (two with ``delay``).
@@ -185,7 +187,7 @@ def anderson(
     start = jnp.asarray(0)
     if delay > 0:  # the plain iteration first, without the history's overhead
         u0, plain = relax(field, u0, dt=dt, steps=min(delay, steps), tol=tol, tol_fraction=tol_fraction,
-                          batch_ndim=batch_ndim, groups=groups, field_on=field_on)
+                          batch_ndim=batch_ndim, groups=groups, field_on=field_on, check_every=check_every)
         start = plain.steps
     x0, unflatten = _flatten(u0, batch_ndim)
     batch = x0.shape[:-1]

@@ -101,11 +101,11 @@ def free_phase(
         u, stats = anderson(field, u0, steps=dynamics.free_steps, tol=dynamics.tol,
                             tol_fraction=dynamics.tol_fraction, dt=dynamics.dt,
                             memory=dynamics.anderson_memory, damping=dynamics.anderson_damping,
-                            delay=dynamics.anderson_delay,
+                            delay=dynamics.anderson_delay, check_every=dynamics.check_every,
                             **alternating(model, dynamics, drive))
     elif dynamics.solver == "fixed-point":
         u, stats = relax(field, u0, dt=dynamics.dt, steps=dynamics.free_steps, tol=dynamics.tol,
-                         tol_fraction=dynamics.tol_fraction,
+                         tol_fraction=dynamics.tol_fraction, check_every=dynamics.check_every,
                          bound=dynamics.state_bound, **alternating(model, dynamics, drive))
     else:
         raise ValueError(f"solver must be 'fixed-point' or 'anderson', got {dynamics.solver!r}")

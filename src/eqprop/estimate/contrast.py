@@ -40,7 +40,7 @@ class Contrast(Estimator):
     def __call__(self, model, x, y, free, key):
         d = self.dynamics
         v, stats, states = circle_derivative(model, free, y, self.beta, self.points, d.nudged_steps, d.dt, d.tol,
-                                             bound=d.state_bound, update=d.update)
+                                             bound=d.state_bound, update=d.update, check_every=d.check_every)
         params, static = eqx.partition(model, eqx.is_inexact_array)
         local = jax.grad(lambda p, a: jnp.sum(eqx.combine(p, static).primitive(a, x)))
         betas, a = states["real"]

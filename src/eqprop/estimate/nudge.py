@@ -44,7 +44,7 @@ def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
 
 def nudged_phases(
     model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, steps: int, dt: float, tol,
-    bound: float = jnp.inf, update: str = "synchronous",
+    bound: float = jnp.inf, update: str = "synchronous", check_every: int = 1,
 ) -> tuple[PyTree, RelaxStats]:
     """Relax one nudged phase per entry of ``betas`` (1-D), together on a leading axis.
 
@@ -63,7 +63,7 @@ def nudged_phases(
 
         extra = {"groups": model.partition(), "field_on": field_on}
     return relax(lambda u: field(u, betas), u0, dt=dt, steps=steps, tol=tol, batch_ndim=2, bound=bound,
-                 **extra)
+                 check_every=check_every, **extra)
 
 
 def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
@@ -80,7 +80,7 @@ def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
 
 def circle_derivative(
     model: EquilibriumModel, free: FreePhase, y: Array, beta: float, n: int, steps: int, dt: float, tol,
-    *, bound: float = jnp.inf, update: str = "synchronous",
+    *, bound: float = jnp.inf, update: str = "synchronous", check_every: int = 1,
 ) -> tuple[PyTree, RelaxStats, dict]:
     """hEP estimate of ``da*/dbeta`` with ``n`` points; also returns the phases' states."""
     real, cplx = circle_points(beta, n)
@@ -90,7 +90,7 @@ def circle_derivative(
     stats, states = [], {}
     if real:
         b = jnp.asarray(real, ftype)
-        u, s = nudged_phases(model, free, y, b, steps, dt, tol, bound, update)
+        u, s = nudged_phases(model, free, y, b, steps, dt, tol, bound, update, check_every)
         a = model.activity(u)
         total = jax.tree.map(
             lambda t, ak, a0_: t + jnp.sum((ak - a0_) / b.reshape((-1,) + (1,) * a0_.ndim), axis=0),
@@ -100,7 +100,7 @@ def circle_derivative(
     if cplx:
         ctype = jnp.result_type(ftype, jnp.complex64)
         b = jnp.asarray(cplx, ctype)
-        u, s = nudged_phases(model, free, y, b, steps, dt, tol, bound, update)
+        u, s = nudged_phases(model, free, y, b, steps, dt, tol, bound, update, check_every)
         a = model.activity(u)
         total = jax.tree.map(
             lambda t, ak, a0_: t + 2 * jnp.sum(jnp.real((ak - a0_) / b.reshape((-1,) + (1,) * a0_.ndim)), axis=0),
@@ -124,7 +124,7 @@ class HolomorphicEP(Estimator):
     def __call__(self, model, x, y, free, key):
         d = self.dynamics
         v, stats, _ = circle_derivative(model, free, y, self.beta, self.points, d.nudged_steps, d.dt, d.tol,
-                                        bound=d.state_bound, update=d.update)
+                                        bound=d.state_bound, update=d.update, check_every=d.check_every)
         return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats)
 
 
