@@ -67,7 +67,7 @@ def modes() -> dict[str, Dynamics]:
         "alternating+tolerance": Dynamics(**base, tol=TOL, update="alternating"),
         "alternating+anderson": Dynamics(**base, tol=TOL, update="alternating", solver="anderson",
                                          **{k: EPOCH_MODES["fast+anderson"][k]
-                                            for k in ("anderson_memory", "anderson_delay")}),
+                                            for k in ("anderson_memory", "anderson_delay", "check_every")}),
     }
 
 
