@@ -1,12 +1,12 @@
 """Benchmark suite: speed of an EP training step against its floating-point floor,
 solver modes, EP against implicit differentiation and BPTT, and peak memory.
 
-    python benchmarks/run.py [--json FILE] [--quick] [--repeats R] [--epochs E [--epoch-modes M,...]]
+    python benchmarks/run.py [--json FILE] [--quick] [--repeats R] [--batch B] [--epochs E [--epoch-modes M,...]]
 
-Reference: MLP 784-256-256-10 (float32), batch 50, sigmoid4, hEP beta 0.5, N = 2 and 4,
+Reference: MLP 784-256-256-10 (float32), batch 50 (``--batch``), sigmoid4, hEP beta 0.5, N = 2 and 4,
 real Fashion-MNIST batch when /usr/share/datasets/fashion-mnist exists, else uniform.
 Everything is measured in ONE process, repeats interleaved across configurations,
-medians reported. ``ms_per_epoch`` is ms/step x 1200 (a Fashion-MNIST epoch of batch 50)
+medians reported. ``ms_per_epoch`` is ms/step x 60000 / batch (a Fashion-MNIST epoch)
 at initialisation; ``--epochs E`` also trains the Fashion-MNIST reference config for E
 epochs per relaxation mode (``benchmarks/epochs.py``: real per-epoch wall time, steps and
 accuracy late in training, where stragglers matter) and adds them as ``"epochs"``.
@@ -39,7 +39,7 @@ BETA = 0.5
 FREE, NUDGED = 150, 20
 TOL = 1e-4
 MEMORY = 5
-BATCHES_PER_EPOCH = 60000 // BATCH  # Fashion-MNIST
+EXAMPLES_PER_EPOCH = 60000  # Fashion-MNIST
 
 
 # -- the network and the batch ----------------------------------------------------------
@@ -176,6 +176,9 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="fewer repeats, smaller sweeps (< 2 min)")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--batch", type=int, default=BATCH,
+                   help=f"batch size (default {BATCH}, the reference's); larger batches use both "
+                        "cores and run the matmuls nearer the machine's throughput")
     p.add_argument("--epochs", type=int, default=0,
                    help="also train the reference config E epochs per mode (benchmarks/epochs.py)")
     p.add_argument("--epoch-modes", default="fixed,fast,fast+warm,tolerance,anderson")
@@ -186,7 +189,8 @@ def main(argv=None) -> dict:
 
     key = jax.random.PRNGKey(0)
     model0 = eqprop.layered(SIZES, key=key)
-    x, y, source = make_batch(BATCH)
+    batch = args.batch
+    x, y, source = make_batch(batch)
     opt = optax.sgd(0.01, momentum=0.9)
 
     # configurations: (label, step, probe, points, mode)
@@ -220,21 +224,21 @@ def main(argv=None) -> dict:
             state[label] = (m, s)
     ms = {label: 1e3 * statistics.median(t) for label, t in times.items()}
 
-    thr = matmul_throughput(BATCH * 2, repeats)
+    thr = matmul_throughput(batch * 2, repeats)
     flops_per_s = thr["small_gflops"] * 1e9
 
     out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpus": os.cpu_count(),
-           "machine": platform.machine(), "data": source, "batch": BATCH, "repeats": repeats,
+           "machine": platform.machine(), "data": source, "batch": batch, "repeats": repeats,
            "quick": args.quick, "tol": TOL, "anderson_memory": MEMORY,
            "matmul": thr, "modes": {}, "compile_s": compile_s}
     for label, _, probe, n, mode in configs:
         if probe is None:
             continue
         r = {k: float(v) for k, v in probe(model0, x, y, key).items()}
-        flops = step_flops(BATCH, phases_real_equiv(n), int(r["free_steps"]), int(r["nudged_steps"]),
+        flops = step_flops(batch, phases_real_equiv(n), int(r["free_steps"]), int(r["nudged_steps"]),
                            alternating=mode.startswith("alternating"))
         floor_ms = 1e3 * flops / flops_per_s
-        r.update(ms_per_step=ms[label], ms_per_epoch=ms[label] * BATCHES_PER_EPOCH,
+        r.update(ms_per_step=ms[label], ms_per_epoch=ms[label] * (EXAMPLES_PER_EPOCH // batch),
                  ms_min=1e3 * min(times[label]), gflop=flops / 1e9,
                  floor_ms=floor_ms, over_floor=ms[label] / floor_ms)
         out["modes"][label] = r
@@ -253,7 +257,7 @@ def main(argv=None) -> dict:
     out["memory"] = mem
 
     print(f"# eqprop benchmark ({out['device']}, jax {out['jax']}, {out['cpus']} cpus, data {source}, "
-          f"batch {BATCH}, {repeats} interleaved repeats, medians)\n")
+          f"batch {batch}, {repeats} interleaved repeats, medians)\n")
     print("| config | ms/step | s/epoch (est.) | free steps | nudged steps | free residual (max) | GFLOP | floor ms | x floor |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, r in out["modes"].items():
