@@ -76,6 +76,14 @@ def test_eval(run_dir, capsys):
     out = capsys.readouterr().out
     assert "top-1" in out and "loss" in out and "top-5" not in out  # 4 classes
     assert main(["eval", str(run_dir), "--split", "train", "--checkpoint", "best"]) == 0
+    out = capsys.readouterr().out
+    assert "free phase: 15.0 steps" in out  # the run's own relaxation: 15 fixed steps
+    # --set relaxes differently for the evaluation; the run directory is left as it was
+    assert main(["eval", str(run_dir), "--set", "dynamics.free_steps=7"]) == 0
+    assert "free phase: 7.0 steps" in capsys.readouterr().out
+    assert load_config(run_dir / "config.toml").dynamics.free_steps == 15
+    assert main(["eval", str(run_dir), "--set", "dynamics.check_every=0"]) == 2
+    assert "dynamics.check_every" in capsys.readouterr().err
 
 
 def test_gradcheck_json(run_dir, tiny_config, tmp_path, capsys):

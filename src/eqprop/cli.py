@@ -65,7 +65,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from .train import evaluate, load_run
 
-    config, program, model, meta = load_run(args.run_dir, args.checkpoint)
+    config, program, model, meta = load_run(args.run_dir, args.checkpoint, args.set)
     ds = program.dataset
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
     m = evaluate(program, model, x, y)
@@ -81,6 +81,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for name, r in rows:
         print(f"{name:<8}{100 * r['acc']:>8.2f}%" + (f"{100 * r['top5']:>8.2f}%" if top5 else "")
               + f"{r['loss']:>10.4f}")
+    mean = rows[-1][1]
+    print(f"free phase: {mean['free_steps']:.1f} steps, residual {mean['residual']:.2e} (mean over "
+          f"batches), {100 * mean['nonconverged']:.1f}% of examples above 1e-3")
     return EXIT_OK
 
 
@@ -198,8 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint",
                        description="Top-1 (and top-5 with more than 10 classes) accuracy and "
-                       "loss of a checkpoint on a split.")
+                       "loss of a checkpoint on a split, and how far the free phase relaxed. "
+                       "--set changes how the network is relaxed for the evaluation, e.g. "
+                       "--set dynamics.tol=0.0 --set dynamics.free_steps=400 to check a run "
+                       "trained with early stopping or warm starts against converged fixed points.")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_set(p)
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.set_defaults(func=_cmd_eval)
