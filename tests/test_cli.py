@@ -187,6 +187,19 @@ def test_top_level_help_and_usage_error(capsys):
     assert main(["train"]) == 2
 
 
+def test_fast_config_is_the_reference_with_fast_dynamics():
+    """configs/fmnist-mlp-hep-fast.toml copies the reference config: only [dynamics] differs,
+    and there only in the stopping and solver keys (the step budgets are the same caps)."""
+    import dataclasses
+
+    ref = load_config(ROOT / "configs" / "fmnist-mlp-hep.toml")
+    fast = load_config(ROOT / "configs" / "fmnist-mlp-hep-fast.toml")
+    assert dataclasses.replace(fast, dynamics=ref.dynamics) == ref
+    changed = {f.name for f in dataclasses.fields(ref.dynamics)
+               if getattr(ref.dynamics, f.name) != getattr(fast.dynamics, f.name)}
+    assert changed == {"tol", "tol_fraction", "solver", "anderson_memory", "anderson_delay", "check_every"}
+
+
 def test_config_reference(capsys):
     assert main(["config"]) == 0
     assert "## [train]" in capsys.readouterr().out
