@@ -47,3 +47,25 @@ def test_gap_closed():
     assert tied.startswith("Accuracy gap, mlp-tied") and "no gap to close" in tied
     with pytest.raises(SystemExit):
         run.settings("nope")
+
+
+@pytest.mark.parametrize("base", ["finite-nudge", "asymmetry", "homeostasis-mlp"])
+def test_mlp_experiments_use_the_authors_architecture(base):
+    """arXiv 2309.02214's mlp_2-256: dynamic populations 256, 256 and a 10-unit output
+    population (the nudged one, with its own feedback into h2), then the softmax readout.
+    Reading the classes straight from h2 leaves h2's error exact whatever the feedback, which
+    hides most of the asymmetry bias (docs/asymmetry.md)."""
+    import jax
+
+    from eqprop.build import build_model
+    from eqprop.config import load_config
+
+    cfg = load_config(run.CONFIGS / f"{base}.toml")
+    model = build_model(cfg, input_size=784, n_classes=10, key=jax.random.PRNGKey(0))
+    assert model.populations == {"input": 784, "h1": 256, "h2": 256, "h3": 10}
+    assert model.output == "h3"
+    names = {e.name for e in model.projections}
+    assert {"input->h1", "h1->h2", "h2->h3"} <= names
+    if cfg.model.feedback == "untied":
+        assert {"h2->h1", "h3->h2"} <= names
+    assert model.readout.weight.shape == (10, 10)
