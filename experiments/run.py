@@ -36,7 +36,7 @@ from eqprop.train.report import report
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 DIAG_COLUMNS = ("angle", "jacobian_symmetry", "alignment", "cos_finite_nudge", "cos_asymmetry",
-                "homeo_loss")
+                "homeo_loss", "probe_nonconverged")
 
 
 def settings(experiment: str) -> list[tuple[str, str, dict[str, dict[str, Any]], dict[str, Any]]]:

@@ -476,3 +476,10 @@ def test_dumps_toml_round_trips(raw):
     text = dumps_toml(c)
     assert parse_config(tomllib.loads(text)) == c
     assert parse_config(to_dict(c)) == c
+
+
+def test_diagnostics_free_steps():
+    assert parse_config({"diagnostics": {"free_steps": 1000}}).diagnostics.free_steps == 1000
+    assert parse_config({}).diagnostics.free_steps == 0
+    msg = error_of({"diagnostics": {"free_steps": -1}})
+    assert msg.startswith("diagnostics.free_steps") and ">= 0" in msg

@@ -43,6 +43,29 @@ def test_untied_90_degrees_has_asymmetry_bias():
     assert d["alignment"] < 0.9
 
 
+def test_free_steps_takes_the_diagnostics_at_the_fixed_point():
+    """``free_steps`` relaxes the probe batch further than training does: the figures are
+    then those of the converged dynamics, and ``probe_nonconverged`` says how many examples
+    had not settled."""
+    import dataclasses
+
+    m = eqprop.layered([8, 10, 7, 4], key=jax.random.PRNGKey(0), feedback="untied",
+                       asymmetry_angle=60.0, dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8), F64)
+    y = jnp.arange(4) % 4
+    short = dataclasses.replace(DYN, free_steps=2)
+    est = make_estimator("hep", short, points=2, beta=0.01)
+    unsettled = diagnostics(m, x, y, est, short)
+    assert unsettled["probe_nonconverged"] == 1.0
+    settled = diagnostics(m, x, y, est, short, free_steps=200)
+    assert settled["probe_nonconverged"] == 0.0
+    reference = diagnostics(m, x, y, make_estimator("hep", DYN, points=2, beta=0.01),
+                            dataclasses.replace(DYN, free_steps=200))
+    for k, v in reference.items():
+        assert settled[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+    assert abs(unsettled["cos_asymmetry"] - settled["cos_asymmetry"]) > 1e-3
+
+
 TINY = {
     "data": {"name": "synthetic", "batch_size": 16},
     "model": {"sizes": [16, 8, 6, 4], "feedback": "untied", "asymmetry_angle": 90.0},
@@ -51,10 +74,10 @@ TINY = {
     "optim": {"name": "adamw", "lr": 1e-3},
     "train": {"epochs": 2, "max_batches": 3, "seeds": 2},
     "homeostasis": {"coef": 0.1, "probes": 2, "every": 2},
-    "diagnostics": {"enabled": True, "batch_size": 16},
+    "diagnostics": {"enabled": True, "batch_size": 16, "free_steps": 40},
 }
 KEYS = {"angle", "jacobian_symmetry", "alignment", "alignment/h1", "cos_finite_nudge",
-        "cos_asymmetry", "homeo_loss", "train_homeo_loss"}
+        "cos_asymmetry", "homeo_loss", "train_homeo_loss", "probe_nonconverged"}
 
 
 def has_pairs(keys):

@@ -115,7 +115,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
                           seed=config.train.seed, epoch=0, drop_last=False))
     result = gradcheck(model, xb, yb, estimators, dynamics,
                        key=jax.random.PRNGKey(config.train.seed),
-                       diagnostics_estimator=build.build_estimator(config))
+                       diagnostics_estimator=build.build_estimator(config),
+                       diagnostics_free_steps=config.diagnostics.free_steps or None)
     print(format_table(result))
     if args.json:
         out = Path(args.json)

@@ -169,6 +169,7 @@ class DiagnosticsConfig:
     enabled: bool = False
     batch_size: int = 256
     every: int = 1
+    free_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,10 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         _F("batch_size", INTEGER, "Size of the fixed probe batch (first training examples).",
            bounds=POSITIVE_INT),
         _F("every", INTEGER, "Run diagnostics every this many epochs.", bounds=POSITIVE_INT),
+        _F("free_steps", INTEGER, "Free-phase steps for the probe batch; 0: the training "
+           "`free_steps`. More steps take the diagnostics at the fixed point: an example "
+           "that has not settled can dominate the batch cosines (`probe_nonconverged` "
+           "reports how many).", bounds=NONNEGATIVE),
     ),
 }
 del _F

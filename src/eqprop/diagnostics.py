@@ -28,6 +28,13 @@
   (``weights``, ``biases``; the readout is left out because its gradient is the same
   direct gradient for every estimator and would inflate every cosine).
 
+- ``probe_nonconverged``: fraction of the batch whose free phase ends with a residual
+  ``||F(u)||`` above 1e-3 (the training metrics' threshold). The estimators all start
+  from that free state, and the batch cosines above are sums over examples, so one
+  example that has not settled (its nudged phases keep drifting) can dominate them:
+  ``free_steps`` relaxes the probe batch longer than training does, so that the figures
+  are taken at the fixed point they are defined at.
+
 In training (``[diagnostics] enabled = true``) they are computed at the end of every
 ``every``-th epoch on a fixed probe batch (the first ``batch_size`` training examples),
 for **every seed** of a multi-seed run: the top-level keys of the metrics record are the
@@ -36,6 +43,7 @@ means over seeds, ``per_seed`` holds the values of each seed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -56,8 +64,10 @@ PyTree = Any
 
 __all__ = ["diagnostics", "weight_angles", "jacobian_figures", "DIAGNOSTIC_KEYS"]
 
+NONCONVERGED_TOL = 1e-3  # as the training metrics' ``nonconverged_fraction``
+
 DIAGNOSTIC_KEYS = ("angle", "jacobian_symmetry", "homeo_loss", "alignment", "cos_finite_nudge",
-                   "cos_asymmetry", "cos_implicit")
+                   "cos_asymmetry", "cos_implicit", "probe_nonconverged")
 
 
 def weight_angles(model: EquilibriumModel) -> dict[str, float]:
@@ -135,8 +145,9 @@ def jacobian_figures(model: EquilibriumModel, x: Array, a: PyTree, drive: PyTree
 
 
 @eqx.filter_jit
-def _raw(model, x, y, estimator, dynamics, key, exact_max, exact_examples, probes):
-    free = free_phase(model, x, dynamics)
+def _raw(model, x, y, estimator, dynamics, key, exact_max, exact_examples, probes, free_steps):
+    free = free_phase(model, x, dynamics if free_steps is None
+                      else dataclasses.replace(dynamics, free_steps=free_steps))
     g_est, info = estimator(model, x, y, free, key)
     g_exact, _ = make_estimator("exact-nudge", dynamics)(model, x, y, free, key)
     g_imp, _ = make_estimator("implicit", dynamics)(model, x, y, free, key)
@@ -145,7 +156,8 @@ def _raw(model, x, y, estimator, dynamics, key, exact_max, exact_examples, probe
     sym, loss, _ = jacobian_figures(model, x, a, free.drive, jax.random.fold_in(key, 7),
                                     exact_max=exact_max, exact_examples=exact_examples,
                                     probes=probes)
-    return g_est, g_exact, g_imp, info.error_vector, delta, sym, loss
+    unsettled = jnp.mean(free.stats.residual > NONCONVERGED_TOL)
+    return g_est, g_exact, g_imp, info.error_vector, delta, sym, loss, unsettled
 
 
 def _flat_network(grad: PyTree) -> Array:
@@ -157,12 +169,16 @@ def _flat_network(grad: PyTree) -> Array:
 def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimator,
                 dynamics: Dynamics | None = None, key: Array | None = None, *,
                 exact_max: int = 2048, exact_examples: int = 4,
-                probes: int = 10) -> dict[str, float]:
-    """All diagnostics of ``model`` on the batch ``(x, y)`` (one network, not stacked)."""
+                probes: int = 10, free_steps: int | None = None) -> dict[str, float]:
+    """All diagnostics of ``model`` on the batch ``(x, y)`` (one network, not stacked).
+
+    ``free_steps``: free-phase budget for this batch (default: ``dynamics.free_steps``);
+    the estimators' nudged phases and linear solves keep ``dynamics``.
+    """
     dynamics = estimator.dynamics if dynamics is None else dynamics
     key = jax.random.PRNGKey(0) if key is None else key
-    g_est, g_exact, g_imp, v, delta, sym, loss = _raw(
-        model, x, y, estimator, dynamics, key, exact_max, exact_examples, probes)
+    g_est, g_exact, g_imp, v, delta, sym, loss, unsettled = _raw(
+        model, x, y, estimator, dynamics, key, exact_max, exact_examples, probes, free_steps)
     out: dict[str, float] = dict(weight_angles(model))
     out["jacobian_symmetry"] = float(sym)
     out["homeo_loss"] = float(loss)
@@ -174,4 +190,5 @@ def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimato
     out["cos_finite_nudge"] = cosine(fe, fx)
     out["cos_asymmetry"] = cosine(fx, fi)
     out["cos_implicit"] = cosine(fe, fi)
+    out["probe_nonconverged"] = float(unsettled)
     return out

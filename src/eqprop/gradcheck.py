@@ -66,11 +66,14 @@ def gradcheck(
     *,
     key: jax.Array | None = None,
     diagnostics_estimator: Estimator | None = None,
+    diagnostics_free_steps: int | None = None,
 ) -> dict[str, Any]:
     """Compare each estimator (keyed by its SPEC) with the implicit gradient on ``(x, y)``.
 
     Returns ``{spec: {"total", "parameters", "error_vectors", "phases"}, "relaxation": {...},
-    "reference": "implicit"}``.
+    "reference": "implicit"}``, plus the diagnostics of ``diagnostics_estimator`` at the top
+    level when given (``diagnostics_free_steps``: their free-phase budget, see
+    :func:`eqprop.diagnostics.diagnostics`).
     """
     key = jax.random.PRNGKey(0) if key is None else key
     for est in estimators.values():
@@ -94,7 +97,8 @@ def gradcheck(
     if diagnostics_estimator is not None:
         from .diagnostics import diagnostics
 
-        out.update(diagnostics(model, x, y, diagnostics_estimator, dynamics, key))
+        out.update(diagnostics(model, x, y, diagnostics_estimator, dynamics, key,
+                               free_steps=diagnostics_free_steps))
     return out
 
 

@@ -391,8 +391,9 @@ def run_diagnostics(program: Program, model: PyTree, epoch: int) -> tuple[dict, 
     x, y = probe_batch(program)
     key = jax.random.fold_in(jax.random.PRNGKey(program.config.train.seed), 100_000 + epoch)
     models = [model] if program.seeds == 1 else [unstack(model, i) for i in range(program.seeds)]
-    rows = [diagnostics(m, x, y, program.estimator, program.estimator.dynamics, key)
-            for m in models]
+    free_steps = program.config.diagnostics.free_steps or None
+    rows = [diagnostics(m, x, y, program.estimator, program.estimator.dynamics, key,
+                        free_steps=free_steps) for m in models]
     keys = [k for k in rows[0] if all(k in r for r in rows)]
     per = {k: [r[k] for r in rows] for k in keys}
     return {k: float(np.mean(v)) for k, v in per.items()}, per
