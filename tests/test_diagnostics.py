@@ -110,3 +110,30 @@ def test_gradcheck_json_and_report_show_diagnostics(run_dir, tmp_path, capsys):
     rep = tmp_path / "rep"
     assert main(["report", str(run_dir), "--out", str(rep)]) == 0
     assert (rep / "diagnostics.png").stat().st_size > 0
+
+
+def test_alignment_is_the_mean_of_per_example_cosines():
+    """``alignment`` averages one cosine per example (the authors' ``mean_cos_delta``), so a
+    single example with a huge error vector cannot dominate it, unlike a batch cosine."""
+    import numpy as np
+
+    from eqprop.diagnostics import example_cosines
+    from eqprop.gradcheck import cosine
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 3, 2, 4))
+    b = a + 0.3 * rng.normal(size=a.shape)
+    b[1] = -a[1]
+    a[3] = 0.0
+    got = np.asarray(example_cosines(jnp.asarray(a), jnp.asarray(b)))
+    for i in range(5):
+        x, y = a[i].ravel(), b[i].ravel()
+        den = np.linalg.norm(x) * np.linalg.norm(y)
+        assert got[i] == pytest.approx(x @ y / den if den else 0.0, abs=1e-12)
+    assert got[1] == pytest.approx(-1.0) and got[3] == 0.0
+    outlier = a.copy()
+    outlier[1] *= 1e6  # one example's error vector 1e6 times larger
+    assert np.mean(example_cosines(jnp.asarray(outlier), jnp.asarray(b))) == pytest.approx(np.mean(got))
+    # the batch cosine is swamped by the outlier: it tends to -|b_1| / |b|, negative
+    swamped = -np.linalg.norm(b[1]) / np.linalg.norm(b)
+    assert cosine(jnp.asarray(outlier), jnp.asarray(b)) == pytest.approx(swamped, rel=1e-5)

@@ -18,8 +18,9 @@
   probe estimate under the same rule; the quantity homeostasis minimises.
 - ``alignment`` (mean over populations) and ``alignment/<population>``: cosine between
   the configured estimator's error vector (its ``da/dbeta`` estimate) and the
-  recurrent-backprop ``delta`` (flattened over batch and units). Absent for estimators
-  without an error vector (``bptt``).
+  recurrent-backprop ``delta``, per example, averaged over the batch (as the authors'
+  ``mean_cos_delta``: one example whose nudged phases misbehave moves it by ``1/B`` at
+  most). Absent for estimators without an error vector (``bptt``).
 - ``cos_finite_nudge = cos(g_estimator, g_exact_nudge)``: the finite-nudge bias (the
   estimate against generalized EP with the exact ``da/dbeta``);
   ``cos_asymmetry = cos(g_exact_nudge, g_implicit)``: the asymmetry bias (exact
@@ -160,6 +161,14 @@ def _raw(model, x, y, estimator, dynamics, key, exact_max, exact_examples, probe
     return g_est, g_exact, g_imp, info.error_vector, delta, sym, loss, unsettled
 
 
+def example_cosines(a: Array, b: Array) -> Array:
+    """Cosine of ``a[i]`` with ``b[i]`` for every example ``i`` (leading axis), ``(B,)``;
+    0 where either is zero."""
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    den = jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1)
+    return jnp.where(den > 0, jnp.sum(a * b, axis=1) / jnp.where(den > 0, den, 1.0), 0.0)
+
+
 def _flat_network(grad: PyTree) -> Array:
     named = named_parameters(grad)
     keep = [k for k in named if not k.startswith("readout")] or list(named)
@@ -183,7 +192,7 @@ def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimato
     out["jacobian_symmetry"] = float(sym)
     out["homeo_loss"] = float(loss)
     if v is not None:
-        per = {p: cosine(jnp.real(v[p]), delta[p]) for p in delta}
+        per = {p: float(jnp.mean(example_cosines(jnp.real(v[p]), delta[p]))) for p in delta}
         out["alignment"] = float(np.mean(list(per.values())))
         out.update({f"alignment/{p}": c for p, c in per.items()})
     fe, fx, fi = _flat_network(g_est), _flat_network(g_exact), _flat_network(g_imp)
