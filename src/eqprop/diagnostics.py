@@ -59,13 +59,11 @@ from .estimate.exact import rbp_delta
 from .gradcheck import cosine
 from .homeostasis import explicit_jacobian, jacobian_matvec, neuron_count, probe_loss
 from .network.base import EquilibriumModel, named_parameters
-from .relax import Dynamics
+from .relax import NONCONVERGED_TOL, Dynamics
 
 PyTree = Any
 
 __all__ = ["diagnostics", "weight_angles", "jacobian_figures", "DIAGNOSTIC_KEYS"]
-
-NONCONVERGED_TOL = 1e-3  # as the training metrics' ``nonconverged_fraction``
 
 DIAGNOSTIC_KEYS = ("angle", "jacobian_symmetry", "homeo_loss", "alignment", "cos_finite_nudge",
                    "cos_asymmetry", "cos_implicit", "probe_nonconverged")

@@ -17,7 +17,10 @@ from .dynamics import Dynamics
 
 PyTree = Any
 
-__all__ = ["Dynamics", "RelaxStats", "relax", "residual_norm", "nonfinite_populations", "sweep_map"]
+__all__ = ["Dynamics", "RelaxStats", "relax", "residual_norm", "nonfinite_populations", "sweep_map",
+           "NONCONVERGED_TOL"]
+
+NONCONVERGED_TOL = 1e-3  # residual above which an example counts as not settled (metrics)
 
 
 class RelaxStats(eqx.Module):

@@ -26,6 +26,7 @@ from .estimate import Estimator, free_phase
 from .estimate.base import add_grads
 from .homeostasis import Homeostasis, homeostasis_grad
 from .network.base import EquilibriumModel, parameters
+from .relax import NONCONVERGED_TOL
 
 PyTree = Any
 
@@ -43,7 +44,7 @@ def batch_metrics(model: EquilibriumModel, free, y: Array) -> dict[str, Array]:
         "acc": jnp.mean(model.predict(a) == y),
         "free_steps": free.stats.steps,
         "residual": jnp.mean(free.stats.residual),
-        "nonconverged": jnp.mean(free.stats.residual > 1e-3),
+        "nonconverged": jnp.mean(free.stats.residual > NONCONVERGED_TOL),
         "nonfinite_step": free.stats.nonfinite_step,
         "nonfinite": free.stats.nonfinite,
     }
