@@ -35,6 +35,7 @@ __all__ = [
     "TrainConfig",
     "HomeostasisConfig",
     "DiagnosticsConfig",
+    "LoggingConfig",
     "Config",
     "SCHEMA",
     "parse_config",
@@ -65,6 +66,8 @@ LINEAR_SOLVERS = ("auto", "gmres", "fixed-point")
 ESTIMATORS = ("ep", "hep", "online-hep", "exact-nudge", "implicit", "bptt", "contrast")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+
+from .registry import LOGGERS as _LOGGERS  # noqa: E402
 
 INPUT = "input"  # reserved population name: the clamped input of a graph model
 
@@ -173,6 +176,12 @@ class DiagnosticsConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    loggers: tuple[str, ...] = ()
+    project: str = "eqprop"
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -182,6 +191,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     homeostasis: HomeostasisConfig = HomeostasisConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 # ---------------------------------------------------------------------------
@@ -225,7 +235,8 @@ UNIT_HALF_OPEN = Bounds(lo=0, hi=1, hi_open=True)  # [0, 1)
 
 # Value kinds; the string is also the "type" column of the docs.
 STRING, INTEGER, FLOAT, BOOLEAN = "string", "integer", "float", "boolean"
-INT_ARRAY, PAIR_ARRAY = "array of integers", "array of [src, dst] string pairs"
+INT_ARRAY, STRING_ARRAY = "array of integers", "array of strings"
+PAIR_ARRAY = "array of [src, dst] string pairs"
 INT_TABLE, FLOAT_TABLE = "table of integers", "table of floats"
 
 
@@ -236,17 +247,30 @@ class FieldSpec:
     name: str
     kind: str
     doc: str
-    choices: tuple[str, ...] | None = None
+    choices: Any = None  # a tuple of strings, or a Registry (its names when checked)
     bounds: Bounds | None = None  # for numbers, array elements and table values
     optional: bool = False  # may be absent (None)
     min_len: int = 0  # arrays only
     default: Any = None  # filled in from the section dataclass
 
+    def allowed_choices(self) -> tuple[str, ...] | None:
+        """The allowed strings now (a registry's names at the time of the call)."""
+        if self.choices is None:
+            return None
+        from .settings import Registry
+
+        if isinstance(self.choices, Registry):
+            from .registry import load_builtins
+
+            load_builtins()
+            return self.choices.names()
+        return tuple(self.choices)
+
     def allowed(self) -> str:
         """Human-readable allowed values ('' when any value of the kind is allowed)."""
         parts = []
         if self.choices is not None:
-            parts.append("one of " + _quoted(self.choices))
+            parts.append("one of " + _quoted(self.allowed_choices()))
         if self.bounds is not None:
             parts.append(str(self.bounds))
         if self.min_len:
@@ -272,6 +296,7 @@ SECTION_CLASSES: dict[str, type] = {
     "train": TrainConfig,
     "homeostasis": HomeostasisConfig,
     "diagnostics": DiagnosticsConfig,
+    "logging": LoggingConfig,
 }
 
 SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
@@ -388,6 +413,12 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
            "that has not settled can dominate the batch cosines (`probe_nonconverged` "
            "reports how many).", bounds=NONNEGATIVE),
     ),
+    "logging": _section(
+        LoggingConfig,
+        _F("loggers", STRING_ARRAY, "Metric loggers besides metrics.jsonl, which is always written.",
+           choices=_LOGGERS),
+        _F("project", STRING, "Run group name of the TensorBoard and Weights & Biases loggers."),
+    ),
 }
 del _F
 
@@ -421,7 +452,7 @@ def _brief(value: Any, limit: int = 60) -> str:
 
 
 def _quoted(names: Sequence[str]) -> str:
-    return ", ".join(f"'{n}'" for n in names)
+    return ", ".join(f"'{n}'" for n in names) or "(none registered)"
 
 
 def _type_error(where: str, expected: str, value: Any) -> ConfigError:
@@ -480,7 +511,16 @@ def _expect_table(where: str, value: Any) -> Mapping[str, Any]:
 
 
 def _v_string(where: str, spec: FieldSpec, value: Any) -> str:
-    return _expect_str(where, value, spec.choices)
+    return _expect_str(where, value, spec.allowed_choices())
+
+
+def _v_string_array(where: str, spec: FieldSpec, value: Any) -> tuple[str, ...]:
+    items = _expect_list(where, value)
+    choices = spec.allowed_choices()
+    out = tuple(_expect_str(f"{where}[{i}]", v, choices) for i, v in enumerate(items))
+    if len(out) < spec.min_len:
+        raise ConfigError(f"{where}: needs at least {spec.min_len} entries, got {len(out)}")
+    return out
 
 
 def _v_integer(where: str, spec: FieldSpec, value: Any) -> int:
@@ -534,6 +574,7 @@ _VALIDATORS: dict[str, Callable[[str, FieldSpec, Any], Any]] = {
     FLOAT: _v_float,
     BOOLEAN: _v_boolean,
     INT_ARRAY: _v_int_array,
+    STRING_ARRAY: _v_string_array,
     PAIR_ARRAY: _v_pair_array,
     INT_TABLE: _v_int_table,
     FLOAT_TABLE: _v_float_table,

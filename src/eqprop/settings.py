@@ -26,14 +26,16 @@ from typing import Any, Callable, Generic, TypeVar
 __all__ = [
     "Bounds", "Setting", "setting", "settings_of", "Registry", "FrozenMap",
     "POSITIVE_INT", "NONNEGATIVE", "POSITIVE", "UNIT_HALF_OPEN",
-    "STRING", "INTEGER", "FLOAT", "BOOLEAN", "INT_ARRAY", "PAIR_ARRAY", "INT_TABLE", "FLOAT_TABLE",
+    "STRING", "INTEGER", "FLOAT", "BOOLEAN", "INT_ARRAY", "STRING_ARRAY", "PAIR_ARRAY", "INT_TABLE",
+    "FLOAT_TABLE",
 ]
 
 T = TypeVar("T")
 
 # Value kinds; the string is also the "type" column of the docs.
 STRING, INTEGER, FLOAT, BOOLEAN = "string", "integer", "float", "boolean"
-INT_ARRAY, PAIR_ARRAY = "array of integers", "array of [src, dst] string pairs"
+INT_ARRAY, STRING_ARRAY = "array of integers", "array of strings"
+PAIR_ARRAY = "array of [src, dst] string pairs"
 INT_TABLE, FLOAT_TABLE = "table of integers", "table of floats"
 
 _META = "eqprop.setting"
@@ -261,6 +263,8 @@ def _kind_of(hint: Any, default: Any) -> str:
     if origin is tuple:
         if args and args[0] is int:
             return INT_ARRAY
+        if args and args[0] is str:
+            return STRING_ARRAY
         return PAIR_ARRAY
     if origin in (Mapping, dict, typing.Mapping) or hint in (Mapping, dict):
         return FLOAT_TABLE if args and args[-1] is float else INT_TABLE
