@@ -18,12 +18,10 @@ except ModuleNotFoundError:  # running from a checkout without `pip install -e .
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from eqprop.config import (
-    ACTIVATIONS,
-    DATASETS,
-    ESTIMATORS,
     SCHEMA,
     Config,
     ConfigError,
+    EstimatorConfig,
     ModelConfig,
     apply_overrides,
     describe,
@@ -31,8 +29,12 @@ from eqprop.config import (
     load_config,
     parse_config,
     to_dict,
+    variants,
     with_updates,
 )
+from eqprop.registry import ACTIVATIONS, DATASETS, load_builtins
+
+load_builtins()
 
 EXAMPLE = """\
 [data]
@@ -56,6 +58,12 @@ name = "hep"
 beta = 0.5
 points = 2
 """
+
+EXAMPLE_LAYERED = EXAMPLE.replace(
+    'kind = "graph"\npopulations = { h1 = 32, h2 = 32, out = 10 }\n'
+    'projections = [["input","h1"], ["h1","h2"], ["h2","h1"], ["h2","out"], ["out","h1"]]\n',
+    'kind = "layered"\nsizes = [784, 32, 32, 10]\n')
+assert EXAMPLE_LAYERED != EXAMPLE
 
 GRAPH = {
     "kind": "graph",
@@ -92,9 +100,17 @@ def test_defaults_parse():
 
 def test_schema_matches_dataclasses():
     for section, specs in SCHEMA.items():
+        assert all(s.doc and "\n" not in s.doc for s in specs)
+        if section in ("model", "estimator"):  # tagged unions: each variant is a dataclass
+            union = type(getattr(Config(), section))
+            for name, vspecs in variants(section).items():
+                cls = union.variant(name)
+                tag = specs[0].name
+                assert [tag] + [s.name for s in vspecs] == [f.name for f in dataclasses.fields(cls)]
+                assert all(s.doc and "\n" not in s.doc for s in vspecs)
+            continue
         cls = type(getattr(Config(), section))
         assert [s.name for s in specs] == [f.name for f in dataclasses.fields(cls)]
-        assert all(s.doc and "\n" not in s.doc for s in specs)
 
 
 def test_example_parses(tmp_path):
@@ -118,8 +134,14 @@ def test_int_accepted_as_float():
 
 
 def test_unknown_key():
+    # [model] is a tagged union: the allowed keys are those of the chosen kind
     msg = error_of({"model": {"sizez": [1, 2]}})
-    assert msg.startswith("model.sizez: unknown key; allowed keys: kind, sizes, populations")
+    assert msg.startswith("model.sizez: unknown key; allowed keys: kind, feedback, "
+                          "asymmetry_angle, activation, readout, dtype, init_scale, sizes")
+    msg = error_of(graph(sizez=[1, 2]))
+    assert msg.startswith("model.sizez: unknown key; allowed keys: kind, feedback, "
+                          "asymmetry_angle, activation, readout, dtype, init_scale, populations, "
+                          "projections, output")
 
 
 def test_unknown_section():
@@ -149,8 +171,9 @@ def test_top_level_not_a_table():
         ({"data": {"path": 3}}, "data.path: expected a string"),
         ({"model": {"sizes": 10}}, "model.sizes: expected an array"),
         ({"model": {"sizes": [10, "a"]}}, "model.sizes[1]: expected an integer"),
-        ({"model": {"populations": [1]}}, "model.populations: expected a table"),
-        ({"model": {"populations": {"h": 1.5}}}, "model.populations.h: expected an integer"),
+        ({"model": {"kind": "graph", "populations": [1]}}, "model.populations: expected a table"),
+        ({"model": {"kind": "graph", "populations": {"h": 1.5}}},
+         "model.populations.h: expected an integer"),
         ({"optim": {"lr_multipliers": {"a": "x"}}}, "optim.lr_multipliers.a: expected a float"),
         ({"train": {"max_batches": 2.0}}, "train.max_batches: expected an integer"),
     ],
@@ -199,7 +222,7 @@ def test_not_in_allowed_set(section, key, value, allowed):
         ("estimator", "beta", 0.0, "estimator.beta: must be > 0"),
         ("estimator", "beta", float("nan"), "estimator.beta: must be > 0, got nan"),
         ("estimator", "points", 0, "estimator.points: must be >= 1"),
-        ("estimator", "periods", 0, "estimator.periods: must be >= 1"),
+        ("estimator", "periods", 0, "estimator.periods: must be >= 1"),  # online-hep's key
         ("optim", "lr", -0.1, "optim.lr: must be > 0"),
         ("optim", "momentum", 1.0, "optim.momentum: must be in [0, 1)"),
         ("optim", "weight_decay", -1, "optim.weight_decay: must be >= 0"),
@@ -217,7 +240,10 @@ def test_not_in_allowed_set(section, key, value, allowed):
     ],
 )
 def test_out_of_range(section, key, value, expected):
-    assert error_of({section: {key: value}}).startswith(expected)
+    table = {key: value}
+    if (section, key) == ("estimator", "periods"):
+        table["name"] = "online-hep"  # the estimator that has periods
+    assert error_of({section: table}).startswith(expected)
 
 
 def test_messages_stay_one_line_for_odd_values():
@@ -293,7 +319,7 @@ def test_unknown_population_lists_allowed():
 
 def test_overrides_apply_and_typecheck(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text(EXAMPLE)
+    path.write_text(EXAMPLE_LAYERED)  # sizes is a key of kind = "layered"
     c = load_config(path, ["estimator.points=4", "model.sizes=[64,10]", "model.feedback=untied",
                            "estimator.beta = 0.1", "data.path=/tmp/x y", "train.max_batches=3"])
     assert c.estimator.points == 4 and c.estimator.beta == 0.1
@@ -415,7 +441,7 @@ def test_frozen():
     c = Config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.model.kind = "graph"  # type: ignore[misc]
-    assert ModelConfig().populations == {}
+    assert ModelConfig.variant("graph")().populations == {}
 
 
 # --- property-based round trip ----------------------------------------------------------
@@ -446,18 +472,23 @@ def configs(draw) -> dict:
     model.update(
         feedback=feedback,
         asymmetry_angle=draw(st.floats(0, 90)) if feedback == "untied" else 0.0,
-        activation=draw(st.sampled_from(ACTIVATIONS)),
+        activation=draw(st.sampled_from(ACTIVATIONS.names())),
         init_scale=draw(pos_floats),
     )
-    est_name = draw(st.sampled_from(ESTIMATORS))
-    points = draw(st.integers(1, 2) if est_name == "ep" else st.integers(1, 16))
+    est_name = draw(st.sampled_from(EstimatorConfig.names()))
+    est_keys = {s.name for s in variants("estimator")[est_name]}
+    # 'ep' and 'contrast' are one-sided or symmetric (points 1 or 2); online-hep needs 2 or more
+    points = draw(st.integers(1, 2) if est_name in ("ep", "contrast") else
+                  st.integers(2 if est_name == "online-hep" else 1, 16))
     raw = {
-        "data": {"name": draw(st.sampled_from(DATASETS)), "batch_size": draw(st.integers(1, 10**4)),
+        "data": {"name": draw(st.sampled_from(DATASETS.names())), "batch_size": draw(st.integers(1, 10**4)),
                  "validation": draw(unit), "augment": draw(st.booleans())},
         "model": model,
         "dynamics": {"dt": draw(st.floats(1e-9, 1.0)), "free_steps": draw(st.integers(1, 10**5)),
                      "tol": draw(st.floats(0, 1)), "linear_tol": draw(st.floats(0, 1e-3))},
-        "estimator": {"name": est_name, "beta": draw(pos_floats), "points": points},
+        # each estimator takes only its own keys
+        "estimator": {"name": est_name, **{k: v for k, v in (("beta", draw(pos_floats)),
+                                                              ("points", points)) if k in est_keys}},
         "optim": {"lr": draw(pos_floats), "momentum": draw(unit),
                   "lr_multipliers": draw(st.dictionaries(st.text(max_size=8), pos_floats,
                                                          max_size=3))},

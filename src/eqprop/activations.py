@@ -13,6 +13,8 @@ from typing import Callable
 import jax.numpy as jnp
 from jax import Array
 
+from .registry import ACTIVATIONS
+
 
 def _sigmoid(z: Array) -> Array:
     """Logistic function as ``(1 + tanh(z / 2)) / 2``: the same holomorphic function, and
@@ -55,18 +57,25 @@ class Activation:
         return self.fn(u)
 
 
-ACTIVATIONS: dict[str, Activation] = {
-    "sigmoid4": Activation("sigmoid4", sigmoid4, True),
-    "dsilu": Activation("dsilu", dsilu, True),
-    "tanh": Activation("tanh", tanh, True),
-    "hard-sigmoid": Activation("hard-sigmoid", hard_sigmoid, False),
-}
+def register(activation: Activation, *, replace: bool = False) -> Activation:
+    """Register ``activation`` in :data:`~eqprop.registry.ACTIVATIONS` under its name
+    (the ``[model] activation`` values)."""
+    return ACTIVATIONS.register(activation.name, activation, replace=replace)
+
+
+for _activation in (
+    Activation("sigmoid4", sigmoid4, True),
+    Activation("dsilu", dsilu, True),
+    Activation("tanh", tanh, True),
+    Activation("hard-sigmoid", hard_sigmoid, False),
+):
+    register(_activation)
+del _activation
 
 
 def get_activation(name: str) -> Activation:
-    """Look an activation up by name; unknown names list the allowed ones."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        allowed = ", ".join(repr(k) for k in ACTIVATIONS)
-        raise ValueError(f"unknown activation {name!r}; allowed: {allowed}") from None
+    """The registered activation ``name``.
+
+    **Raises:** ``ValueError`` for an unknown name (one line listing the allowed ones).
+    """
+    return ACTIVATIONS.get(name)

@@ -47,31 +47,17 @@ def build_homeostasis(config: Config) -> Homeostasis | None:
 
 
 def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
-    """The network of ``[model]`` for inputs of ``input_size`` features and ``n_classes`` classes."""
+    """The network of ``[model]`` for inputs of ``input_size`` features and ``n_classes`` classes.
+
+    The registered model kind ``config.model.kind`` made from its settings, then its
+    ``build``. **Raises:** :class:`~eqprop.config.ConfigError` when the settings do not
+    fit the data.
+    """
+    from .registry import MODELS
+
     m = config.model
-    common = dict(
-        feedback=m.feedback, asymmetry_angle=m.asymmetry_angle, activation=m.activation,
-        readout=m.readout, dtype=jnp.dtype(m.dtype), init_scale=m.init_scale,
-    )
-    try:
-        if m.kind == "layered":
-            if m.sizes[0] != input_size:
-                raise ConfigError(
-                    f"model.sizes: the first size must be the input size {input_size} of data "
-                    f"'{config.data.name}', got {m.sizes[0]}"
-                )
-            if m.sizes[-1] != n_classes:
-                raise ConfigError(
-                    f"model.sizes: the last size must be the number of classes {n_classes} of data "
-                    f"'{config.data.name}', got {m.sizes[-1]}"
-                )
-            return layered(list(m.sizes), key=key, n_classes=n_classes, **common)
-        return graph(
-            dict(m.populations), [list(p) for p in m.projections], input_size=input_size,
-            n_classes=n_classes, key=key, output=m.output, **common,
-        )
-    except ValueError as err:
-        raise ConfigError(f"model: {err}") from None
+    return MODELS.get(m.kind)(**m.settings()).build(input_size=input_size, n_classes=n_classes,
+                                                     key=key)
 
 
 def learning_rate(config: Config, steps_total: int) -> optax.Schedule | float:

@@ -1,26 +1,37 @@
-"""TOML configuration: one section per concern, parsed into frozen dataclasses.
+"""TOML configuration: one section per concern, derived from the components' settings.
 
-The schema is described as data (:data:`SCHEMA`): every key has a type, a default
-(taken from its dataclass), an optional allowed set or numeric range, and a one-line
-description. Validation, the "allowed keys" lists and :func:`describe` (the README
-reference) all come from it. Every problem raises :class:`ConfigError` whose message is
-one line naming the key as ``section.key`` and what is allowed.
+Every section is a frozen class whose fields, declared with
+:func:`~eqprop.settings.setting`, are its keys: default, one-line description, allowed
+values and bounds are written once, on the field. Two sections are tagged unions over a
+registry: ``[model]`` on ``kind`` (:data:`~eqprop.registry.MODELS`) and ``[estimator]``
+on ``name`` (:data:`~eqprop.registry.ESTIMATORS`); the keys of each variant are the
+settings of the registered class, so a component registered later (a plugin) brings its
+keys, documentation and messages with it. :data:`SCHEMA`, the validation,
+:func:`describe` (``eqprop config``, ``docs/config.md``) and every message are derived
+from those declarations. Every problem raises :class:`ConfigError`, whose message is one
+line naming the key as ``section.key`` and what is allowed.
 
-Pure Python (stdlib ``tomllib``); no JAX.
+Pure Python (stdlib ``tomllib``) to import; parsing first imports the built-in
+components (:func:`~eqprop.registry.load_builtins`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
+import inspect
+import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
-from .dynamics import Dynamics as DynamicsConfig
+from .registry import DATASETS, ESTIMATORS, LOGGERS, MODELS, load_builtins
+from .settings import (BOOLEAN, FLOAT, FLOAT_TABLE, INT_ARRAY, INT_TABLE, INTEGER, NONNEGATIVE,
+                       PAIR_ARRAY, POSITIVE, POSITIVE_INT, STRING, STRING_ARRAY, UNIT_HALF_OPEN,
+                       Bounds, FrozenMap, Registry, SettingError, SettingField, setting, settings_of)
 
 __all__ = [
     "ConfigError",
@@ -36,8 +47,10 @@ __all__ = [
     "HomeostasisConfig",
     "DiagnosticsConfig",
     "LoggingConfig",
+    "Variant",
     "Config",
     "SCHEMA",
+    "variants",
     "parse_config",
     "load_config",
     "read_toml",
@@ -48,29 +61,6 @@ __all__ = [
     "describe",
 ]
 
-# ---------------------------------------------------------------------------
-# Allowed sets (one tuple each, so new values are added in one place)
-# ---------------------------------------------------------------------------
-
-DATASETS = (
-    "digits", "synthetic", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet32",
-    "xor", "and", "or", "nand", "nor", "xnor", "not", "identity",
-)
-MODEL_KINDS = ("layered", "graph")
-FEEDBACKS = ("tied", "untied")
-ACTIVATIONS = ("sigmoid4", "dsilu", "tanh", "hard-sigmoid")
-READOUTS = ("softmax", "mse")
-DTYPES = ("float32", "float64")
-SOLVERS = ("fixed-point", "anderson")
-LINEAR_SOLVERS = ("auto", "gmres", "fixed-point")
-ESTIMATORS = ("ep", "hep", "online-hep", "exact-nudge", "implicit", "bptt", "contrast")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine")
-
-from .registry import LOGGERS as _LOGGERS  # noqa: E402
-
-INPUT = "input"  # reserved population name: the clamped input of a graph model
-
 
 class ConfigError(Exception):
     """Invalid configuration. ``str(e)`` is one line naming ``section.key``."""
@@ -79,190 +69,170 @@ class ConfigError(Exception):
         super().__init__(" ".join(str(message).splitlines()))
 
 
-class FrozenMap(Mapping[str, Any]):
-    """An immutable, hashable mapping (compares equal to a dict with the same items)."""
-
-    def __init__(self, data: Mapping[str, Any] | Sequence[tuple[str, Any]] = ()) -> None:
-        self._data = dict(data)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._data.items()))
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._data!r})"
-
-
 # ---------------------------------------------------------------------------
-# Section dataclasses (these hold the defaults)
+# The sections that belong to the configuration itself
 # ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"
-    batch_size: int = 50
-    path: str | None = None
-    validation: float = 0.0
-    augment: bool = False
-    drop_last: bool = True
+    """The data set and its mini-batches."""
+
+    name: str = setting("digits", "Dataset.", choices=DATASETS)
+    batch_size: int = setting(50, "Mini-batch size.", bounds=POSITIVE_INT)
+    path: str | None = setting(None, "Dataset directory (absent: the default location).",
+                               optional=True)
+    validation: float = setting(0.0, "Fraction of the training set held out.",
+                                bounds=UNIT_HALF_OPEN)
+    augment: bool = setting(False, "Apply data augmentation.")
+    drop_last: bool = setting(True, "Drop the last incomplete batch.")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "layered"
-    sizes: tuple[int, ...] = (784, 256, 256, 10)
-    populations: Mapping[str, int] = FrozenMap()
-    projections: tuple[tuple[str, str], ...] = ()
-    output: str = "out"
-    feedback: str = "tied"
-    asymmetry_angle: float = 0.0
-    activation: str = "sigmoid4"
-    readout: str = "softmax"
-    dtype: str = "float32"
-    init_scale: float = 1.0
+class DynamicsConfig:
+    """The relaxations: step size, step budgets, stopping, solvers."""
 
-
-@dataclass(frozen=True)
-class EstimatorConfig:
-    name: str = "hep"
-    beta: float = 0.5
-    points: int = 2
-    periods: int = 4
+    dt: float = setting(1.0, "Relaxation step size.", bounds=Bounds(lo=0, hi=1, lo_open=True))
+    free_steps: int = setting(150, "Steps of the free phase.", bounds=POSITIVE_INT)
+    nudged_steps: int = setting(20, "Steps of each nudged phase.", bounds=POSITIVE_INT)
+    tol: float = setting(0.0, "Early-stop tolerance (0: run all steps).", bounds=NONNEGATIVE)
+    tol_fraction: float = setting(
+        0.0, "Free phase: stop once at most this fraction of the batch is above tol (0: every "
+        "example must be), so that a few stragglers do not keep the batch iterating.",
+        bounds=Bounds(lo=0, hi=1, hi_open=True))
+    solver: str = setting("fixed-point", "Equilibrium solver.", choices=("fixed-point", "anderson"))
+    linear_steps: int = setting(1000, "Iteration budget of the exact estimators' linear solves.",
+                                bounds=POSITIVE_INT)
+    linear_tol: float = setting(1e-5, "Relative tolerance of the linear solves (exact-nudge, "
+                                "implicit).", bounds=NONNEGATIVE)
+    linear_solver: str = setting(
+        "auto", "Linear solver of the exact estimators: the damped linearised relaxation with a "
+        "GMRES fallback (auto), or either alone.", choices=("auto", "gmres", "fixed-point"))
+    state_bound: float = setting(1e6, "A free-phase state with |u| above this counts as diverged "
+                                 "(exploding), like a NaN.", bounds=POSITIVE)
+    converged_tol: float = setting(0.0, "Exact estimators leave out examples whose free-phase "
+                                   "residual exceeds this (0: keep all).", bounds=NONNEGATIVE)
+    update: str = setting(
+        "synchronous", "Update every population at once, or the two halves of a bipartite "
+        "(layered) network in turn (plain iteration and Anderson): same fixed points, half the "
+        "work per step.", choices=("synchronous", "alternating"))
+    anderson_memory: int = setting(5, "History length of Anderson acceleration (solver = "
+                                   "'anderson').", bounds=NONNEGATIVE)
+    anderson_damping: float = setting(1.0, "Anderson mixing parameter in (0, 1].",
+                                      bounds=Bounds(lo=0, hi=1, lo_open=True))
+    anderson_delay: int = setting(0, "Plain steps before Anderson starts (counted like "
+                                  "free_steps): skips the initial transient.", bounds=NONNEGATIVE)
+    check_every: int = setting(
+        1, "With tol > 0, test the tolerance and divergence once every this many sweeps of the "
+        "plain iteration (free phase, Anderson's delay, nudged phases) instead of after each: "
+        "saves the residual's cost per step at up to check_every - 1 extra sweeps.",
+        bounds=POSITIVE_INT)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    lr_multipliers: Mapping[str, float] = FrozenMap()
-    clip_norm: float = 0.0
+    """The optimizer of the parameters."""
+
+    name: str = setting("sgd", "Optimizer.", choices=("sgd", "adam", "adamw"))
+    lr: float = setting(0.01, "Learning rate.", bounds=POSITIVE)
+    momentum: float = setting(0.9, "Momentum (sgd) / first-moment decay.", bounds=UNIT_HALF_OPEN)
+    weight_decay: float = setting(0.0, "Weight decay.", bounds=NONNEGATIVE)
+    schedule: str = setting("constant", "Learning-rate schedule.", choices=("constant", "cosine"))
+    lr_multipliers: Mapping[str, float] = setting(
+        FrozenMap(), "Per-projection learning-rate multipliers.", bounds=POSITIVE)
+    clip_norm: float = setting(0.0, "Clip the gradient to this global norm before the optimizer "
+                               "(0: off).", bounds=NONNEGATIVE)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    seed: int = 0
-    seeds: int = 1
-    eval_every: int = 1
-    checkpoint_every: int = 1
-    max_batches: int | None = None
+    """The training run: epochs, seeds, evaluation and checkpoints."""
+
+    epochs: int = setting(10, "Training epochs.", bounds=POSITIVE_INT)
+    seed: int = setting(0, "Random seed.")
+    seeds: int = setting(1, "Independently initialised networks trained together.",
+                         bounds=POSITIVE_INT)
+    eval_every: int = setting(1, "Evaluate every this many epochs.", bounds=POSITIVE_INT)
+    checkpoint_every: int = setting(1, "Checkpoint every this many epochs.", bounds=POSITIVE_INT)
+    max_batches: int | None = setting(None, "Cap on batches per epoch (absent: no cap).",
+                                      bounds=POSITIVE_INT, optional=True)
+    warm_start: bool = setting(
+        False, "Start each training example's free phase from its fixed point at the previous "
+        "epoch (persistent states, saved with the latest checkpoint; the first epoch and "
+        "evaluation start cold).")
 
 
 @dataclass(frozen=True)
 class HomeostasisConfig:
-    coef: float = 0.0
-    probes: int = 5
-    every: int = 1
+    """Jacobian homeostasis (a penalty on the asymmetry of the network's Jacobian)."""
+
+    coef: float = setting(0.0, "Jacobian-homeostasis coefficient (0: off).", bounds=NONNEGATIVE)
+    probes: int = setting(5, "Gaussian probes per homeostatic-loss estimate.", bounds=POSITIVE_INT)
+    every: int = setting(1, "Apply on one batch in `every` (batch index % every == 0).",
+                         bounds=POSITIVE_INT)
 
 
 @dataclass(frozen=True)
 class DiagnosticsConfig:
-    enabled: bool = False
-    batch_size: int = 256
-    every: int = 1
-    free_steps: int = 0
+    """Per-epoch diagnostics on a fixed probe batch."""
+
+    enabled: bool = setting(False, "Record diagnostics (angle, jacobian_symmetry, alignment, bias "
+                            "cosines, homeo_loss) in metrics.jsonl.")
+    batch_size: int = setting(256, "Size of the fixed probe batch (first training examples).",
+                              bounds=POSITIVE_INT)
+    every: int = setting(1, "Run diagnostics every this many epochs.", bounds=POSITIVE_INT)
+    free_steps: int = setting(
+        0, "Free-phase steps for the probe batch; 0: the training `free_steps`. More steps take "
+        "the diagnostics at the fixed point: an example that has not settled can dominate the "
+        "batch cosines (`probe_nonconverged` reports how many).", bounds=NONNEGATIVE)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    loggers: tuple[str, ...] = ()
-    project: str = "eqprop"
+    """Where the training metrics go besides ``metrics.jsonl``."""
 
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    dynamics: DynamicsConfig = DynamicsConfig()
-    estimator: EstimatorConfig = EstimatorConfig()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    homeostasis: HomeostasisConfig = HomeostasisConfig()
-    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
-    logging: LoggingConfig = LoggingConfig()
+    loggers: tuple[str, ...] = setting(
+        (), "Metric loggers besides metrics.jsonl, which is always written.", choices=LOGGERS)
+    project: str = setting("eqprop", "Run group name of the TensorBoard and Weights & Biases "
+                           "loggers.")
 
 
 # ---------------------------------------------------------------------------
-# Schema as data
+# Keys as data
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """A numeric interval; ``None`` means unbounded on that side."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def __contains__(self, x: float) -> bool:
-        if math.isnan(x):
-            return False
-        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
-            return False
-        if self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi):
-            return False
-        return True
-
-    def __str__(self) -> str:
-        if self.lo is not None and self.hi is not None:
-            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
-            return f"in {left}{self.lo}, {self.hi}{right}"
-        if self.lo is not None:
-            return f"{'>' if self.lo_open else '>='} {self.lo}"
-        if self.hi is not None:
-            return f"{'<' if self.hi_open else '<='} {self.hi}"
-        return "any value"
-
-
-POSITIVE_INT = Bounds(lo=1)
-NONNEGATIVE = Bounds(lo=0)
-POSITIVE = Bounds(lo=0, lo_open=True)
-UNIT_HALF_OPEN = Bounds(lo=0, hi=1, hi_open=True)  # [0, 1)
-
-# Value kinds; the string is also the "type" column of the docs.
-STRING, INTEGER, FLOAT, BOOLEAN = "string", "integer", "float", "boolean"
-INT_ARRAY, STRING_ARRAY = "array of integers", "array of strings"
-PAIR_ARRAY = "array of [src, dst] string pairs"
-INT_TABLE, FLOAT_TABLE = "table of integers", "table of floats"
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One key of one section: kind, allowed values and a one-line description."""
+    """One key of one section: kind, allowed values and a one-line description.
+
+    Derived from a :func:`~eqprop.settings.setting` field (:meth:`of`). ``choices`` is a
+    tuple of strings or a :class:`~eqprop.settings.Registry` (its names when checked).
+    ``variants``: in a tagged-union section, the variants that have this key.
+    """
 
     name: str
     kind: str
     doc: str
-    choices: Any = None  # a tuple of strings, or a Registry (its names when checked)
+    choices: Any = None
     bounds: Bounds | None = None  # for numbers, array elements and table values
     optional: bool = False  # may be absent (None)
     min_len: int = 0  # arrays only
-    default: Any = None  # filled in from the section dataclass
+    default: Any = None
+    variants: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, s: SettingField) -> FieldSpec:
+        """The spec of one setting of a component (its configuration key, kind, default...)."""
+        sp = s.spec
+        return cls(s.key, s.kind, sp.doc, sp.choices, sp.bounds, sp.optional, sp.min_len, s.default)
 
     def allowed_choices(self) -> tuple[str, ...] | None:
         """The allowed strings now (a registry's names at the time of the call)."""
         if self.choices is None:
             return None
-        from .settings import Registry
-
         if isinstance(self.choices, Registry):
-            from .registry import load_builtins
-
-            load_builtins()
+            _load_builtins()
             return self.choices.names()
         return tuple(self.choices)
 
@@ -278,15 +248,193 @@ class FieldSpec:
         return "; ".join(parts)
 
 
-def _section(cls: type, *specs: FieldSpec) -> tuple[FieldSpec, ...]:
-    """Attach the dataclass defaults to ``specs`` and check the names agree."""
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    if [s.name for s in specs] != list(defaults):
-        raise RuntimeError(f"schema for {cls.__name__} does not match its fields")
-    return tuple(dataclasses.replace(s, default=defaults[s.name]) for s in specs)
+_loaded = False
 
 
-_F = FieldSpec
+def _load_builtins() -> None:
+    """Register the built-in components (once; plugins register themselves later)."""
+    global _loaded
+    if not _loaded:
+        load_builtins()
+        _loaded = True
+
+
+# ---------------------------------------------------------------------------
+# Tagged unions: [model] and [estimator]
+# ---------------------------------------------------------------------------
+
+_RESERVED = frozenset({"settings", "variant", "components", "names", "default"})
+_VARIANT_CLASSES: dict[tuple[str, str, type], type] = {}
+
+
+class Variant:
+    """Base of a tagged-union section (``[model]`` on ``kind``, ``[estimator]`` on ``name``).
+
+    The union's variants are the components of a registry. :meth:`variant` makes, for
+    one registered name, a frozen dataclass whose fields are the tag (``kind``) and the
+    component's settings, each named by its configuration key: an instance is the parsed
+    section (hashable, picklable, equal when the variant and every value are equal,
+    attribute access ``config.model.sizes``).
+    """
+
+    _section: ClassVar[str]
+    _tag: ClassVar[str]
+    _registry: ClassVar[Registry]
+    _default: ClassVar[str]
+    _doc: ClassVar[str]
+    # set on each variant class
+    _name: ClassVar[str]
+    _component: ClassVar[type]
+    _specs: ClassVar[tuple[FieldSpec, ...]]
+    _fields: ClassVar[dict[str, str]]  # configuration key -> the component's field name
+
+    @classmethod
+    def components(cls) -> dict[str, type]:
+        """``{name: registered class}`` of the union's variants, in registration order."""
+        _load_builtins()
+        return dict(cls._registry.items())
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The variants' names (the allowed values of the tag)."""
+        return tuple(cls.components())
+
+    @classmethod
+    def variant(cls, name: str) -> type[Variant]:
+        """The section class of variant ``name`` (made once per registered class).
+
+        **Raises:** :class:`ConfigError` when no variant has that name; ``TypeError``
+        when the component has a setting whose key is reserved (the tag, ``settings``...).
+        """
+        union = _UNIONS[cls._section]
+        components = union.components()
+        if name not in components:
+            raise ConfigError(f"{union._section}.{union._tag}: must be one of "
+                              f"{_quoted(components)}, got '{_brief(name)}'")
+        component = components[name]
+        made = _VARIANT_CLASSES.get((union._section, name, component))
+        if made is None:
+            made = _make_variant(union, name, component)
+            _VARIANT_CLASSES[(union._section, name, component)] = made
+        return made
+
+    @classmethod
+    def default(cls) -> Variant:
+        """The default variant with its default settings."""
+        union = _UNIONS[cls._section]
+        return union.variant(union._default)()
+
+    def settings(self) -> dict[str, Any]:
+        """The component's keyword arguments ``{field name: value}`` (the tag left out)."""
+        return {name: getattr(self, key) for key, name in self._fields.items()}
+
+    def __reduce__(self):
+        return _variant_of, (self._section, self._name, tuple((k, getattr(self, k)) for k in self._fields))
+
+
+def _variant_of(section: str, name: str, items: tuple[tuple[str, Any], ...]) -> Variant:
+    """Rebuild a variant section (pickling)."""
+    return _UNIONS[section].variant(name)(**dict(items))
+
+
+def _make_variant(union: type[Variant], name: str, component: type) -> type[Variant]:
+    settings = settings_of(component)
+    for s in settings:
+        if s.key == union._tag or s.key.startswith("_") or s.key in _RESERVED:
+            raise TypeError(f"{component.__module__}.{component.__qualname__}: the setting key "
+                            f"{s.key!r} is reserved in [{union._section}]")
+    fields = [(union._tag, str, field(default=name, init=False))]
+    fields += [(s.key, Any, field(default=s.default)) for s in settings]
+    namespace = {"_name": name, "_component": component,
+                 "_specs": tuple(FieldSpec.of(s) for s in settings),
+                 "_fields": {s.key: s.name for s in settings},
+                 "__doc__": f"``[{union._section}]`` with ``{union._tag} = \"{name}\"``: "
+                            f"{_first_paragraph(component)}"}
+    cls = dataclasses.make_dataclass(f"{union.__name__}[{name}]", fields, bases=(union,),
+                                     frozen=True, namespace=namespace)
+    cls.__module__ = __name__
+    return cls
+
+
+class ModelConfig(Variant):
+    """``[model]``: the network, a tagged union on ``kind`` over :data:`~eqprop.registry.MODELS`."""
+
+    _section = "model"
+    _tag = "kind"
+    _registry = MODELS
+    _default = "layered"
+    _doc = "Model kind; each kind has its own keys (below)."
+
+
+class EstimatorConfig(Variant):
+    """``[estimator]``: the gradient estimator, a tagged union on ``name`` over
+    :data:`~eqprop.registry.ESTIMATORS`."""
+
+    _section = "estimator"
+    _tag = "name"
+    _registry = ESTIMATORS
+    _default = "hep"
+    _doc = "Gradient estimator; each has its own keys (below)."
+
+    @classmethod
+    def components(cls) -> dict[str, type]:
+        _load_builtins()
+        return dict(ESTIMATORS.items()) or dict(_FALLBACK_ESTIMATORS)
+
+
+# Stand-ins while eqprop.estimate registers nothing (its classes, once registered with
+# setting() fields, replace these; they keep the keys and defaults of the old section).
+@dataclass(frozen=True)
+class _NoSettings:
+    """An estimator without settings."""
+
+
+@dataclass(frozen=True)
+class _Nudged:
+    """Finite nudges of strength ``beta`` at ``points`` points."""
+
+    beta: float = setting(0.5, "Nudging strength.", bounds=POSITIVE)
+    points: int = setting(2, "Number of nudged points N.", bounds=POSITIVE_INT)
+
+
+@dataclass(frozen=True)
+class _OneOrTwoSided(_Nudged):
+    """Classic EP: one-sided (``points = 1``) or symmetric (2)."""
+
+    def __post_init__(self) -> None:
+        if self.points not in (1, 2):
+            raise SettingError("points", "'ep' takes 1 (one-sided) or 2 (symmetric); use 'hep' "
+                               f"for more, got {self.points}")
+
+
+@dataclass(frozen=True)
+class _Oscillating(_Nudged):
+    """A rotating nudge over ``periods`` periods."""
+
+    periods: int = setting(4, "Oscillation periods (online-hep).", bounds=POSITIVE_INT)
+
+
+_FALLBACK_ESTIMATORS: dict[str, type] = {
+    "ep": _OneOrTwoSided, "hep": _Nudged, "online-hep": _Oscillating, "exact-nudge": _NoSettings,
+    "implicit": _NoSettings, "bptt": _NoSettings, "contrast": _Nudged,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration: one frozen, hashable object per section."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = field(default_factory=ModelConfig.default)
+    dynamics: DynamicsConfig = DynamicsConfig()
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig.default)
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    homeostasis: HomeostasisConfig = HomeostasisConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
 SECTION_CLASSES: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -298,129 +446,64 @@ SECTION_CLASSES: dict[str, type] = {
     "diagnostics": DiagnosticsConfig,
     "logging": LoggingConfig,
 }
+_UNIONS: dict[str, type[Variant]] = {name: cls for name, cls in SECTION_CLASSES.items()
+                                     if issubclass(cls, Variant)}
 
-SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
-    "data": _section(
-        DataConfig,
-        _F("name", STRING, "Dataset.", choices=DATASETS),
-        _F("batch_size", INTEGER, "Mini-batch size.", bounds=POSITIVE_INT),
-        _F("path", STRING, "Dataset directory (absent: the default location).", optional=True),
-        _F("validation", FLOAT, "Fraction of the training set held out.", bounds=UNIT_HALF_OPEN),
-        _F("augment", BOOLEAN, "Apply data augmentation."),
-        _F("drop_last", BOOLEAN, "Drop the last incomplete batch."),
-    ),
-    "model": _section(
-        ModelConfig,
-        _F("kind", STRING, "Architecture: a layer stack or a graph of populations.",
-           choices=MODEL_KINDS),
-        _F("sizes", INT_ARRAY, "Layered: [n_in, hidden..., last]; softmax readout: last = number of classes, read from the last hidden layer; mse: last = output population.",
-           bounds=POSITIVE_INT, min_len=2),
-        _F("populations", INT_TABLE, "Population name -> size (graph); 'input' is reserved.",
-           bounds=POSITIVE_INT),
-        _F("projections", PAIR_ARRAY, "Directed connections [src, dst] (graph)."),
-        _F("output", STRING, "Output population (graph)."),
-        _F("feedback", STRING, "Feedback weights tied to (or independent of) feedforward.",
-           choices=FEEDBACKS),
-        _F("asymmetry_angle", FLOAT, "Angle in degrees between feedback and transposed "
-           "feedforward weights (untied only).", bounds=Bounds(lo=0, hi=90)),
-        _F("activation", STRING, "Neuron activation.", choices=ACTIVATIONS),
-        _F("readout", STRING, "Output cost.", choices=READOUTS),
-        _F("dtype", STRING, "Floating-point precision.", choices=DTYPES),
-        _F("init_scale", FLOAT, "Scale of the weight initialisation.", bounds=POSITIVE),
-    ),
-    "dynamics": _section(
-        DynamicsConfig,
-        _F("dt", FLOAT, "Relaxation step size.", bounds=Bounds(lo=0, hi=1, lo_open=True)),
-        _F("free_steps", INTEGER, "Steps of the free phase.", bounds=POSITIVE_INT),
-        _F("nudged_steps", INTEGER, "Steps of each nudged phase.", bounds=POSITIVE_INT),
-        _F("tol", FLOAT, "Early-stop tolerance (0: run all steps).", bounds=NONNEGATIVE),
-        _F("tol_fraction", FLOAT, "Free phase: stop once at most this fraction of the batch is above "
-           "tol (0: every example must be), so that a few stragglers do not keep the batch iterating.",
-           bounds=Bounds(lo=0, hi=1, hi_open=True)),
-        _F("solver", STRING, "Equilibrium solver.", choices=SOLVERS),
-        _F("linear_steps", INTEGER, "Iteration budget of the exact estimators' linear solves.",
-           bounds=POSITIVE_INT),
-        _F("linear_tol", FLOAT, "Relative tolerance of the linear solves (exact-nudge, implicit).", bounds=NONNEGATIVE),
-        _F("linear_solver", STRING, "Linear solver of the exact estimators: the damped linearised relaxation with a GMRES fallback (auto), or either alone.",
-           choices=LINEAR_SOLVERS),
-        _F("state_bound", FLOAT, "A free-phase state with |u| above this counts as diverged (exploding), like a NaN.",
-           bounds=POSITIVE),
-        _F("converged_tol", FLOAT, "Exact estimators leave out examples whose free-phase residual exceeds this (0: keep all).",
-           bounds=NONNEGATIVE),
-        _F("update", STRING, "Update every population at once, or the two halves of a "
-           "bipartite (layered) network in turn (plain iteration and Anderson): same fixed points, half the work per step.",
-           choices=("synchronous", "alternating")),
-        _F("anderson_memory", INTEGER, "History length of Anderson acceleration (solver = 'anderson').", bounds=NONNEGATIVE),
-        _F("anderson_damping", FLOAT, "Anderson mixing parameter in (0, 1].", bounds=Bounds(lo=0, hi=1, lo_open=True)),
-        _F("anderson_delay", INTEGER, "Plain steps before Anderson starts (counted like free_steps): skips "
-           "the initial transient.", bounds=NONNEGATIVE),
-        _F("warm_start", BOOLEAN, "Start each training example's free phase from its fixed point at "
-           "the previous epoch (persistent states, saved with the latest checkpoint; the first "
-           "epoch and evaluation start cold)."),
-        _F("check_every", INTEGER, "With tol > 0, test the tolerance and divergence once every this "
-           "many sweeps of the plain iteration (free phase, Anderson's delay, nudged phases) instead "
-           "of after each: saves the residual's cost per step at up to check_every - 1 extra sweeps.",
-           bounds=POSITIVE_INT),
-    ),
-    "estimator": _section(
-        EstimatorConfig,
-        _F("name", STRING, "Gradient estimator.", choices=ESTIMATORS),
-        _F("beta", FLOAT, "Nudging strength.", bounds=POSITIVE),
-        _F("points", INTEGER, "Number of nudged points N ('ep': 1 or 2).", bounds=POSITIVE_INT),
-        _F("periods", INTEGER, "Oscillation periods (online-hep).", bounds=POSITIVE_INT),
-    ),
-    "optim": _section(
-        OptimConfig,
-        _F("name", STRING, "Optimizer.", choices=OPTIMIZERS),
-        _F("lr", FLOAT, "Learning rate.", bounds=POSITIVE),
-        _F("momentum", FLOAT, "Momentum (sgd) / first-moment decay.", bounds=UNIT_HALF_OPEN),
-        _F("weight_decay", FLOAT, "Weight decay.", bounds=NONNEGATIVE),
-        _F("schedule", STRING, "Learning-rate schedule.", choices=SCHEDULES),
-        _F("lr_multipliers", FLOAT_TABLE, "Per-projection learning-rate multipliers.",
-           bounds=POSITIVE),
-        _F("clip_norm", FLOAT, "Clip the gradient to this global norm before the optimizer (0: off).",
-           bounds=NONNEGATIVE),
-    ),
-    "train": _section(
-        TrainConfig,
-        _F("epochs", INTEGER, "Training epochs.", bounds=POSITIVE_INT),
-        _F("seed", INTEGER, "Random seed."),
-        _F("seeds", INTEGER, "Independently initialised networks trained together.",
-           bounds=POSITIVE_INT),
-        _F("eval_every", INTEGER, "Evaluate every this many epochs.", bounds=POSITIVE_INT),
-        _F("checkpoint_every", INTEGER, "Checkpoint every this many epochs.",
-           bounds=POSITIVE_INT),
-        _F("max_batches", INTEGER, "Cap on batches per epoch (absent: no cap).",
-           bounds=POSITIVE_INT, optional=True),
-    ),
-    "homeostasis": _section(
-        HomeostasisConfig,
-        _F("coef", FLOAT, "Jacobian-homeostasis coefficient (0: off).", bounds=NONNEGATIVE),
-        _F("probes", INTEGER, "Gaussian probes per homeostatic-loss estimate.",
-           bounds=POSITIVE_INT),
-        _F("every", INTEGER, "Apply on one batch in `every` (batch index % every == 0).",
-           bounds=POSITIVE_INT),
-    ),
-    "diagnostics": _section(
-        DiagnosticsConfig,
-        _F("enabled", BOOLEAN, "Record diagnostics (angle, jacobian_symmetry, alignment, "
-           "bias cosines, homeo_loss) in metrics.jsonl."),
-        _F("batch_size", INTEGER, "Size of the fixed probe batch (first training examples).",
-           bounds=POSITIVE_INT),
-        _F("every", INTEGER, "Run diagnostics every this many epochs.", bounds=POSITIVE_INT),
-        _F("free_steps", INTEGER, "Free-phase steps for the probe batch; 0: the training "
-           "`free_steps`. More steps take the diagnostics at the fixed point: an example "
-           "that has not settled can dominate the batch cosines (`probe_nonconverged` "
-           "reports how many).", bounds=NONNEGATIVE),
-    ),
-    "logging": _section(
-        LoggingConfig,
-        _F("loggers", STRING_ARRAY, "Metric loggers besides metrics.jsonl, which is always written.",
-           choices=_LOGGERS),
-        _F("project", STRING, "Run group name of the TensorBoard and Weights & Biases loggers."),
-    ),
-}
-del _F
+#: keys that moved to another section: the message says where
+_MOVED: dict[tuple[str, str], str] = {("dynamics", "warm_start"): "train.warm_start"}
+
+
+@cache
+def _plain_specs(cls: type) -> tuple[FieldSpec, ...]:
+    return tuple(FieldSpec.of(s) for s in settings_of(cls))
+
+
+def _tag_spec(union: type[Variant]) -> FieldSpec:
+    return FieldSpec(union._tag, STRING, union._doc, choices=union.names(), default=union._default)
+
+
+def variants(section: str) -> dict[str, tuple[FieldSpec, ...]]:
+    """``{variant name: its keys}`` of the tagged-union ``section`` (tag left out), now.
+
+    **Raises:** ``KeyError`` when ``section`` is not a tagged union.
+    """
+    union = _UNIONS[section]
+    return {name: union.variant(name)._specs for name in union.names()}
+
+
+class _Schema(Mapping[str, tuple[FieldSpec, ...]]):
+    """Section name -> the :class:`FieldSpec` of each of its keys, read at each access.
+
+    A tagged-union section lists its tag, then every key of every variant once (each
+    spec's ``variants`` names the variants that have it; see :func:`variants`).
+    """
+
+    def __getitem__(self, section: str) -> tuple[FieldSpec, ...]:
+        cls = SECTION_CLASSES[section]
+        if section not in _UNIONS:
+            return _plain_specs(cls)
+        owners: dict[str, list[str]] = {}
+        first: dict[str, FieldSpec] = {}
+        for name, specs in variants(section).items():
+            for s in specs:
+                first.setdefault(s.name, s)
+                owners.setdefault(s.name, []).append(name)
+        return (_tag_spec(cls), *(dataclasses.replace(s, variants=tuple(owners[k]))
+                                  for k, s in first.items()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SECTION_CLASSES)
+
+    def __len__(self) -> int:
+        return len(SECTION_CLASSES)
+
+    def __repr__(self) -> str:
+        return f"SCHEMA({', '.join(SECTION_CLASSES)})"
+
+
+#: section name -> its keys (derived from the section classes and the registries)
+SCHEMA: Mapping[str, tuple[FieldSpec, ...]] = _Schema()
+
 
 # ---------------------------------------------------------------------------
 # Message helpers
@@ -568,6 +651,7 @@ def _v_float_table(where: str, spec: FieldSpec, value: Any) -> FrozenMap:
                       for k, v in table.items()})
 
 
+
 _VALIDATORS: dict[str, Callable[[str, FieldSpec, Any], Any]] = {
     STRING: _v_string,
     INTEGER: _v_integer,
@@ -581,15 +665,22 @@ _VALIDATORS: dict[str, Callable[[str, FieldSpec, Any], Any]] = {
 }
 
 
-def _parse_section(section: str, table: Any) -> Any:
-    """Validate one section table into its dataclass (missing keys take defaults)."""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{section}: expected a table, got '{_brief(table)}' ({_type_name(table)})")
-    specs = SCHEMA[section]
-    names = [s.name for s in specs]
-    for key in table:
-        if key not in names:
-            raise ConfigError(f"{section}.{_brief(key)}: unknown key; allowed keys: {', '.join(names)}")
+def _key_error(section: str, key: str, allowed: Sequence[str],
+               union: type[Variant] | None = None, chosen: str = "") -> ConfigError:
+    """The one-line message for a key that ``section`` (or its chosen variant) lacks."""
+    where = f"{section}.{_brief(key)}"
+    if (section, key) in _MOVED:
+        return ConfigError(f"{where}: moved to {_MOVED[section, key]}")
+    if union is not None:
+        owners = [n for n in union.names() if key in union.variant(n)._fields]
+        if owners:
+            return ConfigError(f"{where}: belongs to {union._registry.kind} {_quoted(owners)}, "
+                               f"not '{_brief(chosen)}'")
+    return ConfigError(f"{where}: unknown key; allowed keys: {', '.join(allowed)}")
+
+
+def _values(section: str, specs: Sequence[FieldSpec], table: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the keys of ``table`` that ``specs`` name; absent ones take their defaults."""
     values = {}
     for spec in specs:
         if spec.name not in table or (spec.optional and table[spec.name] is None):
@@ -597,64 +688,81 @@ def _parse_section(section: str, table: Any) -> Any:
         else:
             values[spec.name] = _VALIDATORS[spec.kind](f"{section}.{spec.name}", spec,
                                                        table[spec.name])
-    return SECTION_CLASSES[section](**values)
+    return values
 
 
-def _check_graph(model: ModelConfig) -> None:
-    """Cross-checks of a graph model's populations, projections and output."""
-    if INPUT in model.populations:
-        raise ConfigError(f"model.populations.{INPUT}: the name '{INPUT}' is reserved "
-                          "for the clamped input; choose another population name")
-    if model.kind != "graph":
-        return
-    if not model.populations:
-        raise ConfigError("model.populations: kind = 'graph' needs at least one population")
-    if not model.projections:
-        raise ConfigError("model.projections: kind = 'graph' needs at least one projection")
-    known = (INPUT, *model.populations)
-    seen: set[tuple[str, str]] = set()
-    for i, (src, dst) in enumerate(model.projections):
-        where = f"model.projections[{i}]"
-        for end in (src, dst):
-            if end not in known:
-                raise ConfigError(f"{where}: unknown population '{_brief(end)}'; "
-                                  f"allowed: {_quoted(known)}")
-        if dst == INPUT:
-            raise ConfigError(f"{where}: destination may not be '{INPUT}' (input is clamped)")
-        if src == dst:
-            raise ConfigError(f"{where}: self-loop '{_brief(src)}' -> '{_brief(dst)}' "
-                              "is not allowed")
-        if (src, dst) in seen:
-            raise ConfigError(f"{where}: duplicate projection '{_brief(src)}' -> '{_brief(dst)}'")
-        seen.add((src, dst))
-    if model.output not in model.populations:
-        raise ConfigError(f"model.output: must be one of the declared populations "
-                          f"{_quoted(list(model.populations))}, got '{_brief(model.output)}'")
+def _construct(section: str, cls: type, kwargs: Mapping[str, Any]) -> Any:
+    """``cls(**kwargs)``, its own validation errors (``__post_init__``...) as ConfigError."""
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except SettingError as err:
+        raise ConfigError(f"{section}.{err.key}: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{section}: {err}") from None
 
 
-def _cross_check(config: Config) -> None:
-    """Checks that involve more than one key."""
-    model, est = config.model, config.estimator
-    if model.asymmetry_angle != 0.0 and model.feedback == "tied":
-        raise ConfigError("model.asymmetry_angle: only meaningful with model.feedback = "
-                          f"'untied', got {model.asymmetry_angle} with model.feedback = 'tied'")
-    _check_graph(model)
-    if est.name == "ep" and est.points not in (1, 2):
-        raise ConfigError("estimator.points: 'ep' takes 1 (one-sided) or 2 (symmetric); "
-                          f"use 'hep' for more, got {est.points}")
+def _constructible(component: type, names: Sequence[str]) -> bool:
+    """Whether ``component`` can be made from its settings alone (other fields defaulted)."""
+    if inspect.isabstract(component):
+        return False
+    try:
+        params = inspect.signature(component).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    free = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return all(p.name in names or p.default is not p.empty or p.kind in free for p in params)
+
+
+def _parse_plain(section: str, cls: type, table: Mapping[str, Any]) -> Any:
+    specs = SCHEMA[section]
+    names = [s.name for s in specs]
+    for key in table:
+        if key not in names:
+            raise _key_error(section, key, names)
+    return _construct(section, cls, _values(section, specs, table))
+
+
+def _parse_union(section: str, union: type[Variant], table: Mapping[str, Any]) -> Variant:
+    """Validate a tagged-union section: the tag, then the chosen variant's keys.
+
+    The registered component is also made from the settings when it can be (its own
+    checks, e.g. a graph's projections, run in its ``__post_init__``).
+    """
+    tag = union._tag
+    name = _expect_str(f"{section}.{tag}", table.get(tag, union._default), union.names())
+    cls = union.variant(name)
+    allowed = [tag, *cls._fields]
+    for key in table:
+        if key not in allowed:
+            raise _key_error(section, key, allowed, union, name)
+    values = _values(section, cls._specs, table)
+    if _constructible(cls._component, list(cls._fields.values())):
+        _construct(section, cls._component, {cls._fields[k]: v for k, v in values.items()})
+    return cls(**values)
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    """Validate a dict (as from ``tomllib``); missing sections and keys take defaults."""
+    """Validate a dict (as from ``tomllib``); missing sections and keys take defaults.
+
+    **Raises:** :class:`ConfigError` (one line naming ``section.key``).
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError(f"config: expected a table, got '{_brief(raw)}' ({_type_name(raw)})")
     for name in raw:
-        if name not in SCHEMA:
+        if name not in SECTION_CLASSES:
             raise ConfigError(f"unknown section '{_brief(name)}'; "
-                              f"allowed sections: {', '.join(SCHEMA)}")
-    config = Config(**{name: _parse_section(name, raw.get(name, {})) for name in SCHEMA})
-    _cross_check(config)
-    return config
+                              f"allowed sections: {', '.join(SECTION_CLASSES)}")
+    _load_builtins()
+    sections = {}
+    for name, cls in SECTION_CLASSES.items():
+        table = raw.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{name}: expected a table, got '{_brief(table)}' ({_type_name(table)})")
+        sections[name] = (_parse_union(name, cls, table) if name in _UNIONS
+                          else _parse_plain(name, cls, table))
+    return Config(**sections)
 
 
 # ---------------------------------------------------------------------------
@@ -705,11 +813,32 @@ def _split_override(override: str) -> tuple[list[str], Any]:
     return parts, _parse_override_value(value)
 
 
+def _switch_variant(section: str, table: Mapping[str, Any], name: Any,
+                    keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``table`` without the keys that variant ``name`` of ``section`` lacks (but ``keep``).
+
+    Switching ``[estimator] name`` from ``hep`` to ``implicit`` drops ``beta`` and
+    ``points``; an unknown ``name`` leaves the table as it is (the parse reports it).
+    """
+    union = _UNIONS.get(section)
+    if union is None or not isinstance(name, str) or name not in union.names():
+        return dict(table)
+    allowed = union.variant(name)._fields
+    return {k: v for k, v in table.items() if k in allowed or k == union._tag or k in keep}
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with ``section.key=value`` overrides applied."""
+    """Return a copy of ``raw`` with ``section.key=value`` overrides applied.
+
+    An override of a tagged union's tag (``estimator.name=implicit``) drops the keys of
+    that section the new variant does not have, except those given by other overrides.
+
+    **Raises:** :class:`ConfigError` for a malformed override or one into a non-table.
+    """
     if isinstance(overrides, str):
         overrides = [overrides]
     out = _plain(copy.deepcopy(raw))
+    given: set[tuple[str, str]] = set()
     for override in overrides:
         parts, value = _split_override(override)
         table = out
@@ -718,7 +847,13 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             if not isinstance(child, dict):
                 raise ConfigError(f"{'.'.join(parts[: depth + 1])}: expected a table")
             table = child
+        section = parts[0]
+        if (len(parts) == 2 and section in _UNIONS and parts[1] == _UNIONS[section]._tag
+                and table.get(parts[1]) != value):
+            keep = frozenset(k for s, k in given if s == section)
+            out[section] = table = _switch_variant(section, table, value, keep)
         table[parts[-1]] = value
+        given.add((section, parts[1]))
     return out
 
 
@@ -736,11 +871,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _keys(section: Any) -> list[str]:
+    """The keys of a parsed section (a tagged union's: its tag, then its variant's keys)."""
+    if isinstance(section, Variant):
+        return [section._tag, *section._fields]
+    return [s.name for s in _plain_specs(type(section))]
+
+
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """A plain nested dict (lists, dicts, None for absent keys); round-trips via parse_config."""
-    return {name: {spec.name: _plain(getattr(getattr(config, name), spec.name))
-                   for spec in specs}
-            for name, specs in SCHEMA.items()}
+    """A plain nested dict (lists, dicts, None for absent keys); round-trips via parse_config.
+
+    A tagged-union section holds its tag and the keys of its variant only.
+    """
+    return {name: {key: _plain(getattr(getattr(config, name), key))
+                   for key in _keys(getattr(config, name))}
+            for name in SECTION_CLASSES}
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
@@ -795,26 +940,73 @@ def dumps_toml(config: Config) -> str:
 
 
 def with_updates(config: Config, **section_updates: Mapping[str, Any]) -> Config:
-    """A validated copy of ``config``, e.g. ``with_updates(c, estimator={"beta": 0.1})``."""
+    """A validated copy of ``config``, e.g. ``with_updates(c, estimator={"beta": 0.1})``.
+
+    Changing a tagged union's tag (``estimator={"name": "implicit"}``) keeps the keys
+    the new variant shares with the old one and drops the others.
+
+    **Raises:** :class:`ConfigError` (one line naming ``section.key``).
+    """
     raw = to_dict(config)
     for section, updates in section_updates.items():
-        if section not in SCHEMA:
-            raise ConfigError(f"unknown section '{section}'; allowed sections: {', '.join(SCHEMA)}")
+        if section not in SECTION_CLASSES:
+            raise ConfigError(f"unknown section '{section}'; "
+                              f"allowed sections: {', '.join(SECTION_CLASSES)}")
         if not isinstance(updates, Mapping):
             raise ConfigError(f"{section}: expected a table")
+        if section in _UNIONS:
+            tag = _UNIONS[section]._tag
+            if tag in updates and updates[tag] != raw[section][tag]:
+                raw[section] = _switch_variant(section, raw[section], updates[tag])
         raw[section].update(updates)
     return parse_config(raw)
 
 
+# ---------------------------------------------------------------------------
+# The reference (eqprop config, docs/config.md)
+# ---------------------------------------------------------------------------
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def _first_paragraph(obj: Any) -> str:
+    """The first paragraph of ``obj``'s docstring on one line, as Markdown."""
+    doc = inspect.getdoc(obj) or ""
+    text = " ".join(doc.split("\n\n")[0].split())
+    text = _ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text)
+    return text.replace("``", "`")
+
+
+_HEADER = ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+
+
+def _row(s: FieldSpec) -> str:
+    default = "absent" if s.default is None else f"`{_toml_value(_plain(s.default))}`"
+    kind = s.kind + (" (optional)" if s.optional else "")
+    cells = [f"`{s.name}`", kind, default, s.allowed(), s.doc]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
 def describe() -> str:
-    """Markdown reference of every section and key (type, default, allowed, description)."""
-    out = ["# Configuration reference", ""]
-    for section, specs in SCHEMA.items():
-        out += [f"## [{section}]", "", "| key | type | default | allowed | description |",
-                "|---|---|---|---|---|"]
-        for s in specs:
-            default = "absent" if s.default is None else f"`{_toml_value(_plain(s.default))}`"
-            kind = s.kind + (" (optional)" if s.optional else "")
-            out.append(f"| `{s.name}` | {kind} | {default} | {s.allowed()} | {s.doc} |")
-        out.append("")
+    """Markdown reference of every section and key (type, default, allowed, description).
+
+    A tagged-union section lists its tag, then each variant with its own keys. This is
+    what ``eqprop config`` prints and ``docs/config.md`` holds.
+    """
+    _load_builtins()
+    out = ["# Configuration reference", "",
+           "Generated from the components' settings by `eqprop config` (do not edit by hand). "
+           "Every key is optional; an absent key takes its default. `[model]` and "
+           "`[estimator]` are tagged unions: `kind` and `name` choose a variant, each with its "
+           "own keys, and a key of another variant is an error.", ""]
+    for section, cls in SECTION_CLASSES.items():
+        out += [f"## [{section}]", "", _first_paragraph(cls), ""]
+        if section not in _UNIONS:
+            out += [*_HEADER, *map(_row, SCHEMA[section]), ""]
+            continue
+        out += [*_HEADER, _row(_tag_spec(cls)), ""]
+        for name, specs in variants(section).items():
+            variant = cls.variant(name)
+            out += [f"### {cls._tag} = \"{name}\"", "", _first_paragraph(variant._component), ""]
+            out += [*_HEADER, *map(_row, specs), ""] if specs else ["No keys.", ""]
     return "\n".join(out)

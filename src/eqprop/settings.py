@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 __all__ = [
-    "Bounds", "Setting", "setting", "settings_of", "Registry", "FrozenMap",
+    "Bounds", "Setting", "SettingError", "setting", "settings_of", "Registry", "FrozenMap",
     "POSITIVE_INT", "NONNEGATIVE", "POSITIVE", "UNIT_HALF_OPEN",
     "STRING", "INTEGER", "FLOAT", "BOOLEAN", "INT_ARRAY", "STRING_ARRAY", "PAIR_ARRAY", "INT_TABLE",
     "FLOAT_TABLE",
@@ -61,6 +61,22 @@ class FrozenMap(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"FrozenMap({self._data!r})"
+
+
+class SettingError(ValueError):
+    """An invalid setting value, raised by a component's own validation.
+
+    ``key`` names the configuration key to blame, relative to the component's section
+    (``"points"``, ``"projections[1]"``); the configuration reports it as
+    ``section.key: message`` (one line). Being a ``ValueError``, it reads naturally to
+    code that builds the component directly.
+
+    **Arguments:** ``key``: the configuration key; ``message``: one line, without the key.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)

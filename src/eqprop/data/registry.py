@@ -1,5 +1,11 @@
 """Load data sets by name, searching a fixed list of directories.
 
+Every data set is registered in :data:`~eqprop.registry.DATASETS` (the ``[data] name``
+values): a registered data set is a callable ``load(path) -> Dataset`` (``path``: the
+data set's own directory or ``None``), so a new one is a function plus
+``DATASETS.register(name, fn)``. The built-in ones below are generated in memory or read
+from files.
+
 Search order for file-backed data sets: the ``path`` argument (the data set's own
 directory), then ``$EQPROP_DATA/<name>``, then any system location (Debian's
 ``dataset-fashion-mnist`` installs to ``/usr/share/datasets/fashion-mnist``).
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..registry import DATASETS
 from . import builtin, formats
 from .base import DataError, Dataset
 
@@ -109,6 +116,17 @@ def _read_imagenet32(d: Path) -> Arrays:
 # --- the registry ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class _Builtin:
+    """A data set generated in memory (``path`` is not used)."""
+
+    name: str
+    make: Callable[[], Dataset]
+
+    def __call__(self, path: str | os.PathLike | None = None) -> Dataset:
+        return self.make()
+
+
+@dataclass(frozen=True)
 class _FileSpec:
     """A file-backed data set: what must exist in a directory and how to read it."""
 
@@ -120,8 +138,11 @@ class _FileSpec:
     system_dirs: tuple[str, ...] = ()
     subdir: str | None = None
 
+    def __call__(self, path: str | os.PathLike | None = None) -> Dataset:
+        return _load_files(self, path)
 
-_FILE_SPECS: dict[str, _FileSpec] = {s.name: s for s in (
+
+_FILE_SPECS: tuple[_FileSpec, ...] = (
     _FileSpec("mnist", 10, _missing_idx, _read_idx_dir,
               "download the four MNIST idx files (train-images-idx3-ubyte.gz, "
               "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
@@ -143,15 +164,17 @@ _FILE_SPECS: dict[str, _FileSpec] = {s.name: s for s in (
     _FileSpec("imagenet32", 1000, _missing_imagenet32, _read_imagenet32,
               "download the downsampled ImageNet 32x32 npz batches (train_data_batch_1..10.npz, "
               f"val_data.npz) into ${ENV_VAR}/imagenet32 or a directory passed as path"),
-)}
+)
 
-_BUILTINS: dict[str, Callable[[], Dataset]] = {
-    "digits": builtin.load_digits,
-    "synthetic": builtin.load_synthetic,
-    **{g: (lambda g=g: builtin.load_gate(g)) for g in builtin.GATES},
-}
+_BUILTINS: tuple[_Builtin, ...] = (
+    _Builtin("digits", builtin.load_digits),
+    _Builtin("synthetic", builtin.load_synthetic),
+    *(_Builtin(g, lambda g=g: builtin.load_gate(g)) for g in builtin.GATES),
+)
 
-DATASETS: tuple[str, ...] = tuple(_BUILTINS) + tuple(_FILE_SPECS)
+for _entry in (*_BUILTINS, *_FILE_SPECS):
+    DATASETS.register(_entry.name, _entry)
+del _entry
 
 
 def search_paths(name: str, path: str | os.PathLike | None = None) -> list[Path]:
@@ -168,10 +191,11 @@ def search_paths(name: str, path: str | os.PathLike | None = None) -> list[Path]
 
 
 def _spec(name: str) -> _FileSpec:
-    if name not in _FILE_SPECS:
-        _check_name(name)
+    _check_name(name)
+    entry = DATASETS[name]
+    if not isinstance(entry, _FileSpec):
         raise DataError(f"{name} is built in; it has no files to search for")
-    return _FILE_SPECS[name]
+    return entry
 
 
 def _check_name(name: str) -> None:
@@ -197,26 +221,29 @@ def _locate(name: str, path: str | os.PathLike | None) -> tuple[Path | None, lis
 def available() -> list[dict]:
     """One entry per data set: ``name``, ``available``, ``where``, ``searched``, ``how``.
 
-    Built-in sets report ``where="built-in"`` and an empty ``searched`` list.
-    Only ``$EQPROP_DATA`` and system locations are consulted (no ``path``).
+    Built-in sets report ``where="built-in"`` and an empty ``searched`` list; data sets
+    registered by plugins ``where="registered"``. Only ``$EQPROP_DATA`` and system
+    locations are consulted (no ``path``).
     """
     out = []
-    for name in DATASETS:
-        if name in _BUILTINS:
-            out.append({"name": name, "available": True, "where": builtin.BUILTIN,
-                        "searched": [], "how": "built in; nothing to download"})
+    for name, entry in DATASETS.items():
+        if not isinstance(entry, _FileSpec):
+            where, how = ((builtin.BUILTIN, "built in; nothing to download")
+                          if isinstance(entry, _Builtin) else ("registered", "registered by a plugin"))
+            out.append({"name": name, "available": True, "where": where, "searched": [],
+                        "how": how})
             continue
         where, _ = _locate(name, None)
         out.append({"name": name, "available": where is not None,
                     "where": None if where is None else str(where),
                     "searched": [str(p) for p in search_paths(name)],
-                    "how": _FILE_SPECS[name].how})
+                    "how": entry.how})
     return out
 
 
 def load(name: str, *, path: str | os.PathLike | None = None, validation: float = 0.0,
          seed: int = 0) -> Dataset:
-    """Load data set ``name`` (one of :data:`DATASETS`).
+    """Load the registered data set ``name`` (one of :data:`~eqprop.registry.DATASETS`).
 
     ``path`` is the data set's own directory and is searched first (built-in sets
     ignore it). With ``validation`` in ``(0, 1)`` that fraction of the training set,
@@ -228,12 +255,12 @@ def load(name: str, *, path: str | os.PathLike | None = None, validation: float 
     _check_name(name)
     if not 0.0 <= validation < 1.0:
         raise DataError(f"validation must be in [0, 1), got {validation}")
-    ds = _BUILTINS[name]() if name in _BUILTINS else _load_files(name, path)
+    ds = DATASETS[name](path)
     return split_validation(ds, validation, seed) if validation > 0 else ds
 
 
-def _load_files(name: str, path: str | os.PathLike | None) -> Dataset:
-    spec = _FILE_SPECS[name]
+def _load_files(spec: _FileSpec, path: str | os.PathLike | None) -> Dataset:
+    name = spec.name
     where, notes = _locate(name, path)
     if where is None:
         searched = "; ".join(notes) or f"nothing (no path given and ${ENV_VAR} not set)"

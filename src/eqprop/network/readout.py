@@ -15,11 +15,16 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ..registry import READOUTS
 from .ops import matmul
 
 
 class Readout(eqx.Module):
-    """Abstract readout: logits, per-example loss and its gradient in ``a_out``."""
+    """Abstract readout: logits, per-example loss and its gradient in ``a_out``.
+
+    A readout class is made as ``cls(n_out, n_classes, key=key, dtype=dtype)`` and
+    registered with ``@READOUTS.register(name)`` (the ``[model] readout`` values).
+    """
 
     n_classes: int = eqx.field(static=True)
 
@@ -43,6 +48,7 @@ def _softmax(z: Array) -> Array:
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
+@READOUTS.register("softmax")
 class SoftmaxReadout(Readout):
     """Trainable linear readout ``r = a_out V + c`` with softmax cross-entropy."""
 
@@ -68,13 +74,15 @@ class SoftmaxReadout(Readout):
         return matmul(err, self.weight.T)
 
 
+@READOUTS.register("mse")
 class MSEReadout(Readout):
     """Mean squared error on the output activity: ``l = 0.5 ||a_out - onehot(y)||^2``.
 
-    The prediction is ``argmax a_out``; there are no parameters.
+    The prediction is ``argmax a_out``; there are no parameters (``key`` and ``dtype``
+    are not used).
     """
 
-    def __init__(self, n_out: int, n_classes: int):
+    def __init__(self, n_out: int, n_classes: int, *, key: Array | None = None, dtype=None):
         if n_out != n_classes:
             raise ValueError(
                 f"readout 'mse' needs as many output units as classes ({n_out} != {n_classes})"
@@ -94,13 +102,10 @@ class MSEReadout(Readout):
         return a_out - self._target(a_out, y)
 
 
-READOUTS = ("softmax", "mse")
-
-
 def make_readout(name: str, n_out: int, n_classes: int, *, key: Array, dtype=jnp.float32) -> Readout:
-    """Build a readout by name (``"softmax"`` or ``"mse"``)."""
-    if name == "softmax":
-        return SoftmaxReadout(n_out, n_classes, key=key, dtype=dtype)
-    if name == "mse":
-        return MSEReadout(n_out, n_classes)
-    raise ValueError(f"unknown readout {name!r}; allowed: 'softmax', 'mse'")
+    """The registered readout ``name`` for an output population of ``n_out`` units.
+
+    **Raises:** ``ValueError`` for an unknown name (listing the registered ones) or a
+    readout that does not fit (``"mse"`` needs ``n_out == n_classes``).
+    """
+    return READOUTS.get(name)(n_out, n_classes, key=key, dtype=dtype)

@@ -1,0 +1,160 @@
+"""Model kinds: the variants of the ``[model]`` section, one frozen settings class each.
+
+A model kind is a frozen dataclass whose fields, declared with
+:func:`~eqprop.settings.setting`, are its ``[model]`` keys, registered once in
+:data:`~eqprop.registry.MODELS`; :meth:`ModelKind.build` makes the network. The
+configuration (``kind = "layered"``), ``eqprop config``, ``docs/config.md`` and the
+error messages read these classes, so a new kind is one class plus one registration::
+
+    @MODELS.register("my-kind")
+    @dataclass(frozen=True)
+    class MyKind(ModelKind):
+        width: int = setting(64, "Units per population.", bounds=POSITIVE_INT)
+
+        def build(self, *, input_size, n_classes, key):
+            return MyField(...)
+
+Validation that involves more than one key runs in ``__post_init__`` and raises
+:class:`~eqprop.settings.SettingError` naming the key to blame (the configuration
+reports it as ``model.key: ...``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ..config import ConfigError
+from ..registry import ACTIVATIONS, MODELS, READOUTS
+from ..settings import POSITIVE, POSITIVE_INT, Bounds, FrozenMap, SettingError, setting
+from .base import EquilibriumModel
+from .dense import INPUT, graph, layered
+
+__all__ = ["ModelKind", "DenseKind", "Layered", "Graph", "FEEDBACKS", "DTYPES"]
+
+FEEDBACKS = ("tied", "untied")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class ModelKind(abc.ABC):
+    """Abstract model kind: settings (the fields) and :meth:`build`."""
+
+    @abc.abstractmethod
+    def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
+        """The network for inputs of ``input_size`` features and ``n_classes`` classes.
+
+        **Arguments:** ``input_size``: features per example (the flattened input);
+        ``n_classes``: number of classes of the data; ``key``: PRNG key of the
+        initialisation.
+
+        **Returns:** the model (an :class:`~eqprop.network.EquilibriumModel`).
+
+        **Raises:** :class:`~eqprop.config.ConfigError` when the settings do not fit the
+        data (one line naming ``model.key``).
+        """
+
+
+@dataclass(frozen=True)
+class DenseKind(ModelKind):
+    """Settings shared by the dense networks (:class:`~eqprop.network.DenseNetwork`)."""
+
+    feedback: str = setting("tied", "Feedback weights tied to (or independent of) feedforward.",
+                            choices=FEEDBACKS)
+    asymmetry_angle: float = setting(
+        0.0, "Angle in degrees between feedback and transposed feedforward weights (untied only).",
+        bounds=Bounds(lo=0, hi=90))
+    activation: str = setting("sigmoid4", "Neuron activation.", choices=ACTIVATIONS)
+    readout: str = setting("softmax", "Output cost.", choices=READOUTS)
+    dtype: str = setting("float32", "Floating-point precision.", choices=DTYPES)
+    init_scale: float = setting(1.0, "Scale of the weight initialisation.", bounds=POSITIVE)
+
+    def __post_init__(self) -> None:
+        if self.asymmetry_angle != 0.0 and self.feedback == "tied":
+            raise SettingError("asymmetry_angle", "only meaningful with model.feedback = 'untied', "
+                               f"got {self.asymmetry_angle} with model.feedback = 'tied'")
+
+    def network_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~eqprop.network.graph` these settings give."""
+        return dict(feedback=self.feedback, asymmetry_angle=self.asymmetry_angle,
+                    activation=self.activation, readout=self.readout,
+                    dtype=jnp.dtype(self.dtype), init_scale=self.init_scale)
+
+
+@MODELS.register("layered")
+@dataclass(frozen=True)
+class Layered(DenseKind):
+    """A stack of layers, each coupled to the next (:func:`~eqprop.network.layered`)."""
+
+    sizes: tuple[int, ...] = setting(
+        (784, 256, 256, 10),
+        "[n_in, hidden..., last]; softmax readout: last = number of classes, read from the last "
+        "hidden layer; mse: last = output population.",
+        bounds=POSITIVE_INT, min_len=2)
+
+    def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
+        if self.sizes[0] != input_size:
+            raise ConfigError(f"model.sizes: the first size must be the input size {input_size} "
+                              f"of the data, got {self.sizes[0]}")
+        if self.sizes[-1] != n_classes:
+            raise ConfigError(f"model.sizes: the last size must be the number of classes "
+                              f"{n_classes} of the data, got {self.sizes[-1]}")
+        try:
+            return layered(list(self.sizes), key=key, n_classes=n_classes, **self.network_kwargs())
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
+
+
+def _quoted(names) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+@MODELS.register("graph")
+@dataclass(frozen=True)
+class Graph(DenseKind):
+    """Named populations joined by directed projections (:func:`~eqprop.network.graph`)."""
+
+    populations: Mapping[str, int] = setting(
+        FrozenMap(), f"Population name -> size; '{INPUT}' is reserved.", bounds=POSITIVE_INT)
+    projections: tuple[tuple[str, str], ...] = setting((), "Directed connections [src, dst].")
+    output: str = setting("out", "Output population (the nudged one).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if INPUT in self.populations:
+            raise SettingError(f"populations.{INPUT}", f"the name '{INPUT}' is reserved "
+                               "for the clamped input; choose another population name")
+        if not self.populations:
+            raise SettingError("populations", "kind = 'graph' needs at least one population")
+        if not self.projections:
+            raise SettingError("projections", "kind = 'graph' needs at least one projection")
+        known = (INPUT, *self.populations)
+        seen: set[tuple[str, str]] = set()
+        for i, (src, dst) in enumerate(self.projections):
+            where = f"projections[{i}]"
+            for end in (src, dst):
+                if end not in known:
+                    raise SettingError(where, f"unknown population '{end}'; allowed: {_quoted(known)}")
+            if dst == INPUT:
+                raise SettingError(where, f"destination may not be '{INPUT}' (input is clamped)")
+            if src == dst:
+                raise SettingError(where, f"self-loop '{src}' -> '{dst}' is not allowed")
+            if (src, dst) in seen:
+                raise SettingError(where, f"duplicate projection '{src}' -> '{dst}'")
+            seen.add((src, dst))
+        if self.output not in self.populations:
+            raise SettingError("output", "must be one of the declared populations "
+                               f"{_quoted(self.populations)}, got '{self.output}'")
+
+    def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
+        try:
+            return graph(dict(self.populations), [list(p) for p in self.projections],
+                         input_size=input_size, n_classes=n_classes, key=key, output=self.output,
+                         **self.network_kwargs())
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
