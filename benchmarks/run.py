@@ -29,7 +29,8 @@ import optax
 
 import eqprop
 from eqprop.estimate import free_phase, make_estimator
-from eqprop.relax import Dynamics
+from eqprop.build import phase_solvers
+from eqprop.solvers import PhaseSolvers
 from eqprop.update import init_optimizer, make_train_step
 from epochs import MODES as EPOCH_MODES  # benchmarks/epochs.py, next to this file
 
@@ -56,28 +57,27 @@ def make_batch(batch: int):
     return x, jnp.arange(batch) % SIZES[-1], "uniform"
 
 
-def modes() -> dict[str, Dynamics]:
-    """mode -> the relaxation settings it benchmarks."""
+def modes() -> dict[str, PhaseSolvers]:
+    """mode -> the solvers it benchmarks (from ``[dynamics]`` keys)."""
     base = {"free_steps": FREE, "nudged_steps": NUDGED}
     return {
-        "fixed": Dynamics(**base, tol=0.0),
-        "tolerance": Dynamics(**base, tol=TOL),
-        "anderson": Dynamics(**base, tol=TOL, solver="anderson", anderson_memory=MEMORY),
-        "alternating": Dynamics(**base, tol=0.0, update="alternating"),
-        "alternating+tolerance": Dynamics(**base, tol=TOL, update="alternating"),
-        "alternating+anderson": Dynamics(**base, tol=TOL, update="alternating", solver="anderson",
+        "fixed": phase_solvers(**base, tol=0.0),
+        "tolerance": phase_solvers(**base, tol=TOL),
+        "anderson": phase_solvers(**base, tol=TOL, solver="anderson", anderson_memory=MEMORY),
+        "alternating": phase_solvers(**base, tol=0.0, update="alternating"),
+        "alternating+tolerance": phase_solvers(**base, tol=TOL, update="alternating"),
+        "alternating+anderson": phase_solvers(**base, tol=TOL, update="alternating", solver="anderson",
                                          **{k: EPOCH_MODES["fast+anderson"][k]
                                             for k in ("anderson_memory", "anderson_delay", "check_every")}),
     }
 
 
-def make_probe(estimator):
-    """Free phase + estimate, returning the relaxation figures (not timed)."""
+def make_probe(estimator, solver):
+    """Free phase (``solver``) + estimate, returning the relaxation figures (not timed)."""
 
     @eqx.filter_jit
     def probe(model, x, y, key):
-        d = estimator.dynamics
-        free = free_phase(model, x, d)
+        free = free_phase(model, x, solver)
         _, est = estimator(model, x, y, free, key)
         ph = est.phases
         return {
@@ -153,12 +153,13 @@ def matmul_throughput(rows: int, repeats: int) -> dict:
 
 def grad_memory(model, x, y, name: str, free_steps: int, settings: dict) -> dict | None:
     """Compiled memory of the gradient computation (free phase + estimator)."""
-    est = make_estimator(name, Dynamics(free_steps=free_steps, nudged_steps=NUDGED), **settings)
+    solvers = phase_solvers(free_steps=free_steps, nudged_steps=NUDGED)
+    est = make_estimator(name, solvers, **settings)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def grads(p, x, y):
         m = eqx.combine(p, static)
-        g, _ = est(m, x, y, free_phase(m, x, est.dynamics), None)
+        g, _ = est(m, x, y, free_phase(m, x, solvers.free), None)
         return g
 
     mem = jax.jit(grads).lower(params, x, y).compile().memory_analysis()
@@ -198,11 +199,12 @@ def main(argv=None) -> dict:
     for n in points_list:
         for mode, dyn in modes().items():
             est = make_estimator("hep", dyn, beta=BETA, points=n)
-            configs.append((f"{mode}/N={n}", make_train_step(est, opt), make_probe(est), n, mode))
+            configs.append((f"{mode}/N={n}", make_train_step(est, opt, solver=dyn.free),
+                            make_probe(est, dyn.free), n, mode))
     fixed = modes()["fixed"]
     for name in ("implicit", "bptt"):
         est = make_estimator(name, fixed)
-        configs.append((name, make_train_step(est, opt), None, None, name))
+        configs.append((name, make_train_step(est, opt, solver=fixed.free), None, None, name))
 
     state = {}
     compile_s = {}

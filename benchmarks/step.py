@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 import eqprop
+from eqprop.build import phase_solvers
 from eqprop.estimate import make_estimator
 from eqprop.update import init_optimizer, make_train_step
 
@@ -30,10 +31,10 @@ def bench(points: int, *, batch: int, repeats: int, free_steps: int, nudged_step
           update: str = "synchronous") -> dict:
     key = jax.random.PRNGKey(0)
     model = eqprop.layered([784, 256, 256, 10], key=key)
-    dyn = eqprop.Dynamics(free_steps=free_steps, nudged_steps=nudged_steps, update=update)
-    est = make_estimator("hep", dyn, beta=0.5, points=points)
+    solvers = phase_solvers(free_steps=free_steps, nudged_steps=nudged_steps, update=update)
+    est = make_estimator("hep", solvers, beta=0.5, points=points)
     opt = optax.sgd(0.01, momentum=0.9)
-    step = make_train_step(est, opt)
+    step = make_train_step(est, opt, solver=solvers.free)
     state = init_optimizer(opt, model)
     x = jax.random.uniform(jax.random.PRNGKey(1), (batch, 784))
     y = jnp.arange(batch) % 10

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 import eqprop
+from eqprop.build import phase_solvers
 from eqprop.estimate import make_estimator
 from eqprop.homeostasis import Homeostasis
 from eqprop.update import init_optimizer, make_train_step
@@ -30,10 +31,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     model = eqprop.layered([784, 256, 256, 10], key=jax.random.PRNGKey(0), feedback="untied",
                            asymmetry_angle=90.0)
-    est = make_estimator("hep", eqprop.Dynamics(free_steps=150, nudged_steps=20), beta=0.5, points=2)
+    solvers = phase_solvers(free_steps=150, nudged_steps=20)
+    est = make_estimator("hep", solvers, beta=0.5, points=2)
     opt = optax.adamw(1e-4)
-    steps = {"plain": make_train_step(est, opt),
-             "homeostasis": make_train_step(est, opt, Homeostasis(1.0, args.probes, 1))}
+    steps = {"plain": make_train_step(est, opt, solver=solvers.free),
+             "homeostasis": make_train_step(est, opt, Homeostasis(1.0, args.probes, 1), solver=solvers.free)}
     state = init_optimizer(opt, model)
     x = jax.random.uniform(jax.random.PRNGKey(1), (50, 784))
     y = jnp.arange(50) % 10

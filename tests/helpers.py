@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from eqprop.build import phase_solvers as solvers  # noqa: F401  ([dynamics] keys -> solver objects)
 from eqprop.network import named_parameters
 
 

@@ -9,11 +9,12 @@ import eqprop
 from eqprop.estimate import (
     EP, OnlineHEP, circle_derivative, exact_nudge_derivative, free_phase, make_estimator, rbp_delta,
 )
-from helpers import cos, flat, flat_params, rel
+from helpers import cos, flat, flat_params, rel, solvers
+from eqprop.solvers import FixedPoint
 from eqprop.network import named_parameters
 
 F64 = jnp.float64
-EXACT = eqprop.Dynamics(free_steps=300, nudged_steps=300, linear_steps=4000, linear_tol=1e-13)
+EXACT = solvers(free_steps=300, nudged_steps=300, linear_steps=4000, linear_tol=1e-13)
 
 
 def batch(n_in, n_classes, b=6, seed=1):
@@ -60,7 +61,7 @@ def test_bptt_with_few_steps_differs_from_implicit(tied):
     """The reference is not trivially equal: BPTT through 3 steps is a different gradient."""
     m, x, y, free = tied
     g_imp, _ = grad("implicit", m, x, y, free)
-    short = eqprop.Dynamics(free_steps=3)
+    short = solvers(free_steps=3)
     g_bptt, _ = grad("bptt", m, x, y, free, dyn=short)
     assert rel(flat_params(g_bptt), flat_params(g_imp)) > 1e-2
 
@@ -119,19 +120,19 @@ def test_hep_error_falls_geometrically_with_points():
     """At a fixed finite beta = 0.5 the hEP error is O(beta^N): >= 10x per step N = 2 -> 4 -> 6."""
     m = eqprop.layered([6, 10, 8, 4], key=jax.random.PRNGKey(3), activation="tanh", init_scale=0.5, dtype=F64)
     x, y, free = setup(m, 6, 4)
-    exact, _ = exact_nudge_derivative(m, free, y, EXACT)
-    err = {n: rel(flat(circle_derivative(m, free, y, 0.5, n, 300, 1.0, 0.0)[0]), flat(exact)) for n in (2, 4, 6)}
+    exact, _ = exact_nudge_derivative(m, free, y, EXACT.linear)
+    err = {n: rel(flat(circle_derivative(m, free, y, 0.5, n, FixedPoint(steps=300))[0]), flat(exact)) for n in (2, 4, 6)}
     assert err[4] * 10 <= err[2]
     assert err[6] * 10 <= err[4]
-    one_sided_small, _, _ = circle_derivative(m, free, y, 0.05, 1, 300, 1.0, 0.0)
+    one_sided_small, _, _ = circle_derivative(m, free, y, 0.05, 1, FixedPoint(steps=300))
     assert err[4] < rel(flat(one_sided_small), flat(exact))
 
 
 def test_hep_n1_and_n2_are_one_sided_and_symmetric_ep(tied):
     m, x, y, free = tied
     a0 = m.activity(free.u)
-    v1, _, st1 = circle_derivative(m, free, y, 0.3, 1, 300, 1.0, 0.0)
-    v2, _, st2 = circle_derivative(m, free, y, 0.3, 2, 300, 1.0, 0.0)
+    v1, _, st1 = circle_derivative(m, free, y, 0.3, 1, FixedPoint(steps=300))
+    v2, _, st2 = circle_derivative(m, free, y, 0.3, 2, FixedPoint(steps=300))
     _, a = st2["real"]
     plus, minus = jax.tree.map(lambda t: t[0], a), jax.tree.map(lambda t: t[1], a)
     sym = jax.tree.map(lambda p, q: (p - q) / 0.6, plus, minus)
@@ -142,12 +143,12 @@ def test_hep_n1_and_n2_are_one_sided_and_symmetric_ep(tied):
 
 
 def test_check_every_reaches_the_nudged_phases_and_keeps_the_gradient(tied):
-    """``Dynamics.check_every`` reaches the nudged phases (real and complex): they stop on a
+    """``check_every`` reaches the nudged phases (real and complex): they stop on a
     multiple of k sweeps, and the hEP gradient is the per-step test's to within the tolerance."""
     m, x, y, _ = tied
     grads, steps = {}, {}
     for k in (1, 7):
-        dyn = eqprop.Dynamics(free_steps=400, nudged_steps=400, tol=1e-9, check_every=k)
+        dyn = solvers(free_steps=400, nudged_steps=400, tol=1e-9, check_every=k)
         free = free_phase(m, x, dyn)
         g, info = grad("hep", m, x, y, free, dyn, beta=0.5, points=4)
         grads[k], steps[k] = flat_params(g), int(info.phases.steps)
@@ -168,8 +169,8 @@ def test_untied_biases_separate(untied90):
     """At 90 degrees hEP still matches the exact da/dbeta (finite-nudge bias gone), while the
     exact-nudge gradient differs from the implicit one (asymmetry bias remains)."""
     m, x, y, free = untied90
-    exact, _ = exact_nudge_derivative(m, free, y, EXACT)
-    v6, _, _ = circle_derivative(m, free, y, 0.5, 6, 300, 1.0, 0.0)
+    exact, _ = exact_nudge_derivative(m, free, y, EXACT.linear)
+    v6, _, _ = circle_derivative(m, free, y, 0.5, 6, FixedPoint(steps=300))
     finite_nudge_bias = rel(flat(v6), flat(exact))
     assert finite_nudge_bias < 1e-2
     g_imp, _ = grad("implicit", m, x, y, free)
@@ -177,7 +178,7 @@ def test_untied_biases_separate(untied90):
     g_hep, _ = grad("hep", m, x, y, free, beta=0.5, points=6)
     assert cos(flat_params(g_ex), flat_params(g_imp)) < 0.97
     assert cos(flat_params(g_hep), flat_params(g_ex)) > 0.9999
-    delta, _ = rbp_delta(m, free, y, EXACT)
+    delta, _ = rbp_delta(m, free, y, EXACT.linear)
     assert cos(flat(exact), flat(delta)) < 0.99
     assert rel(flat(exact), flat(delta)) > 10 * finite_nudge_bias
 
@@ -201,10 +202,10 @@ def test_online_hep_converges_and_its_lag_bias_shrinks_with_segment_length():
     more slowly (lag bias ~ 1/T2); with slow rotation it is within 1%."""
     m = eqprop.layered([6, 10, 8, 4], key=jax.random.PRNGKey(3), activation="tanh", init_scale=0.5, dtype=F64)
     x, y, free = setup(m, 6, 4)
-    exact, _ = exact_nudge_derivative(m, free, y, EXACT)
+    exact, _ = exact_nudge_derivative(m, free, y, EXACT.linear)
 
     def online(t2, periods):
-        est = OnlineHEP(dynamics=eqprop.Dynamics(nudged_steps=t2), beta=0.5, points=4, periods=periods)
+        est = OnlineHEP(nudged=FixedPoint(steps=t2), beta=0.5, points=4, periods=periods)
         return flat(est(m, x, y, free, None)[1].error_vector)
 
     v = {p: online(40, p) for p in (1, 2, 4, 8)}
@@ -225,13 +226,13 @@ def test_complex_nudges_need_a_holomorphic_activation():
 
 def test_ep_rejects_more_than_two_points():
     with pytest.raises(ValueError, match="hep"):
-        EP(dynamics=EXACT, points=3)
+        EP(points=3)
 
 
 def test_float32_path():
     """The float32 path gives float32 gradients equal to the float64 computation."""
     x, y = batch(12, 5)
-    dyn = eqprop.Dynamics(free_steps=200, nudged_steps=40, linear_steps=400, linear_tol=1e-6)
+    dyn = solvers(free_steps=200, nudged_steps=40, linear_steps=400, linear_tol=1e-6)
     out = {}
     m64 = eqprop.layered([12, 16, 10, 5], key=jax.random.PRNGKey(0), dtype=F64)
     for dtype in (jnp.float32, F64):
@@ -253,7 +254,7 @@ def test_exact_estimators_leave_out_unconverged_examples(tied):
     m, x, y, free = tied
     res = free.stats.residual.at[0].set(1.0)  # pretend example 0 did not converge
     fake = eqx.tree_at(lambda f: f.stats.residual, free, res)
-    masked = eqprop.Dynamics(**{**EXACT.__dict__, "converged_tol": 1e-3})
+    masked = solvers(free_steps=300, nudged_steps=300, linear_steps=4000, linear_tol=1e-13, converged_tol=1e-3)
     g_masked, _ = make_estimator("implicit", masked)(m, x, y, fake, None)
     rest = free_phase(m, x[1:], EXACT)
     g_rest, _ = make_estimator("implicit", EXACT)(m, x[1:], y[1:], rest, None)
@@ -268,15 +269,15 @@ def test_exact_estimators_leave_out_unconverged_examples(tied):
 def test_linear_solve_falls_back_to_gmres_where_the_iteration_diverges():
     """J w + r = 0 with J = A - I, A with an eigenvalue 2.5: the damped iteration
     w <- A w + r diverges, GMRES (the "auto" fallback) still solves it."""
-    from eqprop.estimate.exact import solve_linear
+    from eqprop.linear import make_linear_solver, solve_linear
 
     a = jnp.diag(jnp.array([0.2, -0.4, 2.5, 0.5]))
     rhs = {"h": jnp.array([[1.0, -2.0, 0.5, 3.0], [0.3, 0.0, -1.0, 2.0]], F64)}
     matvec = lambda w: {"h": w["h"] @ a.T - w["h"]}  # noqa: E731
     exact = -rhs["h"] @ jnp.linalg.inv(a - jnp.eye(4)).T
-    dyn = dict(linear_steps=200, linear_tol=1e-10)
-    w_fp, st = solve_linear(matvec, rhs, eqprop.Dynamics(linear_solver="fixed-point", **dyn))
+    dyn = dict(max_steps=200, rtol=1e-10)
+    w_fp, st = solve_linear(matvec, rhs, make_linear_solver("fixed-point", **dyn))
     assert not rel(w_fp["h"], exact) < 1e-3  # the iteration alone fails here
     for solver in ("auto", "gmres"):
-        w, _ = solve_linear(matvec, rhs, eqprop.Dynamics(linear_solver=solver, **dyn))
+        w, _ = solve_linear(matvec, rhs, make_linear_solver(solver, **dyn))
         assert rel(w["h"], exact) < 1e-8

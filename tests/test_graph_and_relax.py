@@ -8,10 +8,11 @@ from hypothesis import given, settings, strategies as st
 import eqprop
 from eqprop.estimate import circle_derivative, exact_nudge_derivative, free_phase, make_estimator
 from eqprop.relax import relax
-from helpers import cos, flat, flat_params, rel
+from helpers import cos, flat, flat_params, rel, solvers
+from eqprop.solvers import FixedPoint
 
 F64 = jnp.float64
-EXACT = eqprop.Dynamics(free_steps=300, nudged_steps=300, linear_steps=4000, linear_tol=1e-13)
+EXACT = solvers(free_steps=300, nudged_steps=300, linear_steps=4000, linear_tol=1e-13)
 
 
 def run(model, n_in, n_classes, b=5):
@@ -81,10 +82,10 @@ def test_graph_rejects_bad_structure():
 def test_relax_tolerance_stops_early():
     m = eqprop.layered([6, 8, 4], key=jax.random.PRNGKey(0), dtype=F64)
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6), F64)
-    free = free_phase(m, x, eqprop.Dynamics(free_steps=500, tol=1e-6))
+    free = free_phase(m, x, solvers(free_steps=500, tol=1e-6))
     assert 0 < int(free.stats.steps) < 500
     assert float(jnp.max(free.stats.residual)) < 1e-6
-    fixed = free_phase(m, x, eqprop.Dynamics(free_steps=37))
+    fixed = free_phase(m, x, solvers(free_steps=37))
     assert int(fixed.stats.steps) == 37
 
 
@@ -128,8 +129,8 @@ def test_check_every_on_alternating_sweeps_and_divergence():
     Divergence is caught at the end of the chunk in which it happened."""
     m = eqprop.layered([6, 8, 8, 4], key=jax.random.PRNGKey(0), dtype=F64)
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6), F64)
-    per_step = free_phase(m, x, eqprop.Dynamics(free_steps=400, tol=1e-8, update="alternating"))
-    chunked = free_phase(m, x, eqprop.Dynamics(free_steps=400, tol=1e-8, update="alternating", check_every=4))
+    per_step = free_phase(m, x, solvers(free_steps=400, tol=1e-8, update="alternating"))
+    chunked = free_phase(m, x, solvers(free_steps=400, tol=1e-8, update="alternating", check_every=4))
     n = int(per_step.stats.steps)
     assert int(chunked.stats.steps) == -(-n // 8) * 8  # the next multiple of 4 sweeps
     assert float(jnp.max(chunked.stats.residual)) <= float(jnp.max(per_step.stats.residual))
@@ -149,9 +150,9 @@ def test_free_phase_warm_mask():
     the others start cold, exactly as without ``u0``."""
     m = eqprop.layered([6, 8, 8, 4], key=jax.random.PRNGKey(0), dtype=F64)
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6), F64)
-    star = free_phase(m, x, eqprop.Dynamics(free_steps=400)).u
+    star = free_phase(m, x, solvers(free_steps=400)).u
     warm = jnp.array([True, False, True, False])
-    one = eqprop.Dynamics(free_steps=3)
+    one = solvers(free_steps=3)
     mixed = free_phase(m, x, one, u0=star, warm=warm)
     cold = free_phase(m, x, one)
     for p in star:
@@ -174,7 +175,7 @@ def test_complex_states_relax():
     m = eqprop.layered([4, 5, 3], key=jax.random.PRNGKey(0), dtype=F64)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4), F64)
     free = free_phase(m, x, EXACT)
-    v, stats, states = circle_derivative(m, free, jnp.array([0, 1]), 0.5, 3, 200, 1.0, 0.0)
+    v, stats, states = circle_derivative(m, free, jnp.array([0, 1]), 0.5, 3, FixedPoint(steps=200))
     betas, a = states["complex"]
     assert jnp.iscomplexobj(a[m.output]) and float(jnp.max(stats.residual)) < 1e-10
 
@@ -194,7 +195,7 @@ def test_property_tied_random_networks(sizes, batch, seed, activation):
                        init_scale=0.5, dtype=F64)
     x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (batch, n_in), F64)
     y = jnp.arange(batch) % n_classes
-    dyn = eqprop.Dynamics(free_steps=400, nudged_steps=400, linear_steps=4000, linear_tol=1e-13)
+    dyn = solvers(free_steps=400, nudged_steps=400, linear_steps=4000, linear_tol=1e-13)
     free = free_phase(m, x, dyn)
     g = lambda name, **kw: make_estimator(name, dyn, **kw)(m, x, y, free, None)
     g_imp = flat_params(g("implicit")[0])
@@ -218,7 +219,7 @@ def test_free_phase_uses_the_state_bound():
     m = eqprop.layered([4, 5, 3], key=jax.random.PRNGKey(0), dtype=F64, activation="tanh")
     m = jax.tree.map(lambda v: v * 1e7 if v.ndim == 1 else v, m)  # huge biases: |u| ~ 1e7
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4), F64)
-    stats = free_phase(m, x, eqprop.Dynamics(free_steps=10)).stats
+    stats = free_phase(m, x, solvers(free_steps=10)).stats
     assert int(stats.nonfinite_step) == 1 and any(bool(v) for v in stats.nonfinite.values())
 
 
@@ -229,9 +230,9 @@ def test_alternating_updates_follow_one_synchronous_chain():
     g0, g1 = m.partition()
     assert set(g0) == {"h1", "h3"} and set(g1) == {"h2"}
     x = jax.random.uniform(jax.random.PRNGKey(6), (3, 7), F64)
-    alt = free_phase(m, x, eqprop.Dynamics(free_steps=12, update="alternating"))
-    sync_even = free_phase(m, x, eqprop.Dynamics(free_steps=12))
-    sync_odd = free_phase(m, x, eqprop.Dynamics(free_steps=11))
+    alt = free_phase(m, x, solvers(free_steps=12, update="alternating"))
+    sync_even = free_phase(m, x, solvers(free_steps=12))
+    sync_odd = free_phase(m, x, solvers(free_steps=11))
     for p in g1:  # the second group is updated last: step 12 of the copy
         assert rel(alt.u[p], sync_even.u[p]) < 1e-12
     for p in g0:  # the first group was last updated at step 11
@@ -243,7 +244,7 @@ def test_alternating_needs_a_bipartite_network():
                      input_size=4, n_classes=3, key=jax.random.PRNGKey(0))
     assert m.partition() is None
     with pytest.raises(ValueError, match="bipartite"):
-        free_phase(m, jnp.ones((2, 4)), eqprop.Dynamics(update="alternating"))
+        free_phase(m, jnp.ones((2, 4)), solvers(update="alternating"))
 
 
 def test_alternating_updates_give_the_same_gradients():
@@ -252,7 +253,7 @@ def test_alternating_updates_give_the_same_gradients():
     y = jnp.arange(4) % 4
     out = {}
     for update in ("synchronous", "alternating"):
-        dyn = eqprop.Dynamics(free_steps=200, nudged_steps=200, update=update)
+        dyn = solvers(free_steps=200, nudged_steps=200, update=update)
         free = free_phase(m, x, dyn)
         out[update] = [flat_params(make_estimator(n, dyn, **kw)(m, x, y, free, None)[0])
                        for n, kw in (("hep", dict(beta=0.5, points=4)), ("implicit", {}))]

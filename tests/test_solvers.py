@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import eqprop
 from eqprop.estimate import make_estimator
 from eqprop.estimate.base import FreePhase, nudged_field
-from eqprop.relax import Dynamics, relax, residual_norm
+from eqprop.relax import relax, residual_norm
 from eqprop.solvers import anderson
 
-from helpers import flat, flat_params, rel
+from helpers import flat, flat_params, rel, solvers
 
 TOL = 1e-10
 
@@ -77,7 +77,7 @@ def test_memory_zero_is_the_plain_iteration(net):
                                            ("exact-nudge", {})])
 def test_estimators_agree_whichever_solver_found_the_fixed_point(net, name, settings):
     model, x, y, drive, (u_p, s_p), (u_a, s_a) = net
-    dyn = Dynamics(nudged_steps=400, tol=1e-12, linear_tol=1e-12, linear_steps=3000)
+    dyn = solvers(nudged_steps=400, tol=1e-12, linear_tol=1e-12, linear_steps=3000)
     est = make_estimator(name, dyn, **settings)
     g_p, _ = est(model, x, y, FreePhase(u=u_p, drive=drive, stats=s_p), None)
     g_a, _ = est(model, x, y, FreePhase(u=u_a, drive=drive, stats=s_a), None)
@@ -194,13 +194,13 @@ def test_anderson_from_config_trains():
 
     cfg = parse_config({"model": {"sizes": [6, 8, 3]}, "dynamics": {"solver": "anderson", "tol": 1e-6,
                                                                    "free_steps": 100, "nudged_steps": 30}})
-    dyn = build.build_dynamics(cfg)
-    assert dyn.solver == "anderson" and dyn.anderson_memory == 5
+    dyn = build.build_solvers(cfg)
+    assert isinstance(dyn.free, eqprop.Anderson) and dyn.free.memory == 5
     model = build.build_model(cfg, input_size=6, n_classes=3, key=jax.random.PRNGKey(0))
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6), jnp.float32)
     y = jnp.arange(4) % 3
     opt = optax.sgd(0.1)
-    step = make_train_step(build.build_estimator(cfg), opt)
+    step = make_train_step(build.build_estimator(cfg), opt, solver=dyn.free)
     _, _, m = step(model, init_optimizer(opt, model), x, y, jax.random.PRNGKey(2))
     assert 0 < int(m["free_steps"]) < 100 and float(m["residual"]) < 1e-5
 
@@ -221,9 +221,7 @@ def test_tol_fraction_lets_stragglers_go():
 
 
 def _alternating(model, drive):
-    from eqprop.estimate.base import alternating
-
-    return alternating(model, Dynamics(update="alternating"), drive)
+    return {"groups": model.partition(), "field_on": lambda u, group: model.field_on(u, drive, group)}
 
 
 def test_anderson_on_the_alternating_sweep(net):

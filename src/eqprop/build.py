@@ -1,12 +1,12 @@
 """From a validated :class:`~eqprop.config.Config` to the objects that train.
 
-``build_dynamics``, ``build_estimator``, ``build_model``, ``build_optimizer`` and
+``build_solvers``, ``build_estimator``, ``build_model``, ``build_optimizer`` and
 ``build_homeostasis`` are the only place where configuration meets the library, so scripts and the CLI agree.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,26 +16,70 @@ from .config import Config, ConfigError
 from .estimate import Estimator, make_estimator
 from .homeostasis import Homeostasis
 from .network import DenseNetwork, EquilibriumModel, graph, layered
-from .relax import Dynamics
+from .linear import make_linear_solver
+from .registry import ESTIMATORS, SOLVERS
+from .settings import settings_of
+from .solvers import FixedPoint, PhaseSolvers
 
 
-def build_dynamics(config: Config) -> Dynamics:
-    """The relaxation settings of ``[dynamics]`` (the section is a :class:`Dynamics`)."""
-    return config.dynamics
+#: the ``[dynamics]`` keys and their defaults (the section's defaults, for keyword use)
+DYNAMICS_DEFAULTS = dict(dt=1.0, free_steps=150, nudged_steps=20, tol=0.0, tol_fraction=0.0,
+                         solver="fixed-point", linear_steps=1000, linear_tol=1e-5, linear_solver="auto",
+                         state_bound=1e6, converged_tol=0.0, update="synchronous", check_every=1)
+
+
+def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
+    """The solver objects of a ``[dynamics]`` section (or of its keys given as keywords).
+
+    - free phase: the registered solver ``solver`` with ``free_steps``, ``dt``, ``tol``,
+      ``tol_fraction``, ``check_every``, ``update``, ``bound = state_bound`` and its own
+      settings (e.g. ``anderson_memory`` for ``Anderson.memory``);
+    - nudged phases: :class:`~eqprop.solvers.FixedPoint` with ``nudged_steps`` and the
+      same ``dt``, ``tol``, ``check_every``, ``update`` and bound (no ``tol_fraction``);
+    - linear solves: the registered linear solver ``linear_solver`` with ``dt``,
+      ``linear_tol``, ``linear_steps``.
+
+    **Raises:** ``ValueError`` for an unknown key or solver name.
+    """
+    values = dict(DYNAMICS_DEFAULTS)
+    if dynamics is not None:
+        values.update({k: getattr(dynamics, k) for k in dir(dynamics)
+                       if not k.startswith("_") and not callable(getattr(dynamics, k))})
+    values.update(keys)
+    cls = SOLVERS.get(values["solver"])
+    own = {f.key: f.name for f in settings_of(cls)}
+    known = set(DYNAMICS_DEFAULTS) | {k for name in SOLVERS for k in
+                                      (f.key for f in settings_of(SOLVERS[name]))} | {"warm_start"}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ValueError(f"unknown [dynamics] key {unknown[0]!r}; allowed: {', '.join(sorted(known - {'warm_start'}))}")
+    common = dict(dt=values["dt"], tol=values["tol"], check_every=values["check_every"],
+                  update=values["update"], bound=values["state_bound"])
+    free = cls(steps=values["free_steps"], tol_fraction=values["tol_fraction"], **common,
+               **{field: values[key] for key, field in own.items() if key in values})
+    nudged = FixedPoint(steps=values["nudged_steps"], **common)
+    linear = make_linear_solver(values["linear_solver"], dt=values["dt"], rtol=values["linear_tol"],
+                                max_steps=values["linear_steps"])
+    return PhaseSolvers(free=free, nudged=nudged, linear=linear, converged_tol=values["converged_tol"])
+
+
+def build_solvers(config: Config) -> PhaseSolvers:
+    """The solvers of ``[dynamics]`` (see :func:`phase_solvers`)."""
+    return phase_solvers(config.dynamics)
 
 
 def estimator_settings(config: Config) -> dict:
     """``[estimator]`` as keyword settings (name included), for :func:`~eqprop.estimate.parse_spec`."""
-    return asdict(config.estimator)
+    e = config.estimator
+    return {"name": e.name, **{f.name: getattr(e, f.name) for f in settings_of(ESTIMATORS.get(e.name))
+                               if hasattr(e, f.name)}}
 
 
 def build_estimator(config: Config) -> Estimator:
-    """The estimator named in ``[estimator]`` with its settings."""
-    from .estimate import SETTINGS
-
-    e = config.estimator
-    settings = {k: v for k, v in asdict(e).items() if k in SETTINGS[e.name]}
-    return make_estimator(e.name, build_dynamics(config), **settings)
+    """The estimator named in ``[estimator]`` with its settings, wired to the solvers of
+    ``[dynamics]``."""
+    settings = estimator_settings(config)
+    return make_estimator(settings.pop("name"), build_solvers(config), **settings)
 
 
 def build_homeostasis(config: Config) -> Homeostasis | None:

@@ -1,7 +1,11 @@
-"""Relaxation: iterate ``u <- u + dt * F(u)`` to a fixed point, inside ``lax`` loops.
+"""Relaxation loops: iterate the step map ``u <- P(u + dt * F(u))`` to a fixed point.
 
-Every leaf of the state has the batch on axis 0; run several phases together by
-``jax.vmap``-ing over a leading axis outside. States may be real or complex.
+The loop engines behind the solver objects of :mod:`eqprop.solvers`. The step map is
+written once (:func:`euler_step`, :func:`sweep_map`); ``P`` is the model's projection
+hook (:meth:`eqprop.network.EquilibriumModel.project`, the identity unless the model's
+states live in a bounded set). Every leaf of the state has the batch on axis 0 (or
+``(P, B)`` for phases stacked on a leading axis, ``batch_ndim = 2``). States may be real
+or complex. All loops are ``lax.while_loop`` / ``lax.fori_loop``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,11 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .dynamics import Dynamics
-
 PyTree = Any
+Projection = Callable[[PyTree], PyTree] | None
 
-__all__ = ["Dynamics", "RelaxStats", "relax", "residual_norm", "nonfinite_populations", "sweep_map",
-           "NONCONVERGED_TOL"]
+__all__ = ["RelaxStats", "relax", "residual_norm", "nonfinite_populations", "sweep_map",
+           "euler_step", "stop_test", "NONCONVERGED_TOL"]
 
 NONCONVERGED_TOL = 1e-3  # residual above which an example counts as not settled (metrics)
 
@@ -75,8 +78,9 @@ def relax(
     groups: tuple[tuple[str, ...], ...] | None = None,
     field_on: Callable[[PyTree, tuple[str, ...]], PyTree] | None = None,
     check_every: int = 1,
+    project: Projection = None,
 ) -> tuple[PyTree, RelaxStats]:
-    """Iterate ``u <- u + dt * field(u)`` from ``u0``.
+    """Iterate ``u <- project(u + dt * field(u))`` from ``u0``.
 
     Stops after ``steps`` steps, when every example's residual is below ``tol``
     (a positive float or a traced scalar; ``0`` disables the check), or at the first
@@ -102,11 +106,13 @@ def relax(
     the loop's) at up to ``k - 1`` extra sweeps past convergence; ``nonfinite_step``
     is then the step at which divergence was detected (at most ``k`` sweeps late).
     ``k = 1`` is the exact per-step test.
+
+    ``project``: the model's projection after each update (``None``: none).
     """
     if check_every < 1:
         raise ValueError(f"check_every must be >= 1, got {check_every}")
     check_residual = not (isinstance(tol, (int, float)) and tol <= 0)
-    step, per_sweep = sweep_map(field, dt, groups, field_on)
+    step, per_sweep = sweep_map(field, dt, groups, field_on, project)
     sweeps = -(-steps // per_sweep)
 
     if check_residual:
@@ -132,7 +138,7 @@ def relax(
         i, u, _, ok = carry
         nonfinite_step = jnp.where(ok, -1, i)
     else:
-        # fixed budget: a fori_loop (unrolled a little, ~5% faster on CPU) that records the
+        # fixed budget: a fori_loop (unrolled a little) that records the
         # first non-finite step; NaNs propagate, so nothing is lost by not stopping early.
         def fixed_body(t, carry):
             u, bad = carry
@@ -152,15 +158,30 @@ def relax(
     return u, stats
 
 
+def euler_step(u: PyTree, f: PyTree, dt: float, project: Projection = None) -> PyTree:
+    """The step map ``project(u + dt * f)``, leaf by leaf over the leaves of ``f``.
+
+    ``f`` may hold a subset of ``u``'s populations (one group of an alternating sweep):
+    then only those are updated (and projected); the others are returned unchanged.
+    ``project`` acts population-wise (it is called on the updated populations only).
+    """
+    if isinstance(u, dict) and isinstance(f, dict) and f.keys() != u.keys():
+        new = {p: u[p] + dt * f[p] for p in f}
+        return {**u, **(project(new) if project is not None else new)}
+    new = jax.tree.map(lambda v, g: v + dt * g, u, f)
+    return project(new) if project is not None else new
+
+
 def sweep_map(
     field: Callable[[PyTree], PyTree],
     dt: float,
     groups: tuple[tuple[str, ...], ...] | None = None,
     field_on: Callable[[PyTree, tuple[str, ...]], PyTree] | None = None,
+    project: Projection = None,
 ) -> tuple[Callable[[PyTree], tuple[PyTree, PyTree]], int]:
     """One step of the iteration: ``u -> (f, u')`` and the group updates it counts.
 
-    Synchronous (``groups=None``): ``f = field(u)``, ``u' = u + dt f``, one update.
+    Synchronous (``groups=None``): ``f = field(u)``, ``u' = euler_step(u, f)``, one update.
     Alternating: one sweep over ``groups``, each updated from the latest state of the
     others; ``f`` collects each group's field at the moment it was updated (zero at a
     fixed point, and ``||f||`` is the residual the tolerance tests), ``len(groups)``
@@ -169,14 +190,16 @@ def sweep_map(
     if groups is None:
         def step(u):
             f = field(u)
-            return f, jax.tree.map(lambda v, g: v + dt * g, u, f)
+            return f, euler_step(u, f, dt, project)
         return step, 1
+    if field_on is None:
+        raise ValueError("alternating updates need field_on (the field on one group)")
 
     def sweep(u):
         f = {}
         for group in groups:
             fg = field_on(u, group)
-            u = {**u, **{p: u[p] + dt * fg[p] for p in group}}
+            u = euler_step(u, {p: fg[p] for p in group}, dt, project)
             f.update(fg)
         return f, u
     return sweep, len(groups)

@@ -1,272 +1,167 @@
-"""Equilibrium solvers beyond the plain relaxation: Anderson acceleration.
+"""Fixed-point solvers: frozen modules whose fields are their settings.
 
-:func:`anderson` has the contract of :func:`eqprop.relax.relax`: it finds ``u`` with
-``field(u) = 0``, as the fixed point of the iteration map ``g`` (``g(u) = u + dt *
-field(u)``, or one alternating sweep over ``groups``), and returns ``(u, RelaxStats)``
-with the same fields (``steps``: field evaluations, counted as ``relax`` counts them;
-``residual``: ``||field(u)||`` per example, ``(B,)`` or ``(P, B)``; ``nonfinite_step``;
-``nonfinite`` per population).
+A solver finds the fixed point of a model's step map ``u <- project(u + dt F(u))``
+(:mod:`eqprop.relax`). The free phase, the nudged phases and BPTT's unrolled
+relaxation all take a solver object; a new solver is one subclass of
+:class:`FixedPointSolver` plus ``@SOLVERS.register(name)``, and its extra fields
+declared with :func:`eqprop.settings.setting` become ``[dynamics]`` keys.
 
-Conventions. Every leaf of the state has ``batch_ndim`` leading batch axes (``(B, ...)``
-or ``(P, B, ...)`` for phases stacked on a leading axis); each example is an
-independent problem with its own history and mixing coefficients. Internally an
-example's state is flattened across populations to a vector of length ``D``. The
-history holds the last ``memory`` differences of consecutive accepted iterates
-``dX_j = x_{j+1} - x_j`` and of their fixed-point residuals ``dF_j = f_{j+1} - f_j``
-(``f = g(x) - x``) in a ring buffer ``(m, *batch, D)``, and their Gram matrix
-``G = dF^H dF`` ``(*batch, m, m)``, updated by one row per step. States may be real or
-complex (complex: Hermitian normal equations, ``conj`` on the left).
+Shared settings (every solver):
 
-The step (type-II Anderson, Walker and Ni 2011, damping ``beta``)::
+- ``steps``: budget of updates (group updates for alternating sweeps);
+- ``dt``: step size of the step map, in units of the relaxation time;
+- ``tol``: stop once every example's residual ``||F(u)||`` is below it (``0``: run the
+  whole budget); ``tol_fraction = q > 0``: once at most a fraction ``q`` is above it;
+- ``check_every``: test the tolerance every ``k`` sweeps (plain iteration);
+- ``bound``: a state with ``|u| > bound`` counts as diverged, like a NaN;
+- ``update``: ``"synchronous"`` (every population at once) or ``"alternating"`` (the two
+  groups of a bipartite model in turn: same fixed points, half the work per step).
 
-    gamma = argmin_c || f_k - dF c ||           (normal equations, + Tikhonov 1e-8 * trace)
-    x_{k+1} = x_k + beta f_k - (dX + beta dF) gamma
-
-i.e. the mixing ``(1 - beta) x + beta g`` of the extrapolated iterates. With an empty
-history and ``beta = 1`` this is the plain step ``g(x)``. Per step it costs one map
-evaluation plus three passes over the history (the Gram row, the projection of
-``f_k`` and the combination), all elementwise-and-reduce, no batched small matmuls
-(those ran 3x slower than the map itself on CPU).
-
-Safeguard (``safeguard=True``), per example and at no extra field evaluation: an
-Anderson candidate is accepted only if it is finite and its residual, evaluated at the
-next iteration, is not larger than the residual of the point it came from. Otherwise
-the example goes back to its last accepted point, drops its history and takes the plain
-step ``g(x)`` (accepted unconditionally, as the plain iteration would). A non-finite
-Anderson candidate falls back to the plain step at once.
+References: Anderson acceleration, Walker and Ni, SIAM J. Numer. Anal. 49 (2011).
 """
 
 from __future__ import annotations
 
-import math
+import abc
+import dataclasses
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-from jax import Array
+import equinox as eqx
 
-from .relax import RelaxStats, nonfinite_populations, relax, stop_test, sweep_map
+from .anderson import anderson
+from .network.base import BipartiteModel, EquilibriumModel
+from .registry import SOLVERS
+from .relax import RelaxStats, relax
+from .settings import NONNEGATIVE, Bounds, setting
 
 PyTree = Any
+Field = Callable[[PyTree], PyTree]
+FieldOn = Callable[[PyTree, tuple[str, ...]], PyTree]
 
-#: relative Tikhonov regularisation of the ``m x m`` normal equations (times their trace)
-REGULARISATION = 1e-8
+__all__ = ["FixedPointSolver", "FixedPoint", "Anderson", "PhaseSolvers", "UPDATES", "anderson"]
 
-
-def _flatten(u: PyTree, batch_ndim: int):
-    """Leaves ``batch + rest`` -> one array ``batch + (D,)`` and the way back."""
-    leaves, treedef = jax.tree.flatten(u)
-    batch = leaves[0].shape[:batch_ndim]
-    dtype = jnp.result_type(*[l.dtype for l in leaves])
-    shapes = [l.shape for l in leaves]
-    dtypes = [l.dtype for l in leaves]
-    sizes = [math.prod(s[batch_ndim:]) for s in shapes]
-    x = jnp.concatenate([l.reshape(batch + (-1,)).astype(dtype) for l in leaves], axis=-1)
-
-    def unflatten(v: Array) -> PyTree:
-        parts, start = [], 0
-        for shape, dt, n in zip(shapes, dtypes, sizes):
-            parts.append(v[..., start:start + n].reshape(v.shape[:-1] + shape[batch_ndim:]).astype(dt))
-            start += n
-        return jax.tree.unflatten(treedef, parts)
-
-    return x, unflatten
+UPDATES = ("synchronous", "alternating")
 
 
-def _norm(v: Array) -> Array:
-    return jnp.sqrt(jnp.sum(jnp.abs(v) ** 2, axis=-1))
+class FixedPointSolver(eqx.Module):
+    """Abstract fixed-point solver (static settings only: a valid jit argument).
 
-
-def _finite(v: Array) -> Array:
-    """Per example: whether the vector is finite (``(..., D) -> (...)``)."""
-    return jnp.isfinite(jnp.sum(v, axis=-1))
-
-
-def _solve_hpd(a: Array, b: Array) -> Array:
-    """Solve ``a x = b`` for small Hermitian positive-definite ``a`` ``(..., m, m)``, batched:
-    Cholesky unrolled over ``m`` (elementwise on the batch), much cheaper on CPU than a
-    batched ``jnp.linalg.solve`` (one LAPACK call per example)."""
-    m = a.shape[-1]
-    L = [[None] * m for _ in range(m)]
-    for j in range(m):
-        d = a[..., j, j] - sum((L[j][k] * jnp.conj(L[j][k]) for k in range(j)), jnp.zeros_like(a[..., j, j]))
-        ljj = jnp.sqrt(jnp.real(d)).astype(a.dtype)
-        L[j][j] = ljj
-        for i in range(j + 1, m):
-            s = a[..., i, j] - sum((L[i][k] * jnp.conj(L[j][k]) for k in range(j)), jnp.zeros_like(a[..., i, j]))
-            L[i][j] = s / ljj
-    z = []
-    for i in range(m):  # L z = b
-        z.append((b[..., i] - sum((L[i][k] * z[k] for k in range(i)), jnp.zeros_like(b[..., i]))) / L[i][i])
-    xs = [None] * m
-    for i in reversed(range(m)):  # L^H x = z
-        xs[i] = (z[i] - sum((jnp.conj(L[k][i]) * xs[k] for k in range(i + 1, m)), jnp.zeros_like(z[i]))) / jnp.conj(L[i][i])
-    return jnp.stack(xs, axis=-1)
-
-
-def _masked_gram(gram: Array, valid: Array) -> Array:
-    """The normal matrix of the valid history slots: invalid rows and columns replaced by
-    the identity (so they solve to 0), plus the Tikhonov term. ``(..., m, m)``."""
-    m = gram.shape[-1]
-    both = valid[..., :, None] & valid[..., None, :]
-    a = jnp.where(both, gram, 0)
-    trace = jnp.real(jnp.trace(a, axis1=-2, axis2=-1))
-    rtype = trace.dtype
-    floor = jnp.asarray(1e-30 if jnp.finfo(rtype).bits > 16 else 1e-6, rtype)
-    reg = REGULARISATION * trace + floor
-    eye = jnp.eye(m, dtype=rtype)
-    diag = reg[..., None, None] * eye + jnp.where(valid[..., None, :], 0, 1).astype(rtype) * eye
-    return a + diag.astype(a.dtype)
-
-
-def _inner(h: Array, v: Array) -> Array:
-    """``<h_j, v>`` for each history slot: ``(m, ..., D), (..., D) -> (..., m)``.
-
-    One reduction per slot: a reduction over a broadcast ``(m, ..., D)`` product ran
-    several times slower on CPU."""
-    return jnp.stack([jnp.sum(jnp.conj(h[j]) * v, axis=-1) for j in range(h.shape[0])], axis=-1)
-
-
-def anderson_step(x: Array, f: Array, dxs: Array, dfs: Array, gram: Array, valid: Array,
-                  damping: float) -> Array:
-    """One type-II Anderson step per example.
-
-    ``x, f``: ``(..., D)`` current iterate and its residual ``g(x) - x``; ``dxs, dfs``:
-    ``(m, ..., D)`` differences of consecutive iterates and residuals; ``gram``:
-    ``(..., m, m)`` their Gram matrix ``dF^H dF``; ``valid``: ``(..., m)`` which slots hold
-    a difference. Returns the next iterate ``(..., D)``.
+    Subclasses implement :meth:`solve`; :meth:`relax` builds the step map of a model
+    (its field, its projection, its groups for alternating updates) and calls it.
     """
-    gamma = _solve_hpd(_masked_gram(gram, valid), _inner(dfs, f))
-    gamma = jnp.where(valid, gamma, 0)[..., None]  # (..., m, 1)
-    # an explicit sum over the slots: elementwise, where a reduction over axis 0 was slow
-    return x + damping * f - sum(gamma[..., j, :] * (dxs[j] + damping * dfs[j]) for j in range(dxs.shape[0]))
+
+    steps: int = eqx.field(static=True, default=150)
+    dt: float = eqx.field(static=True, default=1.0)
+    tol: float = eqx.field(static=True, default=0.0)
+    tol_fraction: float = eqx.field(static=True, default=0.0)
+    check_every: int = eqx.field(static=True, default=1)
+    bound: float = eqx.field(static=True, default=float("inf"))
+    update: str = eqx.field(static=True, default="synchronous")
+
+    def __check_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"solver steps must be >= 1, got {self.steps}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+        if self.update not in UPDATES:
+            raise ValueError(f"update must be 'synchronous' or 'alternating', got {self.update!r}")
+
+    def check(self, model: EquilibriumModel) -> None:
+        """Raise ``ValueError`` when this solver cannot relax ``model``."""
+        if self.update == "alternating" and (not isinstance(model, BipartiteModel)
+                                             or model.partition() is None):
+            raise ValueError("dynamics.update = 'alternating' needs a bipartite network (no coupling "
+                             "inside either half, e.g. a layered network without skips)")
+
+    @abc.abstractmethod
+    def solve(self, field: Field, u0: PyTree, *, batch_ndim: int = 1,
+              groups: tuple[tuple[str, ...], ...] | None = None, field_on: FieldOn | None = None,
+              project: Callable[[PyTree], PyTree] | None = None) -> tuple[PyTree, RelaxStats]:
+        """Find ``u`` with ``field(u) = 0`` from ``u0``.
+
+        **Arguments:** ``field``: ``u -> F(u)``; ``u0``: initial state, leaves
+        ``(B, ...)`` (``batch_ndim = 1``) or ``(P, B, ...)`` for ``P`` phases stacked on a
+        leading axis (``batch_ndim = 2``); ``groups``, ``field_on``: the alternating
+        sweep (``update = "alternating"``); ``project``: the model's projection.
+
+        **Returns:** the final state and its :class:`~eqprop.relax.RelaxStats`
+        (``residual`` per example, ``(B,)`` or ``(P, B)``).
+        """
+
+    def relax(self, model: EquilibriumModel, field: Field, u0: PyTree, *, batch_ndim: int = 1,
+              field_on: FieldOn | None = None) -> tuple[PyTree, RelaxStats]:
+        """Relax ``model``'s states under ``field`` (the free field, or a nudged one).
+
+        ``field_on(u, group)``: the same field on one group of populations, needed with
+        ``update = "alternating"`` (default: ``model.field_on`` cannot know the nudge, so
+        callers that nudge pass their own). Raises ``ValueError`` as :meth:`check`.
+        """
+        groups = None
+        if self.update == "alternating":
+            self.check(model)
+            groups = model.partition()
+            if field_on is None:
+                raise ValueError("alternating updates need field_on")
+        return self.solve(field, u0, batch_ndim=batch_ndim, groups=groups, field_on=field_on,
+                          project=model.projector())
 
 
-def anderson(
-    field: Callable[[PyTree], PyTree],
-    u0: PyTree,
-    *,
-    steps: int,
-    tol: float | Array = 0.0,
-    tol_fraction: float = 0.0,
-    memory: int = 5,
-    damping: float = 1.0,
-    dt: float = 1.0,
-    batch_ndim: int = 1,
-    safeguard: bool = True,
-    delay: int = 0,
-    groups: tuple[tuple[str, ...], ...] | None = None,
-    field_on: Callable[[PyTree, tuple[str, ...]], PyTree] | None = None,
-    check_every: int = 1,
-) -> tuple[PyTree, RelaxStats]:
-    """Anderson-accelerated relaxation to ``field(u) = 0`` (contract of ``relax``).
+@SOLVERS.register("fixed-point")
+class FixedPoint(FixedPointSolver):
+    """The plain iteration of the step map (:func:`eqprop.relax.relax`)."""
 
-    ``steps``: budget of field evaluations (with ``groups``: of group updates, a sweep
-    counting ``len(groups)``, as in ``relax``). ``tol``: stop once every example's
-    residual is below it (float or traced scalar; ``0`` runs all ``steps``);
-    ``tol_fraction = q > 0``: once at most a fraction ``q`` is above it (stragglers
-    leave with their last accepted iterate). ``memory``: history length ``m`` (0: plain
-    damped iteration). ``damping``: mixing ``beta`` in ``(0, 1]``. ``batch_ndim``: 1 for
-    leaves ``(B, ...)``, 2 for stacked phases ``(P, B, ...)``. ``groups, field_on``:
-    accelerate the alternating sweep of :func:`eqprop.relax.relax` instead of the
-    synchronous step (same fixed points, half the work per evaluation). ``delay``: the
-    first ``delay`` steps (counted like ``steps``) run the plain iteration
-    (:func:`eqprop.relax.relax`, at its lower cost per step, stopping early like it);
-    Anderson starts from there, after the initial transient, where the residual of the
-    plain iteration is often not monotone and extrapolation misleads (``check_every``:
-    that iteration's tolerance test, see ``relax``). Stops early at
-    the first non-finite state (``nonfinite_step``). Returns the last accepted iterate
-    (whose residual is known without an extra evaluation) and its
-    :class:`RelaxStats`. Jit-able; one ``lax.while_loop`` (two with ``delay``).
+    def solve(self, field, u0, *, batch_ndim=1, groups=None, field_on=None, project=None):
+        return relax(field, u0, dt=self.dt, steps=self.steps, tol=self.tol,
+                     tol_fraction=self.tol_fraction, batch_ndim=batch_ndim, bound=self.bound,
+                     groups=groups, field_on=field_on, check_every=self.check_every,
+                     project=project)
+
+
+@SOLVERS.register("anderson")
+class Anderson(FixedPointSolver):
+    """Anderson acceleration of the step map (type II, safeguarded; :mod:`eqprop.anderson`).
+
+    ``steps`` counts map evaluations as the plain iteration counts its steps. The first
+    ``delay`` steps run the plain iteration (the transient, where extrapolation
+    misleads); then each step extrapolates from the last ``memory`` differences, mixed
+    with ``damping``.
     """
-    if memory < 0:
-        raise ValueError(f"memory must be >= 0, got {memory}")
-    if not 0 < damping <= 1:
-        raise ValueError(f"damping must be in (0, 1], got {damping}")
-    check_residual = not (isinstance(tol, (int, float)) and tol <= 0)
-    start = jnp.asarray(0)
-    if delay > 0:  # the plain iteration first, without the history's overhead
-        u0, plain = relax(field, u0, dt=dt, steps=min(delay, steps), tol=tol, tol_fraction=tol_fraction,
-                          batch_ndim=batch_ndim, groups=groups, field_on=field_on, check_every=check_every)
-        start = plain.steps
-    x0, unflatten = _flatten(u0, batch_ndim)
-    batch = x0.shape[:-1]
-    rtype = jnp.finfo(x0.dtype).dtype  # real dtype of the state
-    m = max(memory, 1)
-    step_map, per_eval = sweep_map(field, dt, groups, field_on)
 
-    def evaluate(x):
-        fu, nxt = step_map(unflatten(x))
-        fx, _ = _flatten(fu, batch_ndim)
-        g, _ = _flatten(nxt, batch_ndim)
-        return g.astype(x.dtype) - x, _norm(fx).astype(rtype)
+    memory: int = setting(5, "History length of Anderson acceleration (solver = 'anderson').",
+                          bounds=NONNEGATIVE, key="anderson_memory")
+    damping: float = setting(1.0, "Anderson mixing parameter in (0, 1].",
+                             bounds=Bounds(lo=0, hi=1, lo_open=True), key="anderson_damping")
+    delay: int = setting(0, "Plain steps before Anderson starts (counted like free_steps): skips "
+                         "the initial transient.", bounds=NONNEGATIVE, key="anderson_delay")
+    safeguard: bool = eqx.field(static=True, default=True)
 
-    def cond(c):
-        go = (c["i"] < steps) & c["ok"]
-        if check_residual:
-            go = go & stop_test(c["r"], tol, tol_fraction)
-        return go
+    def solve(self, field, u0, *, batch_ndim=1, groups=None, field_on=None, project=None):
+        return anderson(field, u0, steps=self.steps, tol=self.tol, tol_fraction=self.tol_fraction,
+                        memory=self.memory, damping=self.damping, dt=self.dt,
+                        batch_ndim=batch_ndim, safeguard=self.safeguard, delay=self.delay,
+                        groups=groups, field_on=field_on, check_every=self.check_every,
+                        project=project)
 
-    def body(c):
-        f_c, r_c = evaluate(c["cand"])
-        if safeguard:
-            accept = c["plain"] | (jnp.isfinite(r_c) & (r_c <= c["r"]))
-        else:
-            accept = jnp.ones(batch, bool)
-        # accepting examples that had an accepted point push the differences into slot pos
-        pos = c["pos"]
-        push = accept & c["have"]
-        pcol = push[..., None]
-        dx = jnp.where(pcol, c["cand"] - c["x"], 0)
-        df = jnp.where(pcol, f_c - c["f"], 0)
-        dxs = jax.lax.dynamic_update_index_in_dim(c["dxs"], dx, pos, 0)
-        dfs = jax.lax.dynamic_update_index_in_dim(c["dfs"], df, pos, 0)
-        row = _inner(dfs, df)  # (..., m): <dF_j, df>, column pos of the Gram matrix
-        onehot = jnp.arange(m) == pos
-        gram = jnp.where(onehot[:, None], jnp.conj(row)[..., None, :], c["gram"])
-        gram = jnp.where(onehot, row[..., :, None], gram)
-        slot = onehot & pcol
-        valid = jnp.where(accept[..., None], c["valid"] | slot, False)
-        if memory == 0:
-            valid = jnp.zeros_like(valid)
-        a = accept[..., None]
-        x = jnp.where(a, c["cand"], c["x"])
-        f = jnp.where(a, f_c, c["f"])
-        r = jnp.where(accept, r_c, c["r"])
-        if memory > 0:
-            nxt = anderson_step(x, f, dxs, dfs, gram, valid, damping)
-        else:
-            nxt = x + damping * f
-        use_plain = ~accept
-        if safeguard:
-            use_plain = use_plain | ~_finite(nxt)
-        cand = jnp.where(use_plain[..., None], x + f, nxt)
-        return {
-            "i": c["i"] + per_eval, "pos": (pos + 1) % m, "cand": cand, "x": x, "f": f, "r": r,
-            "dxs": dxs, "dfs": dfs, "gram": gram, "valid": valid, "have": c["have"] | accept,
-            "plain": use_plain if safeguard else jnp.zeros(batch, bool),
-            "ok": jnp.all(_finite(cand)),
-        }
 
-    zeros_h = jnp.zeros((m,) + x0.shape, x0.dtype)
-    init = {
-        "i": start, "pos": jnp.asarray(0), "cand": x0,
-        "x": x0, "f": jnp.zeros_like(x0), "r": jnp.full(batch, jnp.inf, rtype),
-        "dxs": zeros_h, "dfs": zeros_h, "gram": jnp.zeros(batch + (m, m), x0.dtype),
-        "valid": jnp.zeros(batch + (m,), bool),
-        "have": jnp.zeros(batch, bool), "plain": jnp.ones(batch, bool),
-        "ok": jnp.all(_finite(x0)),
-    }
-    c = jax.lax.while_loop(cond, body, init)
-    ok = c["ok"]
-    # on a non-finite state return it (as relax does), else the last accepted iterate
-    xout = jnp.where(ok, c["x"], c["cand"])
-    u = unflatten(xout)
-    residual = jnp.where(_finite(xout), c["r"], jnp.nan)
-    stats = RelaxStats(
-        steps=c["i"],
-        residual=residual,
-        nonfinite_step=jnp.where(ok, -1, c["i"]),
-        nonfinite=nonfinite_populations(u),
-    )
-    return u, stats
+
+class PhaseSolvers(eqx.Module):
+    """The solvers of every phase of one estimate, as the trainer and the CLI wire them.
+
+    ``free``: the free phase; ``nudged``: the nudged phases; ``linear``: the exact
+    estimators' linear solves (a Lineax solver); ``converged_tol``: the exact
+    estimators leave out examples whose free-phase residual exceeds it (``0``: none).
+    :func:`eqprop.build.phase_solvers` builds one from ``[dynamics]`` settings.
+    """
+
+    free: FixedPointSolver = eqx.field(static=True, default=FixedPoint())
+    nudged: FixedPointSolver = eqx.field(static=True, default=FixedPoint(steps=20))
+    linear: Any = eqx.field(static=True, default=None)
+    converged_tol: float = eqx.field(static=True, default=0.0)
+
+    def wiring(self, cls: type) -> dict[str, Any]:
+        """The keyword arguments among ``free``, ``nudged``, ``linear``, ``converged_tol``
+        that the estimator class ``cls`` declares as fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        given = {"free": self.free, "nudged": self.nudged, "linear": self.linear,
+                 "converged_tol": self.converged_tol}
+        return {k: v for k, v in given.items() if k in names and v is not None}

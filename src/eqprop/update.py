@@ -27,8 +27,12 @@ from .estimate.base import add_grads
 from .homeostasis import Homeostasis, homeostasis_grad
 from .network.base import EquilibriumModel, parameters
 from .relax import NONCONVERGED_TOL
+from .solvers import FixedPoint, FixedPointSolver
 
 PyTree = Any
+
+#: the free phase when none is given: 150 plain synchronous steps, states beyond 1e6 diverged
+DEFAULT_FREE_SOLVER = FixedPoint(steps=150, bound=1e6)
 
 
 def init_optimizer(optimizer: optax.GradientTransformation, model: EquilibriumModel) -> PyTree:
@@ -54,15 +58,22 @@ def make_train_step(
     estimator: Estimator,
     optimizer: optax.GradientTransformation,
     homeostasis: Homeostasis | None = None,
+    solver: FixedPointSolver | None = None,
 ) -> Callable[..., tuple[EquilibriumModel, PyTree, dict[str, Array]]]:
     """A jitted ``step(model, opt_state, x, y, key, index=0, u0=None, warm=None)``: free phase, estimate,
-    (homeostasis,) optax update. ``homeostasis=None`` or ``coef == 0``: task gradient only."""
+    (homeostasis,) optax update.
+
+    **Arguments:** ``estimator``; ``optimizer``: an optax transformation;
+    ``homeostasis``: ``None`` or ``coef == 0`` for the task gradient only; ``solver``:
+    the free phase's solver (default :data:`DEFAULT_FREE_SOLVER`: 150 plain steps).
+    """
     if homeostasis is not None and homeostasis.coef == 0:
         homeostasis = None
+    solver = DEFAULT_FREE_SOLVER if solver is None else solver
 
     @eqx.filter_jit
     def step(model, opt_state, x, y, key, index=0, u0=None, warm=None):
-        free = free_phase(model, x, estimator.dynamics, u0, warm)
+        free = free_phase(model, x, solver, u0, warm)
         grads, _ = estimator(model, x, y, free, key)
         extra = {}
         if homeostasis is not None:
@@ -96,11 +107,12 @@ def make_train_step(
     return step
 
 
-def make_eval_step(estimator: Estimator):
-    """A jitted ``evaluate(model, x, y) -> metrics`` (free phase only)."""
+def make_eval_step(solver: FixedPointSolver = None):
+    """A jitted ``evaluate(model, x, y) -> metrics`` (free phase only, with ``solver``)."""
+    solver = DEFAULT_FREE_SOLVER if solver is None else solver
 
     @eqx.filter_jit
     def evaluate(model, x, y):
-        return batch_metrics(model, free_phase(model, x, estimator.dynamics), y)
+        return batch_metrics(model, free_phase(model, x, solver), y)
 
     return evaluate

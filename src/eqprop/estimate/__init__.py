@@ -11,54 +11,55 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..relax import Dynamics
+from ..registry import ESTIMATORS
+from ..settings import settings_of
+from ..solvers import PhaseSolvers
 from .base import Estimate, Estimator, FreePhase, assemble, free_phase, nudged_field
 from .contrast import Contrast
 from .exact import BPTT, ExactNudge, Implicit, exact_nudge_derivative, rbp_delta, unrolled_loss
 from .nudge import EP, HolomorphicEP, OnlineHEP, circle_derivative, circle_points
 
-ESTIMATORS: dict[str, type[Estimator]] = {
-    "ep": EP,
-    "hep": HolomorphicEP,
-    "online-hep": OnlineHEP,
-    "exact-nudge": ExactNudge,
-    "implicit": Implicit,
-    "bptt": BPTT,
-    "contrast": Contrast,
-}
-
-# settings each estimator takes, with their types
-SETTINGS: dict[str, dict[str, type]] = {
-    "ep": {"beta": float, "points": int},
-    "hep": {"beta": float, "points": int},
-    "online-hep": {"beta": float, "points": int, "periods": int},
-    "exact-nudge": {},
-    "implicit": {},
-    "bptt": {},
-    "contrast": {"beta": float, "points": int},
-}
+_TYPES = {"integer": int, "float": float, "string": str, "boolean": bool}
 
 
-def make_estimator(name: str, dynamics: Dynamics, **settings: Any) -> Estimator:
-    """Build an estimator by name; unknown names or settings raise ``ValueError``."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
-    allowed = SETTINGS[name]
+def settings_types(name: str) -> dict[str, type]:
+    """``{setting: type}`` of the registered estimator ``name`` (its ``setting()`` fields)."""
+    return {f.name: _TYPES.get(f.kind, str) for f in settings_of(ESTIMATORS.get(name))}
+
+
+def make_estimator(name: str, solvers: PhaseSolvers | None = None, **settings: Any) -> Estimator:
+    """Build the registered estimator ``name`` with ``settings``, its solver fields taken
+    from ``solvers`` (default: :class:`~eqprop.solvers.PhaseSolvers` defaults).
+
+    **Raises:** ``ValueError`` for an unknown name or setting (one line, naming the
+    allowed ones) or an invalid value.
+    """
+    cls = ESTIMATORS.get(name)
+    allowed = settings_types(name)
     for key in settings:
         if key not in allowed:
             raise ValueError(
                 f"estimator {name!r} has no setting {key!r}; allowed: {', '.join(allowed) or 'none'}"
             )
-    return ESTIMATORS[name](dynamics=dynamics, **settings)
+    solvers = PhaseSolvers() if solvers is None else solvers
+    return cls(**settings, **solvers.wiring(cls))
 
 
-def parse_spec(spec: str, dynamics: Dynamics, defaults: Mapping[str, Any] | None = None) -> Estimator:
-    """Build an estimator from a SPEC string such as ``"hep:points=6:beta=0.5"``."""
+def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
+               defaults: Mapping[str, Any] | None = None) -> Estimator:
+    """Build an estimator from a SPEC string such as ``"hep:points=6:beta=0.5"``.
+
+    Settings not in the SPEC come from ``defaults`` (the configuration's
+    ``[estimator]`` section, ``name`` included), except that ``ep`` and ``contrast``
+    are one-sided (``points=1``) unless the SPEC, or a ``defaults`` whose own name is the
+    same estimator, says otherwise.
+    """
     defaults = dict(defaults or {})
     name, *parts = spec.split(":")
     if name not in ESTIMATORS:
-        raise ValueError(f"estimator SPEC {spec!r}: unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
-    allowed = SETTINGS[name]
+        raise ValueError(f"estimator SPEC {spec!r}: unknown estimator {name!r}; allowed: "
+                         f"{', '.join(ESTIMATORS)}")
+    allowed = settings_types(name)
     given: dict[str, Any] = {}
     for part in parts:
         key, eq, value = part.partition("=")
@@ -76,12 +77,12 @@ def parse_spec(spec: str, dynamics: Dynamics, defaults: Mapping[str, Any] | None
     if name in ("ep", "contrast") and base_name != name:
         settings["points"] = 1
     settings.update(given)
-    return make_estimator(name, dynamics, **settings)
+    return make_estimator(name, solvers, **settings)
 
 
 __all__ = [
     "Estimator", "Estimate", "FreePhase", "free_phase", "assemble", "nudged_field",
     "EP", "HolomorphicEP", "OnlineHEP", "ExactNudge", "Implicit", "BPTT", "Contrast",
-    "ESTIMATORS", "SETTINGS", "make_estimator", "parse_spec",
+    "ESTIMATORS", "make_estimator", "parse_spec", "settings_types",
     "circle_points", "circle_derivative", "exact_nudge_derivative", "rbp_delta", "unrolled_loss",
 ]

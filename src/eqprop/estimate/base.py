@@ -15,7 +15,7 @@ product of presynaptic activity and ``v``.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..network.base import EquilibriumModel
-from ..relax import Dynamics, RelaxStats, relax
+from ..relax import RelaxStats
+from ..solvers import FixedPointSolver, PhaseSolvers
 
 PyTree = Any
 
@@ -49,10 +50,24 @@ class Estimate(eqx.Module):
 
 
 class Estimator(eqx.Module):
-    """Abstract gradient estimator (static settings only, so it can be a jit argument)."""
+    """Abstract gradient estimator: a frozen module whose fields are its settings.
 
-    dynamics: Dynamics = eqx.field(static=True)
-    name: ClassVar[str] = "abstract"
+    Settings that are configuration keys are declared with
+    :func:`eqprop.settings.setting` (they become ``[estimator]`` keys). Fields that hold
+    the solvers an estimator needs are filled from ``[dynamics]`` by
+    :func:`eqprop.build.build_estimator` through their names: ``nudged`` (a
+    :class:`~eqprop.solvers.FixedPointSolver` for the nudged phases), ``free`` (the
+    free phase's solver, for estimators that unroll it), ``linear`` (a Lineax solver)
+    and ``converged_tol``.
+
+    A subclass implements ``__call__`` and registers itself with
+    ``@ESTIMATORS.register(name)``.
+    """
+
+    @property
+    def name(self) -> str:
+        """The name under which this estimator's class is registered."""
+        return getattr(type(self), "registered_name", type(self).__name__)
 
     def needs_complex(self) -> bool:
         """Whether this estimator relaxes complex states (needs a holomorphic model)."""
@@ -62,13 +77,20 @@ class Estimator(eqx.Module):
     def __call__(
         self, model: EquilibriumModel, x: Array, y: Array, free: FreePhase, key: Array
     ) -> tuple[PyTree, Estimate]:
-        """Gradient of the mean loss (or its estimate) and diagnostics."""
+        """Gradient of the mean loss (or its estimate) and diagnostics.
+
+        **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``y``: labels ``(B,)``;
+        ``free``: the free phase of ``(model, x)``; ``key``: a PRNG key.
+
+        **Returns:** a gradient pytree shaped like ``model`` (``None`` where a leaf is
+        not trainable) and an :class:`Estimate`.
+        """
 
     def check(self, model: EquilibriumModel) -> None:
         """Raise ``ValueError`` if this estimator cannot run on ``model``."""
-        if self.dynamics.update == "alternating" and model.partition() is None:
-            raise ValueError("dynamics.update = 'alternating' needs a bipartite network (no coupling "
-                             "inside either half, e.g. a layered network without skips)")
+        for solver in (getattr(self, "nudged", None), getattr(self, "free", None)):
+            if solver is not None:
+                solver.check(model)
         if self.needs_complex() and not model.holomorphic:
             raise ValueError(
                 f"estimator {self.name!r} needs complex nudges, but activation "
@@ -78,15 +100,22 @@ class Estimator(eqx.Module):
 
 
 def free_phase(
-    model: EquilibriumModel, x: Array, dynamics: Dynamics, u0: PyTree | None = None,
+    model: EquilibriumModel, x: Array, solver: FixedPointSolver, u0: PyTree | None = None,
     warm: Array | None = None,
 ) -> FreePhase:
-    """Relax the free phase (no nudge) from ``u0`` (default: the model's initial state).
+    """Relax the free phase (no nudge) with ``solver`` from ``u0`` (default: the model's
+    initial state).
 
+    **Arguments:** ``x``: inputs ``(B, ...)``; ``solver``: the free phase's
+    :class:`~eqprop.solvers.FixedPointSolver`; ``u0``: a state (leaves ``(B, ...)``);
     ``warm`` (``(B,)`` booleans, with ``u0``): example ``i`` starts from ``u0`` where
     ``warm[i]`` and from the model's initial state otherwise (warm starts from
     persistent states, some of which do not exist yet).
+
+    **Returns:** the :class:`FreePhase` (fixed point, hoisted drive, stats).
     """
+    if isinstance(solver, PhaseSolvers):
+        solver = solver.free
     drive = model.prepare(x)
     if u0 is None:
         u0 = model.init_state(drive)
@@ -94,47 +123,25 @@ def free_phase(
         cold = model.init_state(drive)
         u0 = jax.tree.map(lambda w, c: jnp.where(warm.reshape(warm.shape + (1,) * (c.ndim - 1)),
                                                  w.astype(c.dtype), c), u0, cold)
-    field = lambda u: model.field(u, drive)  # noqa: E731
-    if dynamics.solver == "anderson":
-        from ..solvers import anderson
-
-        u, stats = anderson(field, u0, steps=dynamics.free_steps, tol=dynamics.tol,
-                            tol_fraction=dynamics.tol_fraction, dt=dynamics.dt,
-                            memory=dynamics.anderson_memory, damping=dynamics.anderson_damping,
-                            delay=dynamics.anderson_delay, check_every=dynamics.check_every,
-                            **alternating(model, dynamics, drive))
-    elif dynamics.solver == "fixed-point":
-        u, stats = relax(field, u0, dt=dynamics.dt, steps=dynamics.free_steps, tol=dynamics.tol,
-                         tol_fraction=dynamics.tol_fraction, check_every=dynamics.check_every,
-                         bound=dynamics.state_bound, **alternating(model, dynamics, drive))
-    else:
-        raise ValueError(f"solver must be 'fixed-point' or 'anderson', got {dynamics.solver!r}")
+    field_on = None
+    if solver.update == "alternating":
+        field_on = lambda u, group: model.field_on(u, drive, group)  # noqa: E731
+    u, stats = solver.relax(model, lambda u: model.field(u, drive), u0, field_on=field_on)
     return FreePhase(u=u, drive=drive, stats=stats)
 
 
-def alternating(model: EquilibriumModel, dynamics: Dynamics, drive: PyTree, nudge=None) -> dict:
-    """``relax`` keywords for ``update = "alternating"`` (``{}`` for synchronous updates).
-
-    ``nudge``: ``(y, beta)`` adds ``beta * dl/da`` on the output's group (nudged phases).
-    """
-    if dynamics.update == "synchronous":
-        return {}
-    if dynamics.update != "alternating":
-        raise ValueError(f"update must be 'synchronous' or 'alternating', got {dynamics.update!r}")
-    groups = model.partition()
-    if groups is None:
-        raise ValueError("update = 'alternating' needs a bipartite network (no coupling inside "
-                         "either half, e.g. a layered network without skips); this one is not")
+def nudged_field_on(model: EquilibriumModel, drive: PyTree, y: Array, beta: Array):
+    """``(u, group) -> F|_group(u) + beta * dl/da`` on the output's group (alternating
+    updates of a nudged phase)."""
 
     def field_on(u, group):
         f = model.field_on(u, drive, group)
-        if nudge is not None and model.output in group:
-            y, beta = nudge
+        if model.output in group:
             n = model.readout.loss_grad(model.output_activity(model.activity(u)), y)
             f = {**f, model.output: f[model.output] + beta * n}
         return f
 
-    return {"groups": groups, "field_on": field_on}
+    return field_on
 
 
 def _add_opt(s, t):

@@ -17,16 +17,22 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..network.base import EnergyModel
+from ..registry import ESTIMATORS
+from ..settings import POSITIVE, POSITIVE_INT, setting
+from ..solvers import FixedPoint, FixedPointSolver
 from .base import Estimate, Estimator, add_grads, readout_grad
 from .nudge import circle_derivative
 
 
+@ESTIMATORS.register("contrast")
 class Contrast(Estimator):
-    """Classic EP contrast of local products at the free and nudged fixed points (tied only)."""
+    """Classic EP contrast of local products at the free and nudged fixed points (tied only;
+    Scellier and Bengio 2017, Eq. 10; symmetric form: Laborieux et al. 2021)."""
 
-    beta: float = eqx.field(static=True, default=0.5)
-    points: int = eqx.field(static=True, default=2)
-    name = "contrast"
+    beta: float = setting(0.5, "Nudging strength.", bounds=POSITIVE)
+    points: int = setting(2, "1 (one-sided) or 2 (symmetric).", bounds=POSITIVE_INT)
+    nudged: FixedPointSolver = eqx.field(static=True, default=FixedPoint(steps=20))
 
     def __check_init__(self):
         if self.points not in (1, 2):
@@ -34,13 +40,11 @@ class Contrast(Estimator):
 
     def check(self, model):
         super().check(model)
-        if not model.symmetric:
+        if not isinstance(model, EnergyModel) or not model.symmetric:
             raise ValueError("estimator 'contrast' needs a tied (symmetric) network; use 'ep' or 'hep'")
 
     def __call__(self, model, x, y, free, key):
-        d = self.dynamics
-        v, stats, states = circle_derivative(model, free, y, self.beta, self.points, d.nudged_steps, d.dt, d.tol,
-                                             bound=d.state_bound, update=d.update, check_every=d.check_every)
+        v, stats, states = circle_derivative(model, free, y, self.beta, self.points, self.nudged)
         params, static = eqx.partition(model, eqx.is_inexact_array)
         local = jax.grad(lambda p, a: jnp.sum(eqx.combine(p, static).primitive(a, x)))
         betas, a = states["real"]

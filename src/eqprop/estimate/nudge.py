@@ -21,8 +21,11 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..network.base import EquilibriumModel
-from ..relax import Dynamics, RelaxStats, nonfinite_populations, relax, residual_norm
-from .base import Estimate, Estimator, FreePhase, alternating, assemble, nudged_field
+from ..registry import ESTIMATORS
+from ..relax import RelaxStats, euler_step, nonfinite_populations, residual_norm
+from ..settings import POSITIVE, POSITIVE_INT, setting
+from ..solvers import FixedPoint, FixedPointSolver
+from .base import Estimate, Estimator, FreePhase, assemble, nudged_field, nudged_field_on
 
 PyTree = Any
 
@@ -43,27 +46,22 @@ def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
 
 
 def nudged_phases(
-    model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, steps: int, dt: float, tol,
-    bound: float = jnp.inf, update: str = "synchronous", check_every: int = 1,
+    model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, solver: FixedPointSolver,
 ) -> tuple[PyTree, RelaxStats]:
-    """Relax one nudged phase per entry of ``betas`` (1-D), together on a leading axis.
+    """Relax one nudged phase per entry of ``betas`` (1-D, real or complex) with
+    ``solver``, together on a leading axis, each from the free fixed point.
 
     Returns states with leaves ``(P, B, ...)`` and stats with ``residual`` ``(P, B)``.
     """
     dtype = jnp.result_type(jax.tree.leaves(free.u)[0].dtype, betas.dtype)
     u0 = jax.tree.map(lambda v: jnp.broadcast_to(v.astype(dtype), betas.shape + v.shape), free.u)
     field = jax.vmap(lambda u, beta: nudged_field(model, free.drive, y, beta)(u))
-    extra = {}
-    if update != "synchronous":
-        dyn = Dynamics(update=update)
-
+    field_on = None
+    if solver.update == "alternating":
         def field_on(u, group):  # the group is static: closed over, not vmapped
-            one = lambda ui, beta: alternating(model, dyn, free.drive, (y, beta))["field_on"](ui, group)  # noqa: E731
+            one = lambda ui, beta: nudged_field_on(model, free.drive, y, beta)(ui, group)  # noqa: E731
             return jax.vmap(one)(u, betas)
-
-        extra = {"groups": model.partition(), "field_on": field_on}
-    return relax(lambda u: field(u, betas), u0, dt=dt, steps=steps, tol=tol, batch_ndim=2, bound=bound,
-                 check_every=check_every, **extra)
+    return solver.relax(model, lambda u: field(u, betas), u0, batch_ndim=2, field_on=field_on)
 
 
 def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
@@ -79,10 +77,16 @@ def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
 
 
 def circle_derivative(
-    model: EquilibriumModel, free: FreePhase, y: Array, beta: float, n: int, steps: int, dt: float, tol,
-    *, bound: float = jnp.inf, update: str = "synchronous", check_every: int = 1,
+    model: EquilibriumModel, free: FreePhase, y: Array, beta: float, n: int, solver: FixedPointSolver,
 ) -> tuple[PyTree, RelaxStats, dict]:
-    """hEP estimate of ``da*/dbeta`` with ``n`` points; also returns the phases' states."""
+    """hEP estimate of ``da*/dbeta`` with ``n`` points on the circle of radius ``beta``.
+
+    ``v = (1/n) sum_k (a(beta_k) - a(0)) / beta_k`` (the discrete Cauchy integral,
+    arXiv 2209.00530 Eq. 5); conjugate points enter as twice the real part.
+
+    **Returns:** ``v`` (pytree like the activity, leaves ``(B, ...)``), the phases'
+    stats (``residual`` ``(P, B)``) and their states ``{"real" | "complex": (betas, a)}``.
+    """
     real, cplx = circle_points(beta, n)
     a0 = model.activity(free.u)
     ftype = jax.tree.leaves(free.u)[0].dtype
@@ -90,7 +94,7 @@ def circle_derivative(
     stats, states = [], {}
     if real:
         b = jnp.asarray(real, ftype)
-        u, s = nudged_phases(model, free, y, b, steps, dt, tol, bound, update, check_every)
+        u, s = nudged_phases(model, free, y, b, solver)
         a = model.activity(u)
         total = jax.tree.map(
             lambda t, ak, a0_: t + jnp.sum((ak - a0_) / b.reshape((-1,) + (1,) * a0_.ndim), axis=0),
@@ -100,7 +104,7 @@ def circle_derivative(
     if cplx:
         ctype = jnp.result_type(ftype, jnp.complex64)
         b = jnp.asarray(cplx, ctype)
-        u, s = nudged_phases(model, free, y, b, steps, dt, tol, bound, update, check_every)
+        u, s = nudged_phases(model, free, y, b, solver)
         a = model.activity(u)
         total = jax.tree.map(
             lambda t, ak, a0_: t + 2 * jnp.sum(jnp.real((ak - a0_) / b.reshape((-1,) + (1,) * a0_.ndim)), axis=0),
@@ -111,34 +115,45 @@ def circle_derivative(
     return v, _concat_stats(stats), states
 
 
+@ESTIMATORS.register("hep")
 class HolomorphicEP(Estimator):
-    """Holomorphic EP: ``N`` nudges on a circle of radius ``beta`` (any ``N >= 1``)."""
+    """Holomorphic EP: ``N`` nudges on a circle of radius ``beta`` (any ``N >= 1``).
 
-    beta: float = eqx.field(static=True, default=0.5)
-    points: int = eqx.field(static=True, default=2)
-    name = "hep"
+    ``g = (dF/dtheta)^T v / B + readout gradient`` with ``v`` the discrete Cauchy
+    integral of :func:`circle_derivative` (Laborieux and Zenke 2022, arXiv 2209.00530;
+    2024, arXiv 2309.02214 Eq. 7). Its error is ``O(beta^N)`` where ``a*(beta)`` is
+    holomorphic on the disc.
+    """
+
+    beta: float = setting(0.5, "Nudging strength (radius of the nudge circle).", bounds=POSITIVE)
+    points: int = setting(2, "Number of nudged points N on the circle.", bounds=POSITIVE_INT)
+    nudged: FixedPointSolver = eqx.field(static=True, default=FixedPoint(steps=20))
 
     def needs_complex(self) -> bool:
         return self.points > 2
 
     def __call__(self, model, x, y, free, key):
-        d = self.dynamics
-        v, stats, _ = circle_derivative(model, free, y, self.beta, self.points, d.nudged_steps, d.dt, d.tol,
-                                        bound=d.state_bound, update=d.update, check_every=d.check_every)
+        v, stats, _ = circle_derivative(model, free, y, self.beta, self.points, self.nudged)
         return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats)
 
 
+@ESTIMATORS.register("ep")
 class EP(HolomorphicEP):
-    """Classic finite-nudge EP in generalized form: one-sided (``points=1``) or symmetric (2)."""
+    """Classic finite-nudge EP in generalized form: one-sided (``points=1``) or symmetric (2).
 
-    points: int = eqx.field(static=True, default=1)
-    name = "ep"
+    One-sided: ``v = (a(beta) - a(0)) / beta`` (Scellier and Bengio 2017); symmetric:
+    ``(a(beta) - a(-beta)) / (2 beta)`` (Laborieux et al. 2021).
+    """
+
+    points: int = setting(1, "1 (one-sided) or 2 (symmetric); use 'hep' for more.",
+                          bounds=POSITIVE_INT)
 
     def __check_init__(self):
         if self.points not in (1, 2):
             raise ValueError(f"'ep' takes points 1 (one-sided) or 2 (symmetric), got {self.points}; use 'hep' for more")
 
 
+@ESTIMATORS.register("online-hep")
 class OnlineHEP(Estimator):
     """Online hEP: one complex trajectory, never reset, with the nudge rotating on the circle.
 
@@ -149,10 +164,10 @@ class OnlineHEP(Estimator):
     ``nudged_steps`` grows (the lag of the state behind the nudge).
     """
 
-    beta: float = eqx.field(static=True, default=0.5)
-    points: int = eqx.field(static=True, default=4)
-    periods: int = eqx.field(static=True, default=4)
-    name = "online-hep"
+    beta: float = setting(0.5, "Nudging strength (radius of the nudge circle).", bounds=POSITIVE)
+    points: int = setting(4, "Points per period of the rotating nudge (>= 2).", bounds=POSITIVE_INT)
+    periods: int = setting(4, "Oscillation periods of the rotating nudge.", bounds=POSITIVE_INT)
+    nudged: FixedPointSolver = eqx.field(static=True, default=FixedPoint(steps=20))
 
     def needs_complex(self) -> bool:
         return True
@@ -162,10 +177,10 @@ class OnlineHEP(Estimator):
             raise ValueError(f"'online-hep' needs points >= 2, got {self.points}")
 
     def __call__(self, model, x, y, free, key):
-        d = self.dynamics
         ftype = jax.tree.leaves(free.u)[0].dtype
         ctype = jnp.result_type(ftype, jnp.complex64)
-        seg, n = d.nudged_steps, self.points
+        seg, n = self.nudged.steps, self.points
+        project = model.projector()
         total = seg * n * self.periods
         u0 = jax.tree.map(lambda v: v.astype(ctype), free.u)
         zeros = jax.tree.map(jnp.zeros_like, u0)
@@ -175,7 +190,7 @@ class OnlineHEP(Estimator):
             k = (t // seg) % n
             beta = self.beta * jnp.exp(2j * jnp.pi * k / n).astype(ctype)
             f = nudged_field(model, free.drive, y, beta)(u)
-            u = jax.tree.map(lambda ui, fi: ui + d.dt * fi, u, f)
+            u = euler_step(u, f, self.nudged.dt, project)
             a = model.activity(u)
             return (u, jax.tree.map(jnp.add, u_sum, u),
                     jax.tree.map(lambda s, ai: s + ai / beta, f_sum, a))

@@ -2,7 +2,7 @@
 
 A model owns its parameters (inexact arrays, trained) and its structure (static).
 Its *state* ``u`` is a pytree whose leaves have the batch on axis 0; the solver
-iterates ``u <- u + dt * F(u)``. Its *activity* ``a = activity(u)`` is the pytree (same
+iterates ``u <- project(u + dt * F(u))``. Its *activity* ``a = activity(u)`` is the pytree (same
 structure) in which the learning rule is written: the nudge adds ``beta * dl/da`` to
 the output's component of ``F``, and every estimate of ``da*/dbeta`` lives there.
 
@@ -31,7 +31,25 @@ PyTree = Any
 
 
 class EquilibriumModel(eqx.Module):
-    """Abstract equilibrium network ``F(u; theta, x)`` with a readout."""
+    """Abstract equilibrium network ``F(u; theta, x)`` with a readout.
+
+    The contract every solver and estimator relies on (and nothing more):
+
+    - ``prepare(x)`` hoists what depends on the clamped input only out of the loop;
+    - ``init_state(drive)`` is the state the free phase starts from;
+    - ``field(u, drive)`` is the vector field ``F`` (fixed points: ``F = 0``);
+    - ``activity(u)`` maps states to activities, where the learning rule and the nudge
+      are written (elementwise, holomorphic where the activation is);
+    - ``project(u)`` is applied after every step of every solver: the step map is
+      ``u <- project(u + dt F(u))``. The default is the identity; a model whose states
+      live in a bounded set (e.g. clipped to ``[0, 1]``) overrides it;
+    - ``holomorphic``: whether complex states are accepted (complex nudges need it);
+    - ``readout`` and ``output`` (the nudged population's name).
+
+    Capabilities beyond the contract are the abstract subclasses
+    :class:`InteractionModel`, :class:`EnergyModel` and :class:`BipartiteModel`;
+    components that need one test ``isinstance``.
+    """
 
     readout: eqx.AbstractVar[Readout]
     output: eqx.AbstractVar[str]
@@ -53,36 +71,27 @@ class EquilibriumModel(eqx.Module):
     def field(self, u: PyTree, drive: PyTree) -> PyTree:
         """Free vector field ``F(u)`` (same structure as ``u``); fixed points: ``F = 0``."""
 
-    def interaction(self, a: PyTree, drive: PyTree) -> PyTree:
-        """``h(a)``: the part of ``F`` driven by the activities (``F = h(a) - u`` for dense and
-        convolutional networks). Its Jacobian ``dh/da`` has the same antisymmetric part as
-        the activity-coordinate Jacobian ``J``; homeostasis and symmetry diagnostics use it."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its interaction h(a)")
-
     @property
     @abc.abstractmethod
     def holomorphic(self) -> bool:
         """Whether the field accepts complex states (needed by complex nudges)."""
 
-    def partition(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-        """Two groups of populations with no coupling inside either group (the coupling
-        graph is bipartite), or ``None``. Then the synchronous iteration is two decoupled
-        copies, and alternating updates of the groups do half the work per step."""
-        return None
+    def project(self, u: PyTree) -> PyTree:
+        """The projection applied after each step, population by population (``u`` may
+        hold a subset of the populations). Default: the identity."""
+        return u
 
-    def field_on(self, u: PyTree, drive: PyTree, group: tuple[str, ...]) -> PyTree:
-        """``F`` restricted to the populations in ``group`` (default: the full field, sliced)."""
-        f = self.field(u, drive)
-        return {p: f[p] for p in group}
+    def projector(self):
+        """``project`` as a callable for the solvers, or ``None`` when it is the identity
+        (so that unprojected models pay nothing)."""
+        if type(self).project is EquilibriumModel.project:
+            return None
+        return self.project
 
     @property
     def symmetric(self) -> bool:
         """True when ``dF/da`` is symmetric at every state (an energy-based network)."""
         return False
-
-    def primitive(self, a: PyTree, x: Array) -> Array:
-        """Per-example primitive ``Phi(a)`` with ``dPhi/da = F + u`` (tied networks only)."""
-        raise NotImplementedError(f"{type(self).__name__} has no energy (primitive) function")
 
     # -- output and nudge -------------------------------------------------------------
 
@@ -102,6 +111,62 @@ class EquilibriumModel(eqx.Module):
     def predict(self, a: PyTree) -> Array:
         """Predicted class ``(B,)``."""
         return jnp.argmax(self.readout.logits(self.output_activity(a)).real, axis=-1)
+
+
+
+class InteractionModel(EquilibriumModel):
+    """A model whose field is ``F = h(a) - u``: it exposes the interaction ``h(a)``.
+
+    ``dh/da`` has the same antisymmetric part as the activity-coordinate Jacobian of the
+    dynamics, so Jacobian homeostasis and the symmetry diagnostics use it
+    (arXiv 2309.02214, Sec. 4).
+    """
+
+    @abc.abstractmethod
+    def interaction(self, a: PyTree, drive: PyTree) -> PyTree:
+        """``h(a)``: the activity-driven part of ``F`` (pytree like ``a``)."""
+
+
+class EnergyModel(EquilibriumModel):
+    """A model that may derive from a primitive (energy) ``Phi`` with ``dPhi/da = h(a)``.
+
+    It is energy-based when ``symmetric`` is true (e.g. tied weights); the classic EP
+    contrast estimator needs that.
+    """
+
+    @abc.abstractmethod
+    def primitive(self, a: PyTree, x: Array) -> Array:
+        """Per-example primitive ``Phi(a)`` ``(B,)`` (raises ``ValueError`` when
+        ``symmetric`` is false)."""
+
+
+class BipartiteModel(EquilibriumModel):
+    """A model whose coupling graph may be bipartite: alternating updates apply.
+
+    Then the synchronous iteration is two decoupled copies, and updating the two groups
+    in turn does half the work per step with the same fixed points.
+    """
+
+    @abc.abstractmethod
+    def partition(self) -> tuple[tuple[str, ...], ...] | None:
+        """Groups of populations with no coupling inside a group, or ``None`` when the
+        coupling graph is not bipartite."""
+
+    def field_on(self, u: PyTree, drive: PyTree, group: tuple[str, ...]) -> PyTree:
+        """``F`` restricted to the populations in ``group`` (default: the full field, sliced)."""
+        f = self.field(u, drive)
+        return {p: f[p] for p in group}
+
+
+class FeedbackModel(EquilibriumModel):
+    """A model with explicit pairs of forward and feedback weights (the weight angles of
+    the asymmetry diagnostics, arXiv 2309.02214 Fig. 3)."""
+
+    @abc.abstractmethod
+    def feedback_pairs(self) -> dict[str, tuple[Array, Array | None]]:
+        """``{"<src>-<dst>": (W, B)}`` for every pair of populations coupled both ways:
+        the forward matrix ``W_{src->dst}`` and the feedback ``B_{dst->src}``, or
+        ``None`` for a tied coupling (feedback ``W^T`` by construction)."""
 
 
 def parameters(model: eqx.Module) -> PyTree:

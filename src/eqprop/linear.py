@@ -1,0 +1,147 @@
+"""Linear solvers of the exact estimators, as Lineax ``AbstractLinearSolver`` objects.
+
+The exact nudge and implicit differentiation solve ``J w = b`` at the free fixed point,
+with ``J = dF/du`` (or ``J^T``) given matrix-free by JVPs or VJPs, one independent
+system per example (leaves ``(B, ...)``). :func:`solve_linear` runs any Lineax solver on
+such a system and reports :class:`~eqprop.relax.RelaxStats` like a relaxation.
+
+- :class:`DampedIteration`: the linearised relaxation ``w <- w + dt (J w - b)``. It
+  converges exactly when the relaxation contracts and costs one JVP per step; it stops
+  once every example's residual is below ``rtol * max_examples ||b||``.
+- :class:`DampedThenGMRES` (``"auto"``): the damped iteration, falling back (``lax.cond``,
+  so only when needed) to Lineax's restarted GMRES, which needs only a nonsingular ``J``,
+  where it did not converge. Training drives networks toward the edge of contraction,
+  where the damped iteration alone returned exploding gradients.
+- ``"gmres"``: :class:`GMRES`, Lineax's restarted GMRES on the whole batch.
+
+Each registers in :data:`eqprop.registry.LINEAR_SOLVERS` and is built from
+``[dynamics] linear_solver``, ``linear_steps``, ``linear_tol`` and ``dt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+from .registry import LINEAR_SOLVERS
+from .relax import RelaxStats, nonfinite_populations, relax, residual_norm
+
+PyTree = Any
+
+__all__ = ["DampedIteration", "DampedThenGMRES", "GMRES", "solve_linear", "make_linear_solver"]
+
+
+class _Solver(lx.AbstractLinearSolver):
+    """Shared plumbing: the state is the operator; transposes and conjugates with it."""
+
+    def init(self, operator, options):
+        return operator
+
+    def transpose(self, state, options):
+        return state.transpose(), options
+
+    def conj(self, state, options):
+        return lx.conj(state), options
+
+    def assume_full_rank(self):
+        return True
+
+    # lineax < 0.1 names
+    def allow_dependent_columns(self, operator):  # pragma: no cover - version shim
+        return False
+
+    def allow_dependent_rows(self, operator):  # pragma: no cover - version shim
+        return False
+
+
+@LINEAR_SOLVERS.register("fixed-point")
+class DampedIteration(_Solver):
+    """The damped linearised relaxation ``w <- w + dt (A w - b)`` from ``w = 0``.
+
+    ``rtol``: stop once every example's ``||A w - b||`` is below ``rtol * max ||b||``
+    (``0``: run all ``max_steps``); ``dt``: the relaxation's step size.
+    """
+
+    dt: float = eqx.field(static=True, default=1.0)
+    rtol: float = eqx.field(static=True, default=1e-5)
+    max_steps: int = eqx.field(static=True, default=1000)
+
+    def compute(self, state, vector, options):
+        scale = jnp.max(residual_norm(vector))
+        tol = self.rtol * scale if self.rtol > 0 else 0.0
+        w, stats = relax(lambda w: jax.tree.map(jnp.subtract, state.mv(w), vector),
+                         jax.tree.map(jnp.zeros_like, vector), dt=self.dt, steps=self.max_steps, tol=tol)
+        converged = (jnp.max(stats.residual) <= jnp.maximum(tol, 1e-30) * 1.0001) & (stats.nonfinite_step < 0)
+        result = lx.RESULTS.where(converged, lx.RESULTS.successful, lx.RESULTS.max_steps_reached)
+        return w, result, {"num_steps": jnp.asarray(stats.steps, jnp.int32)}
+
+
+@LINEAR_SOLVERS.register("gmres")
+class GMRES(_Solver):
+    """Lineax's restarted GMRES on the whole batch (one block-diagonal system)."""
+
+    rtol: float = eqx.field(static=True, default=1e-5)
+    max_steps: int = eqx.field(static=True, default=1000)
+    restart: int = eqx.field(static=True, default=20)
+
+    def _inner(self) -> lx.GMRES:
+        return lx.GMRES(rtol=self.rtol, atol=0.0, max_steps=self.max_steps, restart=self.restart)
+
+    def compute(self, state, vector, options):
+        inner = self._inner()
+        w, result, stats = inner.compute(inner.init(state, options), vector, options)
+        return w, result, {"num_steps": jnp.asarray(stats["num_steps"], jnp.int32)}
+
+
+@LINEAR_SOLVERS.register("auto")
+class DampedThenGMRES(_Solver):
+    """The damped iteration, with a GMRES fallback where it did not converge."""
+
+    dt: float = eqx.field(static=True, default=1.0)
+    rtol: float = eqx.field(static=True, default=1e-5)
+    max_steps: int = eqx.field(static=True, default=1000)
+    restart: int = eqx.field(static=True, default=20)
+
+    def compute(self, state, vector, options):
+        damped = DampedIteration(dt=self.dt, rtol=self.rtol, max_steps=self.max_steps)
+        w, result, stats = damped.compute(state, vector, options)
+        gmres = GMRES(rtol=self.rtol, max_steps=self.max_steps, restart=self.restart)
+        return jax.lax.cond(result == lx.RESULTS.successful, lambda: (w, result, stats),
+                            lambda: gmres.compute(state, vector, options))
+
+
+def make_linear_solver(name: str, *, dt: float = 1.0, rtol: float = 1e-5,
+                       max_steps: int = 1000) -> lx.AbstractLinearSolver:
+    """The registered linear solver ``name`` with the ``[dynamics]`` settings it takes."""
+    cls = LINEAR_SOLVERS.get(name)
+    fields = {f.name for f in dataclasses.fields(cls)} if isinstance(cls, type) else set()
+    given = {"dt": dt, "rtol": rtol, "max_steps": max_steps}
+    return cls(**{k: v for k, v in given.items() if k in fields})
+
+
+def solve_linear(matvec: Callable[[PyTree], PyTree], rhs: PyTree,
+                 solver: lx.AbstractLinearSolver) -> tuple[PyTree, RelaxStats]:
+    """Solve ``matvec(w) + rhs = 0`` (``matvec`` linear, batched leaves ``(B, ...)``).
+
+    **Returns:** ``w`` and :class:`RelaxStats` (``steps``: the solver's steps;
+    ``residual``: ``||matvec(w) + rhs||`` per example; ``nonfinite_step``: ``steps``
+    when ``w`` is not finite, else ``-1``).
+    """
+    operator = lx.FunctionLinearOperator(matvec, jax.eval_shape(lambda: rhs))
+    sol = lx.linear_solve(operator, jax.tree.map(jnp.negative, rhs), solver, throw=False)
+    w = sol.value
+    steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
+    nonfinite = nonfinite_populations(w)
+    bad = jnp.any(jnp.stack(list(nonfinite.values())))
+    stats = RelaxStats(
+        steps=steps,
+        residual=residual_norm(jax.tree.map(jnp.add, matvec(w), rhs)),
+        nonfinite_step=jnp.where(bad, steps, jnp.asarray(-1, jnp.int32)),
+        nonfinite=nonfinite,
+    )
+    return w, stats
