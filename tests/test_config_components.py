@@ -93,7 +93,38 @@ def test_an_unregistered_kind_is_gone(wide):
     assert error_of({"model": {"width_bonus": 1}}).startswith("model.width_bonus: unknown key")
 
 
-@pytest.mark.skipif(not len(ESTIMATORS), reason="no estimator registered yet")
+def test_a_solver_setting_is_a_dynamics_key(capsys):
+    """A new solver (one class, one registration): its settings are [dynamics] keys, and
+    build wires them into the free phase's solver object."""
+    from eqprop import build
+    from eqprop.registry import SOLVERS
+    from eqprop.solvers import FixedPoint
+
+    class Relaxed(FixedPoint):
+        """The plain iteration under another name, with one setting (a test plugin)."""
+
+        relaxed_factor: float = setting(0.5, "A factor (test plugin).", bounds=POSITIVE,
+                                        key="relaxed_factor")
+
+    SOLVERS.register("relaxed-test", Relaxed)
+    try:
+        c = parse_config({"dynamics": {"solver": "relaxed-test", "relaxed_factor": 0.25, "free_steps": 7}})
+        assert (c.dynamics.solver, c.dynamics.relaxed_factor) == ("relaxed-test", 0.25)
+        assert parse_config(to_dict(c)) == c
+        free = build.build_solvers(c).free
+        assert type(free) is Relaxed and (free.relaxed_factor, free.steps) == (0.25, 7)
+        assert error_of({"dynamics": {"relaxed_factor": 0.5}}) == \
+            "dynamics.relaxed_factor: belongs to solver 'relaxed-test', not 'fixed-point'"
+        assert error_of({"dynamics": {"solver": "relaxed-test", "relaxed_factor": -1.0}}).startswith(
+            "dynamics.relaxed_factor: must be > 0")
+        assert main(["config"]) == 0
+        text = capsys.readouterr().out
+        assert '### solver = "relaxed-test"' in text and "| `relaxed_factor` | float | `0.5` |" in text
+    finally:
+        SOLVERS.unregister("relaxed-test")
+    assert "relaxed-test" not in describe()
+
+
 def test_an_estimator_setting_is_a_config_key(capsys):
     base = ESTIMATORS.get("hep")
 

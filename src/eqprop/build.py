@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, DynamicsSettings
 from .estimate import Estimator, make_estimator
 from .homeostasis import Homeostasis
 from .network import DenseNetwork, EquilibriumModel, graph, layered
@@ -22,14 +23,9 @@ from .settings import settings_of
 from .solvers import FixedPoint, PhaseSolvers
 
 
-#: the ``[dynamics]`` keys and their defaults (the section's defaults, for keyword use)
-DYNAMICS_DEFAULTS = dict(dt=1.0, free_steps=150, nudged_steps=20, tol=0.0, tol_fraction=0.0,
-                         solver="fixed-point", linear_steps=1000, linear_tol=1e-5, linear_solver="auto",
-                         state_bound=1e6, converged_tol=0.0, update="synchronous", check_every=1)
-
-
 def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
-    """The solver objects of a ``[dynamics]`` section (or of its keys given as keywords).
+    """The solver objects of a ``[dynamics]`` section, or of its keys given as keywords
+    (absent keys take the section's defaults; ``solver`` names the free phase's solver).
 
     - free phase: the registered solver ``solver`` with ``free_steps``, ``dt``, ``tol``,
       ``tol_fraction``, ``check_every``, ``update``, ``bound = state_bound`` and its own
@@ -41,18 +37,16 @@ def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
 
     **Raises:** ``ValueError`` for an unknown key or solver name.
     """
-    values = dict(DYNAMICS_DEFAULTS)
+    values = {"solver": "fixed-point", **{s.key: s.default for s in settings_of(DynamicsSettings)}}
     if dynamics is not None:
-        values.update({k: getattr(dynamics, k) for k in dir(dynamics)
-                       if not k.startswith("_") and not callable(getattr(dynamics, k))})
-    values.update(keys)
-    cls = SOLVERS.get(values["solver"])
+        values.update(to_dict_section(dynamics))
+    cls = SOLVERS.get(keys.get("solver", values["solver"]))
     own = {f.key: f.name for f in settings_of(cls)}
-    known = set(DYNAMICS_DEFAULTS) | {k for name in SOLVERS for k in
-                                      (f.key for f in settings_of(SOLVERS[name]))} | {"warm_start"}
-    unknown = [k for k in keys if k not in known]
-    if unknown:
-        raise ValueError(f"unknown [dynamics] key {unknown[0]!r}; allowed: {', '.join(sorted(known - {'warm_start'}))}")
+    for key in keys:
+        if key not in values and key not in own:
+            raise ValueError(f"unknown [dynamics] key {key!r} for solver {values['solver']!r}; allowed: "
+                             f"{', '.join([*values, *own])}")
+    values.update(keys)
     common = dict(dt=values["dt"], tol=values["tol"], check_every=values["check_every"],
                   update=values["update"], bound=values["state_bound"])
     free = cls(steps=values["free_steps"], tol_fraction=values["tol_fraction"], **common,
@@ -61,6 +55,11 @@ def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
     linear = make_linear_solver(values["linear_solver"], dt=values["dt"], rtol=values["linear_tol"],
                                 max_steps=values["linear_steps"])
     return PhaseSolvers(free=free, nudged=nudged, linear=linear, converged_tol=values["converged_tol"])
+
+
+def to_dict_section(section: Any) -> dict[str, Any]:
+    """A parsed section's keys and values (``{key: value}``)."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
 
 
 def build_solvers(config: Config) -> PhaseSolvers:

@@ -28,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from .registry import DATASETS, ESTIMATORS, LOGGERS, MODELS, load_builtins
+from .registry import DATASETS, ESTIMATORS, LINEAR_SOLVERS, LOGGERS, MODELS, SOLVERS, load_builtins
 from .settings import (BOOLEAN, FLOAT, FLOAT_TABLE, INT_ARRAY, INT_TABLE, INTEGER, NONNEGATIVE,
                        PAIR_ARRAY, POSITIVE, POSITIVE_INT, STRING, STRING_ARRAY, UNIT_HALF_OPEN,
                        Bounds, FrozenMap, Registry, SettingError, SettingField, setting, settings_of)
@@ -89,8 +89,9 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class DynamicsConfig:
-    """The relaxations: step size, step budgets, stopping, solvers."""
+class DynamicsSettings:
+    """The keys of ``[dynamics]`` that every solver shares: step size, step budgets,
+    stopping, the linear solves (the solver's own keys come from its class)."""
 
     dt: float = setting(1.0, "Relaxation step size.", bounds=Bounds(lo=0, hi=1, lo_open=True))
     free_steps: int = setting(150, "Steps of the free phase.", bounds=POSITIVE_INT)
@@ -100,14 +101,13 @@ class DynamicsConfig:
         0.0, "Free phase: stop once at most this fraction of the batch is above tol (0: every "
         "example must be), so that a few stragglers do not keep the batch iterating.",
         bounds=Bounds(lo=0, hi=1, hi_open=True))
-    solver: str = setting("fixed-point", "Equilibrium solver.", choices=("fixed-point", "anderson"))
     linear_steps: int = setting(1000, "Iteration budget of the exact estimators' linear solves.",
                                 bounds=POSITIVE_INT)
     linear_tol: float = setting(1e-5, "Relative tolerance of the linear solves (exact-nudge, "
                                 "implicit).", bounds=NONNEGATIVE)
     linear_solver: str = setting(
         "auto", "Linear solver of the exact estimators: the damped linearised relaxation with a "
-        "GMRES fallback (auto), or either alone.", choices=("auto", "gmres", "fixed-point"))
+        "GMRES fallback (auto), or either alone.", choices=LINEAR_SOLVERS)
     state_bound: float = setting(1e6, "A free-phase state with |u| above this counts as diverged "
                                  "(exploding), like a NaN.", bounds=POSITIVE)
     converged_tol: float = setting(0.0, "Exact estimators leave out examples whose free-phase "
@@ -116,12 +116,6 @@ class DynamicsConfig:
         "synchronous", "Update every population at once, or the two halves of a bipartite "
         "(layered) network in turn (plain iteration and Anderson): same fixed points, half the "
         "work per step.", choices=("synchronous", "alternating"))
-    anderson_memory: int = setting(5, "History length of Anderson acceleration (solver = "
-                                   "'anderson').", bounds=NONNEGATIVE)
-    anderson_damping: float = setting(1.0, "Anderson mixing parameter in (0, 1].",
-                                      bounds=Bounds(lo=0, hi=1, lo_open=True))
-    anderson_delay: int = setting(0, "Plain steps before Anderson starts (counted like "
-                                  "free_steps): skips the initial transient.", bounds=NONNEGATIVE)
     check_every: int = setting(
         1, "With tol > 0, test the tolerance and divergence once every this many sweeps of the "
         "plain iteration (free phase, Anderson's delay, nudged phases) instead of after each: "
@@ -287,6 +281,8 @@ class Variant:
     _component: ClassVar[type]
     _specs: ClassVar[tuple[FieldSpec, ...]]
     _fields: ClassVar[dict[str, str]]  # configuration key -> the component's field name
+    _common_keys: ClassVar[tuple[str, ...]]  # keys every variant shares (``_common``'s settings)
+    _common: ClassVar[type | None] = None  # a settings class whose keys every variant has
 
     @classmethod
     def components(cls) -> dict[str, type]:
@@ -329,7 +325,8 @@ class Variant:
         return {name: getattr(self, key) for key, name in self._fields.items()}
 
     def __reduce__(self):
-        return _variant_of, (self._section, self._name, tuple((k, getattr(self, k)) for k in self._fields))
+        keys = (*self._common_keys, *self._fields)
+        return _variant_of, (self._section, self._name, tuple((k, getattr(self, k)) for k in keys))
 
 
 def _variant_of(section: str, name: str, items: tuple[tuple[str, Any], ...]) -> Variant:
@@ -343,11 +340,13 @@ def _make_variant(union: type[Variant], name: str, component: type) -> type[Vari
         if s.key == union._tag or s.key.startswith("_") or s.key in _RESERVED:
             raise TypeError(f"{component.__module__}.{component.__qualname__}: the setting key "
                             f"{s.key!r} is reserved in [{union._section}]")
+    common = settings_of(union._common) if union._common is not None else ()
     fields = [(union._tag, str, field(default=name, init=False))]
-    fields += [(s.key, Any, field(default=s.default)) for s in settings]
+    fields += [(s.key, Any, field(default=s.default)) for s in (*common, *settings)]
     namespace = {"_name": name, "_component": component,
-                 "_specs": tuple(FieldSpec.of(s) for s in settings),
+                 "_specs": tuple(FieldSpec.of(s) for s in (*common, *settings)),
                  "_fields": {s.key: s.name for s in settings},
+                 "_common_keys": tuple(s.key for s in common),
                  "__doc__": f"``[{union._section}]`` with ``{union._tag} = \"{name}\"``: "
                             f"{_first_paragraph(component)}"}
     cls = dataclasses.make_dataclass(f"{union.__name__}[{name}]", fields, bases=(union,),
@@ -366,6 +365,19 @@ class ModelConfig(Variant):
     _doc = "Model kind; each kind has its own keys (below)."
 
 
+class DynamicsConfig(Variant):
+    """``[dynamics]``: the relaxations, a tagged union on ``solver`` over
+    :data:`~eqprop.registry.SOLVERS`; the keys of :class:`DynamicsSettings` are shared by
+    every solver, each solver adds its own settings (e.g. ``anderson_memory``)."""
+
+    _section = "dynamics"
+    _tag = "solver"
+    _registry = SOLVERS
+    _default = "fixed-point"
+    _doc = "Equilibrium solver of the free phase; each has its own keys (below)."
+    _common = DynamicsSettings
+
+
 class EstimatorConfig(Variant):
     """``[estimator]``: the gradient estimator, a tagged union on ``name`` over
     :data:`~eqprop.registry.ESTIMATORS`."""
@@ -376,49 +388,6 @@ class EstimatorConfig(Variant):
     _default = "hep"
     _doc = "Gradient estimator; each has its own keys (below)."
 
-    @classmethod
-    def components(cls) -> dict[str, type]:
-        _load_builtins()
-        return dict(ESTIMATORS.items()) or dict(_FALLBACK_ESTIMATORS)
-
-
-# Stand-ins while eqprop.estimate registers nothing (its classes, once registered with
-# setting() fields, replace these; they keep the keys and defaults of the old section).
-@dataclass(frozen=True)
-class _NoSettings:
-    """An estimator without settings."""
-
-
-@dataclass(frozen=True)
-class _Nudged:
-    """Finite nudges of strength ``beta`` at ``points`` points."""
-
-    beta: float = setting(0.5, "Nudging strength.", bounds=POSITIVE)
-    points: int = setting(2, "Number of nudged points N.", bounds=POSITIVE_INT)
-
-
-@dataclass(frozen=True)
-class _OneOrTwoSided(_Nudged):
-    """Classic EP: one-sided (``points = 1``) or symmetric (2)."""
-
-    def __post_init__(self) -> None:
-        if self.points not in (1, 2):
-            raise SettingError("points", "'ep' takes 1 (one-sided) or 2 (symmetric); use 'hep' "
-                               f"for more, got {self.points}")
-
-
-@dataclass(frozen=True)
-class _Oscillating(_Nudged):
-    """A rotating nudge over ``periods`` periods."""
-
-    periods: int = setting(4, "Oscillation periods (online-hep).", bounds=POSITIVE_INT)
-
-
-_FALLBACK_ESTIMATORS: dict[str, type] = {
-    "ep": _OneOrTwoSided, "hep": _Nudged, "online-hep": _Oscillating, "exact-nudge": _NoSettings,
-    "implicit": _NoSettings, "bptt": _NoSettings, "contrast": _Nudged,
-}
-
 
 @dataclass(frozen=True)
 class Config:
@@ -426,7 +395,7 @@ class Config:
 
     data: DataConfig = DataConfig()
     model: ModelConfig = field(default_factory=ModelConfig.default)
-    dynamics: DynamicsConfig = DynamicsConfig()
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig.default)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig.default)
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -733,13 +702,14 @@ def _parse_union(section: str, union: type[Variant], table: Mapping[str, Any]) -
     tag = union._tag
     name = _expect_str(f"{section}.{tag}", table.get(tag, union._default), union.names())
     cls = union.variant(name)
-    allowed = [tag, *cls._fields]
+    allowed = [tag, *cls._common_keys, *cls._fields]
     for key in table:
         if key not in allowed:
             raise _key_error(section, key, allowed, union, name)
     values = _values(section, cls._specs, table)
     if _constructible(cls._component, list(cls._fields.values())):
-        _construct(section, cls._component, {cls._fields[k]: v for k, v in values.items()})
+        _construct(section, cls._component, {cls._fields[k]: v for k, v in values.items()
+                                             if k in cls._fields})
     return cls(**values)
 
 
@@ -823,7 +793,8 @@ def _switch_variant(section: str, table: Mapping[str, Any], name: Any,
     union = _UNIONS.get(section)
     if union is None or not isinstance(name, str) or name not in union.names():
         return dict(table)
-    allowed = union.variant(name)._fields
+    variant = union.variant(name)
+    allowed = (*variant._common_keys, *variant._fields)
     return {k: v for k, v in table.items() if k in allowed or k == union._tag or k in keep}
 
 
@@ -874,7 +845,7 @@ def _plain(value: Any) -> Any:
 def _keys(section: Any) -> list[str]:
     """The keys of a parsed section (a tagged union's: its tag, then its variant's keys)."""
     if isinstance(section, Variant):
-        return [section._tag, *section._fields]
+        return [section._tag, *section._common_keys, *section._fields]
     return [s.name for s in _plain_specs(type(section))]
 
 

@@ -15,9 +15,9 @@ from ..registry import ESTIMATORS
 from ..settings import settings_of
 from ..solvers import PhaseSolvers
 from .base import Estimate, Estimator, FreePhase, assemble, free_phase, nudged_field
-from .contrast import Contrast
-from .exact import BPTT, ExactNudge, Implicit, exact_nudge_derivative, rbp_delta, unrolled_loss
-from .nudge import EP, HolomorphicEP, OnlineHEP, circle_derivative, circle_points
+from .nudge import EP, HolomorphicEP, OnlineHEP, circle_derivative, circle_points  # isort: skip
+from .exact import BPTT, ExactNudge, Implicit, exact_nudge_derivative, rbp_delta, unrolled_loss  # isort: skip
+from .contrast import Contrast  # isort: skip  (registration order: nudge, exact, contrast)
 
 _TYPES = {"integer": int, "float": float, "string": str, "boolean": bool}
 

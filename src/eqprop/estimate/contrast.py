@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from ..network.base import EnergyModel
 from ..registry import ESTIMATORS
-from ..settings import POSITIVE, POSITIVE_INT, setting
+from ..settings import POSITIVE, POSITIVE_INT, SettingError, setting
 from ..solvers import FixedPoint, FixedPointSolver
 from .base import Estimate, Estimator, add_grads, readout_grad
 from .nudge import circle_derivative
@@ -36,7 +36,7 @@ class Contrast(Estimator):
 
     def __check_init__(self):
         if self.points not in (1, 2):
-            raise ValueError(f"'contrast' takes points 1 (one-sided) or 2 (symmetric), got {self.points}")
+            raise SettingError("points", f"'contrast' takes 1 (one-sided) or 2 (symmetric), got {self.points}")
 
     def check(self, model):
         super().check(model)

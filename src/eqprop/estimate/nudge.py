@@ -23,7 +23,7 @@ from jax import Array
 from ..network.base import EquilibriumModel
 from ..registry import ESTIMATORS
 from ..relax import RelaxStats, euler_step, nonfinite_populations, residual_norm
-from ..settings import POSITIVE, POSITIVE_INT, setting
+from ..settings import POSITIVE, POSITIVE_INT, SettingError, setting
 from ..solvers import FixedPoint, FixedPointSolver
 from .base import Estimate, Estimator, FreePhase, assemble, nudged_field, nudged_field_on
 
@@ -115,7 +115,6 @@ def circle_derivative(
     return v, _concat_stats(stats), states
 
 
-@ESTIMATORS.register("hep")
 class HolomorphicEP(Estimator):
     """Holomorphic EP: ``N`` nudges on a circle of radius ``beta`` (any ``N >= 1``).
 
@@ -137,7 +136,6 @@ class HolomorphicEP(Estimator):
         return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats)
 
 
-@ESTIMATORS.register("ep")
 class EP(HolomorphicEP):
     """Classic finite-nudge EP in generalized form: one-sided (``points=1``) or symmetric (2).
 
@@ -150,10 +148,10 @@ class EP(HolomorphicEP):
 
     def __check_init__(self):
         if self.points not in (1, 2):
-            raise ValueError(f"'ep' takes points 1 (one-sided) or 2 (symmetric), got {self.points}; use 'hep' for more")
+            raise SettingError("points", f"'ep' takes 1 (one-sided) or 2 (symmetric); use 'hep' "
+                               f"for more, got {self.points}")
 
 
-@ESTIMATORS.register("online-hep")
 class OnlineHEP(Estimator):
     """Online hEP: one complex trajectory, never reset, with the nudge rotating on the circle.
 
@@ -174,7 +172,7 @@ class OnlineHEP(Estimator):
 
     def __check_init__(self):
         if self.points < 2:
-            raise ValueError(f"'online-hep' needs points >= 2, got {self.points}")
+            raise SettingError("points", f"'online-hep' needs points >= 2, got {self.points}")
 
     def __call__(self, model, x, y, free, key):
         ftype = jax.tree.leaves(free.u)[0].dtype
@@ -207,3 +205,9 @@ class OnlineHEP(Estimator):
             nonfinite=nonfinite,
         )
         return assemble(model, x, y, u_bar, v), Estimate(error_vector=v, phases=stats)
+
+
+# registered in the order the configuration lists them
+ESTIMATORS.register("ep", EP)
+ESTIMATORS.register("hep", HolomorphicEP)
+ESTIMATORS.register("online-hep", OnlineHEP)
