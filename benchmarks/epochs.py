@@ -14,7 +14,7 @@ each mode as a ratio to the first. Modes (``--set``-style overrides of ``[dynami
 - ``tolerance``: alternating, stop once every example's residual is below 1e-3;
 - ``anderson``: Anderson acceleration (synchronous map, memory 5), tolerance 1e-3;
 - ``fast``: alternating + tolerance 1e-3 with ``tol_fraction`` 0.1 (up to 10% of a batch
-  may stop unconverged): the recommended fast mode (README, "Choosing the dynamics");
+  may stop unconverged): the recommended fast mode (docs/guide.md, "Choosing the dynamics");
 - ``fast+anderson``: the ``[dynamics]`` of ``configs/fmnist-mlp-hep-fast.toml``: ``fast``
   with Anderson acceleration of the alternating sweep (memory 2, after 40 plain steps),
   the plain iteration testing the tolerance every 5 sweeps (``check_every``);
