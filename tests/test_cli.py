@@ -114,6 +114,29 @@ def test_gradcheck_bad_spec(tiny_config, capsys):
     assert "nope" in err and len(err.strip().splitlines()) == 1
 
 
+def test_gradcheck_table_composes_the_diagnostics():
+    """``gradcheck()`` compares estimators only; the command passes the diagnostics to
+    ``format_table`` as a second argument and merges them into the JSON's top level."""
+    import jax
+    import jax.numpy as jnp
+
+    import eqprop
+    from eqprop.build import phase_solvers
+    from eqprop.gradcheck import format_table, gradcheck, to_json
+
+    m = eqprop.layered([4, 5, 3], key=jax.random.PRNGKey(0))
+    x, y = jax.random.uniform(jax.random.PRNGKey(1), (3, 4)), jnp.arange(3) % 3
+    dyn = phase_solvers(free_steps=20, nudged_steps=5, linear_steps=50)
+    result = gradcheck(m, x, y, {"ep": eqprop.make_estimator("ep", dyn)}, dyn)
+    assert set(result) == {"ep", "relaxation", "reference"}
+    diag = {"angle": 12.5, "jacobian_symmetry": 0.75}
+    plain, table = format_table(result), format_table(result, diag)
+    assert "asymmetry diagnostics" not in plain and table.startswith(plain)
+    assert "jacobian_symmetry" in table.split("asymmetry diagnostics")[1]
+    merged = to_json({**result, **diag})
+    assert merged["jacobian_symmetry"] == 0.75 and "cosine" in merged["ep"]["total"]
+
+
 def test_datasets(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out

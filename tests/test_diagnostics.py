@@ -12,9 +12,11 @@ from eqprop.config import parse_config
 from eqprop.diagnostics import diagnostics
 from eqprop.estimate import make_estimator
 from eqprop.train import train
+from helpers import solvers
 
 F64 = jnp.float64
-DYN = eqprop.Dynamics(free_steps=80, nudged_steps=30, linear_steps=500, linear_tol=1e-12)
+SETTINGS = dict(free_steps=80, nudged_steps=30, linear_steps=500, linear_tol=1e-12)
+DYN = solvers(**SETTINGS)
 
 
 def run(feedback, angle, estimator="exact-nudge", **kw):
@@ -43,24 +45,47 @@ def test_untied_90_degrees_has_asymmetry_bias():
     assert d["alignment"] < 0.9
 
 
+def test_the_implicit_estimator_is_aligned_with_its_own_delta():
+    """``alignment`` compares with the implicit estimator's error vector, the
+    recurrent-backprop ``delta``: the implicit estimator itself has alignment 1."""
+    d = run("untied", 90.0, "implicit")
+    assert d["alignment"] == pytest.approx(1.0, abs=1e-12)
+    assert d["cos_implicit"] == pytest.approx(1.0, abs=1e-12)
+    assert d["cos_finite_nudge"] == pytest.approx(d["cos_asymmetry"], abs=1e-12)
+
+
+def test_probe_figures_agree_with_the_exact_ones():
+    """Past ``exact_max`` neurons the Jacobian figures come from homeostasis's probes; on
+    one example they estimate the explicit Jacobian's figures."""
+    m = eqprop.layered([8, 10, 7, 4], key=jax.random.PRNGKey(0), feedback="untied",
+                       asymmetry_angle=90.0, dtype=F64)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (1, 8), F64)
+    y = jnp.arange(1)
+    est = make_estimator("ep", DYN, beta=0.05, points=1)
+    exact = diagnostics(m, x, y, est, DYN)
+    probed = diagnostics(m, x, y, est, DYN, exact_max=0, probes=4000)
+    assert probed["jacobian_symmetry"] == pytest.approx(exact["jacobian_symmetry"], abs=0.01)
+    assert probed["homeo_loss"] == pytest.approx(exact["homeo_loss"], rel=0.05)
+    for k in ("cos_asymmetry", "cos_finite_nudge", "alignment"):
+        assert probed[k] == pytest.approx(exact[k], abs=1e-12), k
+
+
 def test_free_steps_takes_the_diagnostics_at_the_fixed_point():
     """``free_steps`` relaxes the probe batch further than training does: the figures are
     then those of the converged dynamics, and ``probe_nonconverged`` says how many examples
     had not settled."""
-    import dataclasses
-
     m = eqprop.layered([8, 10, 7, 4], key=jax.random.PRNGKey(0), feedback="untied",
                        asymmetry_angle=60.0, dtype=F64)
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8), F64)
     y = jnp.arange(4) % 4
-    short = dataclasses.replace(DYN, free_steps=2)
+    short = solvers(**{**SETTINGS, "free_steps": 2})
     est = make_estimator("hep", short, points=2, beta=0.01)
     unsettled = diagnostics(m, x, y, est, short)
     assert unsettled["probe_nonconverged"] == 1.0
     settled = diagnostics(m, x, y, est, short, free_steps=200)
     assert settled["probe_nonconverged"] == 0.0
     reference = diagnostics(m, x, y, make_estimator("hep", DYN, points=2, beta=0.01),
-                            dataclasses.replace(DYN, free_steps=200))
+                            solvers(**{**SETTINGS, "free_steps": 200}))
     for k, v in reference.items():
         assert settled[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
     assert abs(unsettled["cos_asymmetry"] - settled["cos_asymmetry"]) > 1e-3
@@ -117,8 +142,7 @@ def test_alignment_is_the_mean_of_per_example_cosines():
     single example with a huge error vector cannot dominate it, unlike a batch cosine."""
     import numpy as np
 
-    from eqprop.diagnostics import example_cosines
-    from eqprop.gradcheck import cosine
+    from eqprop.metrics import cosine, example_cosines
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(5, 3, 2, 4))

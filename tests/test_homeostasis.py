@@ -10,12 +10,13 @@ import eqprop
 from eqprop.diagnostics import diagnostics, weight_angles
 from eqprop.estimate import free_phase, make_estimator
 from eqprop.homeostasis import (Homeostasis, exact_loss, explicit_jacobian, homeostasis_grad,
-                                neuron_count, probe_loss)
+                                jacobian_probes, neuron_count, probe_figures, probe_loss,
+                                probe_symmetry, probe_vectors)
 from eqprop.update import init_optimizer, make_train_step
-from helpers import cos, flat_params
+from helpers import cos, flat_params, solvers
 
 F64 = jnp.float64
-DYN = eqprop.Dynamics(free_steps=80, nudged_steps=30, linear_steps=500, linear_tol=1e-12)
+DYN = solvers(free_steps=80, nudged_steps=30, linear_steps=500, linear_tol=1e-12)
 
 
 def net(feedback="untied", angle=90.0, sizes=(8, 10, 7, 4)):
@@ -66,6 +67,50 @@ def test_probe_loss_vanishes_when_tied():
     assert abs(float(probe_loss(m, a, free.drive, jax.random.PRNGKey(3), probes=50))) < 1e-12
 
 
+def test_jacobian_probes_are_j_and_j_transpose_of_the_same_probes(untied):
+    """``jacobian_probes`` applies ``J`` (a JVP) and ``J^T`` (a VJP) to the same probes:
+    per example and probe they equal the explicit Jacobian's products."""
+    from jax.flatten_util import ravel_pytree
+
+    m, x, _, free = untied
+    a = m.activity(free.u)
+    eps = probe_vectors(jax.random.PRNGKey(4), a, 3)
+    assert all(l.shape == (3,) + t.shape for l, t in zip(jax.tree.leaves(eps), jax.tree.leaves(a)))
+    je, jte = jacobian_probes(m, a, free.drive, eps)
+    for i in range(x.shape[0]):
+        j = explicit_jacobian(m, x, a, i)
+        for p in range(3):
+            pick = lambda t: t[p, i:i + 1]  # noqa: E731  (probe p of example i)
+            e = ravel_pytree(jax.tree.map(pick, eps))[0]
+            assert jnp.allclose(ravel_pytree(jax.tree.map(pick, je))[0], j @ e, atol=1e-12)
+            assert jnp.allclose(ravel_pytree(jax.tree.map(pick, jte))[0], j.T @ e, atol=1e-12)
+
+
+def test_probe_symmetry_estimates_the_exact_symmetry():
+    """On one example, the probe estimate of ``||J_sym|| / (||J_sym|| + ||J_anti||)``
+    tends to the explicit Jacobian's figure; it is 1 when the weights are tied."""
+    for feedback, angle in (("untied", 90.0), ("untied", 30.0)):
+        m = net(feedback, angle)
+        x, _ = batch(b=1)
+        free = free_phase(m, x, DYN)
+        a = m.activity(free.u)
+        j = explicit_jacobian(m, x, a)
+        ns, na = jnp.linalg.norm(j + j.T), jnp.linalg.norm(j - j.T)
+        exact = float(ns / (ns + na))
+        est = float(probe_symmetry(m, a, free.drive, jax.random.PRNGKey(6), 4000))
+        assert abs(est - exact) < 0.01, (feedback, angle, est, exact)
+    m = net("tied", 0.0)
+    x, _ = batch()
+    free = free_phase(m, x, DYN)
+    a = m.activity(free.u)
+    assert float(probe_symmetry(m, a, free.drive, jax.random.PRNGKey(6), 5)) > 1 - 1e-12
+    # the diagnostics' pair: the symmetry with the key, the loss with a key folded from it
+    key = jax.random.PRNGKey(7)
+    s, l = probe_figures(m, a, free.drive, key, 5)
+    assert s == probe_symmetry(m, a, free.drive, key, 5)
+    assert l == probe_loss(m, a, free.drive, jax.random.fold_in(key, 1), 5)
+
+
 def test_homeostasis_gradient_matches_exact_gradient(untied):
     m, x, _, free = untied
     a = jax.lax.stop_gradient(m.activity(free.u))
@@ -103,7 +148,7 @@ def test_homeostasis_alone_restores_symmetry():
 def test_train_step_with_homeostasis_reports_loss_and_every():
     m = net(sizes=(8, 10, 7, 4))
     x, y = batch()
-    est = make_estimator("hep", eqprop.Dynamics(free_steps=20, nudged_steps=5), beta=0.5, points=2)
+    est = make_estimator("hep", solvers(free_steps=20, nudged_steps=5), beta=0.5, points=2)
     opt = optax.sgd(0.0)  # lr 0: compare gradients through the updates of a second optimizer
     plain = make_train_step(est, optax.sgd(1.0))
     homeo = make_train_step(est, optax.sgd(1.0), Homeostasis(coef=1.0, probes=3, every=2))

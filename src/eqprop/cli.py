@@ -93,6 +93,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from . import build
     from .config import load_config
     from .data import batches
+    from .diagnostics import diagnostics
     from .gradcheck import build_specs, format_table, gradcheck, to_json
     from .train import RunDir, build_program, load_run, unstack
 
@@ -107,22 +108,23 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         model = program.model
     if program.seeds > 1:
         model = unstack(model, 0)  # gradcheck looks at the first seed's network
-    dynamics = build.build_dynamics(config)
+    solvers = build.build_solvers(config)
     specs = args.estimator or [config.estimator.name]
-    estimators = build_specs(specs, dynamics, build.estimator_settings(config))
+    estimators = build_specs(specs, solvers, build.estimator_settings(config))
     ds = program.dataset
     xb, yb = next(batches(ds.x_train, ds.y_train, config.data.batch_size,
                           seed=config.train.seed, epoch=0, drop_last=False))
-    result = gradcheck(model, xb, yb, estimators, dynamics,
-                       key=jax.random.PRNGKey(config.train.seed),
-                       diagnostics_estimator=build.build_estimator(config),
-                       diagnostics_free_steps=config.diagnostics.free_steps or None)
-    print(format_table(result))
+    key = jax.random.PRNGKey(config.train.seed)
+    result = gradcheck(model, xb, yb, estimators, solvers, key=key)
+    # the asymmetry diagnostics of the config's estimator, on the same batch and key
+    diag = diagnostics(model, xb, yb, build.build_estimator(config), solvers, key,
+                       free_steps=config.diagnostics.free_steps or None)
+    print(format_table(result, diag))
     if args.json:
         out = Path(args.json)
         if out.parent != Path(""):
             out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(to_json(result), indent=2) + "\n")
+        out.write_text(json.dumps(to_json({**result, **diag}), indent=2) + "\n")
         print(f"wrote {out}")
     return EXIT_OK
 

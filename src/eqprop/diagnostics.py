@@ -1,4 +1,5 @@
-"""Diagnostics of learning without weight symmetry (arXiv 2309.02214), on one batch.
+"""Diagnostics of learning without weight symmetry (Laborieux and Zenke, ICLR 2024,
+arXiv 2309.02214), on one batch.
 
 :func:`diagnostics` returns a flat ``{key: float}``:
 
@@ -6,21 +7,26 @@
   populations coupled both ways, the angle between the forward matrix ``W_{src->dst}``
   and the transposed feedback ``B_{dst->src}^T`` (``src->dst`` is the projection listed
   first). Tied couplings count as pairs with angle 0 by construction. Absent when the
-  network has no such pair (or is not a :class:`~eqprop.network.DenseNetwork`).
+  network has no such pair (or is not a :class:`~eqprop.network.FeedbackModel`).
 - ``jacobian_symmetry``: ``s = ||J_sym||_F / (||J_sym||_F + ||J_anti||_F)`` with
   ``J = dh/da - I`` at the free fixed point (see :mod:`eqprop.homeostasis` for why this
   Jacobian). Exact from the explicit Jacobian (``jax.jacfwd`` over one example's
   flattened activity, mean over the first ``exact_examples`` examples) when the network
   has at most ``exact_max`` neurons; otherwise Hutchinson estimates
   ``||J_sym||_F^2 = E||J_sym eps||^2`` with ``J_sym eps = (J eps + J^T eps)/2`` (a JVP and
-  a VJP) over the batch and ``probes`` probes.
+  a VJP) over the batch and ``probes`` probes
+  (:func:`eqprop.homeostasis.probe_symmetry`). Absent, as ``homeo_loss``, for a model
+  that is not an :class:`~eqprop.network.InteractionModel`.
 - ``homeo_loss``: ``||J - J^T||_F^2 / (2 N)`` per example (``N`` neurons), exact or the
-  probe estimate under the same rule; the quantity homeostasis minimises.
+  probe estimate under the same rule; the quantity homeostasis minimises (by probes:
+  :func:`eqprop.homeostasis.probe_loss`, the function training differentiates).
 - ``alignment`` (mean over populations) and ``alignment/<population>``: cosine between
   the configured estimator's error vector (its ``da/dbeta`` estimate) and the
-  recurrent-backprop ``delta``, per example, averaged over the batch (as the authors'
-  ``mean_cos_delta``: one example whose nudged phases misbehave moves it by ``1/B`` at
-  most). Absent for estimators without an error vector (``bptt``).
+  recurrent-backprop ``delta`` (the error vector of the implicit estimator, which builds
+  the exact gradient from it), per example, averaged over the batch (as the authors'
+  ``mean_cos_delta``, :func:`eqprop.metrics.example_cosines`: one example whose nudged
+  phases misbehave moves it by ``1/B`` at most). Absent for estimators without an error
+  vector (``bptt``).
 - ``cos_finite_nudge = cos(g_estimator, g_exact_nudge)``: the finite-nudge bias (the
   estimate against generalized EP with the exact ``da/dbeta``);
   ``cos_asymmetry = cos(g_exact_nudge, g_implicit)``: the asymmetry bias (exact
@@ -39,7 +45,10 @@
 In training (``[diagnostics] enabled = true``) they are computed at the end of every
 ``every``-th epoch on a fixed probe batch (the first ``batch_size`` training examples),
 for **every seed** of a multi-seed run: the top-level keys of the metrics record are the
-means over seeds, ``per_seed`` holds the values of each seed.
+means over seeds, ``per_seed`` holds the values of each seed. ``eqprop gradcheck`` prints
+them beside the table of :func:`eqprop.gradcheck.gradcheck`: the command composes the
+two, neither module imports the other, and both take their cosines from
+:mod:`eqprop.metrics`.
 """
 
 from __future__ import annotations
@@ -55,11 +64,11 @@ import numpy as np
 from jax import Array
 
 from .estimate import Estimator, free_phase, make_estimator
-from .estimate.exact import rbp_delta
-from .gradcheck import cosine
-from .homeostasis import explicit_jacobian, jacobian_matvec, neuron_count, probe_loss
-from .network.base import EquilibriumModel, named_parameters
-from .relax import NONCONVERGED_TOL, Dynamics
+from .homeostasis import explicit_jacobian, neuron_count, probe_figures
+from .metrics import cosine, example_cosines
+from .network.base import EquilibriumModel, FeedbackModel, InteractionModel, named_parameters
+from .relax import NONCONVERGED_TOL
+from .solvers import PhaseSolvers
 
 PyTree = Any
 
@@ -70,28 +79,29 @@ DIAGNOSTIC_KEYS = ("angle", "jacobian_symmetry", "homeo_loss", "alignment", "cos
 
 
 def weight_angles(model: EquilibriumModel) -> dict[str, float]:
-    """``{"angle/<src>-<dst>": degrees}`` per coupled pair, plus their mean ``"angle"``."""
-    projections = getattr(model, "projections", None)
-    weights = getattr(model, "weights", None)
-    if projections is None or weights is None:
+    """Angle between each forward matrix and the transposed feedback (arXiv 2309.02214).
+
+    **Arguments:**
+
+    - ``model``: one network (not stacked over seeds); only a
+      :class:`~eqprop.network.FeedbackModel` (e.g. a
+      :class:`~eqprop.network.DenseNetwork`) has angles, from its ``feedback_pairs()``.
+
+    **Returns:** ``{"angle/<src>-<dst>": degrees}`` (in ``[0, 180]``) for every pair of
+    populations coupled both ways, ``src->dst`` being the projection listed first: the
+    angle between ``W_{src->dst}`` and ``B_{dst->src}^T`` (a tied coupling counts as 0);
+    with their mean ``"angle"`` as the first key. ``{}`` when there is no such pair (a
+    feedforward network) or the model is not a ``FeedbackModel``.
+    """
+    if not isinstance(model, FeedbackModel):
         return {}
     out: dict[str, float] = {}
-    names = {p.name for p in projections}
-    done: set[frozenset[str]] = set()
-    for e in projections:
-        if e.src == "input" or e.dst == "input":
-            continue
-        pair = frozenset((e.src, e.dst))
-        if pair in done:
-            continue
-        if e.tied:
-            out[f"angle/{e.src}-{e.dst}"] = 0.0
-            done.add(pair)
-        elif f"{e.dst}->{e.src}" in names:
-            w, b = weights[e.name], weights[f"{e.dst}->{e.src}"]
+    for pair, (w, b) in model.feedback_pairs().items():
+        if b is None:  # tied: the feedback is W^T by construction
+            out[f"angle/{pair}"] = 0.0
+        else:
             c = float(np.clip(cosine(w, b.T), -1.0, 1.0))
-            out[f"angle/{e.src}-{e.dst}"] = math.degrees(math.acos(c))
-            done.add(pair)
+            out[f"angle/{pair}"] = math.degrees(math.acos(c))
     if out:
         out = {"angle": float(np.mean(list(out.values()))), **out}
     return out
@@ -109,62 +119,52 @@ def _exact_figures(model, x, a, examples: int):
     return jnp.mean(jnp.stack(syms)), jnp.mean(jnp.stack(losses))
 
 
-def _probe_figures(model, a, drive, key, probes: int):
-    matvec = jacobian_matvec(model, a, drive)
-    _, vjp = jax.vjp(lambda act: model.interaction(act, drive), a)
-    leaves, treedef = jax.tree.flatten(a)
-    keys = jax.random.split(key, len(leaves))
-    eps = jax.tree.unflatten(treedef, [jax.random.normal(k, (probes,) + l.shape, l.dtype)
-                                       for k, l in zip(keys, leaves)])
-
-    def one(e):
-        je = matvec(e)
-        (jhte,) = vjp(e)
-        jte = jax.tree.map(jnp.subtract, jhte, e)
-        sym = sum(jnp.sum((x + y) ** 2) for x, y in zip(jax.tree.leaves(je), jax.tree.leaves(jte))) / 4
-        anti = sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(je), jax.tree.leaves(jte))) / 4
-        return sym, anti
-
-    sym, anti = jax.vmap(one)(eps)
-    ns, na = jnp.sqrt(jnp.mean(sym)), jnp.sqrt(jnp.mean(anti))
-    loss = probe_loss(model, a, drive, jax.random.fold_in(key, 1), probes)
-    return ns / (ns + na), loss
-
-
 def jacobian_figures(model: EquilibriumModel, x: Array, a: PyTree, drive: PyTree, key: Array, *,
                      exact_max: int = 2048, exact_examples: int = 4,
                      probes: int = 10) -> tuple[Array, Array, bool]:
-    """``(jacobian_symmetry, homeo_loss, exact)`` at activity ``a`` of the batch ``x``
-    (``drive = model.prepare(x)``; see the module doc)."""
+    """The Jacobian figures ``jacobian_symmetry`` and ``homeo_loss`` (arXiv 2309.02214).
+
+    ``J = dh/da - I`` at activity ``a`` (see :mod:`eqprop.homeostasis`): exact from the
+    explicit Jacobian when the network is small, else by Gaussian probes with the
+    estimators homeostasis trains with (:func:`eqprop.homeostasis.probe_figures`).
+
+    **Arguments:**
+
+    - ``model``: one :class:`~eqprop.network.InteractionModel`; ``x``: its input batch
+      ``(B, ...)``;
+    - ``a``: the batched activity (leaves ``(B, ...)``, the free fixed point's);
+    - ``drive``: ``model.prepare(x)``; ``key``: PRNG key of the probes;
+    - ``exact_max``: the explicit ``(N, N)`` Jacobian is formed when ``a`` has at most
+      this many units per example (``N``); ``exact_examples``: over how many examples
+      (the first ones) the exact figures are averaged; ``probes``: number of probes
+      otherwise.
+
+    **Returns:** ``(symmetry, homeo_loss, exact)``: ``||J_sym||_F / (||J_sym||_F +
+    ||J_anti||_F)`` in ``[0, 1]``; ``||J - J^T||_F^2 / (2 N)`` per example; whether they
+    are exact (a Python bool, static under ``jit``).
+    """
     if neuron_count(a) <= exact_max:
         s, l = _exact_figures(model, x, a, exact_examples)
         return s, l, True
-    s, l = _probe_figures(model, a, drive, key, probes)
+    s, l = probe_figures(model, a, drive, key, probes)
     return s, l, False
 
 
 @eqx.filter_jit
-def _raw(model, x, y, estimator, dynamics, key, exact_max, exact_examples, probes, free_steps):
-    free = free_phase(model, x, dynamics if free_steps is None
-                      else dataclasses.replace(dynamics, free_steps=free_steps))
+def _raw(model, x, y, estimator, solvers, key, exact_max, exact_examples, probes, free_steps):
+    free = free_phase(model, x, solvers.free if free_steps is None
+                      else dataclasses.replace(solvers.free, steps=free_steps))
     g_est, info = estimator(model, x, y, free, key)
-    g_exact, _ = make_estimator("exact-nudge", dynamics)(model, x, y, free, key)
-    g_imp, _ = make_estimator("implicit", dynamics)(model, x, y, free, key)
-    delta, _ = rbp_delta(model, free, y, dynamics)
-    a = model.activity(free.u)
-    sym, loss, _ = jacobian_figures(model, x, a, free.drive, jax.random.fold_in(key, 7),
-                                    exact_max=exact_max, exact_examples=exact_examples,
-                                    probes=probes)
+    g_exact, _ = make_estimator("exact-nudge", solvers)(model, x, y, free, key)
+    # implicit differentiation's error vector is the recurrent-backprop adjoint delta
+    g_imp, implicit = make_estimator("implicit", solvers)(model, x, y, free, key)
+    sym = loss = None
+    if isinstance(model, InteractionModel):
+        sym, loss, _ = jacobian_figures(model, x, model.activity(free.u), free.drive,
+                                        jax.random.fold_in(key, 7), exact_max=exact_max,
+                                        exact_examples=exact_examples, probes=probes)
     unsettled = jnp.mean(free.stats.residual > NONCONVERGED_TOL)
-    return g_est, g_exact, g_imp, info.error_vector, delta, sym, loss, unsettled
-
-
-def example_cosines(a: Array, b: Array) -> Array:
-    """Cosine of ``a[i]`` with ``b[i]`` for every example ``i`` (leading axis), ``(B,)``;
-    0 where either is zero."""
-    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    den = jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1)
-    return jnp.where(den > 0, jnp.sum(a * b, axis=1) / jnp.where(den > 0, den, 1.0), 0.0)
+    return g_est, g_exact, g_imp, info.error_vector, implicit.error_vector, sym, loss, unsettled
 
 
 def _flat_network(grad: PyTree) -> Array:
@@ -174,21 +174,51 @@ def _flat_network(grad: PyTree) -> Array:
 
 
 def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimator,
-                dynamics: Dynamics | None = None, key: Array | None = None, *,
+                solvers: PhaseSolvers | None = None, key: Array | None = None, *,
                 exact_max: int = 2048, exact_examples: int = 4,
                 probes: int = 10, free_steps: int | None = None) -> dict[str, float]:
-    """All diagnostics of ``model`` on the batch ``(x, y)`` (one network, not stacked).
+    """All diagnostics of learning without weight symmetry on one batch (arXiv 2309.02214).
 
-    ``free_steps``: free-phase budget for this batch (default: ``dynamics.free_steps``);
-    the estimators' nudged phases and linear solves keep ``dynamics``.
+    Relaxes the batch once (the free phase), runs ``estimator``, generalized EP with the
+    exact ``da/dbeta`` (``exact-nudge``) and implicit differentiation (``implicit``, whose
+    error vector is the recurrent-backprop ``delta``) from that one free state, and takes
+    the Jacobian figures there; the keys are those of the module doc.
+
+    **Arguments:**
+
+    - ``model``: one network (not stacked over seeds);
+    - ``x``: input batch ``(B, ...)``; ``y``: its integer labels ``(B,)``;
+    - ``estimator``: the gradient estimator under study (e.g. the config's);
+    - ``solvers``: the free phase's solver (``solvers.free``), and the linear solver and
+      ``converged_tol`` of the two exact estimators (default: the solvers ``estimator``
+      carries, the rest :class:`~eqprop.solvers.PhaseSolvers`'s defaults);
+    - ``key``: PRNG key of the estimators and the probes (default ``PRNGKey(0)``);
+    - ``exact_max``, ``exact_examples``, ``probes``: see :func:`jacobian_figures`;
+    - ``free_steps``: free-phase budget for this batch (default: ``solvers.free.steps``),
+      so that the figures are taken at the fixed point they are defined at; the
+      estimators' nudged phases and linear solves are unchanged.
+
+    **Returns:** a flat ``{key: float}``: ``angle`` and ``angle/<src>-<dst>`` (degrees,
+    when the network has pairs), ``jacobian_symmetry`` (in ``[0, 1]``) and ``homeo_loss``
+    (for an :class:`~eqprop.network.InteractionModel`),
+    ``alignment`` and ``alignment/<population>`` (cosines, when the estimator has an
+    error vector), ``cos_finite_nudge``, ``cos_asymmetry``, ``cos_implicit`` (cosines
+    over the recurrent parameters) and ``probe_nonconverged`` (a fraction of the batch).
+
+    **Raises:** ``ValueError`` when a solver cannot relax ``model`` (e.g. alternating
+    updates of a network that is not bipartite); the estimators' own errors pass through.
     """
-    dynamics = estimator.dynamics if dynamics is None else dynamics
+    if solvers is None:
+        carried = {k: getattr(estimator, k) for k in ("free", "nudged", "linear", "converged_tol")
+                   if getattr(estimator, k, None) is not None}
+        solvers = PhaseSolvers(**carried)
     key = jax.random.PRNGKey(0) if key is None else key
     g_est, g_exact, g_imp, v, delta, sym, loss, unsettled = _raw(
-        model, x, y, estimator, dynamics, key, exact_max, exact_examples, probes, free_steps)
+        model, x, y, estimator, solvers, key, exact_max, exact_examples, probes, free_steps)
     out: dict[str, float] = dict(weight_angles(model))
-    out["jacobian_symmetry"] = float(sym)
-    out["homeo_loss"] = float(loss)
+    if sym is not None:
+        out["jacobian_symmetry"] = float(sym)
+        out["homeo_loss"] = float(loss)
     if v is not None:
         per = {p: float(jnp.mean(example_cosines(jnp.real(v[p]), delta[p]))) for p in delta}
         out["alignment"] = float(np.mean(list(per.values())))

@@ -3,9 +3,14 @@
 On one batch, for each estimator SPEC: cosine similarity and relative error of its
 gradient against the implicit gradient, per parameter and in total; the cosine of each
 population's error vector (its ``da/dbeta`` estimate) against the recurrent-backprop
-``delta``; and the relaxation figures. With ``diagnostics_estimator``, the asymmetry
-diagnostics of :mod:`eqprop.diagnostics` (``angle``, ``jacobian_symmetry``, ``alignment``,
-``cos_finite_nudge``, ``cos_asymmetry``, ``homeo_loss``, ...) are added at the top level.
+``delta``; and the relaxation figures.
+
+``eqprop gradcheck`` prints this beside the asymmetry diagnostics of
+:mod:`eqprop.diagnostics` (``angle``, ``jacobian_symmetry``, ``alignment``,
+``cos_finite_nudge``, ``cos_asymmetry``, ``homeo_loss``, ...) of the config's estimator:
+the command composes the two (:func:`format_table` takes the diagnostics as its second
+argument, the JSON holds them at the top level); this module does not import
+:mod:`eqprop.diagnostics`, and both take their comparisons from :mod:`eqprop.metrics`.
 """
 
 from __future__ import annotations
@@ -18,32 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .estimate import Estimator, free_phase, make_estimator, parse_spec
-from .network.base import EquilibriumModel, named_parameters
-from .relax import Dynamics, RelaxStats
+from .metrics import compare, cosine
+from .network.base import EquilibriumModel
+from .relax import RelaxStats
+from .solvers import PhaseSolvers
 
-
-def cosine(a: jax.Array, b: jax.Array) -> float:
-    """Cosine similarity of two arrays (flattened); 0 when either is zero."""
-    a, b = jnp.ravel(a), jnp.ravel(b)
-    den = jnp.linalg.norm(a) * jnp.linalg.norm(b)
-    return float(jnp.where(den > 0, jnp.vdot(a, b) / jnp.where(den > 0, den, 1.0), 0.0))
-
-
-def relative_error(a: jax.Array, b: jax.Array) -> float:
-    """``||a - b|| / ||b||`` (flattened)."""
-    return float(jnp.linalg.norm(jnp.ravel(a) - jnp.ravel(b)) / jnp.maximum(jnp.linalg.norm(jnp.ravel(b)), 1e-30))
-
-
-def compare(grad: Any, reference: Any) -> dict[str, Any]:
-    """Per-parameter and total cosine / relative error of ``grad`` against ``reference``."""
-    g, r = named_parameters(grad), named_parameters(reference)
-    params = {k: {"cosine": cosine(g[k], r[k]), "relative_error": relative_error(g[k], r[k])} for k in r}
-    flat_g = jnp.concatenate([jnp.ravel(g[k]) for k in r])
-    flat_r = jnp.concatenate([jnp.ravel(r[k]) for k in r])
-    return {
-        "total": {"cosine": cosine(flat_g, flat_r), "relative_error": relative_error(flat_g, flat_r)},
-        "parameters": params,
-    }
+__all__ = ["gradcheck", "build_specs", "format_table", "to_json"]
 
 
 def _stats(stats: RelaxStats | None) -> dict[str, Any] | None:
@@ -62,24 +47,41 @@ def gradcheck(
     x: jax.Array,
     y: jax.Array,
     estimators: Mapping[str, Estimator],
-    dynamics: Dynamics,
+    solvers: PhaseSolvers,
     *,
     key: jax.Array | None = None,
-    diagnostics_estimator: Estimator | None = None,
-    diagnostics_free_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Compare each estimator (keyed by its SPEC) with the implicit gradient on ``(x, y)``.
+    """Compare each estimator with the implicit gradient on the batch ``(x, y)``.
 
-    Returns ``{spec: {"total", "parameters", "error_vectors", "phases"}, "relaxation": {...},
-    "reference": "implicit"}``, plus the diagnostics of ``diagnostics_estimator`` at the top
-    level when given (``diagnostics_free_steps``: their free-phase budget, see
-    :func:`eqprop.diagnostics.diagnostics`).
+    The batch is relaxed once (``solvers.free``); every estimator, and implicit
+    differentiation (recurrent backprop, the exact gradient of the loss at the fixed
+    point), start from that free state.
+
+    **Arguments:**
+
+    - ``model``: one network (not stacked over seeds);
+    - ``x``: input batch ``(B, ...)``; ``y``: its integer labels ``(B,)``;
+    - ``estimators``: ``{spec: estimator}``, e.g. from :func:`build_specs`;
+    - ``solvers``: the free phase's solver, and the linear solver and ``converged_tol``
+      of the reference (the estimators carry their own solvers);
+    - ``key``: PRNG key passed to every estimator (default ``PRNGKey(0)``).
+
+    **Returns:** ``{spec: {"total": {"cosine", "relative_error"}, "parameters": {name:
+    {"cosine", "relative_error"}}, "error_vectors": {population: cosine}, "phases":
+    {"steps", "residual_max", "residual_mean", "finite"} | None}, ..., "relaxation":
+    {"free": {...}, "implicit_solve": {...}}, "reference": "implicit"}``, Python floats,
+    ints and bools. ``error_vectors`` holds the batch cosine of each population's error
+    vector with the recurrent-backprop ``delta`` (``{}`` for an estimator without one,
+    e.g. ``bptt``).
+
+    **Raises:** ``ValueError`` (from ``Estimator.check``) when an estimator cannot handle
+    ``model``, before anything is computed, or when ``solvers.free`` cannot relax it.
     """
     key = jax.random.PRNGKey(0) if key is None else key
     for est in estimators.values():
         est.check(model)
-    free = eqx.filter_jit(free_phase)(model, x, dynamics)
-    reference = make_estimator("implicit", dynamics)
+    free = eqx.filter_jit(free_phase)(model, x, solvers.free)
+    reference = make_estimator("implicit", solvers)
     g_ref, info_ref = eqx.filter_jit(reference)(model, x, y, free, key)
     delta = info_ref.error_vector
     out: dict[str, Any] = {}
@@ -94,21 +96,34 @@ def gradcheck(
         out[spec] = entry
     out["relaxation"] = {"free": _stats(free.stats), "implicit_solve": _stats(info_ref.phases)}
     out["reference"] = "implicit"
-    if diagnostics_estimator is not None:
-        from .diagnostics import diagnostics
-
-        out.update(diagnostics(model, x, y, diagnostics_estimator, dynamics, key,
-                               free_steps=diagnostics_free_steps))
     return out
 
 
-def build_specs(specs: Sequence[str], dynamics: Dynamics, defaults: Mapping[str, Any]) -> dict[str, Estimator]:
-    """``{spec: estimator}`` for SPEC strings (settings not given come from ``defaults``)."""
-    return {s: parse_spec(s, dynamics, defaults) for s in specs}
+def build_specs(specs: Sequence[str], solvers: PhaseSolvers,
+                defaults: Mapping[str, Any]) -> dict[str, Estimator]:
+    """Estimators from SPEC strings (``"hep:points=6:beta=0.5"``).
+
+    **Arguments:** ``specs``: SPEC strings; ``solvers``: the solvers they are wired to;
+    ``defaults``: settings a SPEC does not give (e.g. the config's ``[estimator]``).
+
+    **Returns:** ``{spec: estimator}`` in the order given.
+
+    **Raises:** ``ValueError`` for an unknown estimator name or setting (one line).
+    """
+    return {s: parse_spec(s, solvers, defaults) for s in specs}
 
 
-def format_table(result: Mapping[str, Any]) -> str:
-    """A human-readable table of a :func:`gradcheck` result."""
+def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | None = None) -> str:
+    """A human-readable table of a :func:`gradcheck` result.
+
+    **Arguments:**
+
+    - ``result``: what :func:`gradcheck` returns;
+    - ``diagnostics``: the ``{key: float}`` of :func:`eqprop.diagnostics.diagnostics` on
+      the same batch, listed after the table (default: none).
+
+    **Returns:** the table as one string (no trailing newline).
+    """
     specs = [k for k, v in result.items()
              if k not in ("relaxation", "reference") and isinstance(v, Mapping)]
     if not specs:
@@ -142,7 +157,7 @@ def format_table(result: Mapping[str, Any]) -> str:
         ph = result[s].get("phases")
         if ph:
             lines.append(f"{s}: {ph['steps']} steps (max over phases), residual max {ph['residual_max']:.2e}")
-    diag = {k: v for k, v in result.items() if isinstance(v, float)}
+    diag = {k: v for k, v in (diagnostics or {}).items() if isinstance(v, float)}
     if diag:
         lines += ["", "asymmetry diagnostics (configured estimator; see eqprop.diagnostics):"]
         kw = max(len(k) for k in diag) + 2
@@ -151,5 +166,6 @@ def format_table(result: Mapping[str, Any]) -> str:
 
 
 def to_json(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON form: plain floats and bools only."""
+    """The JSON form of a result (e.g. a :func:`gradcheck` result merged with the
+    diagnostics): NumPy floats become plain floats; other leaves are kept."""
     return jax.tree.map(lambda v: float(v) if isinstance(v, (np.floating, float)) else v, dict(result))

@@ -32,6 +32,15 @@ networks; tests and diagnostics). The training gradient is ``d probe_loss / d th
 the free fixed point (``stop_gradient`` on the state, no gradient through the
 relaxation), added as ``coef * grad`` to the task gradient (see
 :func:`eqprop.update.make_train_step`).
+
+Probes, one place for the loss and the symmetry figure
+------------------------------------------------------
+:func:`probe_vectors` draws the probes, :func:`jacobian_matvec` and
+:func:`jacobian_rmatvec` apply ``J`` and ``J^T``, :func:`jacobian_probes` gives ``(J eps,
+J^T eps)`` for the same probes. :func:`probe_symmetry` turns those into the Hutchinson
+estimate of the Jacobian's symmetry ``||J_sym||_F / (||J_sym||_F + ||J_anti||_F)``, and
+:func:`probe_figures` returns it beside :func:`probe_loss`: the two Jacobian figures of
+:mod:`eqprop.diagnostics` for networks too large for the explicit Jacobian.
 """
 
 from __future__ import annotations
@@ -49,8 +58,9 @@ from .network.base import EquilibriumModel
 
 PyTree = Any
 
-__all__ = ["Homeostasis", "jacobian_matvec", "probe_loss", "homeostasis_grad",
-           "explicit_jacobian", "exact_loss", "neuron_count"]
+__all__ = ["Homeostasis", "jacobian_matvec", "jacobian_rmatvec", "probe_vectors",
+           "jacobian_probes", "probe_loss", "probe_symmetry", "probe_figures",
+           "homeostasis_grad", "explicit_jacobian", "exact_loss", "neuron_count"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,18 @@ def neuron_count(a: PyTree) -> int:
 
 
 def jacobian_matvec(model: EquilibriumModel, a: PyTree, drive: PyTree):
-    """``eps -> J eps`` with ``J = dh/da - I`` at activity ``a`` (batched, per example)."""
+    """The map ``eps -> J eps`` with ``J = dh/da - I`` at activity ``a`` (one JVP).
+
+    **Arguments:**
+
+    - ``model``: a network with ``interaction(a, drive)`` (the ``h`` of the module doc);
+    - ``a``: the batched activity at which ``J`` is taken (leaves ``(B, ...)``, usually
+      ``model.activity(u*)`` at the free fixed point);
+    - ``drive``: ``model.prepare(x)`` of the same batch.
+
+    **Returns:** a linear function from pytrees shaped like ``a`` to pytrees shaped like
+    ``a``, applying each example's own ``J`` (``J`` is block diagonal over the batch).
+    """
 
     def h(act):
         return model.interaction(act, drive)
@@ -95,26 +116,78 @@ def jacobian_matvec(model: EquilibriumModel, a: PyTree, drive: PyTree):
     return matvec
 
 
+def jacobian_rmatvec(model: EquilibriumModel, a: PyTree, drive: PyTree):
+    """The map ``eps -> J^T eps`` with ``J = dh/da - I`` at activity ``a`` (one VJP).
+
+    Arguments as :func:`jacobian_matvec`. The forward pass of ``h`` is traced once, when
+    this is called; the returned function only runs the transposed linear map.
+
+    **Returns:** a linear function from pytrees shaped like ``a`` to pytrees shaped like
+    ``a``, applying each example's own ``J^T``.
+    """
+    _, vjp = jax.vjp(lambda act: model.interaction(act, drive), a)
+
+    def rmatvec(eps):
+        (jh,) = vjp(eps)
+        return jax.tree.map(jnp.subtract, jh, eps)
+
+    return rmatvec
+
+
 def _sum_products(x: PyTree, y: PyTree) -> Array:
     """Per-example ``<x, y>`` over all leaves: ``(B,)``."""
     return sum(jnp.sum((xi * yi).reshape(xi.shape[0], -1), axis=-1)
                for xi, yi in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
 
 
-def _probes(key: Array, a: PyTree, probes: int) -> PyTree:
+def probe_vectors(key: Array, a: PyTree, probes: int) -> PyTree:
+    """Standard Gaussian probes ``eps`` shaped like the activity, ``probes`` of them.
+
+    **Arguments:**
+
+    - ``key``: PRNG key (split over the leaves of ``a``);
+    - ``a``: batched activity pytree (leaves ``(B, ...)``);
+    - ``probes``: number of probes ``P``.
+
+    **Returns:** a pytree like ``a`` whose leaves are ``(P, B, ...)`` (dtype of ``a``),
+    entries i.i.d. ``N(0, 1)``: ``E[eps eps^T] = I`` per example.
+    """
     leaves, treedef = jax.tree.flatten(a)
     keys = jax.random.split(key, len(leaves))
     return jax.tree.unflatten(treedef, [jax.random.normal(k, (probes,) + l.shape, l.dtype)
                                         for k, l in zip(keys, leaves)])
 
 
-def probe_loss(model: EquilibriumModel, a: PyTree, drive: PyTree, key: Array, probes: int) -> Array:
-    """``mean over probes and batch of (||J eps||^2 - eps^T J J eps) / N`` (a scalar).
+def jacobian_probes(model: EquilibriumModel, a: PyTree, drive: PyTree,
+                    eps: PyTree) -> tuple[PyTree, PyTree]:
+    """``(J eps, J^T eps)`` for the same probes, ``J = dh/da - I`` at activity ``a``.
 
-    Unbiased for ``||J - J^T||_F^2 / (2 N)`` per example, ``N = neuron_count(a)``.
+    **Arguments:** ``model``, ``a``, ``drive`` as :func:`jacobian_matvec`; ``eps``: probes
+    with a leading probe axis (leaves ``(P, B, ...)``, e.g. from :func:`probe_vectors`).
+
+    **Returns:** two pytrees shaped like ``eps``: ``J eps`` (a JVP per probe) and
+    ``J^T eps`` (a VJP per probe, through one linearisation of ``h``).
     """
     matvec = jacobian_matvec(model, a, drive)
-    eps = _probes(key, a, probes)
+    rmatvec = jacobian_rmatvec(model, a, drive)
+    return jax.vmap(lambda e: (matvec(e), rmatvec(e)))(eps)
+
+
+def probe_loss(model: EquilibriumModel, a: PyTree, drive: PyTree, key: Array, probes: int) -> Array:
+    """The homeostatic loss ``||J - J^T||_F^2 / (2 N)`` per example, estimated with probes.
+
+    ``mean over probes and batch of (||J eps||^2 - eps^T J J eps) / N`` (two JVPs per
+    probe, no transpose; Laborieux and Zenke, arXiv 2309.02214), unbiased for
+    ``||J - J^T||_F^2 / (2 N)`` per example, ``N = neuron_count(a)``. Differentiable in
+    the model's parameters (see :func:`homeostasis_grad`).
+
+    **Arguments:** ``model``, ``a``, ``drive`` as :func:`jacobian_matvec`; ``key``: PRNG
+    key of the probes (:func:`probe_vectors`); ``probes``: their number (static).
+
+    **Returns:** a scalar (dimensionless: activity units cancel).
+    """
+    matvec = jacobian_matvec(model, a, drive)
+    eps = probe_vectors(key, a, probes)
 
     def one(e):
         je = matvec(e)
@@ -122,6 +195,52 @@ def probe_loss(model: EquilibriumModel, a: PyTree, drive: PyTree, key: Array, pr
         return jnp.mean(_sum_products(je, je) - _sum_products(e, jje))
 
     return jnp.mean(jax.vmap(one)(eps)) / neuron_count(a)
+
+
+def probe_symmetry(model: EquilibriumModel, a: PyTree, drive: PyTree, key: Array,
+                   probes: int) -> Array:
+    """The Jacobian's symmetry ``s = ||J_sym||_F / (||J_sym||_F + ||J_anti||_F)``, by probes.
+
+    Hutchinson: ``||J_sym||_F^2 = E||J_sym eps||^2`` with ``J_sym eps = (J eps + J^T eps)
+    / 2`` and ``J_anti eps = (J eps - J^T eps) / 2`` from :func:`jacobian_probes`, averaged
+    over the probes and summed over the batch (Laborieux and Zenke, arXiv 2309.02214). The
+    ratio of the square roots is a consistent (not unbiased) estimate of ``s``; ``s = 1``
+    exactly when ``J`` is symmetric, about ``1/2`` for a large ``J`` with independent
+    Gaussian entries.
+
+    **Arguments:** ``model``, ``a``, ``drive`` as :func:`jacobian_matvec`; ``key``: PRNG
+    key of the probes (:func:`probe_vectors`); ``probes``: their number (static).
+
+    **Returns:** a scalar in ``[0, 1]`` (NaN if ``J = 0``).
+    """
+    je, jte = jacobian_probes(model, a, drive, probe_vectors(key, a, probes))
+
+    def norms(x, y):
+        pairs = list(zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+        sym = sum(jnp.sum((xi + yi) ** 2) for xi, yi in pairs) / 4
+        anti = sum(jnp.sum((xi - yi) ** 2) for xi, yi in pairs) / 4
+        return sym, anti
+
+    sym, anti = jax.vmap(norms)(je, jte)
+    ns, na = jnp.sqrt(jnp.mean(sym)), jnp.sqrt(jnp.mean(anti))
+    return ns / (ns + na)
+
+
+def probe_figures(model: EquilibriumModel, a: PyTree, drive: PyTree, key: Array,
+                  probes: int) -> tuple[Array, Array]:
+    """Both Jacobian figures of :mod:`eqprop.diagnostics` by probes: ``(symmetry, loss)``.
+
+    ``symmetry`` is :func:`probe_symmetry` with ``key``; ``loss`` is :func:`probe_loss`
+    (the quantity homeostasis minimises) with ``jax.random.fold_in(key, 1)``, so the two
+    use independent probes.
+
+    **Arguments:** as :func:`probe_symmetry`.
+
+    **Returns:** two scalars, ``s`` in ``[0, 1]`` and ``||J - J^T||_F^2 / (2 N)`` (an
+    unbiased estimate, so it may be slightly negative when ``J`` is nearly symmetric).
+    """
+    return (probe_symmetry(model, a, drive, key, probes),
+            probe_loss(model, a, drive, jax.random.fold_in(key, 1), probes))
 
 
 def homeostasis_grad(model: EquilibriumModel, x: Array, u: PyTree, key: Array,
