@@ -17,9 +17,10 @@ import pytest
 
 from eqprop.config import Config, load_config, parse_config, with_updates
 from eqprop.network.base import named_parameters, parameters
-from eqprop.train import (RunDir, TrainingDiverged, TrainingInterrupted, atomic_write, evaluate,
-                          load_run, train, with_epochs)
+from eqprop.train import (RunDir, TrainingDiverged, TrainingInterrupted, TrainState, atomic_write,
+                          build_program, evaluate, load_run, place, train, unstack, with_epochs)
 from eqprop.train import checkpoint, loop
+from eqprop.train.step import batch_key, step_keys
 
 TINY = {
     "data": {"name": "synthetic", "batch_size": 32},
@@ -158,15 +159,16 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = loop._call_step
 
-    def diverging(program, model, opt_state, x, y, key):
-        model, opt_state, m = real(program, model, opt_state, x, y, key)
+    def diverging(program, state, x, y, u0=None, warm=None):
+        state, m = real(program, state, x, y, u0, warm)
         calls["n"] += 1
         if calls["n"] >= 6:  # epoch 2, batch 1: poison the state
             model = jax.tree.map(lambda a: a * jnp.nan if jnp.issubdtype(a.dtype, jnp.floating)
-                                 else a, model)
+                                 else a, state.model)
+            state = TrainState(model, state.opt_state, state.step, state.key)
             m = {**m, "nonfinite_step": np.int32(7), "loss": np.float32("nan"),
                  "nonfinite": {**m["nonfinite"], "h1": np.bool_(True)}}
-        return model, opt_state, m
+        return state, m
 
     monkeypatch.setattr(loop, "_call_step", diverging)
     with pytest.raises(TrainingDiverged) as info:
@@ -223,17 +225,100 @@ def test_refuses_to_overwrite_or_resume_nothing(straight, tmp_path):
 
 
 def test_step_keys_are_pure_functions_of_seed_epoch_batch():
-    a = loop.step_keys(3, 2, 4)
-    b = loop.step_keys(3, 2, 6)[:4]
+    a = step_keys(3, 2, 4)
+    b = step_keys(3, 2, 6)[:4]
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(loop.step_keys(3, 1, 4), a)
-    assert loop.step_keys(3, 2, 4, seeds=3).shape[:2] == (4, 3)
+    assert not np.array_equal(step_keys(3, 1, 4), a)
+    assert step_keys(3, 2, 4, seeds=3).shape[:2] == (4, 3)
+
+
+# -- the training state and its one jitted step --------------------------------------
+
+
+def probe(program, n: int = 32):
+    """The first ``n`` training examples, placed."""
+    return place((program.dataset.x_train[:n], program.dataset.y_train[:n]), batch_axis=0)
+
+
+def test_the_step_derives_the_batch_keys_of_the_host_scheme():
+    """The state's root key and global batch index give exactly the keys of step_keys."""
+    program = build_program(tiny())
+    n = program.n_batches
+    for epoch in (1, 2):
+        host = step_keys(3, epoch, n)
+        for b in range(n):
+            np.testing.assert_array_equal(
+                np.asarray(batch_key(program.state.key, (epoch - 1) * n + b, n)), host[b])
+
+
+def test_step_is_a_pure_function_of_the_state():
+    """The same state and batch give the same new state; the counter advances by one."""
+    program = build_program(tiny())
+    x, y = probe(program)
+    s1, _ = program.step(program.state, x, y)
+    s2, _ = program.step(program.state, x, y)
+    assert isinstance(s1, TrainState) and s1.step.dtype == jnp.int32
+    assert (int(program.state.step), int(s1.step)) == (0, 1)
+    np.testing.assert_array_equal(s1.key, program.state.key)
+    before = jax.tree.leaves(parameters(program.model))
+    for a, b, c in zip(jax.tree.leaves(parameters(s1.model)), jax.tree.leaves(parameters(s2.model)),
+                       before):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(jax.tree.leaves(parameters(s1.model)), before))
+
+
+def test_homeostasis_every_reads_the_state_step():
+    program = build_program(tiny(homeostasis={"coef": 0.1, "every": 2}))
+    x, y = probe(program)
+    state, applied = program.state, []
+    for _ in range(4):
+        state, m = program.step(state, x, y)
+        applied.append(bool(m["homeo_applied"]))
+    assert applied == [True, False, True, False]
+    odd = TrainState(program.state.model, program.state.opt_state, jnp.int32(5), program.state.key)
+    assert not bool(program.step(odd, x, y)[1]["homeo_applied"])
+
+
+def test_seeds_stack_the_networks_of_the_state():
+    """K networks: model and optimizer state stacked, one shared batch counter and key."""
+    program = build_program(tiny(train={"seeds": 3}))
+    state = program.state
+    assert state.step.shape == () and state.key.shape == (2,)
+    w = jax.tree.leaves(parameters(state.model))[0]
+    assert w.shape[0] == 3
+    one = unstack(state, 1)
+    np.testing.assert_array_equal(jax.tree.leaves(parameters(one.model))[0], w[1])
+    assert one.step is state.step
+    new, m = program.step(state, *probe(program))
+    assert np.asarray(m["loss"]).shape == (3,) and int(new.step) == 1
+
+
+def test_place_puts_arrays_on_the_device_and_keeps_the_rest():
+    tree = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "f": len, "none": None, "k": 3}
+    out = place(tree, batch_axis=0)
+    assert isinstance(out["x"], jax.Array) and out["f"] is len and out["none"] is None
+    assert out["k"] == 3
+    np.testing.assert_array_equal(out["x"], tree["x"])
+
+
+def test_every_step_gets_placed_data_and_the_global_batch_index(tmp_path, monkeypatch):
+    seen = []
+    real = loop._call_step
+
+    def recording(program, state, x, y, u0=None, warm=None):
+        seen.append((int(state.step), isinstance(x, jax.Array) and isinstance(y, jax.Array)))
+        return real(program, state, x, y, u0, warm)
+
+    monkeypatch.setattr(loop, "_call_step", recording)
+    train(tiny(), tmp_path / "run", progress=False)
+    assert seen == [(i, True) for i in range(8)]  # 2 epochs of 4 batches
 
 
 # -- warm starts (persistent per-example states) -------------------------------------
 
 WARM = {"model": {"sizes": [16, 16, 16, 4]},
-        "dynamics": {"free_steps": 100, "nudged_steps": 5, "tol": 1e-4, "warm_start": True},
+        "dynamics": {"free_steps": 100, "nudged_steps": 5, "tol": 1e-4},
+        "train": {"warm_start": True},
         "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}
 
 
@@ -256,7 +341,7 @@ def test_warm_start_starts_from_the_last_fixed_point(tmp_path):
     records = {}
     for on in (False, True):
         out = tmp_path / str(on)
-        train(with_updates(warm(**slow), dynamics={"warm_start": on}), out, progress=False)
+        train(with_updates(warm(**slow), train={"warm_start": on}), out, progress=False)
         records[on] = RunDir(out).read_metrics()
     cold, hot = records[False], records[True]
     assert hot[0]["free_steps_mean"] == cold[0]["free_steps_mean"] > 20  # epoch 1: all cold

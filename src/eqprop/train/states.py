@@ -1,4 +1,4 @@
-"""Persistent per-example states for warm starts (``[dynamics] warm_start = true``).
+"""Persistent per-example states for warm starts (``[train] warm_start = true``).
 
 The free phase of a training example starts from its fixed point at the previous
 epoch: the parameters moved a little since, so the old fixed point is close to the new
@@ -27,7 +27,19 @@ from .checkpoint import CheckpointError, atomic_write
 
 PyTree = Any
 
-__all__ = ["PersistentStates"]
+__all__ = ["PersistentStates", "warm_states"]
+
+
+def warm_states(config: Any, model: PyTree, x_train: np.ndarray, seeds: int
+                ) -> "PersistentStates | None":
+    """Empty persistent states when warm starts are on, else ``None``.
+
+    **Arguments:** ``config`` (its ``[train] warm_start``); ``model``: the (stacked when ``seeds > 1``) model;
+    ``x_train`` ``(N, ...)``: the training inputs; ``seeds``: ``K``.
+    """
+    if not config.train.warm_start:
+        return None
+    return PersistentStates.empty(model, x_train, seeds)
 
 
 class PersistentStates:

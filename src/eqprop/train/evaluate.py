@@ -1,0 +1,68 @@
+"""Evaluation: free-phase metrics of a (stacked) model over a data split."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..data import batches
+from ..update import batch_metrics
+from .placement import place_batch
+
+if TYPE_CHECKING:
+    from .program import Program
+
+__all__ = ["EVAL_KEYS", "make_eval", "evaluate"]
+
+PyTree = Any
+
+#: the metrics of an evaluation, each example-weighted over the split
+EVAL_KEYS = ("loss", "acc", "top5", "free_steps", "residual", "nonconverged")
+
+
+def make_eval(relax: Callable[[PyTree, jax.Array], Any]) -> Callable[..., dict[str, jax.Array]]:
+    """``f(model, x, y) -> metrics`` of one network (not jitted, not vmapped).
+
+    **Arguments:** ``relax(model, x)``: the free phase (a
+    :class:`~eqprop.estimate.base.FreePhase`), built by the program from its solver.
+
+    **Returns:** ``f``, with ``x`` ``(B, ...)``, ``y`` ``(B,)`` int, returning the
+    :data:`EVAL_KEYS` as ``()`` arrays: mean loss, top-1 and top-5 accuracy at the free
+    fixed point, the relaxation's steps, mean residual and unconverged fraction.
+    """
+
+    def f(model, x, y):
+        free = relax(model, x)
+        m = batch_metrics(model, free, y)
+        logits = model.readout.logits(model.output_activity(model.activity(free.u))).real
+        top = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        m["top5"] = jnp.mean(jnp.any(top == y[:, None], axis=-1))
+        return {k: m[k] for k in EVAL_KEYS}
+
+    return f
+
+
+def evaluate(program: "Program", model: PyTree, x: np.ndarray, y: np.ndarray,
+             batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Metrics of ``model`` on ``(x, y)``, in order, in batches.
+
+    **Arguments:** ``program``: from :func:`~eqprop.train.build_program`; ``model``:
+    one network, or ``K`` stacked when ``program.seeds = K > 1``; ``x`` ``(N, ...)``,
+    ``y`` ``(N,)``; ``batch_size``: default ``[data] batch_size``.
+
+    **Returns:** ``{key: (K,) float64}`` for the :data:`EVAL_KEYS` (``K = 1`` for one
+    network), example-weighted means over the ``N`` examples.
+    """
+    bs = batch_size or program.config.data.batch_size
+    totals: dict[str, np.ndarray] = {}
+    n = 0
+    for xb, yb in batches(x, y, bs, seed=0, epoch=0, shuffle=False, drop_last=False):
+        xd, yd, _, _ = place_batch(xb, yb, seeds=program.seeds)
+        m = jax.device_get(program.eval_batch(model, xd, yd))
+        for key, v in m.items():
+            totals[key] = totals.get(key, 0.0) + np.atleast_1d(np.asarray(v, np.float64)) * len(yb)
+        n += len(yb)
+    return {key: v / max(n, 1) for key, v in totals.items()}

@@ -1,0 +1,179 @@
+"""Building a run from its configuration: data, K networks, the jitted step and evaluation.
+
+:func:`build_program` is the only place where the trainer calls the library's
+relaxation API (:func:`eqprop.build.build_solvers`, :func:`eqprop.update.make_train_step`,
+:func:`eqprop.estimate.free_phase`, :func:`eqprop.diagnostics.diagnostics`): the rest of
+:mod:`eqprop.train` sees the resulting functions only.
+
+Initialisation: ``init_key, root = split(PRNGKey(train.seed))``; ``K = train.seeds``
+networks are initialised from ``split(init_key, K)`` (``init_key`` itself when K = 1)
+and stacked (:func:`~eqprop.train.step.stack`); ``root`` is the state's key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Iterator
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from .. import build
+from ..config import Config, ConfigError
+from ..data import Dataset, batches, load, num_batches
+from ..estimate import free_phase
+from ..update import init_optimizer, make_train_step
+from .evaluate import make_eval
+from .placement import place
+from .step import TrainState, init_state, make_step, stack
+
+__all__ = ["Program", "build_program", "load_dataset", "n_train_batches", "augmentation"]
+
+PyTree = Any
+
+
+@dataclass(frozen=True)
+class Program:
+    """Everything rebuilt from a config: data, the initial state, the jitted functions.
+
+    **Fields:**
+
+    - ``config``, ``dataset``; ``seeds``: ``K``; ``n_batches``: batches per epoch.
+    - ``state``: the initial :class:`~eqprop.train.step.TrainState` (stacked when K > 1),
+      placed on the device(s).
+    - ``step(state, x, y[, u0, warm]) -> (state, metrics)``: jitted; see
+      :func:`~eqprop.train.step.make_step`.
+    - ``eval_batch(model, x, y) -> metrics``: jitted (vmapped over seeds when K > 1);
+      see :func:`~eqprop.train.evaluate.make_eval`.
+    - ``diagnose(model, x, y, key) -> dict``: the diagnostics of one network
+      (:func:`eqprop.diagnostics.diagnostics` with the run's estimator and solvers).
+    - ``estimator``: the gradient estimator; ``solvers``: the
+      :class:`~eqprop.solvers.PhaseSolvers` of ``[dynamics]``.
+    """
+
+    config: Config
+    dataset: Dataset
+    seeds: int
+    n_batches: int
+    state: TrainState
+    step: Callable[..., tuple[TrainState, dict[str, Any]]]
+    eval_batch: Callable[..., dict[str, Any]]
+    diagnose: Callable[..., dict[str, Any]]
+    estimator: Any = None
+    solvers: Any = None
+
+    @property
+    def model(self) -> PyTree:
+        """The initial model (stacked when K > 1)."""
+        return self.state.model
+
+    @property
+    def opt_state(self) -> PyTree:
+        """The initial optimizer state (stacked when K > 1)."""
+        return self.state.opt_state
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The ``n_batches`` training batches of ``epoch`` (1-based) in order.
+
+        **Returns:** an iterator of ``(x (B, ...), y (B,), indices (B,))``, the order
+        ``batches(..., seed=train.seed, epoch=epoch - 1)`` (augmented per ``[data]``).
+        """
+        c = self.config
+        return islice(batches(self.dataset.x_train, self.dataset.y_train, c.data.batch_size,
+                              seed=c.train.seed, epoch=epoch - 1, drop_last=c.data.drop_last,
+                              augment=augmentation(c, self.dataset), with_index=True),
+                      self.n_batches)
+
+
+def load_dataset(config: Config) -> Dataset:
+    """The ``[data]`` set (``validation`` split seeded by ``train.seed``)."""
+    d = config.data
+    return load(d.name, path=d.path, validation=d.validation, seed=config.train.seed)
+
+
+def augmentation(config: Config, ds: Dataset) -> str | None:
+    """The augmentation of the training batches: ``"flip-crop"`` or ``None``.
+
+    **Raises:** :class:`~eqprop.config.ConfigError` when ``[data] augment`` is on for
+    data that are not images.
+    """
+    if not config.data.augment:
+        return None
+    if ds.x_train.ndim != 4:
+        raise ConfigError(f"data.augment: needs image data (NHWC), but '{ds.name}' has "
+                          f"examples of shape {ds.input_shape}")
+    return "flip-crop"
+
+
+def n_train_batches(config: Config, ds: Dataset) -> int:
+    """Batches per epoch: all of them, capped by ``train.max_batches``.
+
+    **Raises:** :class:`~eqprop.config.ConfigError` when there is no full batch.
+    """
+    n = num_batches(len(ds.x_train), config.data.batch_size, config.data.drop_last)
+    if config.train.max_batches is not None:
+        n = min(n, config.train.max_batches)
+    if n == 0:
+        raise ConfigError(f"data.batch_size: {config.data.batch_size} is larger than the "
+                          f"{len(ds.x_train)} training examples of '{ds.name}' with drop_last")
+    return n
+
+
+def build_program(config: Config, dataset: Dataset | None = None) -> Program:
+    """Data, ``K`` freshly initialised networks and optimizer states, jitted step and eval.
+
+    **Arguments:** ``config``: a validated configuration; ``dataset``: the data set to
+    use instead of loading ``[data]``.
+
+    **Returns:** a :class:`Program` whose ``state`` is at global batch 0.
+
+    **Raises:** :class:`~eqprop.config.ConfigError` when the estimator cannot train the
+    model, the data do not fit the model, or a batch is larger than the data.
+    """
+    if config.model.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    ds = load_dataset(config) if dataset is None else dataset
+    n_batches = n_train_batches(config, ds)
+    k = config.train.seeds
+    init_key, _ = jax.random.split(jax.random.PRNGKey(config.train.seed))
+    keys = [init_key] if k == 1 else list(jax.random.split(init_key, k))
+    models = [build.build_model(config, input_size=ds.input_size, n_classes=ds.n_classes, key=kk)
+              for kk in keys]
+    estimator = build.build_estimator(config)
+    try:
+        estimator.check(models[0])
+    except ValueError as e:
+        msg = str(e)  # messages that name their own key keep it; the rest are the estimator's
+        raise ConfigError(msg if msg.startswith("dynamics.") else f"estimator.name: {msg}") from None
+    optimizer = build.build_optimizer(config, models[0], config.train.epochs * n_batches)
+    homeostasis = build.build_homeostasis(config)
+    probe_steps = config.diagnostics.free_steps or None
+
+    # The library's relaxation API, called here and nowhere else in the trainer.
+    solvers = build.build_solvers(config)
+    base_step = make_train_step(estimator, optimizer, homeostasis, solvers.free)
+
+    def relax(model, x):
+        return free_phase(model, x, solvers.free)
+
+    def diagnose(model, x, y, key):
+        from ..diagnostics import diagnostics
+
+        return diagnostics(model, x, y, estimator, solvers, key, free_steps=probe_steps)
+
+    eval_fn = make_eval(relax)
+    if k == 1:
+        model = models[0]
+        opt_state = init_optimizer(optimizer, model)
+        eval_batch = eval_fn
+    else:
+        model = stack(models)
+        opt_state = eqx.filter_vmap(lambda m: init_optimizer(optimizer, m))(model)
+        eval_batch = eqx.filter_vmap(eval_fn, in_axes=(0, None, None))
+    state = place(init_state(model, opt_state, seed=config.train.seed))
+    return Program(config=config, dataset=ds, seeds=k, n_batches=n_batches, state=state,
+                   step=make_step(base_step, n_batches=n_batches, seeds=k),
+                   eval_batch=eqx.filter_jit(eval_batch), diagnose=diagnose, estimator=estimator,
+                   solvers=solvers)

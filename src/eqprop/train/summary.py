@@ -1,0 +1,75 @@
+"""The run summary: ``summary.json`` and the one-screen text printed at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from .rundir import RunDir
+
+__all__ = ["summarize", "format_summary"]
+
+
+def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | None,
+              best_epoch: int | None, train_seconds: float,
+              message: str | None = None) -> dict[str, Any]:
+    """The summary of ``run`` from its ``metrics.jsonl``.
+
+    **Arguments:** ``status``: ``"completed"`` or ``"diverged"``; ``best_acc``,
+    ``best_epoch``: the best test accuracy so far and its epoch; ``train_seconds``:
+    wall time of all epochs (resumed parts included); ``message``: a note (the
+    divergence message).
+
+    **Returns:** ``run_dir``, ``status``, ``epochs``, ``epochs_planned``, ``seeds``,
+    ``data``, ``estimator``, ``final_test_acc``, ``final_test_loss``,
+    ``final_train_acc``, ``best_test_acc``, ``best_epoch``, ``train_seconds``,
+    ``ms_per_batch`` (median over epochs), and when evaluated
+    ``final_test_acc_per_seed``, ``final_test_acc_mean``, ``final_test_acc_std``.
+    """
+    records = run.read_metrics()
+    evald = [r for r in records if r.get("test_acc") is not None]
+    final = evald[-1] if evald else None
+    ms = [r["ms_per_batch"] for r in records if r.get("ms_per_batch") is not None]
+    out: dict[str, Any] = {
+        "run_dir": str(run.path), "status": status,
+        "epochs": records[-1]["epoch"] if records else 0,
+        "epochs_planned": config.train.epochs, "seeds": config.train.seeds,
+        "data": config.data.name, "estimator": config.estimator.name,
+        "final_test_acc": final["test_acc"] if final else None,
+        "final_test_loss": final["test_loss"] if final else None,
+        "final_train_acc": records[-1]["train_acc"] if records else None,
+        "best_test_acc": best_acc, "best_epoch": best_epoch,
+        "train_seconds": train_seconds,
+        "ms_per_batch": float(np.median(ms)) if ms else None,
+    }
+    if final is not None:
+        per = (final.get("per_seed") or {}).get("test_acc") or [final["test_acc"]]
+        out["final_test_acc_per_seed"] = per
+        out["final_test_acc_mean"] = float(np.mean(per))
+        out["final_test_acc_std"] = float(np.std(per))
+    if message:
+        out["message"] = message
+    return out
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The one-screen summary printed at the end of training (``s`` from :func:`summarize`)."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    lines = [f"run        {s['run_dir']}  ({s['status']})",
+             f"data       {s['data']}, estimator {s['estimator']}, seeds {s['seeds']}",
+             f"epochs     {s['epochs']}/{s['epochs_planned']}",
+             f"test acc   final {pct(s['final_test_acc'])}"
+             + (f" ± {pct(s.get('final_test_acc_std'))} over {s['seeds']} seeds"
+                if s["seeds"] > 1 and s.get("final_test_acc_std") is not None else "")
+             + f", best {pct(s['best_test_acc'])}"
+             + (f" (epoch {s['best_epoch']})" if s["best_epoch"] else ""),
+             f"train acc  final {pct(s['final_train_acc'])}",
+             f"time       {s['train_seconds']:.1f} s"
+             + (f", {s['ms_per_batch']:.1f} ms/batch" if s["ms_per_batch"] else "")]
+    if s.get("message"):
+        lines.append(f"note       {s['message']}")
+    return "\n".join(lines)
