@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.flatten_util import ravel_pytree
 
-from .network.base import EquilibriumModel
+from .network.base import EquilibriumModel, InteractionModel
 
 PyTree = Any
 
@@ -79,6 +79,12 @@ class Homeostasis:
     def __post_init__(self):
         if self.coef < 0 or self.probes < 1 or self.every < 1:
             raise ValueError(f"bad homeostasis settings {self}: need coef >= 0, probes >= 1, every >= 1")
+
+    def check(self, model: EquilibriumModel) -> None:
+        """Raise ``ValueError`` unless ``model`` exposes its interaction ``h(a)``."""
+        if not isinstance(model, InteractionModel):
+            raise ValueError(f"homeostasis.coef: Jacobian homeostasis needs a model with an interaction "
+                             f"h(a) (an InteractionModel); {type(model).__name__} is not one")
 
 
 def neuron_count(a: PyTree) -> int:

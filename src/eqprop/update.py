@@ -73,6 +73,8 @@ def make_train_step(
 
     @eqx.filter_jit
     def step(model, opt_state, x, y, key, index=0, u0=None, warm=None):
+        if homeostasis is not None:
+            homeostasis.check(model)  # at trace time: a one-line error, not an AttributeError
         free = free_phase(model, x, solver, u0, warm)
         grads, _ = estimator(model, x, y, free, key)
         extra = {}

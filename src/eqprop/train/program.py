@@ -142,17 +142,21 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     models = [build.build_model(config, input_size=ds.input_size, n_classes=ds.n_classes, key=kk)
               for kk in keys]
     estimator = build.build_estimator(config)
-    try:
-        estimator.check(models[0])
-    except ValueError as e:
-        msg = str(e)  # messages that name their own key keep it; the rest are the estimator's
-        raise ConfigError(msg if msg.startswith("dynamics.") else f"estimator.name: {msg}") from None
-    optimizer = build.build_optimizer(config, models[0], config.train.epochs * n_batches)
-    homeostasis = build.build_homeostasis(config)
-    probe_steps = config.diagnostics.free_steps or None
-
     # The library's relaxation API, called here and nowhere else in the trainer.
     solvers = build.build_solvers(config)
+    homeostasis = build.build_homeostasis(config)
+    try:
+        solvers.free.check(models[0])
+        estimator.check(models[0])
+        if homeostasis is not None:
+            homeostasis.check(models[0])
+    except ValueError as e:
+        msg = str(e)  # messages that name their own key keep it; the rest are the estimator's
+        raise ConfigError(msg if msg.startswith(("dynamics.", "homeostasis."))
+                          else f"estimator.name: {msg}") from None
+    optimizer = build.build_optimizer(config, models[0], config.train.epochs * n_batches)
+    probe_steps = config.diagnostics.free_steps or None
+
     base_step = make_train_step(estimator, optimizer, homeostasis, solvers.free)
 
     def relax(model, x):
