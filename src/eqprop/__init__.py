@@ -9,6 +9,7 @@ from . import activations, estimate, network, solvers
 from .estimate import free_phase, make_estimator, parse_spec
 from .network import (BipartiteModel, DenseNetwork, EnergyModel, EquilibriumModel, FeedbackModel, InteractionModel,
                       graph, layered)
+from .plugins import load_plugin, register_model
 from .relax import RelaxStats, relax
 from .solvers import Anderson, FixedPoint, FixedPointSolver, PhaseSolvers
 from .update import init_optimizer, make_eval_step, make_train_step

@@ -37,11 +37,17 @@ def _interrupt_on_sigterm() -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import default_run_dir, train, with_epochs
+    from .plugins import record_plugins
+    from .train import RunDir, default_run_dir, train, with_epochs
 
     config = with_epochs(load_config(args.config, args.set), args.epochs)
     out = Path(args.out) if args.out else default_run_dir(args.config)
     print(f"run directory: {out}")
+    run = RunDir(out)
+    if args.plugin and not (run.has_checkpoint() or run.metrics.exists()):
+        # resume, eval and gradcheck of the run load these copies (train refuses a
+        # directory that holds a run: leave that run's plugins alone)
+        record_plugins(out, args.plugin)
     _interrupt_on_sigterm()
     train(config, out, progress=not args.quiet)
     return EXIT_OK
@@ -174,6 +180,16 @@ def _add_set(p: argparse.ArgumentParser) -> None:
                    help="override a config value (TOML syntax; repeatable), e.g. optim.lr=0.05")
 
 
+def _add_plugin(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="a Python file that registers components, e.g. a model kind "
+                   f"(repeatable; see docs/extending.md){note}")
+
+
+_RECORDED = ("; a run directory's recorded plugins load without it, and it replaces the "
+             "recorded copy of the same file name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``eqprop`` command."""
     parser = argparse.ArgumentParser(
@@ -190,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/<config stem>-<timestamp>)")
     p.add_argument("--epochs", type=int, metavar="N", help="override train.epochs")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
+    _add_plugin(p, "; copied to RUN_DIR/plugins/, where resume, eval and gradcheck find it")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("resume", help="continue a run from its latest checkpoint",
@@ -200,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new total number of epochs (with a cosine schedule this changes the "
                    "schedule, so the result no longer equals an uninterrupted run)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
+    _add_plugin(p, _RECORDED)
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint",
@@ -212,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    _add_plugin(p, _RECORDED)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("gradcheck", help="compare estimators with the exact gradient",
@@ -226,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimator SPEC, e.g. hep:points=6:beta=0.5 (repeatable; default: the "
                    "config's estimator)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    _add_plugin(p, _RECORDED)
     p.set_defaults(func=_cmd_gradcheck)
 
     p = sub.add_parser("datasets", help="list data sets and where they are found",
@@ -247,12 +267,32 @@ def build_parser() -> argparse.ArgumentParser:
                        "CONFIG: the resolved config (defaults filled in, overrides applied).")
     p.add_argument("config", nargs="?", metavar="CONFIG")
     _add_set(p)
+    _add_plugin(p)
     p.set_defaults(func=_cmd_config)
     return parser
 
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).splitlines()) or type(err).__name__
+
+
+def _load_plugins(args: argparse.Namespace) -> None:
+    """Load the plugins a command needs: those recorded in the run directory it reads
+    (resume, eval, gradcheck of a run) except the file names given again with
+    ``--plugin``, then the ``--plugin`` files. Raises ``PluginError`` (a ``ValueError``)."""
+    given = getattr(args, "plugin", [])
+    run_dir = None
+    if args.command in ("resume", "eval"):
+        run_dir = args.run_dir
+    elif args.command == "gradcheck" and Path(args.target).is_dir():
+        run_dir = args.target
+    if run_dir is None and not given:
+        return
+    from .plugins import load_plugins, load_recorded
+
+    if run_dir is not None:
+        load_recorded(run_dir, skip={Path(p).name for p in given})
+    load_plugins(given)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .train import TrainingDiverged
 
     try:
+        _load_plugins(args)
         return args.func(args)
     except TrainingDiverged as e:
         print(f"eqprop: {_one_line(e)}", file=sys.stderr)
