@@ -128,12 +128,21 @@ def _inner(h: Array, v: Array) -> Array:
 
 def anderson_step(x: Array, f: Array, dxs: Array, dfs: Array, gram: Array, valid: Array,
                   damping: float) -> Array:
-    """One type-II Anderson step per example.
+    """One type-II Anderson step per example (Walker and Ni 2011), the formula of the
+    module doc: ``x + beta f - (dX + beta dF) gamma``.
 
-    ``x, f``: ``(..., D)`` current iterate and its residual ``g(x) - x``; ``dxs, dfs``:
-    ``(m, ..., D)`` differences of consecutive iterates and residuals; ``gram``:
-    ``(..., m, m)`` their Gram matrix ``dF^H dF``; ``valid``: ``(..., m)`` which slots hold
-    a difference. Returns the next iterate ``(..., D)``.
+    **Arguments:**
+
+    - ``x``, ``f``: ``(..., D)``, the current iterate and its residual ``g(x) - x``
+      (``...`` the batch axes, ``(B,)`` or ``(P, B)``);
+    - ``dxs``, ``dfs``: ``(m, ..., D)``, differences of consecutive iterates and of
+      their residuals;
+    - ``gram``: ``(..., m, m)``, their Gram matrix ``dF^H dF``;
+    - ``valid``: ``(..., m)`` booleans, which slots hold a difference (the others are
+      left out of the least-squares problem);
+    - ``damping``: the mixing ``beta`` in ``(0, 1]``.
+
+    **Returns:** the next iterate ``(..., D)``.
     """
     gamma = _solve_hpd(_masked_gram(gram, valid), _inner(dfs, f))
     gamma = jnp.where(valid, gamma, 0)[..., None]  # (..., m, 1)
@@ -159,25 +168,43 @@ def anderson(
     check_every: int = 1,
     project=None,
 ) -> tuple[PyTree, RelaxStats]:
-    """Anderson-accelerated relaxation to ``field(u) = 0`` (contract of ``relax``).
+    """Anderson-accelerated relaxation to ``field(u) = 0`` (the contract of
+    :func:`eqprop.relax.relax`; type-II Anderson acceleration, Walker and Ni 2011).
 
-    ``steps``: budget of field evaluations (with ``groups``: of group updates, a sweep
-    counting ``len(groups)``, as in ``relax``). ``tol``: stop once every example's
-    residual is below it (float or traced scalar; ``0`` runs all ``steps``);
-    ``tol_fraction = q > 0``: once at most a fraction ``q`` is above it (stragglers
-    leave with their last accepted iterate). ``memory``: history length ``m`` (0: plain
-    damped iteration). ``damping``: mixing ``beta`` in ``(0, 1]``. ``batch_ndim``: 1 for
-    leaves ``(B, ...)``, 2 for stacked phases ``(P, B, ...)``. ``groups, field_on``:
-    accelerate the alternating sweep of :func:`eqprop.relax.relax` instead of the
-    synchronous step (same fixed points, half the work per evaluation). ``delay``: the
-    first ``delay`` steps (counted like ``steps``) run the plain iteration
-    (:func:`eqprop.relax.relax`, at its lower cost per step, stopping early like it);
-    Anderson starts from there, after the initial transient, where the residual of the
-    plain iteration is often not monotone and extrapolation misleads (``check_every``:
-    that iteration's tolerance test, see ``relax``). Stops early at
-    the first non-finite state (``nonfinite_step``). Returns the last accepted iterate
-    (whose residual is known without an extra evaluation) and its
-    :class:`RelaxStats`. Jit-able; one ``lax.while_loop`` (two with ``delay``).
+    Jit-able; one ``lax.while_loop`` (two with ``delay``). Stops after ``steps``, once
+    the tolerance is met, or at the first non-finite state. Unlike ``relax`` it takes no
+    ``bound``: only NaN and infinite states count as diverged.
+
+    **Arguments:**
+
+    - ``field``: ``u -> F(u)``, a pytree like ``u``;
+    - ``u0``: the initial state, leaves ``(B, ...)`` (``batch_ndim = 1``) or
+      ``(P, B, ...)`` for stacked phases (``batch_ndim = 2``), real or complex;
+    - ``steps``: budget of field evaluations (with ``groups``: of group updates, a sweep
+      counting ``len(groups)``, as in ``relax``);
+    - ``tol``: stop once every example's residual ``||F||`` is below it (float or traced
+      scalar; ``0`` runs all ``steps``); ``tol_fraction = q > 0``: once at most a
+      fraction ``q`` is above it (stragglers leave with their last accepted iterate);
+    - ``memory``: history length ``m`` (``0``: the plain damped iteration);
+    - ``damping``: mixing ``beta`` in ``(0, 1]``;
+    - ``dt``: step size of the map ``g(u) = u + dt F(u)``, in units of the relaxation
+      time;
+    - ``safeguard``: the per-example safeguard of the module doc;
+    - ``delay``: the first ``delay`` steps (counted like ``steps``) run the plain
+      iteration (:func:`eqprop.relax.relax`, at its lower cost per step, stopping early
+      like it); Anderson starts from there, after the initial transient, where the
+      residual of the plain iteration is often not monotone and extrapolation misleads;
+    - ``groups``, ``field_on``: accelerate the alternating sweep of ``relax`` instead of
+      the synchronous step (same fixed points, half the work per evaluation);
+    - ``check_every``: the tolerance test of the ``delay`` iteration (see ``relax``);
+    - ``project``: the model's projection, applied to every candidate (``None``: none).
+
+    **Returns:** the last accepted iterate (whose residual is known without an extra
+    evaluation; on divergence the non-finite state) and its
+    :class:`~eqprop.relax.RelaxStats` (``residual`` ``(B,)`` or ``(P, B)``).
+
+    **Raises:** ``ValueError`` when ``memory < 0``, ``damping`` is not in ``(0, 1]``, or
+    ``groups`` is given without ``field_on``.
     """
     if memory < 0:
         raise ValueError(f"memory must be >= 0, got {memory}")

@@ -35,7 +35,14 @@ def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
     - linear solves: the registered linear solver ``linear_solver`` with ``dt``,
       ``linear_tol``, ``linear_steps``.
 
-    **Raises:** ``ValueError`` for an unknown key or solver name.
+    **Arguments:** ``dynamics``: a parsed ``[dynamics]`` section (a dataclass) or
+    ``None``; ``**keys``: ``[dynamics]`` keys overriding it (``dt`` in units of the
+    relaxation time).
+
+    **Returns:** the :class:`~eqprop.solvers.PhaseSolvers` (with ``converged_tol``).
+
+    **Raises:** ``ValueError`` for an unknown key or solver name, or a value a solver
+    rejects (e.g. ``free_steps < 1``).
     """
     values = {"solver": "fixed-point", **{s.key: s.default for s in settings_of(DynamicsSettings)}}
     if dynamics is not None:
@@ -76,7 +83,8 @@ def estimator_settings(config: Config) -> dict:
 
 def build_estimator(config: Config) -> Estimator:
     """The estimator named in ``[estimator]`` with its settings, wired to the solvers of
-    ``[dynamics]``."""
+    ``[dynamics]`` (:func:`~eqprop.estimate.make_estimator`, whose ``ValueError`` passes
+    through)."""
     settings = estimator_settings(config)
     return make_estimator(settings.pop("name"), build_solvers(config), **settings)
 
@@ -93,8 +101,15 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
     """The network of ``[model]`` for inputs of ``input_size`` features and ``n_classes`` classes.
 
     The registered model kind ``config.model.kind`` made from its settings, then its
-    ``build``. **Raises:** :class:`~eqprop.config.ConfigError` when the settings do not
-    fit the data.
+    ``build`` (:meth:`~eqprop.network.ModelKind.build`).
+
+    **Arguments:** ``config``; ``input_size``: features per example; ``n_classes``:
+    classes of the data; ``key``: PRNG key of the initialisation.
+
+    **Returns:** the :class:`~eqprop.network.EquilibriumModel`.
+
+    **Raises:** :class:`~eqprop.config.ConfigError` when the settings do not fit the
+    data.
     """
     from .registry import MODELS
 
@@ -104,7 +119,8 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
 
 
 def learning_rate(config: Config, steps_total: int) -> optax.Schedule | float:
-    """The base learning rate, or a cosine decay over ``steps_total`` steps."""
+    """``[optim] lr``, or with ``schedule = "cosine"`` a cosine decay from it to 0 over
+    ``max(steps_total, 1)`` optimizer steps (an optax schedule)."""
     o = config.optim
     if o.schedule == "cosine":
         return optax.cosine_decay_schedule(o.lr, max(steps_total, 1))
@@ -112,9 +128,22 @@ def learning_rate(config: Config, steps_total: int) -> optax.Schedule | float:
 
 
 def build_optimizer(config: Config, model: EquilibriumModel, steps_total: int = 1) -> optax.GradientTransformation:
-    """The optax optimizer of ``[optim]``; ``lr_multipliers`` scale named projections'
-    updates (keys as in ``named_parameters``, e.g. ``"weights.input->h1"``, or a projection
-    name ``"input->h1"``)."""
+    """The optax optimizer of ``[optim]``.
+
+    ``sgd`` (with ``momentum`` when nonzero) and ``adam`` add ``weight_decay`` to the
+    gradient before the optimizer (L2); ``adamw`` decouples it (``optax.adamw``). ``lr_multipliers`` scale named parameters' updates after the
+    optimizer (keys as in :func:`~eqprop.network.named_parameters`, e.g.
+    ``"weights.input->h1"``, or a suffix after a dot such as the projection name
+    ``"input->h1"``); ``clip_norm > 0`` clips the gradient's global norm first.
+
+    **Arguments:** ``config``; ``model``: names the parameters for ``lr_multipliers``;
+    ``steps_total``: optimizer steps of the run (the cosine schedule's length).
+
+    **Returns:** an ``optax.GradientTransformation``.
+
+    **Raises:** :class:`~eqprop.config.ConfigError` for an ``lr_multipliers`` key that
+    names no parameter.
+    """
     o = config.optim
     lr = learning_rate(config, steps_total)
     if o.name == "sgd":

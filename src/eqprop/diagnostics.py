@@ -74,6 +74,8 @@ PyTree = Any
 
 __all__ = ["diagnostics", "weight_angles", "jacobian_figures", "DIAGNOSTIC_KEYS"]
 
+#: the top-level keys :func:`diagnostics` may return (besides the per-pair and
+#: per-population ``angle/...`` and ``alignment/...``)
 DIAGNOSTIC_KEYS = ("angle", "jacobian_symmetry", "homeo_loss", "alignment", "cos_finite_nudge",
                    "cos_asymmetry", "cos_implicit", "probe_nonconverged")
 

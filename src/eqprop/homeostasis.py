@@ -67,9 +67,13 @@ __all__ = ["Homeostasis", "jacobian_matvec", "jacobian_rmatvec", "probe_vectors"
 class Homeostasis:
     """Static settings of Jacobian homeostasis (hashable, a jit-static argument).
 
-    ``coef``: weight of the homeostatic gradient added to the task gradient; ``probes``:
-    Gaussian probes per estimate; ``every``: apply on one batch in ``every`` (batch index
-    ``i`` with ``i % every == 0``).
+    ``coef``: weight of the homeostatic gradient added to the task gradient (the
+    authors used 0.1 to 15 depending on the architecture); ``probes``: Gaussian probes
+    per estimate; ``every``: apply on one batch in ``every`` (batch index ``i`` with
+    ``i % every == 0``).
+
+    **Raises:** ``ValueError`` at construction when ``coef < 0``, ``probes < 1`` or
+    ``every < 1``.
     """
 
     coef: float = 1.0
@@ -253,8 +257,16 @@ def homeostasis_grad(model: EquilibriumModel, x: Array, u: PyTree, key: Array,
                      probes: int) -> tuple[Array, PyTree]:
     """``(probe_loss, d probe_loss / d theta)`` at the (fixed-point) state ``u``.
 
-    The state is held fixed (``stop_gradient``); the drive is recomputed from the
-    parameters so that networks whose Jacobian depends on it are differentiated right.
+    The state is held fixed (``stop_gradient``; no gradient through the relaxation); the
+    drive is recomputed from the parameters so that networks whose Jacobian depends on
+    it are differentiated right.
+
+    **Arguments:** ``model``: an :class:`~eqprop.network.InteractionModel`; ``x``: its
+    input batch ``(B, ...)``; ``u``: the free fixed point, leaves ``(B, ...)``; ``key``:
+    PRNG key of the probes; ``probes``: their number (static).
+
+    **Returns:** the scalar loss and its gradient, a model-shaped pytree (``None`` where
+    a leaf is not trainable; zeros for the readout).
     """
     a = jax.lax.stop_gradient(model.activity(u))
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -272,6 +284,13 @@ def explicit_jacobian(model: EquilibriumModel, x: Array, a: PyTree, index: int =
     Forward mode over one example (``N`` JVPs), with that example's own drive
     ``model.prepare(x[index:index + 1])`` (the drive is opaque to this module): for small
     networks, tests and diagnostics.
+
+    **Arguments:** ``model``: an :class:`~eqprop.network.InteractionModel`; ``x``: the
+    input batch ``(B, ...)``; ``a``: the batch's activity, leaves ``(B, ...)``;
+    ``index``: the example.
+
+    **Returns:** ``(N, N)`` with ``N = neuron_count(a)``, rows and columns in the order
+    of ``ravel_pytree`` over ``a``'s leaves; ``J[i, j] = dh_i/da_j - delta_ij``.
     """
     a1 = jax.tree.map(lambda t: t[index:index + 1], a)
     d1 = model.prepare(x[index:index + 1])
@@ -287,7 +306,8 @@ def explicit_jacobian(model: EquilibriumModel, x: Array, a: PyTree, index: int =
 
 def exact_loss(model: EquilibriumModel, x: Array, a: PyTree, examples: int = 1) -> Array:
     """``||J - J^T||_F^2 / (2 N)`` from the explicit Jacobian, mean over the first
-    ``examples`` examples (what :func:`probe_loss` estimates)."""
+    ``examples`` examples (what :func:`probe_loss` estimates). Arguments as
+    :func:`explicit_jacobian`; returns a scalar."""
     b = jax.tree.leaves(a)[0].shape[0]
     vals = []
     for i in range(min(examples, b)):

@@ -63,8 +63,17 @@ class _Solver(lx.AbstractLinearSolver):
 class DampedIteration(_Solver):
     """The damped linearised relaxation ``w <- w + dt (A w - b)`` from ``w = 0``.
 
-    ``rtol``: stop once every example's ``||A w - b||`` is below ``rtol * max ||b||``
-    (``0``: run all ``max_steps``); ``dt``: the relaxation's step size.
+    For ``A = J = dF/du`` at a fixed point this is the relaxation's own linearisation: it
+    converges exactly when ``I + dt J`` contracts, at one matrix-vector product per step.
+
+    **Fields:** ``dt``: the relaxation's step size, in units of the relaxation time;
+    ``rtol``: stop once every example's ``||A w - b||`` is below ``rtol * max_i ||b_i||``
+    (``0``: run all ``max_steps``; the result then counts as converged only if its
+    residual is below ``1e-30``);
+    ``max_steps``: budget of steps.
+
+    Reports ``lx.RESULTS.max_steps_reached`` (no error: ``throw=False`` upstream) when the
+    tolerance is not met or the iterate is not finite.
     """
 
     dt: float = eqx.field(static=True, default=1.0)
@@ -72,6 +81,7 @@ class DampedIteration(_Solver):
     max_steps: int = eqx.field(static=True, default=1000)
 
     def compute(self, state, vector, options):
+        """Lineax's ``compute``: ``(w, result, {"num_steps": int32})`` for ``state w = vector``."""
         scale = jnp.max(residual_norm(vector))
         tol = self.rtol * scale if self.rtol > 0 else 0.0
         w, stats = relax(lambda w: jax.tree.map(jnp.subtract, state.mv(w), vector),
@@ -83,7 +93,13 @@ class DampedIteration(_Solver):
 
 @LINEAR_SOLVERS.register("gmres")
 class GMRES(_Solver):
-    """Lineax's restarted GMRES on the whole batch (one block-diagonal system)."""
+    """Lineax's restarted GMRES on the whole batch (one block-diagonal system); needs
+    only a nonsingular operator.
+
+    **Fields:** ``rtol``: relative tolerance of ``lx.GMRES`` (over the whole batch's
+    residual, ``atol = 0``); ``max_steps``: its budget; ``restart``: Krylov dimension
+    before a restart.
+    """
 
     rtol: float = eqx.field(static=True, default=1e-5)
     max_steps: int = eqx.field(static=True, default=1000)
@@ -93,6 +109,7 @@ class GMRES(_Solver):
         return lx.GMRES(rtol=self.rtol, atol=0.0, max_steps=self.max_steps, restart=self.restart)
 
     def compute(self, state, vector, options):
+        """Lineax's ``compute``: ``(w, result, {"num_steps": int32})`` for ``state w = vector``."""
         inner = self._inner()
         w, result, stats = inner.compute(inner.init(state, options), vector, options)
         return w, result, {"num_steps": jnp.asarray(stats["num_steps"], jnp.int32)}
@@ -100,7 +117,13 @@ class GMRES(_Solver):
 
 @LINEAR_SOLVERS.register("auto")
 class DampedThenGMRES(_Solver):
-    """The damped iteration, with a GMRES fallback where it did not converge."""
+    """The damped iteration, with a GMRES fallback where it did not converge (the
+    ``"auto"`` linear solver).
+
+    **Fields:** ``dt``, ``rtol``, ``max_steps`` as :class:`DampedIteration` (also used by
+    the fallback :class:`GMRES`, with ``restart``). GMRES runs on the whole batch when
+    any example missed the damped iteration's tolerance.
+    """
 
     dt: float = eqx.field(static=True, default=1.0)
     rtol: float = eqx.field(static=True, default=1e-5)
@@ -108,6 +131,7 @@ class DampedThenGMRES(_Solver):
     restart: int = eqx.field(static=True, default=20)
 
     def compute(self, state, vector, options):
+        """Lineax's ``compute``: the damped iteration's answer if it converged, else GMRES's."""
         damped = DampedIteration(dt=self.dt, rtol=self.rtol, max_steps=self.max_steps)
         w, result, stats = damped.compute(state, vector, options)
         gmres = GMRES(rtol=self.rtol, max_steps=self.max_steps, restart=self.restart)
@@ -117,7 +141,17 @@ class DampedThenGMRES(_Solver):
 
 def make_linear_solver(name: str, *, dt: float = 1.0, rtol: float = 1e-5,
                        max_steps: int = 1000) -> lx.AbstractLinearSolver:
-    """The registered linear solver ``name`` with the ``[dynamics]`` settings it takes."""
+    """The registered linear solver ``name`` with the ``[dynamics]`` settings it takes.
+
+    **Arguments:** ``name``: a name of :data:`~eqprop.registry.LINEAR_SOLVERS`
+    (``"fixed-point"``, ``"gmres"``, ``"auto"``); ``dt``: step size of the damped
+    iteration (relaxation-time units); ``rtol``: relative tolerance; ``max_steps``:
+    budget. Each is passed only when the class has a field of that name.
+
+    **Returns:** the Lineax solver object.
+
+    **Raises:** ``ValueError`` for an unknown name (listing the registered ones).
+    """
     cls = LINEAR_SOLVERS.get(name)
     fields = {f.name for f in dataclasses.fields(cls)} if isinstance(cls, type) else set()
     given = {"dt": dt, "rtol": rtol, "max_steps": max_steps}
@@ -126,7 +160,13 @@ def make_linear_solver(name: str, *, dt: float = 1.0, rtol: float = 1e-5,
 
 def solve_linear(matvec: Callable[[PyTree], PyTree], rhs: PyTree,
                  solver: lx.AbstractLinearSolver) -> tuple[PyTree, RelaxStats]:
-    """Solve ``matvec(w) + rhs = 0`` (``matvec`` linear, batched leaves ``(B, ...)``).
+    """Solve ``matvec(w) + rhs = 0`` with a Lineax solver, matrix-free.
+
+    **Arguments:** ``matvec``: a linear map on pytrees like ``rhs`` (e.g. a JVP or VJP of
+    the field at the free fixed point), block diagonal over the batch; ``rhs``: pytree
+    with leaves ``(B, ...)``; ``solver``: a Lineax ``AbstractLinearSolver``.
+
+    Never raises on non-convergence (``throw=False``): read the stats.
 
     **Returns:** ``w`` and :class:`RelaxStats` (``steps``: the solver's steps;
     ``residual``: ``||matvec(w) + rhs||`` per example; ``nonfinite_step``: ``steps``

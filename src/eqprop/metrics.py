@@ -32,11 +32,14 @@ def cosine(a: Array, b: Array) -> float:
 
     **Arguments:**
 
-    - ``a``, ``b``: arrays of the same size (any shapes; both are flattened), e.g. two
-      gradients of one parameter, or two error vectors ``(B, n)`` of a whole batch.
+    - ``a``, ``b``: real arrays of the same size (any shapes; both are flattened), e.g.
+      two gradients of one parameter, or two error vectors ``(B, n)`` of a whole batch.
 
     **Returns:** a Python float in ``[-1, 1]``; ``0.0`` when either array is zero (never
-    NaN). ``a`` is conjugated (``jnp.vdot``) when complex.
+    NaN).
+
+    **Raises:** ``TypeError`` when either array is complex (the complex ``jnp.vdot``
+    does not convert to a float): take the real part first.
     """
     a, b = jnp.ravel(a), jnp.ravel(b)
     den = jnp.linalg.norm(a) * jnp.linalg.norm(b)

@@ -27,12 +27,17 @@ NONCONVERGED_TOL = 1e-3  # residual above which an example counts as not settled
 
 
 class RelaxStats(eqx.Module):
-    """What a relaxation reports.
+    """What a relaxation reports (also the linear solves of :mod:`eqprop.linear`).
 
-    ``steps``: steps taken (scalar int). ``residual``: ``||F(u)||`` per example at the end,
-    ``(B,)``. ``nonfinite_step``: first step after which a state was NaN, infinite or
-    beyond ``bound`` (exploding), ``-1`` if none. ``nonfinite``: per population, whether its
-    final state is so.
+    **Fields:**
+
+    - ``steps``: steps taken (integer scalar; group updates for alternating sweeps);
+    - ``residual``: ``||F(u)||`` per example at the returned state, ``(B,)``, or
+      ``(P, B)`` for phases stacked on a leading axis;
+    - ``nonfinite_step``: the step after which a state was first found NaN, infinite or
+      beyond ``bound`` (exploding), ``-1`` if none (integer scalar);
+    - ``nonfinite``: ``{population: bool scalar}``, whether any entry of its final state
+      (over every example and phase) is so.
     """
 
     steps: Array
@@ -42,12 +47,19 @@ class RelaxStats(eqx.Module):
 
     @property
     def finite(self) -> Array:
+        """Whether the relaxation stayed finite (and within ``bound``): a bool scalar."""
         return self.nonfinite_step < 0
 
 
 def residual_norm(f: PyTree, batch_ndim: int = 1) -> Array:
-    """Per-example norm of a batched pytree: ``sqrt(sum |f|^2)`` over all but the first
-    ``batch_ndim`` axes (``(B,)``, or ``(P, B)`` for phases stacked on a leading axis)."""
+    """Per-example norm of a batched pytree: ``sqrt(sum |f|^2)`` over every leaf and
+    every axis but the first ``batch_ndim``.
+
+    **Arguments:** ``f``: pytree with leaves ``(B, ...)`` (``batch_ndim = 1``) or
+    ``(P, B, ...)`` (``batch_ndim = 2``), real or complex.
+
+    **Returns:** ``(B,)`` or ``(P, B)``, real.
+    """
     sq = [jnp.sum(jnp.abs(v) ** 2, axis=tuple(range(batch_ndim, v.ndim))) for v in jax.tree.leaves(f)]
     return jnp.sqrt(sum(sq))
 
@@ -60,7 +72,14 @@ def _all_finite(u: PyTree, bound: float = jnp.inf) -> Array:
 
 
 def nonfinite_populations(u: PyTree, bound: float = jnp.inf) -> dict[str, Array]:
-    """Per population (leaf), whether any state is NaN, infinite or beyond ``bound``."""
+    """Per population, whether any entry of its state is NaN, infinite or beyond
+    ``bound`` in absolute value.
+
+    **Arguments:** ``u``: a state (a dict of populations, or any pytree, whose leaves are
+    then named ``"0"``, ``"1"``, ... in leaf order); ``bound``: the divergence bound.
+
+    **Returns:** ``{name: bool scalar}`` (reduced over every axis, batch included).
+    """
     return {k: ~jnp.all(jnp.isfinite(v)) | (jnp.max(jnp.abs(v)) > bound)
             for k, v in _as_dict(u).items()}
 
@@ -84,7 +103,8 @@ def relax(
 
     Stops after ``steps`` steps, when every example's residual is below ``tol``
     (a positive float or a traced scalar; ``0`` disables the check), or at the first
-    non-finite state. Returns the final state and its :class:`RelaxStats`.
+    non-finite state. The tolerance is tested on the residual of the state a step was
+    taken from, so the returned state is one step past it.
     ``tol_fraction = q > 0`` stops instead once at most a fraction ``q`` of the examples
     is above ``tol``: a few slowly converging examples (stragglers) then no longer keep
     the whole batch iterating; they leave with their state at that step.
@@ -107,7 +127,21 @@ def relax(
     is then the step at which divergence was detected (at most ``k`` sweeps late).
     ``k = 1`` is the exact per-step test.
 
-    ``project``: the model's projection after each update (``None``: none).
+    **Arguments:**
+
+    - ``field``: ``u -> F(u)``, a pytree like ``u``;
+    - ``u0``: the initial state, leaves ``(B, ...)`` or ``(P, B, ...)``, real or complex;
+    - ``dt``: step size, in units of the relaxation time (``dt = 1``: ``u <- h(a)``);
+    - ``steps``: budget of updates;
+    - ``tol``, ``tol_fraction``, ``batch_ndim``, ``bound``, ``groups``, ``field_on``,
+      ``check_every``: as above;
+    - ``project``: the model's projection after each update (``None``: none).
+
+    **Returns:** the final state (like ``u0``) and its :class:`RelaxStats`, whose
+    ``residual`` (``(B,)`` or ``(P, B)``) costs one more ``field`` evaluation at it.
+
+    **Raises:** ``ValueError`` when ``check_every < 1`` or ``groups`` is given without
+    ``field_on``.
     """
     if check_every < 1:
         raise ValueError(f"check_every must be >= 1, got {check_every}")
@@ -159,11 +193,17 @@ def relax(
 
 
 def euler_step(u: PyTree, f: PyTree, dt: float, project: Projection = None) -> PyTree:
-    """The step map ``project(u + dt * f)``, leaf by leaf over the leaves of ``f``.
+    """The step map ``project(u + dt * f)`` (forward Euler of ``du/dt = F(u)``).
 
     ``f`` may hold a subset of ``u``'s populations (one group of an alternating sweep):
     then only those are updated (and projected); the others are returned unchanged.
     ``project`` acts population-wise (it is called on the updated populations only).
+
+    **Arguments:** ``u``: a state, leaves ``(B, ...)`` or ``(P, B, ...)``; ``f``: the
+    field, like ``u`` or a dict over a subset of its populations; ``dt``: step size in
+    units of the relaxation time; ``project``: the model's projection, or ``None``.
+
+    **Returns:** the next state, like ``u``.
     """
     if isinstance(u, dict) and isinstance(f, dict) and f.keys() != u.keys():
         new = {p: u[p] + dt * f[p] for p in f}
@@ -186,6 +226,15 @@ def sweep_map(
     others; ``f`` collects each group's field at the moment it was updated (zero at a
     fixed point, and ``||f||`` is the residual the tolerance tests), ``len(groups)``
     updates.
+
+    **Arguments:** ``field``: ``u -> F(u)``; ``dt``: step size in units of the
+    relaxation time; ``groups``: tuples of population names, or ``None``; ``field_on``:
+    ``(u, group) -> {p: F_p(u) for p in group}``; ``project``: the model's projection.
+
+    **Returns:** ``(step, per_sweep)``: the function ``u -> (f, u')`` and the number of
+    updates one call counts (1, or ``len(groups)``).
+
+    **Raises:** ``ValueError`` when ``groups`` is given without ``field_on``.
     """
     if groups is None:
         def step(u):
@@ -206,8 +255,9 @@ def sweep_map(
 
 
 def stop_test(r: Array, tol, tol_fraction: float) -> Array:
-    """Whether to keep iterating, from per-example residuals ``r``: some example above
-    ``tol`` (``tol_fraction = 0``), or more than a fraction ``tol_fraction`` of them."""
+    """Whether to keep iterating, from per-example residuals ``r`` (``(B,)`` or
+    ``(P, B)``): some example above ``tol`` (``tol_fraction <= 0``), or more than a
+    fraction ``tol_fraction`` of them. Returns a bool scalar."""
     if tol_fraction <= 0:
         return jnp.max(r) > tol
     return jnp.mean(r > tol) > tol_fraction

@@ -81,7 +81,12 @@ class SettingError(ValueError):
 
 @dataclass(frozen=True)
 class Bounds:
-    """A numeric interval; ``None`` means unbounded on that side."""
+    """A numeric interval; ``None`` means unbounded on that side.
+
+    ``lo_open`` / ``hi_open`` exclude the end. ``x in bounds`` tests membership (NaN is
+    never in); ``str(bounds)`` is the phrase the error messages use (``"in (0, 1]"``,
+    ``">= 1"``).
+    """
 
     lo: float | None = None
     hi: float | None = None
@@ -129,8 +134,13 @@ class Registry(Generic[T]):
     def register(self, name: str, obj: T | None = None, *, replace: bool = False):
         """Register ``obj`` under ``name``; without ``obj``, a class decorator.
 
-        A second registration of a name raises ``ValueError`` unless ``replace``
-        (plugins that override a built-in say so).
+        A registered class gets the attribute ``registered_name = name``.
+
+        **Returns:** ``obj`` (or the decorator, which returns the class).
+
+        **Raises:** ``ValueError`` for an empty or non-string name, or a name already
+        registered to another object unless ``replace`` (plugins that override a
+        built-in say so).
         """
         def add(o: T) -> T:
             if not isinstance(name, str) or not name:
@@ -153,6 +163,7 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def names(self) -> tuple[str, ...]:
+        """The registered names, in registration order."""
         return tuple(self._entries)
 
     def __contains__(self, name: object) -> bool:
@@ -165,6 +176,7 @@ class Registry(Generic[T]):
         return len(self._entries)
 
     def items(self):
+        """``(name, component)`` pairs, in registration order."""
         return self._entries.items()
 
     def unknown(self, name: Any) -> str:
@@ -185,7 +197,10 @@ class Registry(Generic[T]):
             raise ValueError(self.unknown(name)) from None
 
     def name_of(self, obj: Any) -> str:
-        """The name under which ``obj`` (or its class) is registered."""
+        """The name under which ``obj`` (or its class) is registered.
+
+        **Raises:** ``ValueError`` when neither is registered here.
+        """
         cls = obj if isinstance(obj, type) else type(obj)
         for n, o in self._entries.items():
             if o is obj or o is cls:
@@ -206,10 +221,13 @@ def _describe(o: Any) -> str:
 class Setting:
     """What :func:`setting` attaches to a field: its documentation and allowed values.
 
-    ``choices``: a tuple of allowed strings, or a :class:`Registry` (its names at the time
-    of the check). ``kind``: one of the value kinds (``"integer"``, ...); ``None``
-    infers it from the field's annotation. ``key``: the configuration key when it is
-    not the field's name (e.g. ``anderson_memory`` for ``Anderson.memory``).
+    ``doc``: one line. ``choices``: a tuple of allowed strings, or a :class:`Registry`
+    (its names at the time of the check). ``bounds``: the allowed interval of a number
+    (of each entry of an array or table). ``optional``: the value may be absent
+    (``None``). ``min_len``: least number of entries of an array. ``kind``: one of the
+    value kinds (``"integer"``, ...); ``None`` infers it from the field's annotation.
+    ``key``: the configuration key when it is not the field's name (e.g.
+    ``anderson_memory`` for ``Anderson.memory``).
     """
 
     doc: str
@@ -221,6 +239,7 @@ class Setting:
     key: str | None = None
 
     def allowed_choices(self) -> tuple[str, ...] | None:
+        """The allowed strings now (a registry's current names), or ``None`` if any."""
         if self.choices is None:
             return None
         if isinstance(self.choices, Registry):
@@ -238,8 +257,15 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: Any =
         class HolomorphicEP(Estimator):
             beta: float = setting(0.5, "Radius of the nudge circle.", bounds=POSITIVE)
 
-    In an ``eqx.Module`` the field is static (hashable, never traced) unless
-    ``static=False``.
+    **Arguments:** ``default``: the default value (a setting needs one, see
+    :func:`settings_of`); ``doc``: one line for ``eqprop config`` and the docs;
+    ``choices``, ``bounds``, ``optional``, ``min_len``, ``kind``, ``key``: stored in
+    the :class:`Setting`; ``static``: in an ``eqx.Module`` the field is static
+    (hashable, never traced) unless ``static=False``.
+
+    **Returns:** a ``dataclasses.field``.
+
+    **Raises:** ``ValueError`` when ``doc`` is empty or has more than one line.
     """
     if not doc or "\n" in doc:
         raise ValueError("a setting needs a one-line doc")
@@ -291,7 +317,12 @@ def _kind_of(hint: Any, default: Any) -> str:
 
 
 def settings_of(cls: type) -> tuple[SettingField, ...]:
-    """The settings of ``cls`` in field order (fields declared with :func:`setting`)."""
+    """The settings of the dataclass (or ``eqx.Module``) ``cls`` in field order: the
+    fields declared with :func:`setting`, as :class:`SettingField`.
+
+    **Raises:** ``TypeError`` when a setting has no default, or its value kind can be
+    inferred neither from its annotation nor its default (pass ``kind=``).
+    """
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # an annotation that does not resolve: fall back on the defaults

@@ -13,7 +13,8 @@ Shared settings (every solver):
 - ``tol``: stop once every example's residual ``||F(u)||`` is below it (``0``: run the
   whole budget); ``tol_fraction = q > 0``: once at most a fraction ``q`` is above it;
 - ``check_every``: test the tolerance every ``k`` sweeps (plain iteration);
-- ``bound``: a state with ``|u| > bound`` counts as diverged, like a NaN;
+- ``bound``: a state with ``|u| > bound`` counts as diverged, like a NaN (the plain
+  iteration only: :class:`Anderson` stops at NaN and inf only);
 - ``update``: ``"synchronous"`` (every population at once) or ``"alternating"`` (the two
   groups of a bipartite model in turn: same fixed points, half the work per step).
 
@@ -48,6 +49,12 @@ class FixedPointSolver(eqx.Module):
 
     Subclasses implement :meth:`solve`; :meth:`relax` builds the step map of a model
     (its field, its projection, its groups for alternating updates) and calls it.
+    The fields are the shared settings of the module doc (``steps``, ``dt`` in units of
+    the relaxation time, ``tol``, ``tol_fraction``, ``check_every``, ``bound``,
+    ``update``).
+
+    **Raises:** ``ValueError`` at construction when ``steps < 1``, ``check_every < 1``
+    or ``update`` is not ``"synchronous"`` or ``"alternating"``.
     """
 
     steps: int = eqx.field(static=True, default=150)
@@ -67,7 +74,9 @@ class FixedPointSolver(eqx.Module):
             raise ValueError(f"update must be 'synchronous' or 'alternating', got {self.update!r}")
 
     def check(self, model: EquilibriumModel) -> None:
-        """Raise ``ValueError`` when this solver cannot relax ``model``."""
+        """Raise ``ValueError`` when this solver cannot relax ``model``: alternating
+        updates of a model that is not a :class:`~eqprop.network.BipartiteModel` or whose
+        ``partition()`` is ``None``."""
         if self.update == "alternating" and (not isinstance(model, BipartiteModel)
                                              or model.partition() is None):
             raise ValueError("dynamics.update = 'alternating' needs a bipartite network (no coupling "
@@ -92,9 +101,17 @@ class FixedPointSolver(eqx.Module):
               field_on: FieldOn | None = None) -> tuple[PyTree, RelaxStats]:
         """Relax ``model``'s states under ``field`` (the free field, or a nudged one).
 
-        ``field_on(u, group)``: the same field on one group of populations, needed with
-        ``update = "alternating"`` (default: ``model.field_on`` cannot know the nudge, so
-        callers that nudge pass their own). Raises ``ValueError`` as :meth:`check`.
+        **Arguments:** ``model``: supplies the projection and, for alternating updates,
+        the groups (``model.partition()``); ``field``: ``u -> F(u)``; ``u0``: initial
+        state, leaves ``(B, ...)`` or ``(P, B, ...)`` with ``batch_ndim = 2``;
+        ``field_on``: ``(u, group) -> F`` on one group of populations, required with
+        ``update = "alternating"`` (there is no default: ``model.field_on`` cannot know a
+        nudge, so the caller passes the field it relaxes).
+
+        **Returns:** as :meth:`solve`.
+
+        **Raises:** ``ValueError`` as :meth:`check`, or for alternating updates without
+        ``field_on``.
         """
         groups = None
         if self.update == "alternating":
@@ -108,9 +125,14 @@ class FixedPointSolver(eqx.Module):
 
 @SOLVERS.register("fixed-point")
 class FixedPoint(FixedPointSolver):
-    """The plain iteration of the step map (:func:`eqprop.relax.relax`)."""
+    """The plain iteration of the step map (:func:`eqprop.relax.relax`).
+
+    ``u <- project(u + dt F(u))``, with every shared setting.
+    """
 
     def solve(self, field, u0, *, batch_ndim=1, groups=None, field_on=None, project=None):
+        """:func:`eqprop.relax.relax` with these settings (contract of
+        :meth:`FixedPointSolver.solve`)."""
         return relax(field, u0, dt=self.dt, steps=self.steps, tol=self.tol,
                      tol_fraction=self.tol_fraction, batch_ndim=batch_ndim, bound=self.bound,
                      groups=groups, field_on=field_on, check_every=self.check_every,
@@ -124,7 +146,12 @@ class Anderson(FixedPointSolver):
     ``steps`` counts map evaluations as the plain iteration counts its steps. The first
     ``delay`` steps run the plain iteration (the transient, where extrapolation
     misleads); then each step extrapolates from the last ``memory`` differences, mixed
-    with ``damping``.
+    with ``damping`` (Walker and Ni 2011). ``safeguard``: fall back, per example, to the
+    plain step when a candidate raises the residual. ``bound`` is not used: only NaN
+    and infinite states count as diverged.
+
+    **Raises:** ``ValueError`` from :func:`eqprop.anderson.anderson` (at the first
+    solve) when ``memory < 0`` or ``damping`` is not in ``(0, 1]``.
     """
 
     memory: int = setting(5, "History length of Anderson acceleration (solver = 'anderson').",
@@ -136,6 +163,8 @@ class Anderson(FixedPointSolver):
     safeguard: bool = eqx.field(static=True, default=True)
 
     def solve(self, field, u0, *, batch_ndim=1, groups=None, field_on=None, project=None):
+        """:func:`eqprop.anderson.anderson` with these settings (contract of
+        :meth:`FixedPointSolver.solve`)."""
         return anderson(field, u0, steps=self.steps, tol=self.tol, tol_fraction=self.tol_fraction,
                         memory=self.memory, damping=self.damping, dt=self.dt,
                         batch_ndim=batch_ndim, safeguard=self.safeguard, delay=self.delay,

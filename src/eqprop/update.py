@@ -2,7 +2,7 @@
 
 ``step(model, opt_state, x, y, key[, index]) -> (model, opt_state, metrics)`` where
 ``metrics`` holds the batch's loss and accuracy at the free fixed point and the
-relaxation stats. With Jacobian homeostasis (:class:`eqprop.homeostasis.Homeostasis`)
+relaxation stats (:func:`batch_metrics`). With Jacobian homeostasis (:class:`eqprop.homeostasis.Homeostasis`)
 the step adds ``coef * d L_homeo / d theta`` to the estimator's gradient on the batches
 with ``index % every == 0`` (``index`` defaults to 0: always applied) and reports
 ``homeo_loss`` (0 on skipped batches) and ``homeo_applied``.
@@ -36,12 +36,22 @@ DEFAULT_FREE_SOLVER = FixedPoint(steps=150, bound=1e6)
 
 
 def init_optimizer(optimizer: optax.GradientTransformation, model: EquilibriumModel) -> PyTree:
-    """Optimizer state for the model's trainable parameters."""
+    """``optimizer.init`` on the model's trainable parameters
+    (:func:`~eqprop.network.parameters`)."""
     return optimizer.init(parameters(model))
 
 
 def batch_metrics(model: EquilibriumModel, free, y: Array) -> dict[str, Array]:
-    """Loss, accuracy and relaxation figures of a free phase."""
+    """Loss, accuracy and relaxation figures of a free phase.
+
+    **Arguments:** ``model``: reads out the activity; ``free``: a
+    :class:`~eqprop.estimate.FreePhase` of a batch; ``y``: its labels ``(B,)``.
+
+    **Returns:** scalars ``loss`` (batch mean), ``acc`` (fraction correct),
+    ``free_steps``, ``residual`` (batch mean of ``||F(u)||``), ``nonconverged``
+    (fraction of examples with residual above ``NONCONVERGED_TOL = 1e-3``),
+    ``nonfinite_step`` (``-1`` if none), and ``nonfinite``: ``{population: bool}``.
+    """
     a = model.activity(free.u)
     return {
         "loss": jnp.mean(model.loss(a, y)),
@@ -63,9 +73,25 @@ def make_train_step(
     """A jitted ``step(model, opt_state, x, y, key, index=0, u0=None, warm=None)``: free phase, estimate,
     (homeostasis,) optax update.
 
-    **Arguments:** ``estimator``; ``optimizer``: an optax transformation;
-    ``homeostasis``: ``None`` or ``coef == 0`` for the task gradient only; ``solver``:
-    the free phase's solver (default :data:`DEFAULT_FREE_SOLVER`: 150 plain steps).
+    **Arguments:** ``estimator``: an :class:`~eqprop.estimate.Estimator`; ``optimizer``:
+    an optax transformation; ``homeostasis``: ``None`` or ``coef == 0`` for the task
+    gradient only, else ``coef * d L_homeo / d theta`` is added (Laborieux and Zenke
+    2024, arXiv 2309.02214); ``solver``: the free phase's solver (default
+    :data:`DEFAULT_FREE_SOLVER`: 150 plain steps).
+
+    **Returns:** ``step``, taking ``model``; ``opt_state`` (:func:`init_optimizer`);
+    ``x``: inputs ``(B, ...)``; ``y``: labels ``(B,)``; ``key``: PRNG key of the
+    estimator (and, folded, of the homeostasis probes); ``index``: the batch index
+    (homeostasis ``every``); ``u0``, ``warm``: warm start as in
+    :func:`~eqprop.estimate.free_phase`. It returns ``(model, opt_state, metrics)``:
+    the updated model and state, and :func:`batch_metrics` of the free phase (found
+    with the model before the update, read out with the updated model's readout), plus
+    ``homeo_loss`` and ``homeo_applied`` with homeostasis and ``state`` (the free fixed
+    point, leaves ``(B, ...)``) when ``u0`` is given.
+
+    **Raises:** (when ``step`` is traced) ``ValueError`` when homeostasis is on and the
+    model is not an :class:`~eqprop.network.InteractionModel`, or ``solver`` cannot
+    relax the model; the estimator's own errors pass through.
     """
     if homeostasis is not None and homeostasis.coef == 0:
         homeostasis = None
@@ -110,7 +136,9 @@ def make_train_step(
 
 
 def make_eval_step(solver: FixedPointSolver = None):
-    """A jitted ``evaluate(model, x, y) -> metrics`` (free phase only, with ``solver``)."""
+    """A jitted ``evaluate(model, x, y) -> metrics``: the free phase only, with ``solver``
+    (default :data:`DEFAULT_FREE_SOLVER`), and :func:`batch_metrics` of it (``x``:
+    ``(B, ...)``, ``y``: ``(B,)``)."""
     solver = DEFAULT_FREE_SOLVER if solver is None else solver
 
     @eqx.filter_jit

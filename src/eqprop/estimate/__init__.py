@@ -23,16 +23,27 @@ _TYPES = {"integer": int, "float": float, "string": str, "boolean": bool}
 
 
 def settings_types(name: str) -> dict[str, type]:
-    """``{setting: type}`` of the registered estimator ``name`` (its ``setting()`` fields)."""
+    """``{setting: type}`` of the registered estimator ``name`` (its ``setting()`` fields;
+    ``int``, ``float``, ``str`` or ``bool``). **Raises:** ``ValueError`` for an unknown
+    name."""
     return {f.name: _TYPES.get(f.kind, str) for f in settings_of(ESTIMATORS.get(name))}
 
 
 def make_estimator(name: str, solvers: PhaseSolvers | None = None, **settings: Any) -> Estimator:
     """Build the registered estimator ``name`` with ``settings``, its solver fields taken
-    from ``solvers`` (default: :class:`~eqprop.solvers.PhaseSolvers` defaults).
+    from ``solvers``.
+
+    **Arguments:** ``name``: a name of :data:`~eqprop.registry.ESTIMATORS`; ``solvers``:
+    the phases' solvers, of which the estimator receives those it has fields for
+    (:meth:`~eqprop.solvers.PhaseSolvers.wiring`; default:
+    :class:`~eqprop.solvers.PhaseSolvers`'s defaults); ``**settings``: its
+    ``setting()`` fields (e.g. ``beta=0.5, points=4``), unspecified ones at the class
+    defaults.
+
+    **Returns:** the :class:`Estimator`.
 
     **Raises:** ``ValueError`` for an unknown name or setting (one line, naming the
-    allowed ones) or an invalid value.
+    allowed ones) or an invalid value (:class:`~eqprop.settings.SettingError`).
     """
     cls = ESTIMATORS.get(name)
     allowed = settings_types(name)
@@ -52,7 +63,17 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
     Settings not in the SPEC come from ``defaults`` (the configuration's
     ``[estimator]`` section, ``name`` included), except that ``ep`` and ``contrast``
     are one-sided (``points=1``) unless the SPEC, or a ``defaults`` whose own name is the
-    same estimator, says otherwise.
+    same estimator, says otherwise. ``defaults`` keys the estimator does not take are
+    ignored.
+
+    **Arguments:** ``spec``: ``"<name>[:<setting>=<value>]..."``; ``solvers``: as
+    :func:`make_estimator`; ``defaults``: ``{"name": ..., setting: value, ...}``.
+
+    **Returns:** the :class:`Estimator`.
+
+    **Raises:** ``ValueError`` (one line quoting the SPEC) for an unknown estimator, a
+    part without ``=``, an unknown setting, a value of the wrong type, or an invalid
+    value.
     """
     defaults = dict(defaults or {})
     name, *parts = spec.split(":")

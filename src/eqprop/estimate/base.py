@@ -2,7 +2,8 @@
 
 An estimator maps ``(model, x, y, free, key)`` to a gradient pytree shaped like the
 model (``None`` where a leaf is not trainable) and an :class:`Estimate` of
-diagnostics. Generalized EP writes every gradient as
+diagnostics. Generalized EP (Laborieux and Zenke 2024, arXiv 2309.02214) writes every
+gradient as
 
     g = (dF/dtheta)^T v / B  +  d(mean loss)/d(readout)
 
@@ -30,7 +31,12 @@ PyTree = Any
 
 
 class FreePhase(eqx.Module):
-    """The free relaxation of a batch: fixed point ``u``, hoisted ``drive`` and stats."""
+    """The free relaxation of a batch.
+
+    **Fields:** ``u``: the free fixed point (state, leaves ``(B, ...)``); ``drive``:
+    ``model.prepare(x)``; ``stats``: its :class:`~eqprop.relax.RelaxStats` (``residual``
+    ``(B,)``).
+    """
 
     u: PyTree
     drive: PyTree
@@ -40,9 +46,11 @@ class FreePhase(eqx.Module):
 class Estimate(eqx.Module):
     """Diagnostics of one estimate.
 
-    ``error_vector``: the ``v`` used in the update, pytree like the activity with
-    leaves ``(B, ...)``, or ``None`` (BPTT). ``phases``: stats of the nudged or linear
-    relaxations (leaves may carry a leading phase axis), or ``None``.
+    **Fields:** ``error_vector``: the ``v`` used in the update, a pytree like the
+    activity with leaves ``(B, ...)`` (an estimate of ``da*/dbeta``, or the RBP
+    ``delta`` for ``implicit``), or ``None`` (BPTT); ``phases``: stats of the nudged
+    phases or of the linear solve (``residual`` ``(P, B)`` for stacked nudged phases,
+    ``(B,)`` otherwise), or ``None``.
     """
 
     error_vector: PyTree | None
@@ -87,7 +95,10 @@ class Estimator(eqx.Module):
         """
 
     def check(self, model: EquilibriumModel) -> None:
-        """Raise ``ValueError`` if this estimator cannot run on ``model``."""
+        """Raise ``ValueError`` if this estimator cannot run on ``model``: one of its
+        solvers (``nudged``, ``free``) cannot relax it
+        (:meth:`~eqprop.solvers.FixedPointSolver.check`), or it needs complex nudges and
+        the model is not holomorphic. Subclasses add their own conditions."""
         for solver in (getattr(self, "nudged", None), getattr(self, "free", None)):
             if solver is not None:
                 solver.check(model)
@@ -106,13 +117,17 @@ def free_phase(
     """Relax the free phase (no nudge) with ``solver`` from ``u0`` (default: the model's
     initial state).
 
-    **Arguments:** ``x``: inputs ``(B, ...)``; ``solver``: the free phase's
-    :class:`~eqprop.solvers.FixedPointSolver`; ``u0``: a state (leaves ``(B, ...)``);
-    ``warm`` (``(B,)`` booleans, with ``u0``): example ``i`` starts from ``u0`` where
-    ``warm[i]`` and from the model's initial state otherwise (warm starts from
-    persistent states, some of which do not exist yet).
+    **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``solver``: the free phase's
+    :class:`~eqprop.solvers.FixedPointSolver` (or a
+    :class:`~eqprop.solvers.PhaseSolvers`, whose ``free`` is used); ``u0``: a state
+    (leaves ``(B, ...)``); ``warm`` (``(B,)`` booleans, with ``u0``): example ``i``
+    starts from ``u0`` where ``warm[i]`` and from the model's initial state otherwise
+    (warm starts from persistent states, some of which do not exist yet).
 
     **Returns:** the :class:`FreePhase` (fixed point, hoisted drive, stats).
+
+    **Raises:** ``ValueError`` when ``solver`` cannot relax ``model`` (alternating
+    updates of a non-bipartite network).
     """
     if isinstance(solver, PhaseSolvers):
         solver = solver.free
@@ -131,8 +146,16 @@ def free_phase(
 
 
 def nudged_field_on(model: EquilibriumModel, drive: PyTree, y: Array, beta: Array):
-    """``(u, group) -> F|_group(u) + beta * dl/da`` on the output's group (alternating
-    updates of a nudged phase)."""
+    """The nudged field on one group of populations, for alternating updates of a
+    nudged phase: ``(u, group) -> F|_group(u)``, plus ``beta * dl/da_out`` when the output
+    population is in ``group``.
+
+    **Arguments:** ``model``: a :class:`~eqprop.network.BipartiteModel`; ``drive``:
+    ``model.prepare(x)``; ``y``: labels ``(B,)``; ``beta``: the nudge, a real or complex
+    scalar.
+
+    **Returns:** the function ``(u, group) -> {p: (B, ...)}`` over ``group``.
+    """
 
     def field_on(u, group):
         f = model.field_on(u, drive, group)
@@ -153,12 +176,22 @@ def _add_opt(s, t):
 
 
 def add_grads(a: PyTree, b: PyTree) -> PyTree:
-    """Sum two model-shaped gradient pytrees whose leaves may be ``None``."""
+    """Sum two model-shaped gradient pytrees whose leaves may be ``None`` (``None + t = t``)."""
     return jax.tree.map(_add_opt, a, b, is_leaf=lambda z: z is None)
 
 
 def field_vjp(model: EquilibriumModel, x: Array, u: PyTree, v: PyTree) -> PyTree:
-    """``(dF/dtheta)^T v`` at state ``u`` (summed over the batch), model-shaped."""
+    """The vector-Jacobian product ``(dF/dtheta)^T v`` at state ``u``, summed over the
+    batch (the drive ``model.prepare(x)`` is differentiated too).
+
+    For a dense projection it is the local outer product of presynaptic activity and
+    ``v`` (arXiv 2309.02214).
+
+    **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``u``: a state, leaves
+    ``(B, ...)``; ``v``: a pytree like ``u`` (same dtype as ``F``).
+
+    **Returns:** a model-shaped pytree of the trainable leaves (``None`` elsewhere).
+    """
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def f(p):
@@ -171,20 +204,40 @@ def field_vjp(model: EquilibriumModel, x: Array, u: PyTree, v: PyTree) -> PyTree
 
 
 def readout_grad(model: EquilibriumModel, a: PyTree, y: Array) -> PyTree:
-    """Direct gradient of the mean loss at fixed activity ``a`` (the readout's parameters)."""
+    """Direct gradient of the batch-mean loss at fixed activity ``a`` (leaves
+    ``(B, ...)``; labels ``y`` ``(B,)``): nonzero for the readout's parameters only.
+    Returns a model-shaped pytree (zeros for the other trainable leaves, ``None`` for
+    the non-trainable ones)."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
     return jax.grad(lambda p: jnp.mean(eqx.combine(p, static).loss(a, y)))(params)
 
 
 def assemble(model: EquilibriumModel, x: Array, y: Array, u: PyTree, v: PyTree) -> PyTree:
-    """The generalized-EP gradient ``(dF/dtheta)^T v / B + readout gradient`` at ``u``."""
+    """The generalized-EP gradient ``(dF/dtheta)^T Re(v) / B + readout gradient`` at ``u``
+    (Laborieux and Zenke 2024, arXiv 2309.02214).
+
+    **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``y``: labels ``(B,)``; ``u``:
+    the state where it is taken (the free fixed point), leaves ``(B, ...)``; ``v``: the
+    error vector in activity space, leaves ``(B, ...)`` (real or complex: its real part
+    is used).
+
+    **Returns:** a model-shaped gradient of the batch-mean loss (``None`` where a leaf is
+    not trainable).
+    """
     batch = x.shape[0]
     v = jax.tree.map(lambda t: jnp.real(t) / batch, v)
     return add_grads(field_vjp(model, x, u, v), readout_grad(model, model.activity(u), y))
 
 
 def nudged_field(model: EquilibriumModel, drive: PyTree, y: Array, beta: Array):
-    """``u -> F(u) + beta * dl/da``: the field of a phase nudged with (complex) ``beta``."""
+    """The field of a phase nudged with ``beta``: ``u -> F(u) + beta * dl/da``, with
+    ``dl/da`` from :meth:`~eqprop.network.EquilibriumModel.nudge` (nonzero on the output).
+
+    **Arguments:** ``model``; ``drive``: ``model.prepare(x)``; ``y``: labels ``(B,)``;
+    ``beta``: a real or complex scalar (complex needs complex states).
+
+    **Returns:** the function ``u -> F`` on states with leaves ``(B, ...)``.
+    """
 
     def field(u):
         f = model.field(u, drive)

@@ -28,7 +28,22 @@ from .nudge import circle_derivative
 @ESTIMATORS.register("contrast")
 class Contrast(Estimator):
     """Classic EP contrast of local products at the free and nudged fixed points (tied only;
-    Scellier and Bengio 2017, Eq. 10; symmetric form: Laborieux et al. 2021)."""
+    Scellier and Bengio 2017, Eq. 10; symmetric form: Laborieux et al. 2021).
+
+    The gradient is the contrast of ``dPhi/dtheta`` of the module doc divided by the
+    batch size ``B``, plus the readout's direct gradient at the free fixed point.
+
+    **Settings:** ``beta``: nudging strength (``> 0``); ``points``: 1 (one-sided, nudged
+    phase at ``+beta`` against the free phase) or 2 (symmetric, ``+beta`` against
+    ``-beta``); ``nudged``: the nudged phases' solver.
+
+    Its :class:`~eqprop.estimate.Estimate` carries the finite-difference error vector of
+    :class:`~eqprop.estimate.EP` with the same settings.
+
+    **Raises:** :class:`~eqprop.settings.SettingError` for ``points`` not 1 or 2;
+    :meth:`check` raises ``ValueError`` for a model that is not a symmetric (tied)
+    :class:`~eqprop.network.EnergyModel`.
+    """
 
     beta: float = setting(0.5, "Nudging strength.", bounds=POSITIVE)
     points: int = setting(2, "1 (one-sided) or 2 (symmetric).", bounds=POSITIVE_INT)
@@ -39,6 +54,8 @@ class Contrast(Estimator):
             raise SettingError("points", f"'contrast' takes 1 (one-sided) or 2 (symmetric), got {self.points}")
 
     def check(self, model):
+        """As :meth:`Estimator.check`, and ``ValueError`` unless ``model`` is an
+        :class:`~eqprop.network.EnergyModel` with ``symmetric`` true (tied weights)."""
         super().check(model)
         if not isinstance(model, EnergyModel) or not model.symmetric:
             raise ValueError("estimator 'contrast' needs a tied (symmetric) network; use 'ep' or 'hep'")

@@ -36,7 +36,13 @@ PyTree = Any
 
 def converged_only(v: PyTree, free: FreePhase, converged_tol: float) -> PyTree:
     """Zero the rows of ``v`` whose example's free-phase residual exceeds
-    ``converged_tol`` (``0``: keep all): the exact formulas hold only at a fixed point."""
+    ``converged_tol`` (``0``: keep all): the exact formulas hold only at a fixed point.
+
+    **Arguments:** ``v``: pytree with leaves ``(B, ...)``; ``free``: the free phase
+    (its ``stats.residual`` ``(B,)``); ``converged_tol``: the residual threshold.
+
+    **Returns:** a pytree like ``v``.
+    """
     if converged_tol <= 0:
         return v
     keep = free.stats.residual <= converged_tol  # (B,)
@@ -48,7 +54,20 @@ def exact_nudge_derivative(
     model: EquilibriumModel, free: FreePhase, y: Array, linear: lx.AbstractLinearSolver,
     converged_tol: float = 0.0,
 ) -> tuple[PyTree, RelaxStats]:
-    """``da*/dbeta`` at ``beta = 0``, exactly: ``-J^{-1} dl/da`` in activity space."""
+    """``da*/dbeta`` at ``beta = 0``, exactly: ``-J^{-1} dl/da`` in activity space (the
+    exact nudge derivative of generalized EP; Laborieux and Zenke 2024, arXiv
+    2309.02214).
+
+    Solves ``J_u w + dl/da = 0`` with ``J_u = dF/du`` at the free fixed point (JVPs
+    only), then ``v = act'(u*) w``.
+
+    **Arguments:** ``model``; ``free``: the free phase; ``y``: labels ``(B,)``;
+    ``linear``: a Lineax solver (:mod:`eqprop.linear`); ``converged_tol``: examples whose
+    free residual exceeds it get a zero right-hand side (``0``: none).
+
+    **Returns:** ``v`` (pytree like the activity, leaves ``(B, ...)``) and the linear
+    solve's :class:`~eqprop.relax.RelaxStats` (``residual`` ``(B,)``).
+    """
     _, jvp = jax.linearize(lambda u: model.field(u, free.drive), free.u)
     # left-out examples get a zero right-hand side: their blocks stay 0 and cost the solve nothing
     e = converged_only(model.nudge(model.activity(free.u), y), free, converged_tol)
@@ -61,7 +80,18 @@ def rbp_delta(
     model: EquilibriumModel, free: FreePhase, y: Array, linear: lx.AbstractLinearSolver,
     converged_tol: float = 0.0,
 ) -> tuple[PyTree, RelaxStats]:
-    """The recurrent-backprop adjoint ``delta = -J^{-T} dl/da`` (per example, activity space)."""
+    """The recurrent-backprop adjoint ``delta = -J^{-T} dl/da`` (per example, activity
+    space; Almeida 1987, Pineda 1987).
+
+    Solves ``J_u^T delta + dl/du = 0`` at the free fixed point (VJPs only); this
+    ``delta`` equals ``-J^{-T} dl/da`` with ``J`` the activity-coordinate Jacobian, and
+    ``(dF/dtheta)^T delta`` is the exact gradient of the loss at the fixed point.
+
+    **Arguments:** as :func:`exact_nudge_derivative`.
+
+    **Returns:** ``delta`` (pytree like the state, leaves ``(B, ...)``) and the linear
+    solve's :class:`~eqprop.relax.RelaxStats` (``residual`` ``(B,)``).
+    """
     _, vjp = jax.vjp(lambda u: model.field(u, free.drive), free.u)
     dl_du = jax.grad(lambda u: jnp.sum(model.loss(model.activity(u), y)))(free.u)
     dl_du = converged_only(dl_du, free, converged_tol)  # see exact_nudge_derivative
@@ -69,7 +99,10 @@ def rbp_delta(
 
 
 class _Exact(Estimator):
-    """Shared fields of the exact estimators: the linear solver and ``converged_tol``."""
+    """Shared fields of the exact estimators: ``linear``, the Lineax solver of the linear
+    system (default ``"auto"``, :class:`~eqprop.linear.DampedThenGMRES`), and
+    ``converged_tol``: examples whose free-phase residual exceeds it are left out of the
+    gradient (``0``: none)."""
 
     linear: lx.AbstractLinearSolver = eqx.field(static=True, default=DampedThenGMRES())
     converged_tol: float = eqx.field(static=True, default=0.0)
@@ -78,7 +111,12 @@ class _Exact(Estimator):
 @ESTIMATORS.register("exact-nudge")
 class ExactNudge(_Exact):
     """Generalized EP with the exact ``da*/dbeta = -J^{-1} dl/da`` (no finite-nudge bias;
-    arXiv 2309.02214 Eq. 5)."""
+    arXiv 2309.02214 Eq. 5).
+
+    Laborieux and Zenke 2024: ``g = (dF/dtheta)^T v / B + readout gradient`` with ``v``
+    from :func:`exact_nudge_derivative`. Equals :class:`Implicit` when ``J`` is symmetric
+    (tied weights); otherwise differs by the asymmetry bias.
+    """
 
     def __call__(self, model, x, y, free, key):
         v, stats = exact_nudge_derivative(model, free, y, self.linear, self.converged_tol)
@@ -89,7 +127,11 @@ class ExactNudge(_Exact):
 @ESTIMATORS.register("implicit")
 class Implicit(_Exact):
     """Implicit differentiation (recurrent backprop; Almeida 1987, Pineda 1987): the
-    exact gradient of the loss at the fixed point."""
+    exact gradient of the loss at the fixed point.
+
+    ``g = (dF/dtheta)^T delta / B + readout gradient`` with ``delta`` from
+    :func:`rbp_delta`: the reference every estimator is compared against.
+    """
 
     def __call__(self, model, x, y, free, key):
         delta, stats = rbp_delta(model, free, y, self.linear, self.converged_tol)
@@ -99,7 +141,16 @@ class Implicit(_Exact):
 
 def unrolled_loss(model: EquilibriumModel, x: Array, y: Array, solver: FixedPointSolver) -> Array:
     """Mean loss after exactly ``solver.steps`` synchronous steps of the step map from the
-    initial state (differentiable; ``lax.scan``)."""
+    initial state (differentiable; ``lax.scan``).
+
+    Uses ``solver.steps`` and ``solver.dt`` (relaxation-time units) and the model's
+    projection; ``tol``, ``update`` and the solver's kind (e.g. Anderson) are not used.
+
+    **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``y``: labels ``(B,)``;
+    ``solver``: a :class:`~eqprop.solvers.FixedPointSolver`.
+
+    **Returns:** a scalar.
+    """
     drive = model.prepare(x)
     project = model.projector()
 
@@ -112,7 +163,12 @@ def unrolled_loss(model: EquilibriumModel, x: Array, y: Array, solver: FixedPoin
 
 @ESTIMATORS.register("bptt")
 class BPTT(Estimator):
-    """Backprop through time through the free phase (memory grows with its steps)."""
+    """Backprop through time through the free phase (memory grows with its steps).
+
+    The exact gradient of the loss after ``free.steps`` unrolled synchronous steps from
+    the initial state (:func:`unrolled_loss`). It relaxes its own free phase and ignores
+    the one it is given; its :class:`~eqprop.estimate.Estimate` is empty.
+    """
 
     free: FixedPointSolver = eqx.field(static=True, default=FixedPoint(steps=150))
 

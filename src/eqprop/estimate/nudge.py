@@ -3,9 +3,10 @@
 All nudged phases start at the free fixed point and relax together on a leading
 axis (``vmap``): real nudges with real states, complex nudges with complex states.
 
-hEP with ``N`` points averages ``(a(beta_k) - a(0)) / beta_k`` over
+hEP with ``N`` points (Laborieux and Zenke 2022, arXiv 2209.00530; 2024, arXiv
+2309.02214) averages ``(a(beta_k) - a(0)) / beta_k`` over
 ``beta_k = |beta| exp(2 pi i k / N)``: the discrete Cauchy integral of ``a(beta)/beta^2``,
-whose error is ``O(|beta|^N)``. ``N = 1`` is one-sided EP, ``N = 2`` symmetric EP
+whose error is ``O(|beta|^N)`` while ``a*(beta)`` is holomorphic on the closed disc. ``N = 1`` is one-sided EP, ``N = 2`` symmetric EP
 (subtracting ``a(0)`` changes nothing for ``N >= 2``). Conjugate points give conjugate
 states, so only ``k = 0 .. N/2`` are relaxed and the others enter as twice the real part.
 """
@@ -33,9 +34,13 @@ PyTree = Any
 def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
     """The nudges to relax for ``n`` points on the circle of radius ``beta``.
 
-    Returns the real points (``beta``, and ``-beta`` for even ``n``) and the complex
-    points ``beta exp(2 pi i k / n)`` with ``0 < k < n/2`` (each standing for itself and
-    its conjugate).
+    **Arguments:** ``beta``: the radius (``> 0``); ``n``: the number of points ``N``.
+
+    **Returns:** ``(real, complex)``: the real points (``beta``, and ``-beta`` for even
+    ``n``) and the complex points ``beta exp(2 pi i k / n)`` with ``0 < k < n/2`` (each
+    standing for itself and its conjugate), so that ``len(real) + 2 len(complex) = n``.
+
+    **Raises:** ``ValueError`` when ``n < 1``.
     """
     if n < 1:
         raise ValueError(f"points must be >= 1, got {n}")
@@ -48,10 +53,18 @@ def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
 def nudged_phases(
     model: EquilibriumModel, free: FreePhase, y: Array, betas: Array, solver: FixedPointSolver,
 ) -> tuple[PyTree, RelaxStats]:
-    """Relax one nudged phase per entry of ``betas`` (1-D, real or complex) with
-    ``solver``, together on a leading axis, each from the free fixed point.
+    """Relax one nudged phase per entry of ``betas`` with ``solver``, together on a
+    leading axis, each from the free fixed point.
 
-    Returns states with leaves ``(P, B, ...)`` and stats with ``residual`` ``(P, B)``.
+    **Arguments:** ``model``; ``free``: the free phase (leaves ``(B, ...)``); ``y``:
+    labels ``(B,)``; ``betas``: ``(P,)`` nudges, real or complex (complex ones relax
+    complex states); ``solver``: the nudged phases'
+    :class:`~eqprop.solvers.FixedPointSolver`.
+
+    **Returns:** states with leaves ``(P, B, ...)`` and stats with ``residual``
+    ``(P, B)``.
+
+    **Raises:** ``ValueError`` when ``solver`` cannot relax ``model``.
     """
     dtype = jnp.result_type(jax.tree.leaves(free.u)[0].dtype, betas.dtype)
     u0 = jax.tree.map(lambda v: jnp.broadcast_to(v.astype(dtype), betas.shape + v.shape), free.u)
@@ -81,11 +94,21 @@ def circle_derivative(
 ) -> tuple[PyTree, RelaxStats, dict]:
     """hEP estimate of ``da*/dbeta`` with ``n`` points on the circle of radius ``beta``.
 
-    ``v = (1/n) sum_k (a(beta_k) - a(0)) / beta_k`` (the discrete Cauchy integral,
-    arXiv 2209.00530 Eq. 5); conjugate points enter as twice the real part.
+    ``v = (1/n) sum_k (a(beta_k) - a(0)) / beta_k`` (the discrete Cauchy integral;
+    Laborieux and Zenke 2022, arXiv 2209.00530); conjugate points enter as twice the
+    real part. ``n = 1`` is one-sided EP, ``n = 2`` symmetric EP.
 
-    **Returns:** ``v`` (pytree like the activity, leaves ``(B, ...)``), the phases'
-    stats (``residual`` ``(P, B)``) and their states ``{"real" | "complex": (betas, a)}``.
+    **Arguments:** ``model``; ``free``: the free phase; ``y``: labels ``(B,)``;
+    ``beta``: the radius ``|beta|``; ``n``: the number of points ``N``; ``solver``: the
+    nudged phases' solver.
+
+    **Returns:** ``v`` (real, pytree like the activity, leaves ``(B, ...)``), the
+    phases' stats (``residual`` ``(P, B)`` with ``P = len(real) + len(complex)`` of
+    :func:`circle_points`) and their activities ``{"real" | "complex": (betas, a)}``
+    (``betas`` ``(P_k,)``, ``a`` leaves ``(P_k, B, ...)``; a key only when it has
+    points).
+
+    **Raises:** ``ValueError`` when ``n < 1`` or ``solver`` cannot relax ``model``.
     """
     real, cplx = circle_points(beta, n)
     a0 = model.activity(free.u)
@@ -120,8 +143,12 @@ class HolomorphicEP(Estimator):
 
     ``g = (dF/dtheta)^T v / B + readout gradient`` with ``v`` the discrete Cauchy
     integral of :func:`circle_derivative` (Laborieux and Zenke 2022, arXiv 2209.00530;
-    2024, arXiv 2309.02214 Eq. 7). Its error is ``O(beta^N)`` where ``a*(beta)`` is
-    holomorphic on the disc.
+    2024, arXiv 2309.02214). Its error is ``O(beta^N)`` where ``a*(beta)`` is
+    holomorphic on the closed disc; outside that radius it is biased whatever ``N``.
+
+    **Settings:** ``beta``: the radius ``|beta|`` (``> 0``); ``points``: ``N >= 1``
+    (``N > 2`` needs complex states, so a holomorphic activation); ``nudged``: the
+    nudged phases' solver.
     """
 
     beta: float = setting(0.5, "Nudging strength (radius of the nudge circle).", bounds=POSITIVE)
@@ -129,6 +156,7 @@ class HolomorphicEP(Estimator):
     nudged: FixedPointSolver = eqx.field(static=True, default=FixedPoint(steps=20))
 
     def needs_complex(self) -> bool:
+        """True when ``points > 2`` (the circle then has complex points)."""
         return self.points > 2
 
     def __call__(self, model, x, y, free, key):
@@ -139,8 +167,11 @@ class HolomorphicEP(Estimator):
 class EP(HolomorphicEP):
     """Classic finite-nudge EP in generalized form: one-sided (``points=1``) or symmetric (2).
 
-    One-sided: ``v = (a(beta) - a(0)) / beta`` (Scellier and Bengio 2017); symmetric:
-    ``(a(beta) - a(-beta)) / (2 beta)`` (Laborieux et al. 2021).
+    One-sided: ``v = (a(beta) - a(0)) / beta`` (Scellier and Bengio 2017, bias
+    ``O(beta)``); symmetric: ``(a(beta) - a(-beta)) / (2 beta)`` (Laborieux et al. 2021,
+    bias ``O(beta^2)``). Real nudges only. Settings as :class:`HolomorphicEP`.
+
+    **Raises:** :class:`~eqprop.settings.SettingError` for ``points`` not 1 or 2.
     """
 
     points: int = setting(1, "1 (one-sided) or 2 (symmetric); use 'hep' for more.",
@@ -155,11 +186,21 @@ class EP(HolomorphicEP):
 class OnlineHEP(Estimator):
     """Online hEP: one complex trajectory, never reset, with the nudge rotating on the circle.
 
-    ``beta(t) = beta exp(2 pi i k(t) / N)`` advances one point every ``nudged_steps``
-    steps for ``periods`` periods. The time average of ``a(t)`` replaces ``a*`` and the
-    time average of ``a(t) / beta(t)`` (the first Fourier coefficient) replaces
-    ``da*/dbeta``. Its bias shrinks as ``periods`` grows (the start-up transient) and as
-    ``nudged_steps`` grows (the lag of the state behind the nudge).
+    ``beta(t) = beta exp(2 pi i k(t) / N)`` advances one point every ``nudged.steps``
+    steps for ``periods`` periods, from the free fixed point (Laborieux and Zenke 2024,
+    arXiv 2309.02214). The time average of ``a(t) / beta(t)`` (the first Fourier
+    coefficient, real part) replaces ``da*/dbeta``; the real part of the time average of
+    the *state* ``u(t)`` replaces the free fixed point ``u*`` where the gradient is
+    assembled. Its bias shrinks as ``periods`` grows (the start-up transient) and as
+    ``nudged.steps`` grows (the lag of the state behind the nudge).
+
+    **Settings:** ``beta``: the radius ``|beta|``; ``points``: ``N >= 2`` per period;
+    ``periods``; ``nudged``: only its ``steps`` and ``dt`` (and the model's projection)
+    are used: plain synchronous steps, no tolerance, no alternating updates.
+
+    Its stats report ``residual`` ``(B,)`` of the nudged field at the last state.
+
+    **Raises:** :class:`~eqprop.settings.SettingError` for ``points < 2``.
     """
 
     beta: float = setting(0.5, "Nudging strength (radius of the nudge circle).", bounds=POSITIVE)
@@ -168,6 +209,7 @@ class OnlineHEP(Estimator):
     nudged: FixedPointSolver = eqx.field(static=True, default=FixedPoint(steps=20))
 
     def needs_complex(self) -> bool:
+        """Always true: the rotating nudge is complex."""
         return True
 
     def __check_init__(self):

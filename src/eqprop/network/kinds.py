@@ -62,7 +62,14 @@ class ModelKind(abc.ABC):
 
 @dataclass(frozen=True)
 class DenseKind(ModelKind):
-    """Settings shared by the dense networks (:class:`~eqprop.network.DenseNetwork`)."""
+    """Settings shared by the dense networks (:class:`~eqprop.network.DenseNetwork`).
+
+    ``asymmetry_angle`` is in degrees (``B = sin(alpha) B_init + cos(alpha) W^T``;
+    Laborieux and Zenke 2024, arXiv 2309.02214).
+
+    **Raises:** :class:`~eqprop.settings.SettingError` (key ``asymmetry_angle``) for a
+    nonzero angle with tied feedback.
+    """
 
     feedback: str = setting("tied", "Feedback weights tied to (or independent of) feedforward.",
                             choices=FEEDBACKS)
@@ -98,6 +105,12 @@ class Layered(DenseKind):
         bounds=POSITIVE_INT, min_len=2)
 
     def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
+        """:func:`~eqprop.network.layered` from ``sizes``.
+
+        **Raises:** :class:`~eqprop.config.ConfigError` when ``sizes[0] != input_size``,
+        ``sizes[-1] != n_classes`` or :func:`~eqprop.network.layered` rejects the
+        settings.
+        """
         if self.sizes[0] != input_size:
             raise ConfigError(f"model.sizes: the first size must be the input size {input_size} "
                               f"of the data, got {self.sizes[0]}")
@@ -117,7 +130,12 @@ def _quoted(names) -> str:
 @MODELS.register("graph")
 @dataclass(frozen=True)
 class Graph(DenseKind):
-    """Named populations joined by directed projections (:func:`~eqprop.network.graph`)."""
+    """Named populations joined by directed projections (:func:`~eqprop.network.graph`).
+
+    **Raises:** :class:`~eqprop.settings.SettingError` for a population named
+    ``"input"``, no population, no projection, a projection with an unknown end, into
+    the input, a self-loop or a duplicate, or an ``output`` that is not a population.
+    """
 
     populations: Mapping[str, int] = setting(
         FrozenMap(), f"Population name -> size; '{INPUT}' is reserved.", bounds=POSITIVE_INT)
@@ -152,6 +170,12 @@ class Graph(DenseKind):
                                f"{_quoted(self.populations)}, got '{self.output}'")
 
     def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
+        """:func:`~eqprop.network.graph` from these settings.
+
+        **Raises:** :class:`~eqprop.config.ConfigError` when :func:`~eqprop.network.graph`
+        rejects them (e.g. tied ``[a, b]`` and ``[b, a]``, or an ``mse`` readout whose
+        output population is not ``n_classes`` wide).
+        """
         try:
             return graph(dict(self.populations), [list(p) for p in self.projections],
                          input_size=input_size, n_classes=n_classes, key=key, output=self.output,

@@ -8,8 +8,14 @@ from jax import Array
 
 
 def matmul(a: Array, w: Array) -> Array:
-    """``a @ w`` for real weights ``w``; a complex ``a`` costs two real matmuls
-    (``a.real @ w``, ``a.imag @ w``), not the four of a complex product."""
+    """``a @ w``; for real ``w`` and complex ``a`` as two real matmuls (``a.real @ w``,
+    ``a.imag @ w``) rather than the four of a complex product.
+
+    **Arguments:** ``a``: activities ``(B, n_in)`` (or any ``(..., n_in)``), real or
+    complex; ``w``: weights ``(n_in, n_out)``.
+
+    **Returns:** ``(B, n_out)``, complex when ``a`` or ``w`` is.
+    """
     if jnp.iscomplexobj(a) and not jnp.iscomplexobj(w):
         return jax.lax.complex(a.real @ w, a.imag @ w)
     return a @ w

@@ -30,15 +30,18 @@ class Readout(eqx.Module):
 
     @abc.abstractmethod
     def logits(self, a_out: Array) -> Array:
-        """Scores ``(B, n_classes)`` used for the prediction (argmax)."""
+        """Scores ``(B, n_classes)`` from ``a_out`` ``(B, n_out)``, used for the
+        prediction (argmax)."""
 
     @abc.abstractmethod
     def loss(self, a_out: Array, y: Array) -> Array:
-        """Per-example loss ``(B,)`` (real ``a_out``)."""
+        """Per-example loss ``(B,)`` from real ``a_out`` ``(B, n_out)`` and integer labels
+        ``y`` ``(B,)``."""
 
     @abc.abstractmethod
     def loss_grad(self, a_out: Array, y: Array) -> Array:
-        """Per-example ``dl/da_out``, holomorphic in ``a_out``."""
+        """Per-example ``dl/da_out`` ``(B, n_out)``, written with holomorphic operations
+        so that it also takes complex ``a_out`` (complex nudges); ``y``: labels ``(B,)``."""
 
 
 def _softmax(z: Array) -> Array:
@@ -50,7 +53,16 @@ def _softmax(z: Array) -> Array:
 
 @READOUTS.register("softmax")
 class SoftmaxReadout(Readout):
-    """Trainable linear readout ``r = a_out V + c`` with softmax cross-entropy."""
+    """Trainable linear readout ``r = a_out V + c`` with softmax cross-entropy
+    ``l = -log softmax(r)_y`` (Laborieux et al. 2021).
+
+    ``dl/da_out = (softmax(r) - onehot(y)) V^T``. Fields: ``weight`` ``V``
+    ``(n_out, n_classes)``, ``bias`` ``c`` ``(n_classes,)``, both initialised uniformly
+    in ``+-1 / sqrt(n_out)``.
+
+    **Arguments:** ``n_out``: units of the output population; ``n_classes``: number of
+    classes; ``key``: PRNG key of the initialisation; ``dtype``: of the parameters.
+    """
 
     weight: Array  # (n_out, n_classes)
     bias: Array  # (n_classes,)
@@ -63,13 +75,16 @@ class SoftmaxReadout(Readout):
         self.n_classes = n_classes
 
     def logits(self, a_out: Array) -> Array:
+        """``r = a_out V + c``, ``(B, n_classes)``."""
         return matmul(a_out, self.weight) + self.bias
 
     def loss(self, a_out: Array, y: Array) -> Array:
+        """Cross-entropy ``-log softmax(r)_y`` per example, ``(B,)``."""
         r = self.logits(a_out)
         return -jnp.take_along_axis(jax.nn.log_softmax(r, axis=-1), y[:, None], axis=-1)[:, 0]
 
     def loss_grad(self, a_out: Array, y: Array) -> Array:
+        """``(softmax(r) - onehot(y)) V^T``, ``(B, n_out)``, holomorphic in ``a_out``."""
         err = _softmax(self.logits(a_out)) - jax.nn.one_hot(y, self.n_classes, dtype=self.weight.dtype)
         return matmul(err, self.weight.T)
 
@@ -78,8 +93,10 @@ class SoftmaxReadout(Readout):
 class MSEReadout(Readout):
     """Mean squared error on the output activity: ``l = 0.5 ||a_out - onehot(y)||^2``.
 
-    The prediction is ``argmax a_out``; there are no parameters (``key`` and ``dtype``
-    are not used).
+    ``dl/da_out = a_out - onehot(y)``. The prediction is ``argmax a_out``; there are no
+    parameters (``key`` and ``dtype`` are not used).
+
+    **Raises:** ``ValueError`` when ``n_out != n_classes``.
     """
 
     def __init__(self, n_out: int, n_classes: int, *, key: Array | None = None, dtype=None):
@@ -90,20 +107,29 @@ class MSEReadout(Readout):
         self.n_classes = n_classes
 
     def logits(self, a_out: Array) -> Array:
+        """``a_out`` itself, ``(B, n_classes)``."""
         return a_out
 
     def _target(self, a_out: Array, y: Array) -> Array:
         return jax.nn.one_hot(y, self.n_classes, dtype=a_out.real.dtype)
 
     def loss(self, a_out: Array, y: Array) -> Array:
+        """``0.5 ||a_out - onehot(y)||^2`` per example, ``(B,)``."""
         return 0.5 * jnp.sum((a_out - self._target(a_out, y)) ** 2, axis=-1)
 
     def loss_grad(self, a_out: Array, y: Array) -> Array:
+        """``a_out - onehot(y)``, ``(B, n_out)``."""
         return a_out - self._target(a_out, y)
 
 
 def make_readout(name: str, n_out: int, n_classes: int, *, key: Array, dtype=jnp.float32) -> Readout:
     """The registered readout ``name`` for an output population of ``n_out`` units.
+
+    **Arguments:** ``name``: a name of :data:`~eqprop.registry.READOUTS`; ``n_out``:
+    units of the output population; ``n_classes``: number of classes; ``key``: PRNG key
+    of its parameters; ``dtype``: their dtype.
+
+    **Returns:** the :class:`Readout`.
 
     **Raises:** ``ValueError`` for an unknown name (listing the registered ones) or a
     readout that does not fit (``"mse"`` needs ``n_out == n_classes``).
