@@ -16,6 +16,19 @@ from .update import init_optimizer, make_eval_step, make_train_step
 
 __version__ = "0.1.0"
 
+#: submodules imported on first use (``eqprop.train.train(config, out_dir)`` after
+#: ``import eqprop``), so that ``import eqprop`` stays light
+_LAZY = ("build", "config", "data", "diagnostics", "gradcheck", "homeostasis", "linear", "metrics",
+         "registry", "settings", "train", "update")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'eqprop' has no attribute {name!r}")
+
 __all__ = [
     "activations", "estimate", "network", "solvers", "RelaxStats", "relax",
     "FixedPointSolver", "FixedPoint", "Anderson", "PhaseSolvers",

@@ -15,7 +15,6 @@ Any vector field (dense, convolutional, complete directed networks) plugs in by
 implementing this interface; nothing in ``relax`` or ``estimate`` depends on more.
 """
 
-from __future__ import annotations
 
 import abc
 from typing import Any
@@ -56,20 +55,46 @@ class EquilibriumModel(eqx.Module):
 
     @abc.abstractmethod
     def prepare(self, x: Array) -> PyTree:
-        """Everything that depends on the clamped input only (e.g. ``W x + b``), hoisted
-        out of the relaxation loop. ``x``: ``(B, ...)``."""
+        """Everything that depends on the clamped input only (e.g. ``x W + b``), hoisted
+        out of the relaxation loop.
+
+        **Arguments:** ``x``: the input batch ``(B, ...)``.
+
+        **Returns:** the model's *drive*, an opaque pytree passed back to
+        :meth:`init_state` and :meth:`field` (leaves with the batch on axis 0 where they
+        depend on ``x``).
+        """
 
     @abc.abstractmethod
     def init_state(self, drive: PyTree) -> PyTree:
-        """Initial state for a batch (leaves ``(B, ...)``)."""
+        """The state the free phase starts from.
+
+        **Arguments:** ``drive``: :meth:`prepare` of the batch.
+
+        **Returns:** the state ``u``, a pytree (one leaf per population) with leaves
+        ``(B, ...)``.
+        """
 
     @abc.abstractmethod
     def activity(self, u: PyTree) -> PyTree:
-        """Activity ``a = act(u)``, elementwise, holomorphic where the activation is."""
+        """Activity ``a = act(u)``, elementwise, holomorphic where the activation is.
+
+        **Arguments:** ``u``: a state, leaves ``(B, ...)`` (or ``(P, B, ...)``), real or
+        complex.
+
+        **Returns:** a pytree like ``u``.
+        """
 
     @abc.abstractmethod
     def field(self, u: PyTree, drive: PyTree) -> PyTree:
-        """Free vector field ``F(u)`` (same structure as ``u``); fixed points: ``F = 0``."""
+        """The free vector field ``F(u)``; fixed points are ``F = 0``.
+
+        **Arguments:** ``u``: a state, leaves ``(B, ...)``; ``drive``: :meth:`prepare`
+        of the same batch.
+
+        **Returns:** a pytree like ``u`` (in units of state per relaxation time: the
+        solvers step ``u + dt F(u)``).
+        """
 
     @property
     @abc.abstractmethod
@@ -77,8 +102,13 @@ class EquilibriumModel(eqx.Module):
         """Whether the field accepts complex states (needed by complex nudges)."""
 
     def project(self, u: PyTree) -> PyTree:
-        """The projection applied after each step, population by population (``u`` may
-        hold a subset of the populations). Default: the identity."""
+        """The projection applied after each step of every solver.
+
+        **Arguments:** ``u``: a state, or a dict holding a subset of its populations
+        (one group of an alternating sweep); it must act population by population.
+
+        **Returns:** a pytree like ``u``. Default: ``u`` itself (the identity).
+        """
         return u
 
     def projector(self):
@@ -96,20 +126,29 @@ class EquilibriumModel(eqx.Module):
     # -- output and nudge -------------------------------------------------------------
 
     def output_activity(self, a: PyTree) -> Array:
-        """The output population's activity ``(B, n_out)``."""
+        """The output population's activity ``a[output]``, ``(B, n_out)``."""
         return a[self.output]
 
     def nudge(self, a: PyTree, y: Array) -> PyTree:
-        """``dl/da`` as a pytree like ``a``: the readout's gradient on the output, 0 elsewhere."""
+        """``dl/da``, the direction of the nudge (a phase nudged by ``beta`` has the field
+        ``F + beta dl/da``; this sign makes the EP estimate point along ``+dL/dtheta``).
+
+        **Arguments:** ``a``: a dict of activities, leaves ``(B, ...)``, real or complex;
+        ``y``: integer labels ``(B,)``.
+
+        **Returns:** a dict like ``a``: the readout's ``loss_grad`` ``(B, n_out)`` on the
+        output population, zeros elsewhere.
+        """
         g = self.readout.loss_grad(self.output_activity(a), y)
         return {k: (g if k == self.output else jnp.zeros_like(v)) for k, v in a.items()}
 
     def loss(self, a: PyTree, y: Array) -> Array:
-        """Per-example loss ``(B,)`` at activity ``a``."""
+        """Per-example loss ``(B,)`` of the readout at activity ``a`` (leaves ``(B, ...)``)
+        for integer labels ``y`` ``(B,)``."""
         return self.readout.loss(self.output_activity(a), y)
 
     def predict(self, a: PyTree) -> Array:
-        """Predicted class ``(B,)``."""
+        """Predicted classes ``(B,)``: argmax of the real part of the readout's logits."""
         return jnp.argmax(self.readout.logits(self.output_activity(a)).real, axis=-1)
 
 
@@ -118,26 +157,39 @@ class InteractionModel(EquilibriumModel):
     """A model whose field is ``F = h(a) - u``: it exposes the interaction ``h(a)``.
 
     ``dh/da`` has the same antisymmetric part as the activity-coordinate Jacobian of the
-    dynamics, so Jacobian homeostasis and the symmetry diagnostics use it
-    (arXiv 2309.02214, Sec. 4).
+    dynamics, so Jacobian homeostasis and the symmetry diagnostics use it (Laborieux and
+    Zenke 2024, arXiv 2309.02214).
     """
 
     @abc.abstractmethod
     def interaction(self, a: PyTree, drive: PyTree) -> PyTree:
-        """``h(a)``: the activity-driven part of ``F`` (pytree like ``a``)."""
+        """``h(a)``: the activity-driven part of ``F = h(a) - u``.
+
+        **Arguments:** ``a``: activities, leaves ``(B, ...)``, real or complex;
+        ``drive``: :meth:`prepare` of the batch.
+
+        **Returns:** a pytree like ``a``.
+        """
 
 
 class EnergyModel(EquilibriumModel):
     """A model that may derive from a primitive (energy) ``Phi`` with ``dPhi/da = h(a)``.
 
     It is energy-based when ``symmetric`` is true (e.g. tied weights); the classic EP
-    contrast estimator needs that.
+    contrast estimator (Scellier and Bengio 2017) needs that.
     """
 
     @abc.abstractmethod
     def primitive(self, a: PyTree, x: Array) -> Array:
-        """Per-example primitive ``Phi(a)`` ``(B,)`` (raises ``ValueError`` when
-        ``symmetric`` is false)."""
+        """The primitive (negative energy) ``Phi(a)`` per example.
+
+        **Arguments:** ``a``: activities, leaves ``(B, ...)``; ``x``: the input batch
+        ``(B, ...)``.
+
+        **Returns:** ``(B,)``.
+
+        **Raises:** ``ValueError`` when ``symmetric`` is false (no primitive exists).
+        """
 
 
 class BipartiteModel(EquilibriumModel):
@@ -149,18 +201,25 @@ class BipartiteModel(EquilibriumModel):
 
     @abc.abstractmethod
     def partition(self) -> tuple[tuple[str, ...], ...] | None:
-        """Groups of populations with no coupling inside a group, or ``None`` when the
-        coupling graph is not bipartite."""
+        """Groups of population names with no coupling inside a group, or ``None`` when
+        the coupling graph is not bipartite."""
 
     def field_on(self, u: PyTree, drive: PyTree, group: tuple[str, ...]) -> PyTree:
-        """``F`` restricted to the populations in ``group`` (default: the full field, sliced)."""
+        """``F`` restricted to the populations in ``group``.
+
+        **Arguments:** ``u``: a state (dict, leaves ``(B, ...)``); ``drive``:
+        :meth:`prepare` of the batch; ``group``: population names.
+
+        **Returns:** ``{p: F_p(u) for p in group}``. The default computes the full field
+        and slices it; subclasses compute the group only.
+        """
         f = self.field(u, drive)
         return {p: f[p] for p in group}
 
 
 class FeedbackModel(EquilibriumModel):
     """A model with explicit pairs of forward and feedback weights (the weight angles of
-    the asymmetry diagnostics, arXiv 2309.02214 Fig. 3)."""
+    the asymmetry diagnostics; Laborieux and Zenke 2024, arXiv 2309.02214)."""
 
     @abc.abstractmethod
     def feedback_pairs(self) -> dict[str, tuple[Array, Array | None]]:
@@ -170,12 +229,15 @@ class FeedbackModel(EquilibriumModel):
 
 
 def parameters(model: eqx.Module) -> PyTree:
-    """The trainable part of a model (its inexact arrays); everything else ``None``."""
+    """The trainable part of a model: the model with its inexact (floating or complex)
+    arrays kept and every other leaf replaced by ``None`` (``eqx.filter``)."""
     return eqx.filter(model, eqx.is_inexact_array)
 
 
 def named_parameters(tree: PyTree) -> dict[str, Array]:
-    """Flatten a model-shaped pytree to ``{"weights.input->h1": array, ...}``."""
+    """Flatten a model-shaped pytree (a model, its parameters or a gradient) to
+    ``{"weights.input->h1": array, "readout.weight": array, ...}``: attribute names and
+    dict keys joined by dots, inexact-array leaves only, in leaf order."""
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if not eqx.is_inexact_array(leaf):

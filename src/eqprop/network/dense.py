@@ -37,6 +37,7 @@ class Projection(NamedTuple):
 
     @property
     def name(self) -> str:
+        """``"<src>-><dst>"``, the key of its matrix in ``DenseNetwork.weights``."""
         return f"{self.src}->{self.dst}"
 
 
@@ -55,15 +56,29 @@ class DenseDrive(eqx.Module):
 class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel):
     """Dense network over named populations; parameters ``weights``, ``biases``, ``readout``.
 
-    ``weights[e.name]`` has shape ``(n_src, n_dst)``; ``biases[p]`` has shape ``(n_p,)``.
+    Build one with :func:`graph` or :func:`layered`.
+
+    **Fields:**
+
+    - ``weights``: ``{e.name: (n_src, n_dst)}``, one matrix per projection (a tied
+      projection's matrix also carries the feedback, as ``W^T``);
+    - ``biases``: ``{p: (n_p,)}`` for every population but the input;
+    - ``readout``: the :class:`~eqprop.network.Readout` of the output population;
+    - ``sizes`` (static): ``((name, n), ...)``, the input first;
+    - ``projections`` (static): the :class:`Projection` list;
+    - ``output`` (static): the nudged population; ``activation`` (static): a registered
+      activation name.
+
+    States and activities are dicts ``{p: (B, n_p)}`` over the non-input populations.
     """
 
+    # field order = leaf order of checkpoints and of named_parameters: keep it
+    readout: Readout
+    output: str = eqx.field(static=True)
     weights: dict[str, Array]
     biases: dict[str, Array]
-    readout: Readout
     sizes: tuple[tuple[str, int], ...] = eqx.field(static=True)
     projections: tuple[Projection, ...] = eqx.field(static=True)
-    output: str = eqx.field(static=True)
     activation: str = eqx.field(static=True)
 
     # -- structure ---------------------------------------------------------------------
@@ -75,15 +90,25 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
 
     @property
     def holomorphic(self) -> bool:
+        """Whether the activation accepts complex states."""
         return get_activation(self.activation).holomorphic
 
     @property
     def symmetric(self) -> bool:
+        """True when every projection is tied (an energy-based network)."""
         return all(p.tied for p in self.projections)
 
     # -- dynamics ----------------------------------------------------------------------
 
     def prepare(self, x: Array) -> DenseDrive:
+        """The :class:`DenseDrive` of a batch.
+
+        **Arguments:** ``x``: inputs ``(B, ...)``, flattened to ``(B, n_in)`` and cast to
+        the parameters' dtype.
+
+        **Returns:** ``DenseDrive(inputs={p: (B, n_p)}, transposed={e.name: (n_dst,
+        n_src)})``.
+        """
         x = x.reshape(x.shape[0], -1).astype(self.biases[self.output].dtype)
         drive = {p: jnp.broadcast_to(b, (x.shape[0],) + b.shape) for p, b in self.biases.items()}
         for e in self.projections:
@@ -94,17 +119,25 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
         return DenseDrive(inputs=drive, transposed=transposed)
 
     def init_state(self, drive: DenseDrive) -> dict[str, Array]:
+        """Zeros ``{p: (B, n_p)}`` (the dtype of the drive)."""
         return {p: jnp.zeros_like(d) for p, d in drive.inputs.items()}
 
     def activity(self, u: dict[str, Array]) -> dict[str, Array]:
+        """``{p: act(u[p])}`` with the network's activation (shapes unchanged)."""
         act = get_activation(self.activation)
         return {p: act(v) for p, v in u.items()}
 
     def interaction(
         self, a: dict[str, Array], drive: DenseDrive, targets: tuple[str, ...] | None = None
     ) -> dict[str, Array]:
-        """``h(a)``: the prepared input drive plus every internal projection (only into
-        ``targets`` when given)."""
+        """``h(a)``: the prepared input drive plus every internal projection.
+
+        **Arguments:** ``a``: activities ``{p: (B, n_p)}`` (or ``(P, B, n_p)``), real or
+        complex; ``drive``: :meth:`prepare` of the batch; ``targets``: population names
+        to compute ``h`` for (default: all).
+
+        **Returns:** ``{p: (B, n_p)}`` for ``p`` in ``targets``.
+        """
         h = dict(drive.inputs) if targets is None else {p: drive.inputs[p] for p in targets}
         for e in self.projections:
             if e.src == INPUT:
@@ -116,16 +149,24 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
         return h
 
     def field(self, u: dict[str, Array], drive: DenseDrive) -> dict[str, Array]:
+        """``F_p(u) = h_p(act(u)) - u_p`` for every population in ``u``, ``{p: (B, n_p)}``."""
         h = self.interaction(self.activity(u), drive)
         return {p: h[p] - u[p] for p in u}
 
     def field_on(self, u: dict[str, Array], drive: DenseDrive, group: tuple[str, ...]) -> dict[str, Array]:
+        """``F_p(u)`` for the populations ``p`` in ``group`` only (``h`` computed for those)."""
         h = self.interaction(self.activity(u), drive, targets=group)
         return {p: h[p] - u[p] for p in group}
 
     def partition(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-        """2-colour the coupling graph of the internal populations (BFS); ``None`` if an
-        odd cycle (or a skip over one layer) makes it non-bipartite."""
+        """Two groups of populations with no coupling inside either, from a 2-colouring
+        of the coupling graph of the non-input populations (a projection couples its two
+        ends, tied or not).
+
+        **Returns:** ``(group_0, group_1)`` of population names, or ``None`` when an odd
+        cycle (e.g. a skip over one layer) makes the graph non-bipartite or one group
+        would be empty.
+        """
         pops = [p for p, _ in self.sizes if p != INPUT]
         nbrs: dict[str, set[str]] = {p: set() for p in pops}
         for e in self.projections:
@@ -149,7 +190,13 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
         return groups if all(groups) else None
 
     def feedback_pairs(self) -> dict[str, tuple[Array, Array | None]]:
-        """Internal pairs coupled both ways, named after the projection listed first."""
+        """Pairs of non-input populations coupled both ways, named ``"<src>-<dst>"`` after
+        the projection listed first.
+
+        **Returns:** ``{"<src>-<dst>": (W, B)}`` with ``W = weights["<src>-><dst>"]``
+        ``(n_src, n_dst)`` and ``B = weights["<dst>-><src>"]`` ``(n_dst, n_src)``, or
+        ``B = None`` for a tied projection.
+        """
         names = {p.name for p in self.projections}
         out: dict[str, tuple[Array, Array | None]] = {}
         done: set[frozenset[str]] = set()
@@ -168,7 +215,15 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
     def primitive(self, a: dict[str, Array], x: Array) -> Array:
         """``Phi(a) = sum_e a_src W_e a_dst + sum_p b_p a_p`` per example (tied only).
 
-        ``dPhi/da = h(a)``; classic EP contrasts ``dPhi/dtheta`` at two fixed points.
+        ``dPhi/da = h(a)`` (the sum runs over every projection, those from the input
+        included, with ``a_input = x``); classic EP (Scellier and Bengio 2017) contrasts
+        ``dPhi/dtheta`` at two fixed points.
+
+        **Arguments:** ``a``: activities ``{p: (B, n_p)}``; ``x``: inputs ``(B, ...)``.
+
+        **Returns:** ``(B,)``.
+
+        **Raises:** ``ValueError`` when a projection is untied.
         """
         if not self.symmetric:
             raise ValueError("the primitive (energy) exists for tied networks only")
@@ -202,13 +257,42 @@ def graph(
     dtype=jnp.float32,
     init_scale: float = 1.0,
 ) -> DenseNetwork:
-    """A dense network from a list of projections ``[[src, dst], ...]``.
+    """A dense network from named populations and a list of projections.
 
-    ``feedback="tied"``: each pair is one symmetric coupling. ``"untied"``: each pair acts
-    one way; when both ``[a, b]`` and a later ``[b, a]`` are listed, the feedback matrix
-    is initialised as ``B = sin(alpha) B_init + cos(alpha) W^T`` (``alpha`` in degrees:
-    0 is symmetric, 90 independent). Weights and biases are drawn uniformly in
-    ``+-init_scale / sqrt(fan_in)`` (PyTorch's ``Linear`` default for ``init_scale=1``).
+    ``feedback="tied"``: each listed pair is one symmetric coupling. ``"untied"``: each
+    pair acts one way; when both ``[a, b]`` and a later ``[b, a]`` are listed, the later
+    (feedback) matrix is initialised as ``B = sin(alpha) B_init + cos(alpha) W^T``
+    (controlled asymmetry of Laborieux and Zenke 2024, arXiv 2309.02214; ``alpha = 0``
+    is symmetric, 90 independent), and both are then trained as separate parameters.
+
+    Initialisation: the weights of ``src -> dst`` uniform in
+    ``+-init_scale / sqrt(n_src)`` (PyTorch's ``Linear`` default for ``init_scale = 1``);
+    the bias of ``p`` uniform in ``+-1 / sqrt(fan_in_p)``, with ``fan_in_p`` the summed
+    sizes of every population driving ``p`` (tied feedback included) and no
+    ``init_scale``; the readout as in :func:`~eqprop.network.make_readout`.
+
+    **Arguments:**
+
+    - ``populations``: ``{name: size}`` of the non-input populations;
+    - ``projections``: ``[[src, dst], ...]``; ``src`` may be ``"input"``;
+    - ``input_size``: features per example (the flattened input, ``n_in``);
+    - ``n_classes``: number of classes of the readout;
+    - ``key``: PRNG key of the initialisation;
+    - ``output``: the nudged population, read by the readout;
+    - ``feedback``: ``"tied"`` or ``"untied"``;
+    - ``asymmetry_angle``: ``alpha`` in degrees (used with untied feedback only);
+    - ``activation``: a registered activation name;
+    - ``readout``: a registered readout name (``"softmax"``, ``"mse"``);
+    - ``dtype``: of every parameter (the states follow it);
+    - ``init_scale``: scale of the weights' initialisation bound.
+
+    **Returns:** the :class:`DenseNetwork`.
+
+    **Raises:** ``ValueError`` for an unknown ``feedback``, activation or readout, an
+    ``output`` that is not a population, a projection with an unknown end, into the
+    input, from a population to itself, or listed twice (with tied feedback ``[a, b]``
+    and ``[b, a]`` are the same coupling), or a readout that does not fit (``"mse"``
+    needs ``populations[output] == n_classes``).
     """
     if feedback not in ("tied", "untied"):
         raise ValueError(f"feedback must be 'tied' or 'untied', got {feedback!r}")
@@ -279,11 +363,23 @@ def layered(
       the last hidden population is the output (the nudged one) and the trainable
       readout maps it to ``n_last`` classes (as in Laborieux et al.'s code: for
       784-256-256-10 the readout reads the second 256-unit layer). Needs ``len >= 3``.
-    - ``readout="mse"``: ``n_last`` is an output population ``out`` whose activity is
-      compared with the one-hot target.
+    - any other readout (``"mse"``): ``n_1 .. n_{L-1}`` are ``h1 .. h{L-1}`` and ``n_last``
+      is an output population ``out`` (for ``"mse"`` compared with the one-hot target).
+      Needs ``len >= 2``.
 
     Forward projections join consecutive layers; with untied feedback the reverse
     projections run from the output back to ``h1`` (none into the input).
+
+    **Arguments:** ``sizes``: as above; ``key``: PRNG key of the initialisation;
+    ``n_classes``: when given, checked against ``sizes[-1]``; ``feedback``: ``"tied"`` or
+    ``"untied"``; ``readout``: a registered readout name; ``**kwargs``: the other
+    keywords of :func:`graph` (``asymmetry_angle``, ``activation``, ``dtype``,
+    ``init_scale``).
+
+    **Returns:** the :class:`DenseNetwork` (via :func:`graph`).
+
+    **Raises:** ``ValueError`` for too few sizes, ``n_classes != sizes[-1]``, or any
+    error of :func:`graph`.
     """
     if readout == "softmax":
         if len(sizes) < 3:

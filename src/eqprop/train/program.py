@@ -132,7 +132,7 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     **Raises:** :class:`~eqprop.config.ConfigError` when the estimator cannot train the
     model, the data do not fit the model, or a batch is larger than the data.
     """
-    if config.model.dtype == "float64":
+    if getattr(config.model, "dtype", None) == "float64":
         jax.config.update("jax_enable_x64", True)
     ds = load_dataset(config) if dataset is None else dataset
     n_batches = n_train_batches(config, ds)
