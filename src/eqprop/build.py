@@ -47,11 +47,12 @@ def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
     values = {"solver": "fixed-point", **{s.key: s.default for s in settings_of(DynamicsSettings)}}
     if dynamics is not None:
         values.update(to_dict_section(dynamics))
-    cls = SOLVERS.get(keys.get("solver", values["solver"]))
+    name = keys.get("solver", values["solver"])
+    cls = SOLVERS.get(name)
     own = {f.key: f.name for f in settings_of(cls)}
     for key in keys:
         if key not in values and key not in own:
-            raise ValueError(f"unknown [dynamics] key {key!r} for solver {values['solver']!r}; allowed: "
+            raise ValueError(f"unknown [dynamics] key {key!r} for solver {name!r}; allowed: "
                              f"{', '.join([*values, *own])}")
     values.update(keys)
     common = dict(dt=values["dt"], tol=values["tol"], check_every=values["check_every"],

@@ -19,7 +19,16 @@ from .nudge import EP, HolomorphicEP, OnlineHEP, circle_derivative, circle_point
 from .exact import BPTT, ExactNudge, Implicit, exact_nudge_derivative, rbp_delta, unrolled_loss  # isort: skip
 from .contrast import Contrast  # isort: skip  (registration order: nudge, exact, contrast)
 
-_TYPES = {"integer": int, "float": float, "string": str, "boolean": bool}
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(text)
+
+
+_boolean.__name__ = "bool"
+_TYPES = {"integer": int, "float": float, "string": str, "boolean": _boolean}
 
 
 def settings_types(name: str) -> dict[str, type]:
