@@ -104,9 +104,9 @@ class Estimator(eqx.Module):
                 solver.check(model)
         if self.needs_complex() and not model.holomorphic:
             raise ValueError(
-                f"estimator {self.name!r} needs complex nudges, but activation "
-                f"{getattr(model, 'activation', '?')!r} is not holomorphic; use a holomorphic "
-                "activation (sigmoid4, dsilu, tanh) or real nudges (ep, points 1 or 2)"
+                f"estimator {self.name!r} needs complex nudges, but {type(model).__name__} is not "
+                "holomorphic (it rejects complex states); use a holomorphic activation (sigmoid4, "
+                "dsilu, tanh) or real nudges (ep, points 1 or 2)"
             )
 
 
