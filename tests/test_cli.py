@@ -241,3 +241,103 @@ def test_shipped_configs_parse(name):
         assert cfg.data.name == "fashion-mnist" and cfg.model.sizes == (784, 256, 256, 10)
         assert cfg.estimator.name == name.split("-")[2]
         assert (cfg.dynamics.free_steps, cfg.dynamics.nudged_steps) == (150, 20)
+
+
+# A run directory's config.toml as eqprop wrote it before the tagged unions (every key of
+# every section, dynamics.warm_start, the other variants' keys at their defaults): the
+# TINY_TOML run above, dumped by the version of commit b0a1b74.
+OLD_RUN_CONFIG = """
+[data]
+name = "synthetic"
+batch_size = 32
+validation = 0.0
+augment = false
+drop_last = true
+
+[model]
+kind = "layered"
+sizes = [16, 8, 4]
+populations = {}
+projections = []
+output = "out"
+feedback = "tied"
+asymmetry_angle = 0.0
+activation = "sigmoid4"
+readout = "softmax"
+dtype = "float32"
+init_scale = 1.0
+
+[dynamics]
+dt = 1.0
+free_steps = 15
+nudged_steps = 5
+tol = 0.0
+tol_fraction = 0.0
+solver = "fixed-point"
+linear_steps = 1000
+linear_tol = 1e-05
+linear_solver = "auto"
+state_bound = 1000000.0
+converged_tol = 0.0
+update = "synchronous"
+anderson_memory = 5
+anderson_damping = 1.0
+anderson_delay = 0
+warm_start = false
+check_every = 1
+
+[estimator]
+name = "hep"
+beta = 0.5
+points = 2
+periods = 4
+
+[optim]
+name = "sgd"
+lr = 0.2
+momentum = 0.9
+weight_decay = 0.0
+schedule = "constant"
+lr_multipliers = {}
+clip_norm = 0.0
+
+[train]
+epochs = 2
+seed = 0
+seeds = 1
+eval_every = 1
+checkpoint_every = 1
+max_batches = 4
+
+[homeostasis]
+coef = 0.0
+probes = 5
+every = 1
+
+[diagnostics]
+enabled = false
+batch_size = 256
+every = 1
+free_steps = 0
+"""
+
+
+def test_a_run_written_before_the_tagged_unions_resumes(tiny_config, tmp_path):
+    """The old config.toml is read as the config it meant (keys of other variants at their
+    defaults dropped, warm_start moved to [train]); `eqprop resume` continues the run."""
+    from eqprop.config import ConfigError, load_run_config, parse_config, upgrade_run_config
+    import tomllib
+
+    out = tmp_path / "old"
+    assert main(["train", str(tiny_config), "--out", str(out), "--epochs", "1", "-q"]) == 0
+    (out / "config.toml").write_text(OLD_RUN_CONFIG)
+    assert load_run_config(out / "config.toml") == load_config(tiny_config)
+    with pytest.raises(ConfigError, match="model.populations: belongs to model kind 'graph'"):
+        load_config(out / "config.toml")  # a user's own file gets the one-line error instead
+    # a key of another variant that is not at its default is not dropped silently
+    raw = tomllib.loads(OLD_RUN_CONFIG)
+    raw["dynamics"]["anderson_memory"] = 2
+    with pytest.raises(ConfigError, match="dynamics.anderson_memory: belongs to solver 'anderson'"):
+        parse_config(upgrade_run_config(raw))
+    assert main(["resume", str(out), "-q"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

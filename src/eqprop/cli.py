@@ -54,13 +54,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_run_config
     from .train import RunDir, train, with_epochs
 
     run = RunDir(args.run_dir)
     if not run.is_run():
         raise ValueError(f"{run.path}: not a run directory (no config.toml)")
-    config = with_epochs(load_config(run.config), args.epochs)
+    config = with_epochs(load_run_config(run.config), args.epochs)
     _interrupt_on_sigterm()
     train(config, run.path, resume=True, progress=not args.quiet)
     return EXIT_OK

@@ -53,6 +53,8 @@ __all__ = [
     "variants",
     "parse_config",
     "load_config",
+    "load_run_config",
+    "upgrade_run_config",
     "read_toml",
     "apply_overrides",
     "to_dict",
@@ -759,6 +761,46 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Read TOML at ``path``, apply ``section.key=value`` overrides, validate."""
     return parse_config(apply_overrides(read_toml(path), overrides))
+
+
+def upgrade_run_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A run directory's ``config.toml`` written before the tagged unions, made current.
+
+    Such files list every key of every section: ``dynamics.warm_start`` (now
+    ``train.warm_start``) and the keys of the variants that were not chosen (e.g.
+    ``anderson_memory`` under ``solver = "fixed-point"``, ``periods`` under
+    ``name = "hep"``). A key that another variant owns is dropped only when it holds that
+    variant's default (so the file said nothing with it); any other value stays and is
+    reported by the parse as usual. A current file is returned unchanged.
+    """
+    out = _plain(copy.deepcopy(dict(raw)))
+    dynamics = out.get("dynamics")
+    if isinstance(dynamics, dict) and "warm_start" in dynamics:
+        train = out.setdefault("train", {})
+        if isinstance(train, dict):
+            train.setdefault("warm_start", dynamics.pop("warm_start"))
+    _load_builtins()
+    for section, union in _UNIONS.items():
+        table = out.get(section)
+        if not isinstance(table, dict):
+            continue
+        name = table.get(union._tag, union._default)
+        if not isinstance(name, str) or name not in union.names():
+            continue
+        chosen = union.variant(name)
+        allowed = {union._tag, *chosen._common_keys, *chosen._fields}
+        for key in [k for k in table if k not in allowed]:
+            defaults = [_plain(s.default) for n in union.names() for s in union.variant(n)._specs
+                        if s.name == key]
+            if defaults and all(table[key] == d for d in defaults):
+                del table[key]
+    return out
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """:func:`load_config` for a run directory's ``config.toml``, through
+    :func:`upgrade_run_config` (runs written by earlier versions resume)."""
+    return parse_config(apply_overrides(upgrade_run_config(read_toml(path)), overrides))
 
 
 def _parse_override_value(text: str) -> Any:

@@ -146,14 +146,14 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
 
     **Raises:** ``ValueError`` when ``run_dir`` is not a run or lacks the checkpoint.
     """
-    from ..config import load_config
+    from ..config import load_run_config
 
     run = RunDir(run_dir)
     if not run.is_run():
         raise ValueError(f"{run.path}: not a run directory (no config.toml)")
     if not run.checkpoint(which).is_file():
         raise ValueError(f"{run.path}: no {which} checkpoint ({run.checkpoint(which)} not found)")
-    config = load_config(run.config, overrides)
+    config = load_run_config(run.config, overrides)
     program = build_program(config)
     model, _, meta = load_checkpoint(run, which, program)
     return config, program, model, meta
