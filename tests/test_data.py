@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 import sys
@@ -20,7 +21,8 @@ except ImportError:  # running from a checkout without installing
 
 from eqprop.data import (DATASETS, DataError, Dataset, available, batches, flatten, load,
                          num_batches)
-from eqprop.data.registry import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from eqprop.data.registry import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
+                                  IMAGENET_MEAN, IMAGENET_STD)
 
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -311,6 +313,142 @@ def test_cifar_missing_file_is_not_found(tmp_path):
     assert str(tmp_path / "cifar-10-batches-py") in str(e.value)
 
 
+# --- the restricted unpickler ---------------------------------------------------------
+
+class _Shell:
+    """Pickles as ``os.system(command)``: what a crafted data_batch_1 would run."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+@pytest.mark.parametrize("where", ["data", "labels", "top"])
+def test_cifar_pickle_that_runs_a_shell_command_is_refused(tmp_path, protocol, where):
+    make_cifar10_dir(tmp_path)
+    marker, control = tmp_path / "marker", tmp_path / "control"
+    payload = {"data": {b"data": _Shell(f"touch {marker}"), b"labels": [0]},
+               "labels": {b"data": np.zeros((1, 3072), np.uint8),
+                          b"labels": [_Shell(f"touch {marker}")]},
+               "top": _Shell(f"touch {marker}")}[where]
+    p = tmp_path / "data_batch_1"
+    with open(p, "wb") as f:
+        pickle.dump(payload, f, protocol=protocol)
+    # the payload is real: the stock unpickler runs it
+    pickle.loads(pickle.dumps(_Shell(f"touch {control}"), protocol=protocol))
+    assert control.exists()
+    with pytest.raises(DataError) as e:
+        load("cifar10", path=tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: refused to unpickle global 'posix.system'"), msg
+    assert "\n" not in msg and "numpy arrays" in msg
+    assert not marker.exists()
+
+
+def _dump2(path: Path, obj) -> Path:
+    """Protocol 2, as the CIFAR originals (here written by Python 3: bytes go through
+    ``_codecs.encode``, arrays through ``numpy._core.multiarray._reconstruct``)."""
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return path
+
+
+def test_real_format_cifar_batches_load(tmp_path):
+    rng = np.random.default_rng(7)
+    c10, c100 = tmp_path / "cifar-10-batches-py", tmp_path / "cifar-100-python"
+    c10.mkdir(), c100.mkdir()
+    batches10 = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data, labels = chw_rows(3, rng), [int(v) for v in rng.integers(0, 10, 3)]
+        _dump2(c10 / name, {b"batch_label": b"training batch 1 of 5", b"labels": labels,
+                            b"data": data, b"filenames": [b"a.png", b"b.png", b"c.png"]})
+        batches10[name] = (data, labels)
+    batches100 = {}
+    for name in ("train", "test"):
+        data, fine = chw_rows(2, rng), [int(v) for v in rng.integers(0, 100, 2)]
+        _dump2(c100 / name, {b"filenames": [b"x.png", b"y.png"], b"batch_label": b"",
+                             b"fine_labels": fine, b"coarse_labels": [1, 2], b"data": data})
+        batches100[name] = (data, fine)
+    assert b"_codecs" in (c10 / "test_batch").read_bytes()  # the protocol-2 spelling of bytes
+    ds = load("cifar10", path=tmp_path)
+    assert ds.x_train.shape == (15, 32, 32, 3)
+    np.testing.assert_array_equal(ds.y_train, sum((batches10[f"data_batch_{i}"][1]
+                                                   for i in range(1, 6)), []))
+    np.testing.assert_allclose(ds.x_test[2], cifar_expected(batches10["test_batch"][0][2],
+                                                            CIFAR10_MEAN, CIFAR10_STD),
+                               rtol=1e-5, atol=1e-5)
+    ds = load("cifar100", path=tmp_path)
+    np.testing.assert_array_equal(ds.y_test, batches100["test"][1])
+    np.testing.assert_allclose(ds.x_train[1], cifar_expected(batches100["train"][0][1],
+                                                             CIFAR100_MEAN, CIFAR100_STD),
+                               rtol=1e-5, atol=1e-5)
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes as Python 2 + numpy 1.x wrote the CIFAR originals: every str and bytes a
+    Python 2 ``str`` (BINSTRING), arrays through ``numpy.core.multiarray``."""
+
+    def save_py2_str(self, obj):
+        b = obj.encode("latin1") if isinstance(obj, str) else obj
+        op = (pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256
+              else pickle.BINSTRING + struct.pack("<i", len(b)))
+        self.write(op + b)
+        self.memoize(obj)
+
+    dispatch = pickle._Pickler.dispatch.copy()
+    dispatch[str] = dispatch[bytes] = save_py2_str
+
+
+def test_python2_cifar_batch_loads(tmp_path):
+    make_cifar10_dir(tmp_path)
+    rng = np.random.default_rng(11)
+    data, labels = chw_rows(2, rng), [4, 9]
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump({"batch_label": "testing batch 1 of 1", "labels": labels,
+                                       "data": data, "filenames": ["a.png", "b.png"]})
+    raw = buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"_codecs" not in raw and b"cnumpy.core.multiarray\n_reconstruct" in raw
+    (tmp_path / "test_batch").write_bytes(raw)
+    ds = load("cifar10", path=tmp_path)
+    np.testing.assert_array_equal(ds.y_test, labels)
+    np.testing.assert_allclose(ds.x_test[1], cifar_expected(data[1], CIFAR10_MEAN, CIFAR10_STD),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4])
+def test_data_pickle_every_protocol_to_4(tmp_path, protocol):
+    from eqprop.data.safepickle import load_data_pickle
+    arrays = {"u8": np.arange(6, dtype=np.uint8).reshape(2, 3),
+              "f8": np.linspace(0, 1, 4), "be": np.arange(3, dtype=">i4"),
+              "fortran": np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3)),
+              "empty": np.zeros((0, 5), np.uint8), "bool": np.array([True, False])}
+    obj = {**arrays, "labels": [1, -2, 2**40], "s": "text", "b": b"", "t": (1, None, 2.5)}
+    p = tmp_path / "batch"
+    with open(p, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    got = load_data_pickle(p)
+    for k, v in arrays.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        np.testing.assert_array_equal(got[k], v)
+    assert got["labels"] == [1, -2, 2**40] and got["s"] == "text"
+    assert got["t"] == (1, None, 2.5) and got["b"] == b""
+
+
+def test_data_pickle_refuses_protocol_5_buffers(tmp_path):
+    """Protocol 5 writes arrays through numpy's ``_frombuffer``: not admitted."""
+    p = tmp_path / "data_batch_1"
+    with open(p, "wb") as f:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, f, protocol=5)
+    with pytest.raises(DataError, match=r"refused to unpickle global "
+                                        r"'numpy\._core\.numeric\._frombuffer'"):
+        from eqprop.data.formats import read_cifar_pickle
+        read_cifar_pickle(p, "labels", 10)
+
+
 # --- ImageNet32 -------------------------------------------------------------------------
 
 def test_imagenet32(tmp_path):
@@ -322,8 +460,8 @@ def test_imagenet32(tmp_path):
     np.testing.assert_array_equal(ds.y_test, files["val_data"][1] - 1)
     assert ds.y_train.min() >= 0 and ds.y_train.max() <= 999
     np.testing.assert_allclose(
-        ds.x_train[3], cifar_expected(files["train_data_batch_2"][0][0], CIFAR10_MEAN,
-                                      CIFAR10_STD), rtol=1e-5, atol=1e-5)
+        ds.x_train[3], cifar_expected(files["train_data_batch_2"][0][0], IMAGENET_MEAN,
+                                      IMAGENET_STD), rtol=1e-5, atol=1e-5)
 
 
 def test_imagenet32_needs_a_train_batch(tmp_path):
@@ -355,6 +493,95 @@ def test_broken_imagenet32(tmp_path, case, pattern):
     with pytest.raises(DataError, match=pattern) as e:
         load("imagenet32", path=tmp_path)
     assert str(p) in str(e.value)
+
+
+def make_imagenet32_pickles(train_dir: Path, val_dir: Path, train_ids=(1, 2, 10),
+                            n: int = 3, protocol: int = 4) -> dict:
+    """The pickle distribution: dicts with str keys, labels a list, the mean image."""
+    train_dir.mkdir(parents=True, exist_ok=True)
+    val_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    out = {}
+    for name in [f"train_data_batch_{i}" for i in train_ids] + ["val_data"]:
+        data, labels = chw_rows(n, rng), [int(v) for v in rng.integers(1, 1001, n)]
+        d = val_dir if name == "val_data" else train_dir
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels,
+                         "mean": data.mean(axis=0)}, f, protocol=protocol)
+        out[name] = (data, np.array(labels))
+    return out
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_imagenet32_pickles(tmp_path, protocol):
+    files = make_imagenet32_pickles(tmp_path / "Imagenet32_train", tmp_path / "Imagenet32_val",
+                                    train_ids=(10, 1, 2), protocol=protocol)
+    ds = load("imagenet32", path=tmp_path)
+    assert ds.n_classes == 1000 and ds.x_train.shape == (9, 32, 32, 3)
+    assert ds.source == str(tmp_path)
+    order = ["train_data_batch_1", "train_data_batch_2", "train_data_batch_10"]
+    np.testing.assert_array_equal(ds.y_train, np.concatenate([files[k][1] for k in order]) - 1)
+    np.testing.assert_array_equal(ds.y_test, files["val_data"][1] - 1)
+    np.testing.assert_allclose(
+        ds.x_test[1], cifar_expected(files["val_data"][0][1], IMAGENET_MEAN, IMAGENET_STD),
+        rtol=1e-5, atol=1e-5)
+
+
+def test_imagenet32_layouts_agree_and_pickles_win(tmp_path):
+    files = make_imagenet32_pickles(tmp_path / "p", tmp_path / "p")
+    npz = tmp_path / "n" / "Imagenet32_train_npz"
+    npz.mkdir(parents=True)
+    (tmp_path / "n" / "Imagenet32_val_npz").mkdir()
+    for name, (data, labels) in files.items():
+        d = npz.parent / "Imagenet32_val_npz" if name == "val_data" else npz
+        np.savez_compressed(d / f"{name}.npz", data=data, labels=labels)
+    a, b = load("imagenet32", path=tmp_path / "p"), load("imagenet32", path=tmp_path / "n")
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    # both layouts in one directory: the pickles are read (an npz twin that is broken
+    # would otherwise fail the load)
+    for p in npz.iterdir():
+        (tmp_path / "p" / p.name).write_bytes(b"not an npz")
+    np.testing.assert_array_equal(load("imagenet32", path=tmp_path / "p").y_train, a.y_train)
+
+
+def test_imagenet32_statistics_are_not_cifars():
+    assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
+    assert IMAGENET_MEAN != CIFAR10_MEAN
+
+
+def test_imagenet32_not_found_names_every_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("EQPROP_DATA", str(tmp_path / "root"))
+    make_imagenet32_pickles(tmp_path / "given" / "Imagenet32_train", tmp_path / "elsewhere")
+    with pytest.raises(DataError) as e:
+        load("imagenet32", path=tmp_path / "given")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("imagenet32 not found")
+    assert f"{tmp_path / 'given'} (missing val_data[.npz] (in ./ or Imagenet32_val/ or " \
+           "Imagenet32_val_npz/))" in msg
+    assert f"{tmp_path / 'root' / 'imagenet32'} (no such directory)" in msg
+    assert "Imagenet32_train.zip" in msg and "Imagenet32_val_npz.zip" in msg
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("labels0", "labels range"), ("float-labels", "labels hold a float"),
+    ("data-list", "data is a list"), ("evil", "refused to unpickle global 'builtins.eval'"),
+])
+def test_broken_imagenet32_pickle(tmp_path, case, pattern):
+    make_imagenet32_pickles(tmp_path, tmp_path)
+    p = tmp_path / "train_data_batch_2"
+    row = np.zeros((1, 3072), np.uint8)
+    obj = {"labels0": {"data": row, "labels": [0]},
+           "float-labels": {"data": row, "labels": [1.0]},
+           "data-list": {"data": [0] * 3072, "labels": [1]}}.get(case)
+    if obj is None:
+        p.write_bytes(b"\x80\x04cbuiltins\neval\n\x8c\x041+1\x85R.")
+    else:
+        with open(p, "wb") as f:
+            pickle.dump(obj, f)
+    with pytest.raises(DataError, match=pattern) as e:
+        load("imagenet32", path=tmp_path)
+    assert str(e.value).startswith(str(p))
 
 
 # --- built-ins --------------------------------------------------------------------------

@@ -754,6 +754,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays/tables
+        raise ConfigError(f"{p}: invalid TOML: arrays or inline tables nested too deeply") \
+            from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config file ({e.strerror or e})") from None
 

@@ -13,8 +13,12 @@ class DataError(Exception):
     """A data set could not be found or read.
 
     The message is one human-readable line that names the offending file, or
-    every place that was searched and how to get the files.
+    every place that was searched and how to get the files (a message given with line
+    breaks, say from a hostile file name, is joined onto one line).
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
 
 
 @dataclass(frozen=True)

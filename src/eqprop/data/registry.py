@@ -10,12 +10,16 @@ Search order for file-backed data sets: the ``path`` argument (the data set's ow
 directory), then ``$EQPROP_DATA/<name>``, then any system location (Debian's
 ``dataset-fashion-mnist`` installs to ``/usr/share/datasets/fashion-mnist``).
 CIFAR directories may be given as the directory itself or its parent holding the
-standard ``cifar-10-batches-py`` / ``cifar-100-python`` subdirectory.
+standard ``cifar-10-batches-py`` / ``cifar-100-python`` subdirectory. ImageNet 32x32 is
+read in either published layout, pickles (``train_data_batch_<k>``, ``val_data``) or
+npz (the same names with ``.npz``), from the directory itself or the subdirectories its
+archives extract to (``Imagenet32_train[_npz]``, ``Imagenet32_val[_npz]``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,12 @@ CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 CIFAR100_FILES = ("train", "test")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+# The published ImageNet (ILSVRC-2012 training set) per-channel statistics, as used by
+# torchvision: downsampling by box averaging keeps the means and shrinks the stds a
+# little, and fixed values keep a run's normalisation independent of which batches exist.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET32_TRAIN_DIRS = (".", "Imagenet32_train", "Imagenet32_train_npz")
+IMAGENET32_VAL_DIRS = (".", "Imagenet32_val", "Imagenet32_val_npz")
 
 
 # --- locating files -------------------------------------------------------------------
@@ -57,13 +67,39 @@ def _missing_plain(names: tuple[str, ...]) -> Callable[[Path], list[str]]:
     return lambda d: [n for n in names if not (d / n).is_file()]
 
 
+_IMAGENET32_BATCH = re.compile(r"train_data_batch_\d+(\.npz)?")
+
+
 def _imagenet32_train(d: Path) -> list[Path]:
-    return formats.numeric_sorted([p for p in d.glob("train_data_batch_*.npz") if p.is_file()])
+    """The training batches under ``d``: the first of :data:`IMAGENET32_TRAIN_DIRS` that
+    holds any, pickles if it has both layouts, in numeric order."""
+    for sub in IMAGENET32_TRAIN_DIRS:
+        try:
+            found = [p for p in (d / sub).iterdir()
+                     if _IMAGENET32_BATCH.fullmatch(p.name) and p.is_file()]
+        except OSError:  # not there, or not readable: nothing found here
+            continue
+        pickles = [p for p in found if p.suffix != ".npz"]
+        if found:
+            return formats.numeric_sorted(pickles or found)
+    return []
+
+
+def _imagenet32_val(d: Path) -> Path | None:
+    for sub in IMAGENET32_VAL_DIRS:
+        for name in ("val_data", "val_data.npz"):
+            if (d / sub / name).is_file():
+                return d / sub / name
+    return None
 
 
 def _missing_imagenet32(d: Path) -> list[str]:
-    missing = [] if _imagenet32_train(d) else ["train_data_batch_<k>.npz"]
-    return missing + ([] if (d / "val_data.npz").is_file() else ["val_data.npz"])
+    def where(dirs: tuple[str, ...]) -> str:
+        return " or ".join(f"{s}/" for s in dirs)
+    missing = [] if _imagenet32_train(d) else [
+        f"train_data_batch_<k>[.npz] (in {where(IMAGENET32_TRAIN_DIRS)})"]
+    return missing + ([] if _imagenet32_val(d) else [
+        f"val_data[.npz] (in {where(IMAGENET32_VAL_DIRS)})"])
 
 
 # --- reading a located directory ------------------------------------------------------
@@ -99,18 +135,23 @@ def _read_cifar100(d: Path) -> Arrays:
                        CIFAR100_MEAN, CIFAR100_STD)
 
 
-def _read_imagenet32(d: Path) -> Arrays:
-    """ImageNet 32x32 npz batches -> NHWC, labels made 0-based.
+def _read_imagenet32_file(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    read = formats.read_imagenet32_npz if p.suffix == ".npz" else formats.read_imagenet32_pickle
+    return read(p)
 
-    Normalised with the CIFAR-10 mean/std (a close enough natural-image statistic).
-    Uses whichever ``train_data_batch_<k>.npz`` exist, in numeric order.
-    Note: the full set is ~15.7 GB as float32.
+
+def _read_imagenet32(d: Path) -> Arrays:
+    """ImageNet 32x32 batches (pickle or npz) -> NHWC, labels made 0-based.
+
+    Normalised with the published ImageNet statistics (:data:`IMAGENET_MEAN`,
+    :data:`IMAGENET_STD`). Uses whichever ``train_data_batch_<k>`` exist, in numeric
+    order. Note: the full set is ~15.7 GB as float32.
     """
-    tr = [formats.read_imagenet32_npz(p) for p in _imagenet32_train(d)]
-    te = formats.read_imagenet32_npz(d / "val_data.npz")
-    return (formats.chw_to_nhwc_normalized([b[0] for b in tr], CIFAR10_MEAN, CIFAR10_STD),
+    tr = [_read_imagenet32_file(p) for p in _imagenet32_train(d)]
+    te = _read_imagenet32_file(_imagenet32_val(d))
+    return (formats.chw_to_nhwc_normalized([b[0] for b in tr], IMAGENET_MEAN, IMAGENET_STD),
             np.concatenate([b[1] for b in tr]),
-            formats.chw_to_nhwc_normalized([te[0]], CIFAR10_MEAN, CIFAR10_STD), te[1])
+            formats.chw_to_nhwc_normalized([te[0]], IMAGENET_MEAN, IMAGENET_STD), te[1])
 
 
 # --- the registry ---------------------------------------------------------------------
@@ -162,8 +203,10 @@ _FILE_SPECS: tuple[_FileSpec, ...] = (
               f"into ${ENV_VAR}/cifar100 or a directory passed as path",
               subdir="cifar-100-python"),
     _FileSpec("imagenet32", 1000, _missing_imagenet32, _read_imagenet32,
-              "download the downsampled ImageNet 32x32 npz batches (train_data_batch_1..10.npz, "
-              f"val_data.npz) into ${ENV_VAR}/imagenet32 or a directory passed as path"),
+              "download the downsampled ImageNet 32x32 batches from image-net.org, pickled "
+              "(Imagenet32_train.zip, Imagenet32_val.zip) or npz (Imagenet32_train_npz.zip, "
+              f"Imagenet32_val_npz.zip), and extract them into ${ENV_VAR}/imagenet32 or a "
+              "directory passed as path"),
 )
 
 _BUILTINS: tuple[_Builtin, ...] = (
