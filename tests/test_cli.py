@@ -54,7 +54,7 @@ def run_dir(tiny_config, tmp_path_factory) -> Path:
 def test_train_writes_run(run_dir):
     assert (run_dir / "config.toml").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
-    assert (run_dir / "checkpoints" / "latest.eqx").is_file()
+    assert (run_dir / "checkpoints" / "latest.json").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
@@ -195,7 +195,7 @@ def test_interrupt_exit_code(tiny_config, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "_call_step", interrupt)
     assert main(["train", str(tiny_config), "--out", str(tmp_path / "i"), "-q"]) == 130
-    assert (tmp_path / "i" / "checkpoints" / "latest.eqx").is_file()
+    assert (tmp_path / "i" / "checkpoints" / "latest.json").is_file()
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -99,7 +99,7 @@ def test_checkpoint_round_trip(straight):
     np.testing.assert_allclose(m["acc"][0], last["test_acc"], atol=1e-6)
     np.testing.assert_allclose(m["loss"][0], last["test_loss"], rtol=1e-5)
     # the leaves themselves survive save/load
-    path = straight / "copy.eqx"
+    path = straight.parent / "copies" / "copy.json"
     checkpoint.save(path, (model, program.opt_state), {"epoch": 7})
     (model2, _), meta2 = checkpoint.load(path, (program.model, program.opt_state))
     assert meta2["epoch"] == 7
@@ -108,11 +108,13 @@ def test_checkpoint_round_trip(straight):
 
 def test_checkpoint_mismatch_is_detected(straight, tmp_path):
     _, program, model, _ = load_run(straight)
-    path = tmp_path / "c.eqx"
+    path = tmp_path / "c.json"
     checkpoint.save(path, model, {"epoch": 1})
-    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
-    with pytest.raises(checkpoint.CheckpointError, match="does not match"):
+    payload = tmp_path / checkpoint.read_meta(path)["payloads"]["tree"]["file"]
+    payload.write_bytes(payload.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(checkpoint.CheckpointError, match="does not match") as info:
         checkpoint.load(path, model)
+    assert str(info.value).startswith(str(payload)) and "\n" not in str(info.value)
 
 
 def test_resume_equals_uninterrupted(straight, tmp_path):
@@ -347,9 +349,12 @@ def test_warm_start_starts_from_the_last_fixed_point(tmp_path):
     assert hot[0]["free_steps_mean"] == cold[0]["free_steps_mean"] > 20  # epoch 1: all cold
     assert hot[1]["free_steps_mean"] < 0.5 * cold[1]["free_steps_mean"]
     assert hot[1]["train_loss"] == pytest.approx(cold[1]["train_loss"], rel=1e-3)
-    files = sorted(p.name for p in (tmp_path / "True" / "checkpoints").glob("states-*.npz"))
-    assert files == ["states-2-0.npz"]  # only the one the latest checkpoint points at
-    assert not list((tmp_path / "False" / "checkpoints").glob("states-*.npz"))
+    ckpts = tmp_path / "True" / "checkpoints"
+    files = sorted(p.name for p in ckpts.glob("states-*"))
+    manifest = json.loads((ckpts / "latest.json").read_text())
+    named = sorted(e["payloads"]["states"]["file"] for e in (manifest, manifest["previous"]))
+    assert files == named and len(files) == 2  # the latest checkpoint's and its fallback's
+    assert not list((tmp_path / "False" / "checkpoints").glob("states-*"))
 
 
 def test_warm_start_ctrl_c_then_resume_is_exact(warm_straight, tmp_path, monkeypatch):
@@ -358,7 +363,8 @@ def test_warm_start_ctrl_c_then_resume_is_exact(warm_straight, tmp_path, monkeyp
     with pytest.raises(TrainingInterrupted):
         train(warm(), out, progress=False)
     meta = checkpoint.read_meta(RunDir(out).checkpoint("latest"))
-    assert (meta["epoch"], meta["batch"], meta["states_file"]) == (1, 2, "states-1-2.npz")
+    assert (meta["epoch"], meta["batch"]) == (1, 2)
+    assert meta["payloads"]["states"]["file"].startswith("states-")
     monkeypatch.setattr(loop, "_call_step", real)
     train(load_config(out / "config.toml"), out, resume=True, progress=False)
     assert_same_params(params_of(out), params_of(warm_straight))
@@ -367,16 +373,29 @@ def test_warm_start_ctrl_c_then_resume_is_exact(warm_straight, tmp_path, monkeyp
 
 
 def test_warm_start_resume_checks_the_states_file(warm_straight, tmp_path):
+    """A corrupt states payload falls back to the previous entry (with a warning); when
+    that one is broken too, resume is a one-line error naming the file."""
     import shutil
+
+    from eqprop.train.resume import restore
 
     out = tmp_path / "run"
     shutil.copytree(warm_straight, out)
-    states = out / "checkpoints" / checkpoint.read_meta(RunDir(out).checkpoint("latest"))["states_file"]
-    states.write_bytes(states.read_bytes()[:-8])
+    manifest = json.loads(RunDir(out).checkpoint("latest").read_text())
+    current, previous = (out / "checkpoints" / e["payloads"]["states"]["file"]
+                         for e in (manifest, manifest["previous"]))
+    current.write_bytes(current.read_bytes()[:-8])
     cfg = with_epochs(load_config(out / "config.toml"), 3)
-    with pytest.raises(checkpoint.CheckpointError, match="states_sha256"):
+    program = build_program(cfg)
+    with pytest.warns(checkpoint.CheckpointWarning, match="previous entry"):
+        pos, _ = restore(RunDir(out), program)
+    assert (pos.epoch, pos.batch) == (1, 0) and pos.states.seen.any()
+    previous.write_bytes(previous.read_bytes()[:-8])
+    with pytest.raises(checkpoint.CheckpointError, match="previous entry is broken too") as info:
         train(cfg, out, resume=True, progress=False)
-    states.unlink()
+    assert str(info.value).startswith(str(current)) and "\n" not in str(info.value)
+    current.unlink()
+    previous.unlink()
     with pytest.raises(checkpoint.CheckpointError, match="not found"):
         train(cfg, out, resume=True, progress=False)
 

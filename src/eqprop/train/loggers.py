@@ -137,8 +137,10 @@ def _config_dict(config: "Config") -> dict[str, Any]:
 class JsonlLogger(Logger):
     """``RUN_DIR/metrics.jsonl``: one JSON object per epoch (always on; not registered).
 
-    Non-finite numbers are written as ``null``. On resume the records after the
-    checkpoint's epoch are dropped first, so the file never repeats an epoch.
+    Non-finite numbers are written as ``null``. Each record is one appended, fsync-ed
+    line, written before the epoch's checkpoint. On resume the records after the
+    checkpoint's epoch, and a torn last line a killed run left, are dropped first, so
+    the file never repeats an epoch; the stale ``summary.json`` is removed.
     """
 
     def __init__(self) -> None:
@@ -150,6 +152,7 @@ class JsonlLogger(Logger):
         self.run = RunDir(run_dir)
         if resume_from is not None:
             self.run.truncate_metrics(resume_from)
+            self.run.clear_summary()
 
     def log(self, record: dict[str, Any]) -> None:
         self.run.append_metrics(record)

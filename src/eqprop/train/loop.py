@@ -183,7 +183,7 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     """
     loggers = make_loggers(config.logging.loggers)
     run = RunDir(out_dir)
-    if resume and not run.has_checkpoint():
+    if resume and not (run.has_checkpoint() or run.is_run()):  # no checkpoint yet: restart
         raise ValueError(f"{run.path}: no checkpoint to resume from "
                          f"({run.checkpoint('latest')} not found)")
     if not resume and (run.has_checkpoint() or run.metrics.exists()):

@@ -1,30 +1,38 @@
 """Checkpoints of a run's position, and resuming from them.
 
-A checkpoint ``checkpoints/<which>.eqx`` holds ``(model, opt_state)`` of the
-:class:`~eqprop.train.step.TrainState` (:mod:`eqprop.train.checkpoint` writes it
-atomically); its sidecar ``<which>.json`` holds the position:
+A checkpoint (:mod:`eqprop.train.checkpoint`: one manifest ``checkpoints/<which>.json``
+naming content-addressed payloads, replaced as one atomic unit) holds ``(model,
+opt_state)`` of the :class:`~eqprop.train.step.TrainState`, with warm starts
+(``[train] warm_start``) the ``latest`` checkpoint's persistent states, and as its meta
+the position:
 
 * ``epoch`` = completed epochs, ``batch`` = batches already done in the next epoch
   (non-zero only after Ctrl-C), ``partial`` = that epoch's running sums;
 * ``best_test_acc``, ``best_epoch``, ``elapsed_seconds``, ``seed``, ``seeds``, the RNG
-  scheme in words, ``saved_at``;
-* with warm starts (``[train] warm_start``), ``latest`` checkpoints reference a
-  ``states-E-B.npz`` file next to them (``states_file``, ``states_sha256``).
+  scheme in words, ``saved_at``, and ``config_sha256``, the SHA-256 of the
+  configuration (``dumps_toml``) it was written under (recorded, not enforced: ``--epochs``
+  and ``--set`` legitimately change it).
 
 The state's ``step`` and ``key`` are not stored: both are functions of the position
 and the seed (``step = epoch * n_batches + batch``, ``key`` from ``train.seed``), so a
-resumed run continues exactly as an uninterrupted one.
+resumed run continues exactly as an uninterrupted one. A run killed before its first
+checkpoint resumes from the start (its ``config.toml`` is all it needs).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+import numpy as np
+
+from ..config import Config, dumps_toml
 from . import checkpoint
+from .checkpoint import CheckpointError
 from .placement import place
 from .program import Program, build_program
 from .records import sums_from_json, sums_to_json, zero_sums
@@ -68,7 +76,7 @@ def start(program: Program) -> Position:
 
 def checkpoint_meta(config: Config, pos: Position, *, best_acc: float | None,
                     best_epoch: int | None, elapsed: float) -> dict[str, Any]:
-    """The sidecar of a checkpoint of ``pos`` (see the module docstring)."""
+    """The meta of a checkpoint of ``pos`` (see the module docstring)."""
     t = config.train
     return {
         "epoch": pos.epoch, "batch": pos.batch,
@@ -76,36 +84,86 @@ def checkpoint_meta(config: Config, pos: Position, *, best_acc: float | None,
         "best_test_acc": best_acc, "best_epoch": best_epoch,
         "seed": t.seed, "seeds": t.seeds, "elapsed_seconds": elapsed,
         "rng": RNG_SCHEME,
+        "config_sha256": hashlib.sha256(dumps_toml(config).encode("utf-8")).hexdigest(),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
 def save_position(run: RunDir, which: str, pos: Position, meta: dict[str, Any]) -> None:
-    """Write checkpoint ``which`` (``latest`` or ``best``) of ``pos`` with sidecar ``meta``.
+    """Write checkpoint ``which`` (``latest`` or ``best``) of ``pos`` with meta ``meta``.
 
-    A ``latest`` checkpoint of a warm-started run also writes ``states-E-B.npz`` and
-    removes the older states files once the checkpoint points at the new one.
+    A ``latest`` checkpoint of a warm-started run carries the states as payload
+    ``states``; the checkpoint is one atomic unit (:func:`eqprop.train.checkpoint.save`).
     """
-    keep = None
+    payloads = {}
     if which == "latest" and pos.states is not None:
-        keep = f"states-{pos.epoch}-{pos.batch}.npz"
-        sha = pos.states.save(run.checkpoint(which).parent / keep)
-        meta = {**meta, "states_file": keep, "states_sha256": sha}
-    checkpoint.save(run.checkpoint(which), (pos.state.model, pos.state.opt_state), meta)
-    if keep is not None:  # the checkpoint now points at `keep`: older states are garbage
-        for old in run.checkpoint(which).parent.glob("states-*.npz"):
-            if old.name != keep:
-                old.unlink(missing_ok=True)
+        payloads["states"] = pos.states.payload()
+    checkpoint.save(run.checkpoint(which), (pos.state.model, pos.state.opt_state), meta,
+                    payloads=payloads)
+
+
+def _read(run: RunDir, which: str, program: Program
+          ) -> tuple[PyTree, PyTree, dict[str, Any], checkpoint.Snapshot]:
+    snap = checkpoint.read(run.checkpoint(which))
+    model, opt_state = checkpoint.decode(snap.blobs["tree"], (program.model, program.opt_state),
+                                         snap.files["tree"])
+    meta = _checked_meta(snap.meta, snap.manifest)
+    return model, opt_state, meta, snap
+
+
+def _checked_meta(meta: dict[str, Any], source: Path) -> dict[str, Any]:
+    """``meta`` with the fields the trainer reads checked (one-line errors naming ``source``)."""
+    def count(key: str, default: int | None, *, optional: bool = False) -> int | None:
+        v = meta.get(key, default)
+        if v is None and optional:
+            return None
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise CheckpointError(f"{source}: {key} must be a non-negative integer, not "
+                                  f"{str(v)[:40]!r}")
+        return v
+
+    def number(key: str, default: float | None, *, optional: bool = False) -> float | None:
+        v = meta.get(key, default)
+        if v is None and optional:
+            return None
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise CheckpointError(f"{source}: {key} must be a finite number, not {str(v)[:40]!r}")
+        return float(v)
+
+    out = dict(meta)
+    out["epoch"] = count("epoch", None)
+    out["batch"] = count("batch", 0)
+    out["best_epoch"] = count("best_epoch", None, optional=True)
+    out["best_test_acc"] = number("best_test_acc", None, optional=True)
+    out["elapsed_seconds"] = number("elapsed_seconds", 0.0)
+    partial = meta.get("partial")
+    if partial is not None and not isinstance(partial, dict):
+        raise CheckpointError(f"{source}: partial must be a JSON object or null")
+    return out
+
+
+def _checked_sums(partial: dict | None, seeds: int, source: Path) -> dict[str, Any]:
+    """The running sums of ``partial``, each of the shape :func:`zero_sums` gives it."""
+    zero = zero_sums(seeds)
+    try:
+        sums = sums_from_json(partial, seeds)
+        bad = [k for k in zero if np.shape(sums[k]) != np.shape(zero[k])]
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: partial holds no running sums "
+                              f"({' '.join(str(e).split())[:120]})") from None
+    if bad:
+        raise CheckpointError(f"{source}: partial: {', '.join(bad)} must have the shape of "
+                              f"the running sums of {seeds} seed(s)")
+    return sums
 
 
 def load_checkpoint(run: RunDir, which: str, program: Program) -> tuple[PyTree, PyTree, dict]:
-    """``(model, opt_state, meta)`` of ``checkpoints/<which>.eqx``, placed on the device(s).
+    """``(model, opt_state, meta)`` of checkpoint ``which``, placed on the device(s).
 
     **Raises:** :class:`~eqprop.train.checkpoint.CheckpointError` when the files are
-    missing, inconsistent or do not fit ``program``'s model.
+    missing, corrupt (and no previous entry is intact) or do not fit ``program``'s model.
     """
-    (model, opt_state), meta = checkpoint.load(run.checkpoint(which),
-                                               (program.model, program.opt_state))
+    model, opt_state, meta, _ = _read(run, which, program)
     model, opt_state = place((model, opt_state))
     return model, opt_state, meta
 
@@ -114,24 +172,35 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     """The position of ``run``'s ``latest`` checkpoint, to continue training.
 
     **Returns:** ``(position, meta)``: the state (``step`` from the position, ``key``
-    from the seed), the running sums of a partial epoch, the warm-start states.
+    from the seed), the running sums of a partial epoch, the warm-start states. A run
+    without a checkpoint (killed before its first) restarts: :func:`start`, ``{}``.
 
-    **Raises:** ``ValueError`` when the run already has ``[train] epochs`` epochs;
+    **Raises:** ``ValueError`` when the run already has ``[train] epochs`` epochs and
+    its summary (without one, killed before writing it, the run is finished);
     :class:`~eqprop.train.checkpoint.CheckpointError` for missing or broken files.
     """
+    if not run.has_checkpoint():
+        return start(program), {}
     config = program.config
-    model, opt_state, meta = load_checkpoint(run, "latest", program)
-    done, batch = int(meta["epoch"]), int(meta.get("batch", 0))
-    if done > config.train.epochs or (done == config.train.epochs and batch):
+    model, opt_state, meta, snap = _read(run, "latest", program)
+    checkpoint.collect_garbage(run.checkpoints)  # what a killed save left behind
+    done, batch = meta["epoch"], meta["batch"]
+    # a run killed after its last checkpoint but before its summary is finished by resume
+    finished = done == config.train.epochs and (batch or run.read_summary() is not None)
+    if done > config.train.epochs or finished:
         raise ValueError(f"{run.path}: already trained {done} epochs; pass a larger "
                          "total with --epochs")
     states = warm_states(config, model, program.dataset.x_train, program.seeds)
-    if states is not None and meta.get("states_file"):
-        states.load(run.checkpoint("latest").parent / meta["states_file"], meta.get("states_sha256"))
+    if states is not None and "states" in snap.blobs:
+        states.restore(snap.blobs["states"], snap.files["states"])
+    if batch >= program.n_batches:
+        raise CheckpointError(f"{snap.manifest}: batch {batch} of an epoch of "
+                              f"{program.n_batches} batches")
+    sums = _checked_sums(meta.get("partial"), program.seeds, snap.manifest)
+    model, opt_state = place((model, opt_state))
     state = place(init_state(model, opt_state, seed=config.train.seed,
                              step=done * program.n_batches + batch))
-    pos = Position(state, done, batch, sums_from_json(meta.get("partial"), program.seeds), states)
-    return pos, meta
+    return Position(state, done, batch, sums, states), meta
 
 
 def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, ...] | list[str] = ()
@@ -142,9 +211,10 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     ``--set``-style ``"section.key=value"`` changes to the stored configuration.
 
     **Returns:** ``(config, program, model, meta)``: ``model`` stacked when K > 1,
-    ``meta`` the checkpoint's sidecar.
+    ``meta`` the checkpoint's meta.
 
-    **Raises:** ``ValueError`` when ``run_dir`` is not a run or lacks the checkpoint.
+    **Raises:** ``ValueError`` when ``run_dir`` is not a run or lacks the checkpoint
+    (:class:`~eqprop.train.checkpoint.CheckpointError` when it is broken).
     """
     from ..config import load_run_config
 

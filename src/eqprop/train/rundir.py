@@ -3,11 +3,20 @@
 ::
 
     RUN_DIR/
-      config.toml              resolved configuration (``dumps_toml``)
-      metrics.jsonl            one JSON object per completed epoch
-      summary.json             final summary (written at the end, or on divergence)
-      checkpoints/latest.eqx   (model, opt_state) + latest.json sidecar
-      checkpoints/best.eqx     best test accuracy so far + best.json sidecar
+      config.toml                   resolved configuration (``dumps_toml``), atomic
+      metrics.jsonl                 one JSON object per completed epoch, appended + fsync-ed
+      summary.json                  final summary (at the end, or on divergence), atomic;
+                                    removed when the run is resumed (it is running again)
+      checkpoints/latest.json       manifest of the latest checkpoint (position, payloads)
+      checkpoints/best.json         manifest of the best checkpoint (best test accuracy)
+      checkpoints/tree-<hash>.eqx   (model, opt_state) leaves, named by their content
+      checkpoints/states-<hash>.eqx warm-start states of ``latest`` (``[train] warm_start``)
+
+A run killed at any instant can be resumed: every file is replaced atomically or
+appended to (:mod:`eqprop.train.checkpoint`), a torn last line of ``metrics.jsonl`` is
+ignored by readers and cut off at resume (:meth:`RunDir.truncate_metrics`), and a
+checkpoint is one atomic unit (its manifest). Runs written before (``latest.eqx`` with a
+``latest.json`` sidecar, ``states-E-B.npz``) are read as before.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, dumps_toml
-from .checkpoint import atomic_write_text
+from .checkpoint import append, atomic_write, atomic_write_text, remove_stale_temps
 
 __all__ = ["RunDir", "default_run_dir", "jsonable"]
 
@@ -52,8 +61,8 @@ class RunDir:
         return self.path / "checkpoints"
 
     def checkpoint(self, which: str = "latest") -> Path:
-        """``checkpoints/<which>.eqx`` (``which`` is ``latest`` or ``best``)."""
-        return self.checkpoints / f"{which}.eqx"
+        """The manifest ``checkpoints/<which>.json`` (``which`` is ``latest`` or ``best``)."""
+        return self.checkpoints / f"{which}.json"
 
     def is_run(self) -> bool:
         return self.config.is_file()
@@ -62,43 +71,74 @@ class RunDir:
         return self.checkpoint("latest").is_file()
 
     def write_config(self, config: Config) -> None:
+        """Write ``config.toml`` atomically (and remove temporaries a killed writer left)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path, (self.config.name, self.metrics.name, self.summary.name))
         atomic_write_text(self.config, dumps_toml(config))
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """All records of ``metrics.jsonl`` (a torn last line is ignored)."""
-        if not self.metrics.is_file():
+    def _metric_lines(self) -> list[tuple[bytes, dict[str, Any] | None]]:
+        """Each line of ``metrics.jsonl`` (with its newline, if any) and its record, or
+        ``None`` for a line that is not a complete record (torn or foreign)."""
+        try:
+            raw = self.metrics.read_bytes()
+        except FileNotFoundError:
             return []
         out = []
-        for line in self.metrics.read_text().splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        for line in raw.splitlines(keepends=True):
+            rec = None
+            if line.endswith(b"\n"):
+                try:
+                    rec = json.loads(line)
+                except (ValueError, RecursionError):  # includes UnicodeDecodeError
+                    rec = None
+                if not (isinstance(rec, dict) and isinstance(rec.get("epoch"), int)
+                        and not isinstance(rec.get("epoch"), bool)):
+                    rec = None
+            out.append((line, rec))
         return out
 
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl``, in order.
+
+        Lines that are not a complete JSON object with an integer ``epoch`` are skipped:
+        the torn last line a killed run may leave, blank or foreign lines.
+        """
+        return [rec for _, rec in self._metric_lines() if rec is not None]
+
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics.open("a") as fh:
-            fh.write(json.dumps(jsonable(record)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append ``record`` as one line and fsync (a kill can tear only this line)."""
+        line = json.dumps(jsonable(record), allow_nan=False) + "\n"
+        append(self.metrics, line.encode("utf-8"))
 
     def truncate_metrics(self, last_epoch: int) -> None:
-        """Keep only records with ``epoch <= last_epoch`` (so a resume never duplicates)."""
-        keep = [r for r in self.read_metrics() if r.get("epoch", 0) <= last_epoch]
-        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
+        """Keep only the complete records with ``epoch <= last_epoch``, byte for byte.
+
+        Called at resume (``last_epoch``: the checkpoint's epochs), so a resumed run never
+        repeats an epoch and never appends after a torn line. Atomic; nothing is written
+        when nothing changes.
+        """
+        lines = self._metric_lines()
+        keep = [line for line, rec in lines if rec is not None and rec["epoch"] <= last_epoch]
+        if len(keep) == len(lines) or not lines:
+            return
+        atomic_write(self.metrics, b"".join(keep))
+
+    def clear_summary(self) -> None:
+        """Remove ``summary.json`` (a resumed run is running again: it no longer holds)."""
+        self.summary.unlink(missing_ok=True)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary, json.dumps(jsonable(summary), indent=2) + "\n")
 
     def read_summary(self) -> dict[str, Any] | None:
+        """``summary.json``, or ``None`` when absent, unreadable or not a JSON object."""
         try:
-            return json.loads(self.summary.read_text())
-        except (OSError, json.JSONDecodeError):
+            if self.summary.stat().st_size > (1 << 20):
+                return None
+            out = json.loads(self.summary.read_bytes())
+        except (OSError, ValueError, RecursionError):
             return None
+        return out if isinstance(out, dict) else None
 
 
 def default_run_dir(config_path: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:

@@ -4,8 +4,9 @@ The free phase of a training example starts from its fixed point at the previous
 epoch: the parameters moved a little since, so the old fixed point is close to the new
 one and a tolerance-stopped relaxation needs fewer steps. The states live on the host
 (``N x sum(population sizes)`` floats: 123 MB for Fashion-MNIST's 784-256-256-10 in
-float32) and are saved next to the ``latest`` checkpoint, so a resumed run warm-starts
-exactly as the uninterrupted one would.
+float32) and are a payload of the ``latest`` checkpoint (``states-<hash>.eqx``, named by
+its manifest, :mod:`eqprop.train.checkpoint`), so a resumed run warm-starts exactly as
+the uninterrupted one would.
 
 Layout: every leaf of the model's state pytree is stored as ``(N, ...)`` (``(K, N, ...)``
 for ``K`` stacked seeds); ``seen`` ``(N,)`` marks the examples that have a state
@@ -14,8 +15,8 @@ for ``K`` stacked seeds); ``seen`` ``(N,)`` marks the examples that have a state
 
 from __future__ import annotations
 
-import hashlib
 import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from .checkpoint import CheckpointError, atomic_write
+from .checkpoint import CheckpointError, decode, serialise
 
 PyTree = Any
 
@@ -79,38 +80,62 @@ class PersistentStates:
         self.seen[idx] = True
 
     # -- files -------------------------------------------------------------
-    def save(self, path: str | Path) -> str:
-        """Atomically write an ``.npz``; returns its sha256 (recorded in the checkpoint)."""
-        buf = io.BytesIO()
-        np.savez(buf, seen=self.seen, **{f"leaf{i}": a for i, a in enumerate(self.leaves)})
-        data = buf.getvalue()
-        atomic_write(path, lambda fh: fh.write(data))
-        return hashlib.sha256(data).hexdigest()
+    def template(self) -> list[np.ndarray]:
+        """The arrays a states payload holds, in order: ``[seen, leaf0, leaf1, ...]``."""
+        return [self.seen, *self.leaves]
 
-    def load(self, path: str | Path, sha256: str | None) -> None:
-        """Replace the contents with ``path``'s (same shapes), checking its checksum."""
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: warm-start states of the checkpoint not found") from None
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise CheckpointError(f"{path}: does not match the checkpoint's states_sha256 "
-                                  "(interrupted write?)")
-        try:
-            with np.load(io.BytesIO(data)) as z:
-                seen = z["seen"]
-                leaves = [z[f"leaf{i}"] for i in range(len(self.leaves))]
-        except Exception as e:  # noqa: BLE001 - any unreadable or incomplete file
-            raise CheckpointError(f"{path}: unreadable warm-start states ({e})") from None
-        for a, b in zip(leaves, self.leaves):
-            if a.shape != b.shape:
-                raise CheckpointError(f"{path}: states of shape {a.shape}, the run needs {b.shape}")
-        if seen.shape != self.seen.shape:
-            raise CheckpointError(f"{path}: states for {seen.shape[0]} examples, the run has "
-                                  f"{self.seen.shape[0]}")
-        self.leaves, self.seen = leaves, seen.astype(bool)
+    def payload(self) -> bytes:
+        """The states as a checkpoint payload (``states-<hash>.eqx``, the leaf format of
+        :func:`eqprop.train.checkpoint.serialise` over :meth:`template`)."""
+        return serialise(self.template())
+
+    def restore(self, data: bytes, source: str | Path) -> None:
+        """Replace the contents by a payload's (same shapes and dtypes).
+
+        **Arguments:** ``data``: the bytes of ``source``, a ``states-<hash>.eqx`` payload
+        or (runs written before) a ``states-E-B.npz`` archive of ``seen`` and
+        ``leaf0``, ``leaf1``, ...; the caller checked their hash.
+
+        **Raises:** :class:`~eqprop.train.checkpoint.CheckpointError` (one line, naming
+        ``source``) for a truncated, hostile or mismatched file; nothing is unpickled
+        and nothing larger than the run's states (or the file) is allocated.
+        """
+        source = Path(source)
+        if source.suffix == ".npz":
+            arrays = _read_npz(data, self.template(), source)
+        else:
+            arrays = decode(data, self.template(), source)
+        self.seen, self.leaves = arrays[0].astype(bool), list(arrays[1:])
 
     @property
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.leaves) + self.seen.nbytes)
+
+
+def _read_npz(data: bytes, template: list[np.ndarray], source: Path) -> list[np.ndarray]:
+    """``seen``, ``leaf0``, ... of a ``states-E-B.npz`` (written by ``np.savez``).
+
+    Only stored (uncompressed) members no larger than the file are read, each decoded
+    by :func:`~eqprop.train.checkpoint.decode` against its template array.
+    """
+    names = ["seen"] + [f"leaf{i}" for i in range(len(template) - 1)]
+    out = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for name, like in zip(names, template):
+                try:
+                    info = z.getinfo(f"{name}.npy")
+                except KeyError:
+                    raise CheckpointError(f"{source}: no {name}.npy in the warm-start states "
+                                          "archive") from None
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
+                    raise CheckpointError(f"{source}: {name}.npy is compressed or larger than "
+                                          "the archive (not written by eqprop)")
+                out.append(decode(z.read(info), like, f"{source}:{name}.npy"))
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile raises many kinds on a broken archive
+        msg = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{source}: unreadable warm-start states ({type(e).__name__}: "
+                              f"{msg})") from None
+    return out
