@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 child.first_epoch.wait()
                 seen = epoch_times(child.lines)
                 delay = rng.uniform(0.0, 2 * epoch_gap())
-                if seen:
-                    startup = seen[0]
+                if seen and kills:  # the first child compiled; later ones load the cache
+                    startup = seen[0] if startup is None else min(startup, seen[0])
                 killed = child.kill_after((seen[0] if seen else 0.0) + delay)
                 where = f"{1000 * delay:.0f} ms after its first epoch line"
             rc = child.close()
