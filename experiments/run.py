@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         else:
             print(f"[{name}] training ({config.estimator.name}, {config.train.seeds} seeds, "
                   f"{config.train.epochs} epochs)", flush=True)
-            train(config, run.path, resume=run.has_checkpoint(), progress=not args.quiet)
+            train(config, run.path, resume=run.is_run(), progress=not args.quiet)  # resume restarts a run killed before its first checkpoint
             summary = run.read_summary()
         rec = final_record(run)
         acc = (rec.get("per_seed") or {}).get("test_acc") or [rec.get("test_acc")]
