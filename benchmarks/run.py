@@ -79,7 +79,7 @@ def make_probe(estimator, solver):
     def probe(model, x, y, key):
         free = free_phase(model, x, solver)
         _, est = estimator(model, x, y, free, key)
-        ph = est.phases
+        ph = est.phases if est.phases is not None else est.linear  # nudged phases, or the linear solve
         return {
             "free_steps": free.stats.steps,
             "residual": jnp.max(free.stats.residual),

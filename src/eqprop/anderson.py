@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .relax import RelaxStats, nonfinite_populations, relax, stop_test, sweep_map
+from .guards import Guards, RelaxStats, residual_norm
+from .relax import relax, sweep_map
 
 PyTree = Any
 
@@ -75,11 +76,6 @@ def _flatten(u: PyTree, batch_ndim: int):
 
 def _norm(v: Array) -> Array:
     return jnp.sqrt(jnp.sum(jnp.abs(v) ** 2, axis=-1))
-
-
-def _finite(v: Array) -> Array:
-    """Per example: whether the vector is finite (``(..., D) -> (...)``)."""
-    return jnp.isfinite(jnp.sum(v, axis=-1))
 
 
 def _solve_hpd(a: Array, b: Array) -> Array:
@@ -167,13 +163,14 @@ def anderson(
     field_on: Callable[[PyTree, tuple[str, ...]], PyTree] | None = None,
     check_every: int = 1,
     project=None,
+    bound: float = float("inf"),
 ) -> tuple[PyTree, RelaxStats]:
     """Anderson-accelerated relaxation to ``field(u) = 0`` (the contract of
     :func:`eqprop.relax.relax`; type-II Anderson acceleration, Walker and Ni 2011).
 
     Jit-able; one ``lax.while_loop`` (two with ``delay``). Stops after ``steps``, once
-    the tolerance is met, or at the first non-finite state. Unlike ``relax`` it takes no
-    ``bound``: only NaN and infinite states count as diverged.
+    the tolerance is met, or at the first state that is not finite or beyond ``bound``
+    (the guards of :class:`eqprop.guards.Guards`, shared with ``relax``).
 
     **Arguments:**
 
@@ -197,11 +194,17 @@ def anderson(
     - ``groups``, ``field_on``: accelerate the alternating sweep of ``relax`` instead of
       the synchronous step (same fixed points, half the work per evaluation);
     - ``check_every``: the tolerance test of the ``delay`` iteration (see ``relax``);
-    - ``project``: the model's projection, applied to every candidate (``None``: none).
+    - ``project``: the model's projection, applied to every candidate (``None``: none);
+    - ``bound``: a state with ``|u| > bound`` counts as diverged, like a NaN; with the
+      safeguard, an extrapolated candidate beyond it falls back to the plain step (only
+      a plain step beyond it stops the solve).
 
-    **Returns:** the last accepted iterate (whose residual is known without an extra
-    evaluation; on divergence the non-finite state) and its
-    :class:`~eqprop.relax.RelaxStats` (``residual`` ``(B,)`` or ``(P, B)``).
+    **Returns:** the last accepted iterate (on divergence the non-finite or exploding
+    state) and its :class:`~eqprop.relax.RelaxStats`, with the meaning every solver
+    gives them: ``residual`` ``||F(u)||`` at the returned state, ``(B,)`` or ``(P, B)``
+    (known without an extra evaluation for synchronous steps; one evaluation after the
+    loop for alternating sweeps, whose loop residual is the sweep's, and on divergence);
+    ``steps`` counts evaluations, the ``delay`` steps included.
 
     **Raises:** ``ValueError`` when ``memory < 0``, ``damping`` is not in ``(0, 1]``, or
     ``groups`` is given without ``field_on``.
@@ -210,18 +213,23 @@ def anderson(
         raise ValueError(f"memory must be >= 0, got {memory}")
     if not 0 < damping <= 1:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
-    check_residual = not (isinstance(tol, (int, float)) and tol <= 0)
+    guards = Guards(tol=tol, tol_fraction=tol_fraction, bound=bound, batch_ndim=batch_ndim)
+    step_map, per_eval = sweep_map(field, dt, groups, field_on, project)
     start = jnp.asarray(0)
+    known = None  # the residual ||F(u0)|| of the starting point, when the delay computed it
     if delay > 0:  # the plain iteration first, without the history's overhead
-        u0, plain = relax(field, u0, dt=dt, steps=min(delay, steps), tol=tol, tol_fraction=tol_fraction,
-                          batch_ndim=batch_ndim, groups=groups, field_on=field_on, check_every=check_every,
-                          project=project)
-        start = plain.steps
+        plain_run = lambda u: relax(field, u, dt=dt, steps=min(delay, steps), tol=tol,  # noqa: E731
+                                    tol_fraction=tol_fraction, batch_ndim=batch_ndim, bound=bound,
+                                    groups=groups, field_on=field_on, check_every=check_every,
+                                    project=project)
+        if delay >= steps:  # the whole budget is the plain iteration: its result and stats
+            return plain_run(u0)
+        u0, plain = plain_run(u0)
+        start, known = plain.steps, plain.residual
     x0, unflatten = _flatten(u0, batch_ndim)
     batch = x0.shape[:-1]
     rtype = jnp.finfo(x0.dtype).dtype  # real dtype of the state
     m = max(memory, 1)
-    step_map, per_eval = sweep_map(field, dt, groups, field_on, project)
 
     def evaluate(x):
         fu, nxt = step_map(unflatten(x))
@@ -231,8 +239,8 @@ def anderson(
 
     def cond(c):
         go = (c["i"] < steps) & c["ok"]
-        if check_residual:
-            go = go & stop_test(c["r"], tol, tol_fraction)
+        if guards.checks_residual:
+            go = go & guards.keep_going(c["r"])
         return go
 
     def body(c):
@@ -268,35 +276,34 @@ def anderson(
         if project is not None:  # an extrapolated candidate stays in the model's state set
             nxt = _flatten(project(unflatten(nxt)), batch_ndim)[0].astype(nxt.dtype)
         use_plain = ~accept
-        if safeguard:
-            use_plain = use_plain | ~_finite(nxt)
+        if safeguard:  # an extrapolation that is not finite or leaves the bound: the plain step
+            use_plain = use_plain | ~guards.within_each(nxt)
         cand = jnp.where(use_plain[..., None], x + f, nxt)
         return {
             "i": c["i"] + per_eval, "pos": (pos + 1) % m, "cand": cand, "x": x, "f": f, "r": r,
             "dxs": dxs, "dfs": dfs, "gram": gram, "valid": valid, "have": c["have"] | accept,
             "plain": use_plain if safeguard else jnp.zeros(batch, bool),
-            "ok": jnp.all(_finite(cand)),
+            "ok": jnp.all(guards.within_each(cand)),
         }
 
     zeros_h = jnp.zeros((m,) + x0.shape, x0.dtype)
     init = {
         "i": start, "pos": jnp.asarray(0), "cand": x0,
-        "x": x0, "f": jnp.zeros_like(x0), "r": jnp.full(batch, jnp.inf, rtype),
+        "x": x0, "f": jnp.zeros_like(x0),
+        "r": jnp.full(batch, jnp.inf, rtype) if known is None else known.astype(rtype),
         "dxs": zeros_h, "dfs": zeros_h, "gram": jnp.zeros(batch + (m, m), x0.dtype),
         "valid": jnp.zeros(batch + (m,), bool),
         "have": jnp.zeros(batch, bool), "plain": jnp.ones(batch, bool),
-        "ok": jnp.all(_finite(x0)),
+        "ok": jnp.all(guards.within_each(x0)),
     }
     c = jax.lax.while_loop(cond, body, init)
     ok = c["ok"]
     # on a non-finite state return it (as relax does), else the last accepted iterate
     xout = jnp.where(ok, c["x"], c["cand"])
     u = unflatten(xout)
-    residual = jnp.where(_finite(xout), c["r"], jnp.nan)
-    stats = RelaxStats(
-        steps=c["i"],
-        residual=residual,
-        nonfinite_step=jnp.where(ok, -1, c["i"]),
-        nonfinite=nonfinite_populations(u),
-    )
-    return u, stats
+    full = lambda: residual_norm(field(u), batch_ndim).astype(rtype)  # noqa: E731
+    if groups is None:  # c["r"] is ||F(x)|| at the accepted iterate (or at u0, from the delay)
+        residual = jax.lax.cond(ok, lambda: c["r"], full)
+    else:  # the loop's residual is the sweep's: report ||F(u)|| as relax does
+        residual = full()
+    return u, guards.report(field, u, c["i"], jnp.where(ok, -1, c["i"]), residual=residual)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
+
+from .guards import EstimateWarning
 
 __all__ = ["main", "build_parser"]
 
@@ -69,12 +72,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .guards import NONCONVERGED_TOL, estimate_problems
     from .train import evaluate, load_run
+    from .train.records import ESTIMATE_KEYS
 
     config, program, model, meta = load_run(args.run_dir, args.checkpoint, args.set)
+    estimator_name = program.estimator.name
     ds = program.dataset
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-    m = evaluate(program, model, x, y)
+    m = evaluate(program, model, x, y, estimate=True)
     top5 = ds.n_classes > 10
     print(f"{args.run_dir}: checkpoint {args.checkpoint} (epoch {meta.get('epoch')}), "
           f"{ds.name} {args.split} split, {len(y)} examples")
@@ -89,7 +95,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               + f"{r['loss']:>10.4f}")
     mean = rows[-1][1]
     print(f"free phase: {mean['free_steps']:.1f} steps, residual {mean['residual']:.2e} (mean over "
-          f"batches), {100 * mean['nonconverged']:.1f}% of examples above 1e-3")
+          f"batches), {100 * mean['nonconverged']:.1f}% of examples above {NONCONVERGED_TOL:g}")
+    if "nudged_residual" in mean:
+        print(f"nudged phases ({estimator_name}): residual {mean['nudged_residual']:.2e} (mean), "
+              f"{100 * mean['nudged_nonconverged']:.1f}% of (phase, example) above {NONCONVERGED_TOL:g}")
+    if "linear_residual" in mean:
+        print(f"linear solve ({estimator_name}): residual {mean['linear_residual']:.2e} (mean)")
+    if "hep_error" in mean:
+        print(f"hEP circle: Fourier coefficients fall at rate {mean['hep_decay']:.3f} per order, "
+              f"estimated error {100 * mean['hep_error']:.1f}%")
+    figures = {name: mean[key] for key, name in ESTIMATE_KEYS.items() if key in mean}
+    problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None))
+    if problems:
+        warnings.warn("; ".join(problems), EstimateWarning, stacklevel=2)
     return EXIT_OK
 
 
@@ -222,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint",
                        description="Top-1 (and top-5 with more than 10 classes) accuracy and "
-                       "loss of a checkpoint on a split, and how far the free phase relaxed. "
+                       "loss of a checkpoint on a split, how far the free phase relaxed, and "
+                       "how far the run's estimator's nudged phases or linear solves relaxed "
+                       "on it (hEP: how its Fourier coefficients decay), with a warning when "
+                       "one is beyond its limit. "
                        "--set changes how the network is relaxed for the evaluation, e.g. "
                        "--set dynamics.tol=0.0 --set dynamics.free_steps=400 to check a run "
                        "trained with early stopping or warm starts against converged fixed points.")
@@ -295,6 +316,19 @@ def _load_plugins(args: argparse.Namespace) -> None:
     load_plugins(given)
 
 
+def _show_warning(original):
+    """``warnings.showwarning`` that prints an :class:`~eqprop.guards.EstimateWarning` as
+    one ``eqprop: warning: ...`` line on stderr (others as ``original`` does)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, EstimateWarning):
+            print(f"eqprop: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (``--help`` and usage errors too)."""
     parser = build_parser()
@@ -308,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         _load_plugins(args)
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", EstimateWarning)
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            return args.func(args)
     except TrainingDiverged as e:
         print(f"eqprop: {_one_line(e)}", file=sys.stderr)
         return EXIT_DIVERGED

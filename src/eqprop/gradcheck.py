@@ -3,7 +3,9 @@
 On one batch, for each estimator SPEC: cosine similarity and relative error of its
 gradient against the implicit gradient, per parameter and in total; the cosine of each
 population's error vector (its ``da/dbeta`` estimate) against the recurrent-backprop
-``delta``; and the relaxation figures.
+``delta``; the relaxation figures of its nudged phases or linear solve; for hEP the
+decay of the Fourier coefficients of ``a*(beta_k)`` around the circle; and a warning
+line for each figure beyond its limit (:func:`eqprop.guards.estimate_problems`).
 
 ``eqprop gradcheck`` prints this beside the asymmetry diagnostics of
 :mod:`eqprop.diagnostics` (``angle``, ``jacobian_symmetry``, ``alignment``,
@@ -22,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .estimate import Estimator, free_phase, make_estimator, parse_spec
+from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_spec
+from .guards import NONCONVERGED_TOL, RelaxStats, estimate_problems
 from .metrics import compare, cosine
 from .network.base import EquilibriumModel
-from .relax import RelaxStats
 from .solvers import PhaseSolvers
 
 __all__ = ["gradcheck", "build_specs", "format_table", "to_json"]
@@ -37,9 +39,38 @@ def _stats(stats: RelaxStats | None) -> dict[str, Any] | None:
     return {
         "steps": int(jnp.max(stats.steps)),
         "residual_max": float(jnp.max(stats.residual)),
-        "residual_mean": float(jnp.mean(stats.residual)),
+        "residual_mean": float(stats.residual_mean()),
+        "nonconverged_fraction": float(stats.nonconverged_fraction()),
         "finite": bool(jnp.all(stats.nonfinite_step < 0)),
     }
+
+
+def _circle(decay: CircleDecay | None) -> dict[str, Any] | None:
+    if decay is None:
+        return None
+    return {
+        "points": decay.points,
+        "beta": decay.beta,
+        "decay_rate_mean": float(decay.rate_mean()),
+        "decay_rate_max": float(jnp.max(decay.rate)),
+        "error_mean": float(decay.error_mean()),
+        "beta_suggested": float(decay.beta_suggested()),
+        "coefficients": [float(v) for v in jnp.mean(decay.norms, axis=1)],
+    }
+
+
+def _problems(entry: Mapping[str, Any]) -> list[str]:
+    """:func:`~eqprop.guards.estimate_problems` of one estimator's entry."""
+    ph, lin, circ = entry.get("phases"), entry.get("linear"), entry.get("circle")
+    figures = {
+        "nudged_residual_mean": ph and ph["residual_mean"],
+        "nudged_nonconverged_fraction": ph and ph["nonconverged_fraction"],
+        "linear_residual_mean": lin and lin["residual_mean"],
+        "hep_decay_mean": circ and circ["decay_rate_mean"],
+        "hep_error_mean": circ and circ["error_mean"],
+        "hep_beta_suggested": circ and circ["beta_suggested"],
+    }
+    return estimate_problems(figures, beta=circ and circ["beta"])
 
 
 def gradcheck(
@@ -68,11 +99,22 @@ def gradcheck(
 
     **Returns:** ``{spec: {"total": {"cosine", "relative_error"}, "parameters": {name:
     {"cosine", "relative_error"}}, "error_vectors": {population: cosine}, "phases":
-    {"steps", "residual_max", "residual_mean", "finite"} | None}, ..., "relaxation":
-    {"free": {...}, "implicit_solve": {...}}, "reference": "implicit"}``, Python floats,
-    ints and bools. ``error_vectors`` holds the batch cosine of each population's error
-    vector with the recurrent-backprop ``delta`` (``{}`` for an estimator without one,
-    e.g. ``bptt``).
+    STATS | None, "linear": STATS | None, "circle": CIRCLE | None, "problems": [str]},
+    ..., "relaxation": {"free": STATS, "implicit_solve": STATS}, "reference":
+    "implicit"}``, Python floats, ints, bools and strings. ``error_vectors`` holds the
+    batch cosine of each population's error vector with the recurrent-backprop ``delta``
+    (``{}`` for an estimator without one, e.g. ``bptt``). ``STATS`` (the nudged phases,
+    the linear solve, the free phase) is ``{"steps", "residual_max", "residual_mean",
+    "nonconverged_fraction", "finite"}`` (the fraction of (phase, example) residuals above
+    :data:`~eqprop.guards.NONCONVERGED_TOL`). ``CIRCLE`` (hEP and symmetric EP, ``N >=
+    2``; :class:`~eqprop.estimate.CircleDecay`) is ``{"points", "beta",
+    "decay_rate_mean", "decay_rate_max", "error_mean", "beta_suggested",
+    "coefficients"}``: the fitted geometric rate per order of the Fourier coefficients
+    of ``a*(beta_k)`` around the circle (mean and largest over the batch), the estimated
+    relative error ``min(rate^N, 1)`` (batch mean), a smaller radius to try, and the
+    batch-mean ``||c_m||`` for ``m = 1 .. N``. ``problems``: the sentences of
+    :func:`~eqprop.guards.estimate_problems` (nudged phases or linear solve above the
+    tolerance, hEP's coefficients not decaying), ``[]`` when none.
 
     **Raises:** ``ValueError`` (from ``Estimator.check``) when an estimator cannot handle
     ``model``, before anything is computed, or when ``solvers.free`` cannot relax it.
@@ -93,8 +135,11 @@ def gradcheck(
             if info.error_vector is not None else {}
         )
         entry["phases"] = _stats(info.phases)
+        entry["linear"] = _stats(info.linear)
+        entry["circle"] = _circle(info.circle)
+        entry["problems"] = _problems(entry)
         out[spec] = entry
-    out["relaxation"] = {"free": _stats(free.stats), "implicit_solve": _stats(info_ref.phases)}
+    out["relaxation"] = {"free": _stats(free.stats), "implicit_solve": _stats(info_ref.linear)}
     out["reference"] = "implicit"
     return out
 
@@ -156,7 +201,21 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     for s in specs:
         ph = result[s].get("phases")
         if ph:
-            lines.append(f"{s}: {ph['steps']} steps (max over phases), residual max {ph['residual_max']:.2e}")
+            lines.append(f"{s}: {ph['steps']} steps (max over phases), residual max {ph['residual_max']:.2e} "
+                         f"mean {ph['residual_mean']:.2e}, {100 * ph['nonconverged_fraction']:.0f}% of "
+                         f"(phase, example) above {NONCONVERGED_TOL:g}")
+        lin = result[s].get("linear")
+        if lin:
+            lines.append(f"{s}: linear solve {lin['steps']} steps, residual max {lin['residual_max']:.2e} "
+                         f"mean {lin['residual_mean']:.2e}")
+        circ = result[s].get("circle")
+        if circ:
+            coef = " ".join(f"{c:.1e}" for c in circ["coefficients"])
+            lines.append(f"{s}: circle |beta| = {circ['beta']:g}, N = {circ['points']}: Fourier coefficients "
+                         f"||c_1..c_N|| {coef}; decay rate {circ['decay_rate_mean']:.3f} per order (max "
+                         f"{circ['decay_rate_max']:.3f}), estimated error {100 * circ['error_mean']:.1f}%")
+        for problem in result[s].get("problems", []):
+            lines.append(f"{s}: WARNING: {problem}")
     diag = {k: v for k, v in (diagnostics or {}).items() if isinstance(v, float)}
     if diag:
         lines += ["", "asymmetry diagnostics (configured estimator; see eqprop.diagnostics):"]

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .registry import LINEAR_SOLVERS
-from .relax import RelaxStats, nonfinite_populations, relax, residual_norm
+from .guards import Guards, RelaxStats, residual_norm
+from .relax import relax
 
 PyTree = Any
 
@@ -176,12 +177,6 @@ def solve_linear(matvec: Callable[[PyTree], PyTree], rhs: PyTree,
     sol = lx.linear_solve(operator, jax.tree.map(jnp.negative, rhs), solver, throw=False)
     w = sol.value
     steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
-    nonfinite = nonfinite_populations(w)
-    bad = jnp.any(jnp.stack(list(nonfinite.values())))
-    stats = RelaxStats(
-        steps=steps,
-        residual=residual_norm(jax.tree.map(jnp.add, matvec(w), rhs)),
-        nonfinite_step=jnp.where(bad, steps, jnp.asarray(-1, jnp.int32)),
-        nonfinite=nonfinite,
-    )
-    return w, stats
+    guards = Guards()
+    nonfinite_step = jnp.where(guards.within(w), jnp.asarray(-1, jnp.int32), steps)
+    return w, guards.report(lambda w: jax.tree.map(jnp.add, matvec(w), rhs), w, steps, nonfinite_step)

@@ -5,83 +5,28 @@ written once (:func:`euler_step`, :func:`sweep_map`); ``P`` is the model's proje
 hook (:meth:`eqprop.network.EquilibriumModel.project`, the identity unless the model's
 states live in a bounded set). Every leaf of the state has the batch on axis 0 (or
 ``(P, B)`` for phases stacked on a leading axis, ``batch_ndim = 2``). States may be real
-or complex. All loops are ``lax.while_loop`` / ``lax.fori_loop``.
+or complex. All loops are ``lax.while_loop`` / ``lax.fori_loop``. Their guards (bound,
+non-finite states, tolerance) and their :class:`RelaxStats` come from
+:mod:`eqprop.guards`, which every solver shares (``RelaxStats``, ``residual_norm``,
+``nonfinite_populations``, ``stop_test`` and ``NONCONVERGED_TOL`` are re-exported here).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import Array
+
+from .guards import (NONCONVERGED_TOL, Guards, RelaxStats, nonfinite_populations, residual_norm,
+                     stop_test)
 
 PyTree = Any
 Projection = Callable[[PyTree], PyTree] | None
 
 __all__ = ["RelaxStats", "relax", "residual_norm", "nonfinite_populations", "sweep_map",
            "euler_step", "stop_test", "NONCONVERGED_TOL"]
-
-NONCONVERGED_TOL = 1e-3  # residual above which an example counts as not settled (metrics)
-
-
-class RelaxStats(eqx.Module):
-    """What a relaxation reports (also the linear solves of :mod:`eqprop.linear`).
-
-    **Fields:**
-
-    - ``steps``: steps taken (integer scalar; group updates for alternating sweeps);
-    - ``residual``: ``||F(u)||`` per example at the returned state, ``(B,)``, or
-      ``(P, B)`` for phases stacked on a leading axis;
-    - ``nonfinite_step``: the step after which a state was first found NaN, infinite or
-      beyond ``bound`` (exploding), ``-1`` if none (integer scalar);
-    - ``nonfinite``: ``{population: bool scalar}``, whether any entry of its final state
-      (over every example and phase) is so.
-    """
-
-    steps: Array
-    residual: Array
-    nonfinite_step: Array
-    nonfinite: dict[str, Array]
-
-    @property
-    def finite(self) -> Array:
-        """Whether the relaxation stayed finite (and within ``bound``): a bool scalar."""
-        return self.nonfinite_step < 0
-
-
-def residual_norm(f: PyTree, batch_ndim: int = 1) -> Array:
-    """Per-example norm of a batched pytree: ``sqrt(sum |f|^2)`` over every leaf and
-    every axis but the first ``batch_ndim``.
-
-    **Arguments:** ``f``: pytree with leaves ``(B, ...)`` (``batch_ndim = 1``) or
-    ``(P, B, ...)`` (``batch_ndim = 2``), real or complex.
-
-    **Returns:** ``(B,)`` or ``(P, B)``, real.
-    """
-    sq = [jnp.sum(jnp.abs(v) ** 2, axis=tuple(range(batch_ndim, v.ndim))) for v in jax.tree.leaves(f)]
-    return jnp.sqrt(sum(sq))
-
-
-def _all_finite(u: PyTree, bound: float = jnp.inf) -> Array:
-    """Every state finite and within ``bound`` (one reduction per leaf; NaN fails ``<=``)."""
-    if bound == jnp.inf:  # a single sum per leaf: NaN and inf propagate through it
-        return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(v)) for v in jax.tree.leaves(u)]))
-    return jnp.all(jnp.stack([jnp.max(jnp.abs(v)) <= bound for v in jax.tree.leaves(u)]))
-
-
-def nonfinite_populations(u: PyTree, bound: float = jnp.inf) -> dict[str, Array]:
-    """Per population, whether any entry of its state is NaN, infinite or beyond
-    ``bound`` in absolute value.
-
-    **Arguments:** ``u``: a state (a dict of populations, or any pytree, whose leaves are
-    then named ``"0"``, ``"1"``, ... in leaf order); ``bound``: the divergence bound.
-
-    **Returns:** ``{name: bool scalar}`` (reduced over every axis, batch included).
-    """
-    return {k: ~jnp.all(jnp.isfinite(v)) | (jnp.max(jnp.abs(v)) > bound)
-            for k, v in _as_dict(u).items()}
 
 
 def relax(
@@ -145,11 +90,11 @@ def relax(
     """
     if check_every < 1:
         raise ValueError(f"check_every must be >= 1, got {check_every}")
-    check_residual = not (isinstance(tol, (int, float)) and tol <= 0)
+    guards = Guards(tol=tol, tol_fraction=tol_fraction, bound=bound, batch_ndim=batch_ndim)
     step, per_sweep = sweep_map(field, dt, groups, field_on, project)
     sweeps = -(-steps // per_sweep)
 
-    if check_residual:
+    if guards.checks_residual:
         chunks, rest = divmod(sweeps, check_every)
 
         def run(n):  # n sweeps (static), then the tests
@@ -157,15 +102,15 @@ def relax(
                 i, u, _, _ = carry
                 for _ in range(n):
                     f, u = step(u)
-                busy = stop_test(residual_norm(f, batch_ndim), tol, tol_fraction)
-                return i + n * per_sweep, u, busy, _all_finite(u, bound)
+                busy = guards.keep_going(residual_norm(f, batch_ndim))
+                return i + n * per_sweep, u, busy, guards.within(u)
             return body
 
         def cond(carry):
             i, _, busy, ok = carry
             return (i < chunks * check_every * per_sweep) & ok & busy
 
-        carry = (jnp.asarray(0), u0, jnp.asarray(True), _all_finite(u0, bound))
+        carry = (jnp.asarray(0), u0, jnp.asarray(True), guards.within(u0))
         carry = jax.lax.while_loop(cond, run(check_every), carry)
         if rest:  # the budget's last, shorter chunk
             carry = jax.lax.cond(carry[2] & carry[3], run(rest), lambda c: c, carry)
@@ -177,19 +122,13 @@ def relax(
         def fixed_body(t, carry):
             u, bad = carry
             _, u = step(u)
-            bad = jnp.where((bad < 0) & ~_all_finite(u, bound), (t + 1) * per_sweep, bad)
+            bad = jnp.where((bad < 0) & ~guards.within(u), (t + 1) * per_sweep, bad)
             return u, bad
 
         u, nonfinite_step = jax.lax.fori_loop(
-            0, sweeps, fixed_body, (u0, jnp.where(_all_finite(u0, bound), -1, 0)), unroll=_unroll(sweeps))
+            0, sweeps, fixed_body, (u0, jnp.where(guards.within(u0), -1, 0)), unroll=_unroll(sweeps))
         i = jnp.where(nonfinite_step < 0, sweeps * per_sweep, nonfinite_step)
-    stats = RelaxStats(
-        steps=i,
-        residual=residual_norm(field(u), batch_ndim),
-        nonfinite_step=nonfinite_step,
-        nonfinite=nonfinite_populations(u, bound),
-    )
-    return u, stats
+    return u, guards.report(field, u, i, nonfinite_step)
 
 
 def euler_step(u: PyTree, f: PyTree, dt: float, project: Projection = None) -> PyTree:
@@ -254,23 +193,8 @@ def sweep_map(
     return sweep, len(groups)
 
 
-def stop_test(r: Array, tol, tol_fraction: float) -> Array:
-    """Whether to keep iterating, from per-example residuals ``r`` (``(B,)`` or
-    ``(P, B)``): some example above ``tol`` (``tol_fraction <= 0``), or more than a
-    fraction ``tol_fraction`` of them. Returns a bool scalar."""
-    if tol_fraction <= 0:
-        return jnp.max(r) > tol
-    return jnp.mean(r > tol) > tol_fraction
-
-
 def _unroll(steps: int) -> int:
     for k in (4, 3, 2):
         if steps % k == 0:
             return k
     return 1
-
-
-def _as_dict(u: PyTree) -> dict[str, Array]:
-    if isinstance(u, dict):
-        return u
-    return {str(i): v for i, v in enumerate(jax.tree.leaves(u))}

@@ -13,8 +13,8 @@ Shared settings (every solver):
 - ``tol``: stop once every example's residual ``||F(u)||`` is below it (``0``: run the
   whole budget); ``tol_fraction = q > 0``: once at most a fraction ``q`` is above it;
 - ``check_every``: test the tolerance every ``k`` sweeps (plain iteration);
-- ``bound``: a state with ``|u| > bound`` counts as diverged, like a NaN (the plain
-  iteration only: :class:`Anderson` stops at NaN and inf only);
+- ``bound``: a state with ``|u| > bound`` counts as diverged, like a NaN (every solver:
+  the guards of :mod:`eqprop.guards`);
 - ``update``: ``"synchronous"`` (every population at once) or ``"alternating"`` (the two
   groups of a bipartite model in turn: same fixed points, half the work per step).
 
@@ -32,7 +32,8 @@ import equinox as eqx
 from .anderson import anderson
 from .network.base import BipartiteModel, EquilibriumModel
 from .registry import SOLVERS
-from .relax import RelaxStats, relax
+from .guards import RelaxStats
+from .relax import relax
 from .settings import NONNEGATIVE, Bounds, setting
 
 PyTree = Any
@@ -147,8 +148,10 @@ class Anderson(FixedPointSolver):
     ``delay`` steps run the plain iteration (the transient, where extrapolation
     misleads); then each step extrapolates from the last ``memory`` differences, mixed
     with ``damping`` (Walker and Ni 2011). ``safeguard``: fall back, per example, to the
-    plain step when a candidate raises the residual. ``bound`` is not used: only NaN
-    and infinite states count as diverged.
+    plain step when a candidate raises the residual or leaves ``bound``; a plain step
+    beyond ``bound`` (or not finite) stops the solve as diverged, as in :class:`FixedPoint`.
+    With ``delay >= steps`` the whole budget is the plain iteration, and its stats are
+    reported as :class:`FixedPoint` reports them.
 
     **Raises:** ``ValueError`` from :func:`eqprop.anderson.anderson` (at the first
     solve) when ``memory < 0`` or ``damping`` is not in ``(0, 1]``.
@@ -169,8 +172,7 @@ class Anderson(FixedPointSolver):
                         memory=self.memory, damping=self.damping, dt=self.dt,
                         batch_ndim=batch_ndim, safeguard=self.safeguard, delay=self.delay,
                         groups=groups, field_on=field_on, check_every=self.check_every,
-                        project=project)
-
+                        project=project, bound=self.bound)
 
 
 class PhaseSolvers(eqx.Module):

@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from .estimate import Estimator, free_phase
+from .estimate import Estimator, estimate_metrics, free_phase
 from .estimate.base import add_grads
 from .homeostasis import Homeostasis, homeostasis_grad
 from .network.base import EquilibriumModel, parameters
-from .relax import NONCONVERGED_TOL
+from .guards import NONCONVERGED_TOL
 from .solvers import FixedPoint, FixedPointSolver
 
 PyTree = Any
@@ -57,8 +57,8 @@ def batch_metrics(model: EquilibriumModel, free, y: Array) -> dict[str, Array]:
         "loss": jnp.mean(model.loss(a, y)),
         "acc": jnp.mean(model.predict(a) == y),
         "free_steps": free.stats.steps,
-        "residual": jnp.mean(free.stats.residual),
-        "nonconverged": jnp.mean(free.stats.residual > NONCONVERGED_TOL),
+        "residual": free.stats.residual_mean(),
+        "nonconverged": free.stats.nonconverged_fraction(NONCONVERGED_TOL),
         "nonfinite_step": free.stats.nonfinite_step,
         "nonfinite": free.stats.nonfinite,
     }
@@ -86,6 +86,9 @@ def make_train_step(
     :func:`~eqprop.estimate.free_phase`. It returns ``(model, opt_state, metrics)``:
     the updated model and state, and :func:`batch_metrics` of the free phase (found
     with the model before the update, read out with the updated model's readout), plus
+    the estimator's figures (:func:`~eqprop.estimate.estimate_metrics`: ``nudged_residual``
+    and ``nudged_nonconverged`` for nudged phases, ``linear_residual`` for a linear
+    solve, ``hep_decay``, ``hep_error`` and ``hep_beta_suggested`` for hEP's circle),
     ``homeo_loss`` and ``homeo_applied`` with homeostasis and ``state`` (the free fixed
     point, leaves ``(B, ...)``) when ``u0`` is given.
 
@@ -102,8 +105,8 @@ def make_train_step(
         if homeostasis is not None:
             homeostasis.check(model)  # at trace time: a one-line error, not an AttributeError
         free = free_phase(model, x, solver, u0, warm)
-        grads, _ = estimator(model, x, y, free, key)
-        extra = {}
+        grads, info = estimator(model, x, y, free, key)
+        extra = estimate_metrics(info)
         if homeostasis is not None:
             h = homeostasis
 
@@ -124,7 +127,7 @@ def make_train_step(
                 applied = jnp.asarray(index) % h.every == 0
                 loss, hgrad = jax.lax.cond(applied, apply, skip, None)
             grads = add_grads(grads, hgrad)
-            extra = {"homeo_loss": loss, "homeo_applied": applied}
+            extra.update(homeo_loss=loss, homeo_applied=applied)
         params = parameters(model)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         model = eqx.apply_updates(model, updates)

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 from ..registry import ESTIMATORS
 from ..settings import settings_of
 from ..solvers import PhaseSolvers
-from .base import Estimate, Estimator, FreePhase, assemble, free_phase, nudged_field
-from .nudge import EP, HolomorphicEP, OnlineHEP, circle_derivative, circle_points  # isort: skip
+from .base import Estimate, Estimator, FreePhase, assemble, estimate_metrics, free_phase, nudged_field
+from .nudge import EP, CircleDecay, HolomorphicEP, OnlineHEP, circle_decay, circle_derivative, circle_points  # isort: skip
 from .exact import BPTT, ExactNudge, Implicit, exact_nudge_derivative, rbp_delta, unrolled_loss  # isort: skip
 from .contrast import Contrast  # isort: skip  (registration order: nudge, exact, contrast)
 
@@ -111,7 +111,8 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
 
 
 __all__ = [
-    "Estimator", "Estimate", "FreePhase", "free_phase", "assemble", "nudged_field",
+    "Estimator", "Estimate", "FreePhase", "free_phase", "assemble", "nudged_field", "estimate_metrics",
+    "CircleDecay", "circle_decay",
     "EP", "HolomorphicEP", "OnlineHEP", "ExactNudge", "Implicit", "BPTT", "Contrast",
     "ESTIMATORS", "make_estimator", "parse_spec", "settings_types",
     "circle_points", "circle_derivative", "exact_nudge_derivative", "rbp_delta", "unrolled_loss",

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..network.base import EquilibriumModel
-from ..relax import RelaxStats
+from ..guards import RelaxStats
 from ..solvers import FixedPointSolver, PhaseSolvers
 
 PyTree = Any
@@ -46,15 +46,51 @@ class FreePhase(eqx.Module):
 class Estimate(eqx.Module):
     """Diagnostics of one estimate.
 
-    **Fields:** ``error_vector``: the ``v`` used in the update, a pytree like the
-    activity with leaves ``(B, ...)`` (an estimate of ``da*/dbeta``, or the RBP
-    ``delta`` for ``implicit``), or ``None`` (BPTT); ``phases``: stats of the nudged
-    phases or of the linear solve (``residual`` ``(P, B)`` for stacked nudged phases,
-    ``(B,)`` otherwise), or ``None``.
+    **Fields:**
+
+    - ``error_vector``: the ``v`` used in the update, a pytree like the activity with
+      leaves ``(B, ...)`` (an estimate of ``da*/dbeta``, or the RBP ``delta`` for
+      ``implicit``), or ``None`` (BPTT);
+    - ``phases``: the stats of the nudged phases (``residual`` ``(P, B)`` for stacked
+      phases, ``(B,)`` for online hEP's one trajectory), or ``None``;
+    - ``linear``: the stats of the exact estimators' linear solve (``residual`` ``(B,)``,
+      ``||J w + b||``), or ``None``;
+    - ``circle``: hEP's :class:`~eqprop.estimate.nudge.CircleDecay` (the Fourier
+      coefficients of ``a*(beta_k)`` around the circle; ``N >= 2`` points), or ``None``.
+
+    The trainer reads them through :func:`estimate_metrics`.
     """
 
     error_vector: PyTree | None
     phases: RelaxStats | None
+    linear: RelaxStats | None = None
+    circle: Any = None
+
+
+def estimate_metrics(info: Estimate) -> dict[str, Array]:
+    """The scalar figures of an :class:`Estimate` that apply to it (a key only when its
+    part is there):
+
+    - ``nudged_residual``, ``nudged_nonconverged``: the mean residual of the nudged phases
+      over every (phase, example), and the fraction of them above
+      :data:`~eqprop.guards.NONCONVERGED_TOL`;
+    - ``linear_residual``: the mean residual of the linear solve over the batch;
+    - ``hep_decay``, ``hep_error``, ``hep_beta_suggested``: the mean fitted rate per
+      order of hEP's Fourier coefficients around the circle, the mean estimated relative
+      error of the Cauchy estimate (``min(rate^N, 1)``), and a smaller radius to try
+      (:class:`~eqprop.estimate.nudge.CircleDecay`).
+    """
+    out = {}
+    if info.phases is not None:
+        out["nudged_residual"] = info.phases.residual_mean()
+        out["nudged_nonconverged"] = info.phases.nonconverged_fraction()
+    if info.linear is not None:
+        out["linear_residual"] = info.linear.residual_mean()
+    if info.circle is not None:
+        out["hep_decay"] = info.circle.rate_mean()
+        out["hep_error"] = info.circle.error_mean()
+        out["hep_beta_suggested"] = info.circle.beta_suggested()
+    return out
 
 
 class Estimator(eqx.Module):

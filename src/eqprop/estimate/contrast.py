@@ -22,7 +22,7 @@ from ..registry import ESTIMATORS
 from ..settings import POSITIVE, POSITIVE_INT, SettingError, setting
 from ..solvers import FixedPoint, FixedPointSolver
 from .base import Estimate, Estimator, add_grads, readout_grad
-from .nudge import circle_derivative
+from .nudge import circle_decay, circle_derivative
 
 
 @ESTIMATORS.register("contrast")
@@ -38,7 +38,8 @@ class Contrast(Estimator):
     ``-beta``); ``nudged``: the nudged phases' solver.
 
     Its :class:`~eqprop.estimate.Estimate` carries the finite-difference error vector of
-    :class:`~eqprop.estimate.EP` with the same settings.
+    :class:`~eqprop.estimate.EP` with the same settings, the nudged phases' stats and,
+    symmetric, the circle check of :func:`~eqprop.estimate.nudge.circle_decay`.
 
     **Raises:** :class:`~eqprop.settings.SettingError` for ``points`` not 1 or 2;
     :meth:`check` raises ``ValueError`` for a model that is not a symmetric (tied)
@@ -73,4 +74,6 @@ class Contrast(Estimator):
         scale = 1.0 / (width * x.shape[0])
         g_hi, g_lo = local(params, hi), local(params, lo)
         g = jax.tree.map(lambda s, t: (s - t) * scale, g_hi, g_lo)
-        return add_grads(g, readout_grad(model, a0, y)), Estimate(error_vector=v, phases=stats)
+        decay = circle_decay(model, free, states, self.beta, self.points)
+        return add_grads(g, readout_grad(model, a0, y)), Estimate(error_vector=v, phases=stats,
+                                                                   circle=decay)

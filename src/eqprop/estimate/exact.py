@@ -27,7 +27,8 @@ from jax import Array
 from ..linear import DampedThenGMRES, solve_linear
 from ..network.base import EquilibriumModel
 from ..registry import ESTIMATORS
-from ..relax import RelaxStats, euler_step
+from ..guards import RelaxStats
+from ..relax import euler_step
 from ..solvers import FixedPoint, FixedPointSolver
 from .base import Estimate, Estimator, FreePhase, assemble
 
@@ -121,7 +122,7 @@ class ExactNudge(_Exact):
     def __call__(self, model, x, y, free, key):
         v, stats = exact_nudge_derivative(model, free, y, self.linear, self.converged_tol)
         g = assemble(model, x, y, free.u, converged_only(v, free, self.converged_tol))
-        return g, Estimate(error_vector=v, phases=stats)
+        return g, Estimate(error_vector=v, phases=None, linear=stats)
 
 
 @ESTIMATORS.register("implicit")
@@ -136,7 +137,7 @@ class Implicit(_Exact):
     def __call__(self, model, x, y, free, key):
         delta, stats = rbp_delta(model, free, y, self.linear, self.converged_tol)
         g = assemble(model, x, y, free.u, converged_only(delta, free, self.converged_tol))
-        return g, Estimate(error_vector=delta, phases=stats)
+        return g, Estimate(error_vector=delta, phases=None, linear=stats)
 
 
 def unrolled_loss(model: EquilibriumModel, x: Array, y: Array, solver: FixedPointSolver) -> Array:

@@ -9,6 +9,10 @@ hEP with ``N`` points (Laborieux and Zenke 2022, arXiv 2209.00530; 2024, arXiv
 whose error is ``O(|beta|^N)`` while ``a*(beta)`` is holomorphic on the closed disc. ``N = 1`` is one-sided EP, ``N = 2`` symmetric EP
 (subtracting ``a(0)`` changes nothing for ``N >= 2``). Conjugate points give conjugate
 states, so only ``k = 0 .. N/2`` are relaxed and the others enter as twice the real part.
+
+The same points give the discrete Fourier coefficients of ``a*(beta)`` around the circle
+(:func:`circle_decay`): hEP's check, at no extra relaxation, that the circle lies inside
+the radius of convergence, where the estimate is exact up to ``O(|beta|^N)``.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from ..network.base import EquilibriumModel
 from ..registry import ESTIMATORS
-from ..relax import RelaxStats, euler_step, nonfinite_populations, residual_norm
+from ..guards import HEP_ERROR_TARGET, Guards, RelaxStats, residual_norm
+from ..relax import euler_step
 from ..settings import POSITIVE, POSITIVE_INT, SettingError, setting
 from ..solvers import FixedPoint, FixedPointSolver
 from .base import Estimate, Estimator, FreePhase, assemble, nudged_field, nudged_field_on
@@ -77,18 +83,6 @@ def nudged_phases(
     return solver.relax(model, lambda u: field(u, betas), u0, batch_ndim=2, field_on=field_on)
 
 
-def _concat_stats(stats: list[RelaxStats]) -> RelaxStats:
-    """Stats of several phase groups as one (per-phase ``residual`` ``(P, B)``)."""
-    if len(stats) == 1:
-        return stats[0]
-    return RelaxStats(
-        steps=jnp.max(jnp.stack([s.steps for s in stats])),
-        residual=jnp.concatenate([s.residual for s in stats]),
-        nonfinite_step=jnp.max(jnp.stack([s.nonfinite_step for s in stats])),
-        nonfinite={k: jnp.any(jnp.stack([s.nonfinite[k] for s in stats])) for k in stats[0].nonfinite},
-    )
-
-
 def circle_derivative(
     model: EquilibriumModel, free: FreePhase, y: Array, beta: float, n: int, solver: FixedPointSolver,
 ) -> tuple[PyTree, RelaxStats, dict]:
@@ -135,7 +129,118 @@ def circle_derivative(
         stats.append(s)
         states["complex"] = (b, a)
     v = jax.tree.map(lambda t: t / n, total)
-    return v, _concat_stats(stats), states
+    return v, RelaxStats.concat(stats), states
+
+
+class CircleDecay(eqx.Module):
+    """How the discrete Fourier coefficients of ``a*(beta_k)`` fall around the nudge circle
+    (:func:`circle_decay`): hEP's check that the circle lies well inside the radius of
+    convergence of ``a*(beta)``.
+
+    **Fields:** ``norms``: ``(N, B)``, ``||c_m||`` per example for the orders
+    ``m = 1 .. N`` (norm over every unit of every population); ``rate``: ``(B,)``, the
+    fitted geometric rate per order, per example (``0`` where every coefficient is below
+    the rounding floor); ``beta``: the radius ``|beta|``; ``points``: ``N`` (both static).
+    """
+
+    norms: Array
+    rate: Array
+    beta: float = eqx.field(static=True)
+    points: int = eqx.field(static=True)
+
+    def rate_mean(self) -> Array:
+        """The mean rate over the batch (a real scalar)."""
+        return jnp.mean(self.rate)
+
+    def error(self) -> Array:
+        """``(B,)``: the estimated relative error of each example's Cauchy estimate,
+        ``min(rate^N, 1)`` (its first alias, ``||c_{1+N}|| / ||c_1||`` under geometric
+        decay; NaN counts as 1)."""
+        e = self.rate ** self.points
+        return jnp.where(e < 1, e, 1.0)
+
+    def error_mean(self) -> Array:
+        """The batch mean of :meth:`error` (a real scalar)."""
+        return jnp.mean(self.error())
+
+    def beta_suggested(self, target: float = HEP_ERROR_TARGET) -> Array:
+        """A smaller radius to try: the one at which the 90th percentile of the rates
+        would give an estimated error ``target``, ``|beta| target^(1/N) / rate`` (inside
+        the radius of convergence ``R`` the rate is ``|beta| / R``), never above
+        ``|beta|``. A real scalar."""
+        worst = jnp.quantile(self.rate, 0.9)
+        good = target ** (1.0 / self.points)
+        return self.beta * jnp.where(worst > good, good / jnp.where(worst > 0, worst, 1.0), 1.0)
+
+
+def circle_decay(model: EquilibriumModel, free: FreePhase, states: dict, beta: float,
+                 n: int) -> CircleDecay | None:
+    """The decay of the discrete Fourier coefficients of ``a*(beta)`` around the circle,
+    from the points :func:`circle_derivative` already relaxed (no extra relaxation).
+
+    With ``d_k = a(beta_k) - a(0)`` at ``beta_k = |beta| exp(2 pi i k / N)`` (the
+    conjugate points ``k > N/2`` enter as the conjugates of those relaxed),
+
+        c_m = (1/N) sum_k d_k exp(-2 pi i k m / N),   m = 1 .. N - 1,  and  c_N = c_0,
+
+    which equal ``|beta|^m`` times the Taylor coefficients of ``a*(beta)`` at ``0`` plus
+    their aliases of order ``m + N, m + 2N, ...`` (``c_0`` of ``d`` is the alias of
+    order ``N``). Inside the radius of convergence ``R`` they fall geometrically, at the
+    rate ``|beta| / R`` per order, and the Cauchy estimate's relative error is about
+    ``rate^N`` (the alias ``c_{1+N}`` of ``c_1``); near or outside it they fall slowly or
+    not at all, and more points help little or not at all (EP_REFERENCE section 4). The
+    decay fails when the coefficients do not fall by a factor ``1 / HEP_ERROR_LIMIT = 10``
+    over the ``N`` orders the circle resolves (:func:`eqprop.guards.estimate_problems`).
+
+    The rate per example is ``exp(slope)`` of the least-squares line through
+    ``log ||c_m||``, ``m = 1 .. N`` (for ``N = 2``: ``||c_2|| / ||c_1||``); a fitted rate
+    rather than the ratio of two coefficients, so that one coefficient that happens to
+    be small (a Taylor coefficient near zero) does not pass for decay. A coefficient
+    below the rounding floor (``64`` rounding units of ``1 + ||a(0)||``) counts at the
+    floor, and an example whose coefficients are all below it has rate ``0`` (nothing to
+    resolve).
+    Phases stopped before convergence need no floor: a truncated relaxation is itself a
+    holomorphic function of ``beta``, whose coefficients these are (their residual is
+    reported, and warned about, apart).
+
+    **Arguments:** ``model``; ``free``: the free phase; ``states``: the activities
+    :func:`circle_derivative` returned; ``beta``: the radius;
+    ``n``: the number of points ``N``.
+
+    **Returns:** a :class:`CircleDecay`, or ``None`` for ``N = 1`` (one point: no decay
+    to measure).
+    """
+    if n < 2:
+        return None
+    a0 = model.activity(free.u)
+    orders = np.arange(1, n + 1)  # order N is the DFT's index 0
+    phases = []  # (weights (N, P_k), activities (P_k, B, ...)) per group of relaxed points
+    if "real" in states:
+        ks = [0] + ([n // 2] if n % 2 == 0 else [])
+        w = np.exp(-2j * np.pi * np.outer(orders, ks) / n).real / n
+        phases.append((w, states["real"][1]))
+    if "complex" in states:
+        ks = np.arange(1, (n + 1) // 2)
+        w = 2 * np.exp(-2j * np.pi * np.outer(orders, ks) / n) / n  # the point and its conjugate
+        phases.append((w, states["complex"][1]))
+
+    def coefficient(leaf0, *leaves):  # (N, B, ...) real
+        out = 0
+        for (w, _), ak in zip(phases, leaves):
+            d = ak - leaf0
+            out = out + jnp.real(jnp.tensordot(jnp.asarray(w, d.dtype), d, axes=1))
+        return out
+
+    c = jax.tree.map(coefficient, a0, *[a for _, a in phases])
+    norms = residual_norm(c, batch_ndim=2)  # (N, B)
+    eps = jnp.finfo(norms.dtype).eps
+    floor = 64 * eps * (1 + residual_norm(a0))  # (B,): rounding in a(beta_k) - a(0)
+    resolved = norms > floor
+    logs = jnp.log(jnp.maximum(norms, floor))
+    m = jnp.asarray(orders - orders.mean(), logs.dtype)[:, None]
+    slope = jnp.sum(m * (logs - jnp.mean(logs, axis=0)), axis=0) / jnp.sum(m ** 2)
+    rate = jnp.where(jnp.any(resolved, axis=0), jnp.exp(slope), 0.0)
+    return CircleDecay(norms=norms, rate=rate, beta=float(beta), points=n)
 
 
 class HolomorphicEP(Estimator):
@@ -144,7 +249,10 @@ class HolomorphicEP(Estimator):
     ``g = (dF/dtheta)^T v / B + readout gradient`` with ``v`` the discrete Cauchy
     integral of :func:`circle_derivative` (Laborieux and Zenke 2022, arXiv 2209.00530;
     2024, arXiv 2309.02214). Its error is ``O(beta^N)`` where ``a*(beta)`` is
-    holomorphic on the closed disc; outside that radius it is biased whatever ``N``.
+    holomorphic on the closed disc; outside that radius it is biased whatever ``N``. Its
+    :class:`~eqprop.estimate.Estimate` carries the nudged phases' stats and, for
+    ``N >= 2``, the decay of the Fourier coefficients around the circle
+    (:func:`circle_decay`), which says when ``beta`` is too large.
 
     **Settings:** ``beta``: the radius ``|beta|`` (``> 0``); ``points``: ``N >= 1``
     (``N > 2`` needs complex states, so a holomorphic activation); ``nudged``: the
@@ -160,8 +268,9 @@ class HolomorphicEP(Estimator):
         return self.points > 2
 
     def __call__(self, model, x, y, free, key):
-        v, stats, _ = circle_derivative(model, free, y, self.beta, self.points, self.nudged)
-        return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats)
+        v, stats, states = circle_derivative(model, free, y, self.beta, self.points, self.nudged)
+        decay = circle_decay(model, free, states, self.beta, self.points)
+        return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats, circle=decay)
 
 
 class EP(HolomorphicEP):
@@ -195,10 +304,13 @@ class OnlineHEP(Estimator):
     ``nudged.steps`` grows (the lag of the state behind the nudge).
 
     **Settings:** ``beta``: the radius ``|beta|``; ``points``: ``N >= 2`` per period;
-    ``periods``; ``nudged``: only its ``steps`` and ``dt`` (and the model's projection)
-    are used: plain synchronous steps, no tolerance, no alternating updates.
+    ``periods``; ``nudged``: only its ``steps``, ``dt`` and ``bound`` (and the model's
+    projection) are used: plain synchronous steps, no tolerance, no alternating updates.
 
-    Its stats report ``residual`` ``(B,)`` of the nudged field at the last state.
+    Its stats report ``residual`` ``(B,)`` of the nudged field at the last state, and
+    ``nonfinite_step``, the first step whose state was not finite or beyond ``bound``
+    (the guards of :mod:`eqprop.guards`). It has no circle check (its points are never
+    relaxed to their fixed points).
 
     **Raises:** :class:`~eqprop.settings.SettingError` for ``points < 2``.
     """
@@ -224,28 +336,24 @@ class OnlineHEP(Estimator):
         total = seg * n * self.periods
         u0 = jax.tree.map(lambda v: v.astype(ctype), free.u)
         zeros = jax.tree.map(jnp.zeros_like, u0)
+        guards = Guards(bound=self.nudged.bound)  # the nudged solver's bound, as every phase
 
         def body(t, carry):
-            u, u_sum, f_sum = carry
+            u, u_sum, f_sum, bad = carry
             k = (t // seg) % n
             beta = self.beta * jnp.exp(2j * jnp.pi * k / n).astype(ctype)
             f = nudged_field(model, free.drive, y, beta)(u)
             u = euler_step(u, f, self.nudged.dt, project)
             a = model.activity(u)
+            bad = jnp.where((bad < 0) & ~guards.within(u), t + 1, bad)
             return (u, jax.tree.map(jnp.add, u_sum, u),
-                    jax.tree.map(lambda s, ai: s + ai / beta, f_sum, a))
+                    jax.tree.map(lambda s, ai: s + ai / beta, f_sum, a), bad)
 
-        u, u_sum, f_sum = jax.lax.fori_loop(0, total, body, (u0, zeros, zeros))
+        u, u_sum, f_sum, bad = jax.lax.fori_loop(0, total, body, (u0, zeros, zeros, jnp.asarray(-1)))
         v = jax.tree.map(lambda s: jnp.real(s) / total, f_sum)
         u_bar = jax.tree.map(lambda s: jnp.real(s) / total, u_sum)
         last = self.beta * jnp.exp(2j * jnp.pi * ((total - 1) // seg % n) / n).astype(ctype)
-        nonfinite = nonfinite_populations(u)
-        stats = RelaxStats(
-            steps=jnp.asarray(total),
-            residual=residual_norm(nudged_field(model, free.drive, y, last)(u)),
-            nonfinite_step=jnp.where(jnp.any(jnp.stack(list(nonfinite.values()))), total, -1),
-            nonfinite=nonfinite,
-        )
+        stats = guards.report(nudged_field(model, free.drive, y, last), u, total, bad)
         return assemble(model, x, y, u_bar, v), Estimate(error_vector=v, phases=stats)
 
 

@@ -1,4 +1,5 @@
-"""Evaluation: free-phase metrics of a (stacked) model over a data split."""
+"""Evaluation: free-phase metrics of a (stacked) model over a data split, and optionally
+the figures of the estimate the run would make on it (``eqprop eval``)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data import batches
+from ..estimate import Estimator, estimate_metrics
 from ..update import batch_metrics
 from .placement import place_batch
 
 if TYPE_CHECKING:
     from .program import Program
 
-__all__ = ["EVAL_KEYS", "make_eval", "evaluate"]
+__all__ = ["EVAL_KEYS", "make_eval", "make_estimate_eval", "evaluate"]
 
 PyTree = Any
 
@@ -45,16 +47,40 @@ def make_eval(relax: Callable[[PyTree, jax.Array], Any]) -> Callable[..., dict[s
     return f
 
 
+def make_estimate_eval(relax: Callable[[PyTree, jax.Array], Any], estimator: Estimator
+                       ) -> Callable[..., dict[str, jax.Array]]:
+    """``f(model, x, y) -> figures`` of the estimate ``estimator`` would make on a batch
+    (the gradient is dropped; not jitted, not vmapped).
+
+    **Arguments:** ``relax(model, x)``: the free phase; ``estimator``: the run's
+    estimator, called with ``PRNGKey(0)``.
+
+    **Returns:** ``f``, returning :func:`~eqprop.estimate.estimate_metrics` (``()``
+    arrays; ``{}`` for an estimator without phases, e.g. BPTT).
+    """
+
+    def f(model, x, y):
+        _, info = estimator(model, x, y, relax(model, x), jax.random.PRNGKey(0))
+        return estimate_metrics(info)
+
+    return f
+
+
 def evaluate(program: "Program", model: PyTree, x: np.ndarray, y: np.ndarray,
-             batch_size: int | None = None) -> dict[str, np.ndarray]:
+             batch_size: int | None = None, *, estimate: bool = False) -> dict[str, np.ndarray]:
     """Metrics of ``model`` on ``(x, y)``, in order, in batches.
 
     **Arguments:** ``program``: from :func:`~eqprop.train.build_program`; ``model``:
     one network, or ``K`` stacked when ``program.seeds = K > 1``; ``x`` ``(N, ...)``,
-    ``y`` ``(N,)``; ``batch_size``: default ``[data] batch_size``.
+    ``y`` ``(N,)``; ``batch_size``: default ``[data] batch_size``; ``estimate``: also
+    run the run's estimator on every batch (its nudged phases or linear solve; the
+    free phase is relaxed again) and report its figures.
 
     **Returns:** ``{key: (K,) float64}`` for the :data:`EVAL_KEYS` (``K = 1`` for one
-    network), example-weighted means over the ``N`` examples.
+    network), example-weighted means over the ``N`` examples; with ``estimate`` also
+    the keys of :func:`~eqprop.estimate.estimate_metrics` that apply (``nudged_residual``,
+    ``nudged_nonconverged``, ``linear_residual``, ``hep_decay``, ``hep_error``,
+    ``hep_beta_suggested``), weighted the same way.
     """
     bs = batch_size or program.config.data.batch_size
     totals: dict[str, np.ndarray] = {}
@@ -62,6 +88,8 @@ def evaluate(program: "Program", model: PyTree, x: np.ndarray, y: np.ndarray,
     for xb, yb in batches(x, y, bs, seed=0, epoch=0, shuffle=False, drop_last=False):
         xd, yd, _, _ = place_batch(xb, yb, seeds=program.seeds)
         m = jax.device_get(program.eval_batch(model, xd, yd))
+        if estimate:
+            m.update(jax.device_get(program.estimate_batch(model, xd, yd)))
         for key, v in m.items():
             totals[key] = totals.get(key, 0.0) + np.atleast_1d(np.asarray(v, np.float64)) * len(yb)
         n += len(yb)

@@ -17,12 +17,19 @@ Conventions
 * Warm starts (``[train] warm_start``): every training example's free phase starts
   from its fixed point at its previous visit (:class:`eqprop.train.states.PersistentStates`;
   cold at the first), stored with the ``latest`` checkpoint so resume is exact.
+* Estimates whose assumptions fail: the estimator's figures (nudged and linear-solve
+  residuals, hEP's coefficient decay) are in every record, on the progress bar and in
+  the epoch line; at the end of an epoch where one is beyond its limit
+  (:func:`eqprop.guards.estimate_problems`) the trainer issues one Python warning of
+  category :class:`eqprop.guards.EstimateWarning` naming the epoch and every figure at
+  fault (``eqprop train`` prints it as one ``warning:`` line on stderr).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems
 from .divergence import TrainingDiverged, check_finite
 from .evaluate import evaluate
 from .loggers import Logger, make_loggers
@@ -124,7 +132,8 @@ class _Trainer:
                 if not bar.disable:
                     ms = 1000 * sums["step_seconds"] / max(sums["timed_batches"], 1)
                     bar.set_postfix(loss=f"{np.mean(m['loss']):.4f}",
-                                    acc=f"{np.mean(m['acc']):.3f}", ms_batch=f"{ms:.1f}")
+                                    acc=f"{np.mean(m['acc']):.3f}", ms_batch=f"{ms:.1f}",
+                                    **_estimate_postfix(m))
                     bar.update(1)
         finally:
             bar.close()
@@ -158,8 +167,36 @@ class _Trainer:
                                             f"acc {rec['test_acc']:.4f}")
         ms = rec["ms_per_batch"]
         self.echo(f"epoch {epoch}/{self.config.train.epochs}  train loss {rec['train_loss']:.4f} "
-                  f"acc {rec['train_acc']:.4f}{test_txt} | {seconds:.1f} s"
+                  f"acc {rec['train_acc']:.4f}{test_txt}{_estimate_text(rec)} | {seconds:.1f} s"
                   + (f", {ms:.1f} ms/batch" if ms is not None else ""))
+        problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None))
+        if problems:  # once per epoch, every figure at fault in one message
+            warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
+
+
+def _estimate_postfix(m: dict[str, Any]) -> dict[str, str]:
+    """The estimator's figures of one step for the progress bar (those it reports)."""
+    out = {}
+    if "nudged_residual" in m:
+        out["nudged_res"] = f"{np.mean(m['nudged_residual']):.1e}"
+    if "linear_residual" in m:
+        out["linear_res"] = f"{np.mean(m['linear_residual']):.1e}"
+    if "hep_error" in m:
+        out["hep_err"] = f"{np.mean(m['hep_error']):.2f}"
+    return out
+
+
+def _estimate_text(rec: dict[str, Any]) -> str:
+    """The estimator's figures of an epoch record for the epoch line ("" if none)."""
+    parts = []
+    if rec.get("nudged_residual_mean") is not None:
+        parts.append(f"nudged res {rec['nudged_residual_mean']:.1e} "
+                     f"({100 * rec['nudged_nonconverged_fraction']:.0f}% > {NONCONVERGED_TOL:g})")
+    if rec.get("linear_residual_mean") is not None:
+        parts.append(f"linear res {rec['linear_residual_mean']:.1e}")
+    if rec.get("hep_error_mean") is not None:
+        parts.append(f"hEP rate {rec['hep_decay_mean']:.2f} err {rec['hep_error_mean']:.2f}")
+    return (" | " + ", ".join(parts)) if parts else ""
 
 
 def train(config: Config, out_dir: str | Path, *, resume: bool = False,

@@ -25,7 +25,7 @@ from ..config import Config, ConfigError
 from ..data import Dataset, batches, load, num_batches
 from ..estimate import free_phase
 from ..update import init_optimizer, make_train_step
-from .evaluate import make_eval
+from .evaluate import make_estimate_eval, make_eval
 from .placement import place
 from .step import TrainState, init_state, make_step, stack
 
@@ -49,6 +49,9 @@ class Program:
       see :func:`~eqprop.train.evaluate.make_eval`.
     - ``diagnose(model, x, y, key) -> dict``: the diagnostics of one network
       (:func:`eqprop.diagnostics.diagnostics` with the run's estimator and solvers).
+    - ``estimate_batch(model, x, y) -> metrics``: jitted (vmapped over seeds when
+      K > 1): the figures of the run's estimate on a batch
+      (:func:`~eqprop.train.evaluate.make_estimate_eval`).
     - ``estimator``: the gradient estimator; ``solvers``: the
       :class:`~eqprop.solvers.PhaseSolvers` of ``[dynamics]``.
     """
@@ -63,6 +66,7 @@ class Program:
     diagnose: Callable[..., dict[str, Any]]
     estimator: Any = None
     solvers: Any = None
+    estimate_batch: Callable[..., dict[str, Any]] | None = None
 
     @property
     def model(self) -> PyTree:
@@ -168,16 +172,18 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
         return diagnostics(model, x, y, estimator, solvers, key, free_steps=probe_steps)
 
     eval_fn = make_eval(relax)
+    estimate_fn = make_estimate_eval(relax, estimator)
     if k == 1:
         model = models[0]
         opt_state = init_optimizer(optimizer, model)
-        eval_batch = eval_fn
+        eval_batch, estimate_batch = eval_fn, estimate_fn
     else:
         model = stack(models)
         opt_state = eqx.filter_vmap(lambda m: init_optimizer(optimizer, m))(model)
         eval_batch = eqx.filter_vmap(eval_fn, in_axes=(0, None, None))
+        estimate_batch = eqx.filter_vmap(estimate_fn, in_axes=(0, None, None))
     state = place(init_state(model, opt_state, seed=config.train.seed))
     return Program(config=config, dataset=ds, seeds=k, n_batches=n_batches, state=state,
                    step=make_step(base_step, n_batches=n_batches, seeds=k),
                    eval_batch=eqx.filter_jit(eval_batch), diagnose=diagnose, estimator=estimator,
-                   solvers=solvers)
+                   solvers=solvers, estimate_batch=eqx.filter_jit(estimate_batch))

@@ -4,10 +4,15 @@ The record of epoch ``e`` (one line of ``metrics.jsonl``, and what every logger
 receives) holds ``epoch``, ``train_loss``, ``train_acc`` (example-weighted means),
 ``test_loss``, ``test_acc`` (``None`` when not evaluated), ``free_steps_mean``,
 ``residual_mean``, ``nonconverged_fraction`` (means over batches), ``epoch_seconds``,
-``ms_per_batch`` (the compiling first batch excluded), ``batches``; with homeostasis
-``train_homeo_loss`` (mean over the batches where it was applied); the first epoch
-after a start ``compile_seconds``; with ``K > 1`` seeds the means over seeds,
-``test_acc_std`` and ``per_seed`` (each key's ``K`` values).
+``ms_per_batch`` (the compiling first batch excluded), ``batches``; the estimator's
+figures where they apply (:data:`ESTIMATE_KEYS`, means over batches):
+``nudged_residual_mean`` and ``nudged_nonconverged_fraction`` (nudged phases: the mean
+residual over every (phase, example), and the fraction above
+:data:`~eqprop.guards.NONCONVERGED_TOL`), ``linear_residual_mean`` (exact estimators),
+``hep_decay_mean``, ``hep_error_mean`` and ``hep_beta_suggested`` (hEP's circle, ``N >=
+2``); with homeostasis ``train_homeo_loss`` (mean over the batches where it was
+applied); the first epoch after a start ``compile_seconds``; with ``K > 1`` seeds the
+means over seeds, ``test_acc_std`` and ``per_seed`` (each key's ``K`` values).
 """
 
 from __future__ import annotations
@@ -16,12 +21,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SUM_KEYS", "zero_sums", "sums_to_json", "sums_from_json", "accumulate", "epoch_record"]
+__all__ = ["SUM_KEYS", "ESTIMATE_KEYS", "zero_sums", "sums_to_json", "sums_from_json", "accumulate",
+           "epoch_record"]
 
 #: the running sums of an epoch (checkpointed mid-epoch as ``partial``)
 SUM_KEYS = ("examples", "batches", "loss", "acc", "free_steps", "residual", "nonconverged",
             "step_seconds", "timed_batches", "homeo_loss", "homeo_batches")
 _PER_SEED_SUMS = ("loss", "acc", "free_steps", "residual", "nonconverged", "homeo_loss")
+
+#: the estimator's step metrics (:func:`eqprop.estimate.estimate_metrics`) and their record
+#: keys; summed over the batches (per seed) when the step reports them
+ESTIMATE_KEYS = {
+    "nudged_residual": "nudged_residual_mean",
+    "nudged_nonconverged": "nudged_nonconverged_fraction",
+    "linear_residual": "linear_residual_mean",
+    "hep_decay": "hep_decay_mean",
+    "hep_error": "hep_error_mean",
+    "hep_beta_suggested": "hep_beta_suggested",
+}
 
 
 def zero_sums(k: int) -> dict[str, Any]:
@@ -54,6 +71,9 @@ def accumulate(sums: dict[str, Any], m: dict[str, Any], bs: int, seconds: float 
         out[key] = sums[key] + np.atleast_1d(np.asarray(m[key], np.float64)) * bs
     for key in ("free_steps", "residual", "nonconverged"):
         out[key] = sums[key] + np.atleast_1d(np.asarray(m[key], np.float64))
+    for key in ESTIMATE_KEYS:
+        if key in m:
+            out[key] = sums.get(key, 0.0) + np.atleast_1d(np.asarray(m[key], np.float64))
     if "homeo_loss" in m:
         applied = bool(np.any(np.asarray(m["homeo_applied"])))
         if applied:
@@ -78,6 +98,7 @@ def epoch_record(epoch: int, sums: dict[str, Any], test: dict[str, np.ndarray] |
         "residual_mean": sums["residual"] / n_b,
         "nonconverged_fraction": sums["nonconverged"] / n_b,
     }
+    per.update({name: sums[key] / n_b for key, name in ESTIMATE_KEYS.items() if key in sums})
     timed = sums["timed_batches"]
     rec: dict[str, Any] = {"epoch": epoch}
     rec.update({k: None if v is None else float(np.mean(v)) for k, v in per.items()})

@@ -1,11 +1,15 @@
 """Plots and a markdown summary of one or more run directories (matplotlib, Agg backend).
 
 Writes into the output directory: ``accuracy.png`` (train/test accuracy per epoch),
-``loss.png``, ``relaxation.png`` (free_steps_mean, residual_mean), ``diagnostics.png``
+``loss.png``, ``relaxation.png`` (free_steps_mean, residual_mean, and where the runs
+have them the estimator's nudged_residual_mean, nudged_nonconverged_fraction,
+linear_residual_mean, and hEP's hep_decay_mean and hep_error_mean), ``diagnostics.png``
 (any other numeric per-epoch keys, e.g. ``angle``, ``alignment``, ``homeo_loss``; only
 when present; keys sharing a prefix before ``/`` such as ``angle`` and ``angle/h1-h2``, and
-the bias cosines ``cos_*``, share a panel) and ``report.md`` (a table of the runs, linking the plots). Several runs
-are overlaid, labelled by their directory name.
+the bias cosines ``cos_*``, share a panel) and ``report.md`` (a table of the runs with
+the last epoch's estimate figures, a list of the epochs whose estimate figures are beyond
+their limit (:func:`eqprop.guards.estimate_problems`), and links to the plots). Several
+runs are overlaid, labelled by their directory name.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..guards import NONCONVERGED_TOL, estimate_problems
+from .records import ESTIMATE_KEYS
 from .rundir import RunDir
 
 __all__ = ["report", "KNOWN_KEYS"]
@@ -21,8 +27,17 @@ __all__ = ["report", "KNOWN_KEYS"]
 KNOWN_KEYS = {
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_std", "epoch_seconds",
     "ms_per_batch", "free_steps_mean", "residual_mean", "nonconverged_fraction", "batches",
-    "compile_seconds", "diagnostics_seconds",
+    "compile_seconds", "diagnostics_seconds", *ESTIMATE_KEYS.values(),
 }
+
+#: panels of the estimator's figures in relaxation.png, each drawn when a run has it
+_ESTIMATE_PANELS = (
+    ("nudged residual (mean)", [("nudged_residual_mean", "-")], True),
+    (f"nudged phases above {NONCONVERGED_TOL:g} (fraction)", [("nudged_nonconverged_fraction", "-")], False),
+    ("linear-solve residual (mean)", [("linear_residual_mean", "-")], True),
+    ("hEP coefficients: decay rate, estimated error",
+     [("hep_decay_mean", "-"), ("hep_error_mean", "--")], False),
+)
 
 _STYLES = ("-", "--", ":", "-.")
 
@@ -106,6 +121,19 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
+def _estimate_cell(rec: dict[str, Any]) -> str:
+    """The estimator's figures of a record, for the table ("-" when it has none)."""
+    parts = []
+    if rec.get("nudged_residual_mean") is not None:
+        parts.append(f"nudged residual {rec['nudged_residual_mean']:.1e} "
+                     f"({100 * (rec.get('nudged_nonconverged_fraction') or 0):.0f}% > {NONCONVERGED_TOL:g})")
+    if rec.get("linear_residual_mean") is not None:
+        parts.append(f"linear residual {rec['linear_residual_mean']:.1e}")
+    if rec.get("hep_error_mean") is not None:
+        parts.append(f"hEP rate {rec['hep_decay_mean']:.2f}, error {100 * rec['hep_error_mean']:.0f}%")
+    return "; ".join(parts) or "-"
+
+
 def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """Write the plots and ``report.md`` for ``run_dirs`` into ``out_dir``; return report.md."""
     runs = []
@@ -125,7 +153,9 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         "accuracy.png": [("accuracy", [("train_acc", "--"), ("test_acc", "-")], False)],
         "loss.png": [("loss", [("train_loss", "--"), ("test_loss", "-")], True)],
         "relaxation.png": [("free steps (mean)", [("free_steps_mean", "-")], False),
-                           ("residual (mean)", [("residual_mean", "-")], True)],
+                           ("residual (mean)", [("residual_mean", "-")], True)]
+        + [panel for panel in _ESTIMATE_PANELS
+           if any(_series(records, key)[0] for _, records in runs for key, _ in panel[1])],
     }
     extra = _extra_keys(runs)
     if extra:
@@ -135,8 +165,9 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
 
     lines = ["# eqprop report", "",
              "| run | data | estimator | seeds | epochs | final test acc | best test acc "
-             "| final train acc | time (s) | ms/batch | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| final train acc | estimate (last epoch) | time (s) | ms/batch | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    warned: list[str] = []
     for run, records, s in summaries:
         last = records[-1]
         evald = [r for r in records if r.get("test_acc") is not None]
@@ -148,8 +179,13 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         lines.append(
             f"| {run.name} | {s.get('data', '-')} | {s.get('estimator', '-')} "
             f"| {s.get('seeds', '-')} | {last['epoch']} | {final_txt} | {_fmt(best, True)} "
-            f"| {_fmt(last.get('train_acc'), True)} | {_fmt(float(time_s))} "
+            f"| {_fmt(last.get('train_acc'), True)} | {_estimate_cell(last)} | {_fmt(float(time_s))} "
             f"| {_fmt(s.get('ms_per_batch'))} | {s.get('status', 'running/unknown')} |")
+        for r in records:
+            for problem in estimate_problems(r):
+                warned.append(f"- {run.name}, epoch {r['epoch']}: {problem}")
+    if warned:
+        lines += ["", "## Estimates whose assumptions failed", "", *warned]
     lines += ["", *(f"![{n[:-4]}]({n})" for n in plots), ""]
     md = out / "report.md"
     md.write_text("\n".join(lines))

@@ -1,0 +1,249 @@
+"""The guards of every relaxation, in one place: bound, non-finite states, tolerance and
+the bookkeeping of :class:`RelaxStats`.
+
+Every fixed-point solver (:func:`eqprop.relax.relax`, :func:`eqprop.anderson.anderson`,
+free or nudged, real or complex, one phase or phases stacked on a leading axis), the
+linear solves of :mod:`eqprop.linear` and online hEP's trajectory build their stats
+here, so that a residual, a divergence or a failed tolerance means the same whichever
+solver, phase or estimator produced it:
+
+- **bound / non-finite**: a state with a NaN or infinite entry, or one with ``|u| >
+  bound``, counts as diverged (:meth:`Guards.within` for a whole state,
+  :meth:`Guards.within_each` per example of a flattened state);
+- **tolerance**: a loop keeps iterating while some example's residual is above ``tol``
+  (or more than a fraction ``tol_fraction`` of them; ``tol = 0``: the whole budget),
+  :meth:`Guards.keep_going`;
+- **bookkeeping**: :meth:`Guards.report` returns the :class:`RelaxStats` of the state a
+  solver returns: its residual ``||F(u)||`` per example, the step at which it diverged
+  and which populations did;
+- **the figures the metrics read** (:meth:`RelaxStats.residual_mean`,
+  :meth:`RelaxStats.nonconverged_fraction`, above :data:`NONCONVERGED_TOL`).
+
+:class:`EstimateWarning` is the warning category of estimates whose assumptions fail
+(nudged phases or linear solves that did not converge, hEP coefficients that do not
+decay); :func:`estimate_problems` says which figures of a record are beyond their limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+PyTree = Any
+
+__all__ = ["NONCONVERGED_TOL", "HEP_ERROR_LIMIT", "HEP_ERROR_TARGET", "RelaxStats", "Guards",
+           "residual_norm", "nonfinite_populations", "stop_test", "EstimateWarning",
+           "estimate_problems"]
+
+#: residual above which an example (or a (phase, example) pair) counts as not settled, in
+#: the metrics and the warnings (the solvers stop at their own ``tol``)
+NONCONVERGED_TOL = 1e-3
+
+#: hEP: the Fourier coefficients of ``a*(beta_k)`` around the circle must fall by at least a
+#: factor ``1 / HEP_ERROR_LIMIT`` over the ``N`` orders the circle resolves: a fitted rate
+#: ``rho`` per order with ``rho^N`` (the estimated relative error of the Cauchy estimate,
+#: averaged over the examples) above it is a failed decay
+#: (:func:`eqprop.estimate.nudge.circle_decay`)
+HEP_ERROR_LIMIT = 0.1
+
+#: hEP: the estimated relative error at which the suggested smaller ``|beta|`` aims
+HEP_ERROR_TARGET = 0.01
+
+
+class RelaxStats(eqx.Module):
+    """What a relaxation reports: the same meaning for every solver, phase and estimator
+    (also the linear solves of :mod:`eqprop.linear`).
+
+    **Fields:**
+
+    - ``steps``: updates taken (integer scalar; group updates for alternating sweeps,
+      map evaluations for Anderson, iterations for a linear solver);
+    - ``residual``: ``||F(u)||`` per example at the returned state (for a linear solve
+      ``||A w - b||``), ``(B,)``, or ``(P, B)`` for phases stacked on a leading axis;
+      NaN where that state is not finite;
+    - ``nonfinite_step``: the step after which a state was first found NaN, infinite or
+      beyond ``bound`` (exploding), ``-1`` if none (integer scalar);
+    - ``nonfinite``: ``{population: bool scalar}``, whether any entry of its final state
+      (over every example and phase) is NaN, infinite or beyond ``bound``.
+    """
+
+    steps: Array
+    residual: Array
+    nonfinite_step: Array
+    nonfinite: dict[str, Array]
+
+    @property
+    def finite(self) -> Array:
+        """Whether the relaxation stayed finite (and within ``bound``): a bool scalar."""
+        return self.nonfinite_step < 0
+
+    def residual_mean(self) -> Array:
+        """The mean residual over every (phase,) example: a real scalar."""
+        return jnp.mean(self.residual)
+
+    def nonconverged_fraction(self, tol: float = NONCONVERGED_TOL) -> Array:
+        """The fraction of (phase,) examples whose residual is above ``tol`` (NaN counts
+        as above): a real scalar."""
+        return jnp.mean(~(self.residual <= tol))
+
+    @staticmethod
+    def concat(stats: "list[RelaxStats]") -> "RelaxStats":
+        """Stats of several groups of stacked phases as one: ``residual`` concatenated on
+        the phase axis (``(P, B)``), the largest ``steps`` and ``nonfinite_step``, and a
+        population non-finite in any group."""
+        if len(stats) == 1:
+            return stats[0]
+        return RelaxStats(
+            steps=jnp.max(jnp.stack([s.steps for s in stats])),
+            residual=jnp.concatenate([s.residual for s in stats]),
+            nonfinite_step=jnp.max(jnp.stack([s.nonfinite_step for s in stats])),
+            nonfinite={k: jnp.any(jnp.stack([s.nonfinite[k] for s in stats]))
+                       for k in stats[0].nonfinite},
+        )
+
+
+def residual_norm(f: PyTree, batch_ndim: int = 1) -> Array:
+    """Per-example norm of a batched pytree: ``sqrt(sum |f|^2)`` over every leaf and
+    every axis but the first ``batch_ndim``.
+
+    **Arguments:** ``f``: pytree with leaves ``(B, ...)`` (``batch_ndim = 1``) or
+    ``(P, B, ...)`` (``batch_ndim = 2``), real or complex.
+
+    **Returns:** ``(B,)`` or ``(P, B)``, real.
+    """
+    sq = [jnp.sum(jnp.abs(v) ** 2, axis=tuple(range(batch_ndim, v.ndim))) for v in jax.tree.leaves(f)]
+    return jnp.sqrt(sum(sq))
+
+
+def nonfinite_populations(u: PyTree, bound: float = jnp.inf) -> dict[str, Array]:
+    """Per population, whether any entry of its state is NaN, infinite or beyond
+    ``bound`` in absolute value.
+
+    **Arguments:** ``u``: a state (a dict of populations, or any pytree, whose leaves are
+    then named ``"0"``, ``"1"``, ... in leaf order); ``bound``: the divergence bound.
+
+    **Returns:** ``{name: bool scalar}`` (reduced over every axis, batch included).
+    """
+    return {k: ~jnp.all(jnp.isfinite(v)) | (jnp.max(jnp.abs(v)) > bound)
+            for k, v in _as_dict(u).items()}
+
+
+def stop_test(r: Array, tol, tol_fraction: float) -> Array:
+    """Whether to keep iterating, from per-example residuals ``r`` (``(B,)`` or
+    ``(P, B)``): some example above ``tol`` (``tol_fraction <= 0``), or more than a
+    fraction ``tol_fraction`` of them. Returns a bool scalar."""
+    if tol_fraction <= 0:
+        return jnp.max(r) > tol
+    return jnp.mean(r > tol) > tol_fraction
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The guards of one relaxation (built inside a solver's trace; ``tol`` may be traced).
+
+    **Fields:** ``tol``: stop once every example's residual is below it (``0``: never
+    test it, run the whole budget); ``tol_fraction``: once at most this fraction is above
+    it; ``bound``: a state with ``|u| > bound`` counts as diverged, like a NaN;
+    ``batch_ndim``: leading batch axes of every leaf (1, or 2 for stacked phases).
+    """
+
+    tol: float | Array = 0.0
+    tol_fraction: float = 0.0
+    bound: float = float("inf")
+    batch_ndim: int = 1
+
+    @property
+    def checks_residual(self) -> bool:
+        """Whether the loop tests the tolerance (``tol`` traced or positive)."""
+        return not (isinstance(self.tol, (int, float)) and self.tol <= 0)
+
+    def keep_going(self, r: Array) -> Array:
+        """:func:`stop_test` of the residuals ``r`` (``(B,)`` or ``(P, B)``): bool scalar."""
+        return stop_test(r, self.tol, self.tol_fraction)
+
+    def within(self, u: PyTree) -> Array:
+        """Every entry of the state ``u`` finite and within ``bound``: a bool scalar (one
+        reduction per leaf; NaN fails ``<=``)."""
+        if self.bound == float("inf"):  # a single sum per leaf: NaN and inf propagate
+            return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(v)) for v in jax.tree.leaves(u)]))
+        return jnp.all(jnp.stack([jnp.max(jnp.abs(v)) <= self.bound for v in jax.tree.leaves(u)]))
+
+    def within_each(self, x: Array) -> Array:
+        """Per example of a flattened state ``x`` ``(..., D)``: finite and within
+        ``bound``, ``(...)`` bools."""
+        if self.bound == float("inf"):
+            return jnp.isfinite(jnp.sum(x, axis=-1))
+        return jnp.max(jnp.abs(x), axis=-1) <= self.bound
+
+    def report(self, field: Callable[[PyTree], PyTree] | None, u: PyTree, steps: Array,
+               nonfinite_step: Array, residual: Array | None = None) -> RelaxStats:
+        """The :class:`RelaxStats` of the state ``u`` a solver returns.
+
+        **Arguments:** ``field``: ``u -> F(u)`` (for a linear solve ``w -> A w - b``),
+        evaluated once at ``u`` unless ``residual`` is given; ``u``: the returned state;
+        ``steps``, ``nonfinite_step``: integer scalars; ``residual``: ``||F(u)||`` per
+        example when the solver already knows it (it must be that norm at ``u``).
+        """
+        if residual is None:
+            residual = residual_norm(field(u), self.batch_ndim)
+        return RelaxStats(steps=jnp.asarray(steps), residual=residual,
+                          nonfinite_step=jnp.asarray(nonfinite_step),
+                          nonfinite=nonfinite_populations(u, self.bound))
+
+
+def _as_dict(u: PyTree) -> dict[str, Array]:
+    if isinstance(u, dict):
+        return u
+    return {str(i): v for i, v in enumerate(jax.tree.leaves(u))}
+
+
+class EstimateWarning(UserWarning):
+    """An estimate whose assumptions fail: nudged phases or linear solves that did not
+    converge, or hEP Fourier coefficients that do not decay around the circle."""
+
+
+def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) -> list[str]:
+    """Which estimate figures of a record (an epoch record, an evaluation, a gradcheck
+    entry) are beyond their limit, each as a short sentence.
+
+    **Arguments:** ``figures``: a mapping that may hold ``nudged_residual_mean``,
+    ``nudged_nonconverged_fraction``, ``linear_residual_mean``, ``hep_decay_mean``,
+    ``hep_error_mean`` and ``hep_beta_suggested`` (missing or ``None``: not applicable);
+    ``beta``: the circle's radius, named in the hEP sentence.
+
+    **Returns:** ``[]`` when every figure is within its limit:
+
+    - nudged phases: ``nudged_residual_mean > NONCONVERGED_TOL``;
+    - linear solves: ``linear_residual_mean > NONCONVERGED_TOL``;
+    - hEP: ``hep_error_mean > HEP_ERROR_LIMIT`` (the Fourier coefficients around the
+      circle do not fall by a factor 10 over ``N`` orders: the circle is not well inside
+      the radius of convergence), naming ``hep_beta_suggested``.
+    """
+    out = []
+    r = figures.get("nudged_residual_mean")
+    if r is not None and not r <= NONCONVERGED_TOL:
+        frac = figures.get("nudged_nonconverged_fraction")
+        out.append(f"nudged phases did not converge: nudged_residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
+                   + (f" ({100 * frac:.0f}% of (phase, example) pairs above it)" if frac is not None else "")
+                   + "; raise dynamics.nudged_steps or lower estimator.beta")
+    r = figures.get("linear_residual_mean")
+    if r is not None and not r <= NONCONVERGED_TOL:
+        out.append(f"linear solves did not converge: linear_residual_mean {r:.3g} > {NONCONVERGED_TOL:g}; "
+                   "raise dynamics.linear_steps or use dynamics.linear_solver = 'gmres'")
+    err = figures.get("hep_error_mean")
+    if err is not None and not err <= HEP_ERROR_LIMIT:
+        rate = figures.get("hep_decay_mean")
+        smaller = figures.get("hep_beta_suggested")
+        radius = f"|beta| = {beta:g}" if beta is not None else "the nudge circle"
+        out.append(
+            "hEP Fourier coefficients of a*(beta) do not decay around the circle"
+            + (f" (rate {rate:.3g} per order" if rate is not None else " (")
+            + f", estimated error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%): {radius} is not well "
+            "inside the radius of convergence, and more points help little or not at all; "
+            + (f"try estimator.beta = {smaller:.3g}" if smaller is not None else "lower estimator.beta"))
+    return out
