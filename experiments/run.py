@@ -4,12 +4,17 @@ seeds each (``[train] seeds``, trained together), then plots and a markdown tabl
     python experiments/run.py finite-nudge|asymmetry|homeostasis
         [--epochs N] [--seeds K] [--max-batches M] [--out DIR] [--data fashion-mnist|digits]
         [--only NAME,NAME,...]
+    python experiments/run.py shipped-hep [--epochs N] [--seeds K]
 
 - finite-nudge: tied MLP, hEP with N in {1, 2, 4, 6} x beta in {0.05, 0.5} (N = 1: one-sided EP).
 - asymmetry:    untied MLP, initial angle 0, 15, ..., 90 degrees; exact-nudge and implicit.
 - homeostasis:  MLP at 90 degrees with and without homeostasis (coef 1.0, AdamW 1e-4), the
                 same MLP started symmetric (the reference for the gap), and the loop
                 architecture with and without homeostasis (coef 0.1).
+- shipped-hep:  the estimator setting configs/fmnist-mlp-hep.toml ships (issue 16, item 5):
+                hEP N = 2 at beta 0.05 and hEP N = 4 at beta 0.5 against
+                configs/fmnist-mlp-implicit.toml, 3 seeds each, the same seeds; the table
+                names the cheapest hEP setting within 0.3 points of implicit on the mean.
 
 Runs go to ``DIR/<experiment>/<setting>/`` (default DIR: ``runs/experiments``); a setting
 whose run completed is not run again (delete it to redo), an interrupted one is resumed.
@@ -35,6 +40,7 @@ from eqprop.train.report import report
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
+SHIPPED = HERE.parent / "configs"  # the configs eqprop ships (a base named "shipped:NAME")
 DIAG_COLUMNS = ("angle", "jacobian_symmetry", "alignment", "cos_finite_nudge", "cos_asymmetry",
                 "homeo_loss", "probe_nonconverged")
 
@@ -71,13 +77,25 @@ def settings(experiment: str) -> list[tuple[str, str, dict[str, dict[str, Any]],
                 out.append((f"{arch}-{'homeo' if on else 'plain'}", f"homeostasis-{arch}",
                             {"homeostasis": {"coef": coef if on else 0.0}},
                             {"x": arch, "line": f"homeostasis coef {coef}" if on else "no homeostasis"}))
+    elif experiment == "shipped-hep":
+        seeds = {"train": {"seeds": 3}}
+        for n, beta in ((2, 0.05), (4, 0.5)):
+            out.append((f"hep-N{n}-beta{beta}", "shipped:fmnist-mlp-hep",
+                        {"estimator": {"name": "hep", "points": n, "beta": beta}, **seeds},
+                        {"x": f"hEP N={n}, beta={beta}", "line": "fmnist-mlp"}))
+        out.append(("implicit", "shipped:fmnist-mlp-implicit", dict(seeds),
+                    {"x": "implicit", "line": "fmnist-mlp"}))
     else:
-        raise SystemExit(f"unknown experiment {experiment!r}; choose finite-nudge, asymmetry or homeostasis")
+        raise SystemExit(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
     return out
 
 
+EXPERIMENTS = ("finite-nudge", "asymmetry", "homeostasis", "shipped-hep")
+
+
 def make_config(base: str, updates: dict, args: argparse.Namespace) -> Config:
-    config = load_config(CONFIGS / f"{base}.toml")
+    folder, base = (SHIPPED, base.split(":", 1)[1]) if base.startswith("shipped:") else (CONFIGS, base)
+    config = load_config(folder / f"{base}.toml")
     updates = {k: dict(v) for k, v in updates.items()}
     train_up = updates.setdefault("train", {})
     if args.epochs is not None:
@@ -121,7 +139,7 @@ def fmt(values: list[float] | None, scale: float = 1.0, digits: int = 3) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=("finite-nudge", "asymmetry", "homeostasis"))
+    p.add_argument("experiment", choices=EXPERIMENTS)
     p.add_argument("--epochs", type=int, help="override train.epochs (default: the configs' 50)")
     p.add_argument("--seeds", type=int, help="override train.seeds (default: the configs' 5)")
     p.add_argument("--max-batches", type=int, help="cap on batches per epoch (smoke runs)")
@@ -176,6 +194,8 @@ def main(argv=None) -> int:
                      + f" | {'-' if ms is None else f'{ms:.1f}'} |")
     if args.experiment == "homeostasis":
         lines += ["", *gap_closed(rows)]
+    if args.experiment == "shipped-hep":
+        lines += ["", *closest_to_implicit(rows)]
     report_dir = report([root / r["name"] for r in rows], root / "report")
     lines += ["", "![summary](summary.png)", "",
               f"Per-epoch curves of every run: [report/report.md]({report_dir.relative_to(root)}).", ""]
@@ -204,6 +224,31 @@ def gap_closed(rows) -> list[str]:
     return lines
 
 
+#: how far below implicit's mean test accuracy the shipped hEP setting may end (points)
+SHIPPED_MARGIN = 0.3
+
+
+def closest_to_implicit(rows) -> list[str]:
+    """The decision of the shipped-hep experiment: the cheapest hEP setting (fewest points)
+    whose mean test accuracy is within :data:`SHIPPED_MARGIN` points of implicit's."""
+    acc = {r["name"]: 100 * np.asarray(r["acc"], float) for r in rows
+           if r["acc"] and r["acc"][0] is not None}
+    if "implicit" not in acc:
+        return ["implicit has not run: no decision."]
+    ref = acc["implicit"].mean()
+    lines = []
+    ok = []
+    for name in (n for n in acc if n.startswith("hep-")):
+        d = acc[name].mean() - ref
+        lines.append(f"{name}: {d:+.2f} points against implicit ({acc[name].mean():.2f} vs {ref:.2f}).")
+        if d >= -SHIPPED_MARGIN:
+            ok.append(name)
+    ok.sort(key=lambda n: int(n.split("-")[1][1:]))  # fewest points first: the cheapest
+    lines.append(f"Ship: {ok[0]} (within {SHIPPED_MARGIN} points of implicit on the mean)." if ok else
+                 f"No hEP setting ends within {SHIPPED_MARGIN} points of implicit on the mean.")
+    return lines
+
+
 def summary_plot(rows, path: Path, experiment: str) -> None:
     import matplotlib
 
@@ -229,7 +274,7 @@ def summary_plot(rows, path: Path, experiment: str) -> None:
         ax.set_xticks(range(len(xs_all)))
         ax.set_xticklabels([str(x) for x in xs_all])
         ax.set_xlabel({"finite-nudge": "N (points)", "asymmetry": "initial angle (degrees)",
-                       "homeostasis": "architecture"}[experiment])
+                       "homeostasis": "architecture", "shipped-hep": "estimator"}[experiment])
         ax.set_title("test accuracy (%)" if panel == "acc" else f"{panel} (last epoch)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

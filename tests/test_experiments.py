@@ -30,7 +30,7 @@ def test_every_setting_builds_a_valid_config():
     import argparse
 
     args = argparse.Namespace(epochs=1, seeds=1, max_batches=1, data="digits")
-    for experiment in ("finite-nudge", "asymmetry", "homeostasis"):
+    for experiment in run.EXPERIMENTS:
         for name, base, updates, _ in run.settings(experiment):
             cfg = run.make_config(base, updates, args)
             assert cfg.train.epochs == 1 and cfg.data.name == "digits", name
@@ -47,6 +47,34 @@ def test_gap_closed():
     assert tied.startswith("Accuracy gap, mlp-tied") and "no gap to close" in tied
     with pytest.raises(SystemExit):
         run.settings("nope")
+
+
+def test_shipped_hep_compares_the_shipped_configs_on_the_same_seeds():
+    import argparse
+
+    chosen = {s[0]: s for s in run.settings("shipped-hep")}
+    assert set(chosen) == {"hep-N2-beta0.05", "hep-N4-beta0.5", "implicit"}
+    args = argparse.Namespace(epochs=None, seeds=None, max_batches=None, data="fashion-mnist")
+    cfgs = {n: run.make_config(base, up, args) for n, (_, base, up, _) in chosen.items()}
+    assert {c.train.seeds for c in cfgs.values()} == {3}
+    assert {c.train.seed for c in cfgs.values()} == {0} and {c.train.epochs for c in cfgs.values()} == {50}
+    assert (cfgs["hep-N2-beta0.05"].estimator.points, cfgs["hep-N2-beta0.05"].estimator.beta) == (2, 0.05)
+    assert (cfgs["hep-N4-beta0.5"].estimator.points, cfgs["hep-N4-beta0.5"].estimator.beta) == (4, 0.5)
+    assert cfgs["implicit"].estimator.name == "implicit"
+
+
+def test_closest_to_implicit_ships_the_cheapest_within_the_margin():
+    rows = [{"name": "implicit", "acc": [0.880, 0.882, 0.884]},
+            {"name": "hep-N2-beta0.05", "acc": [0.877, 0.879, 0.880]},  # -0.33: outside
+            {"name": "hep-N4-beta0.5", "acc": [0.879, 0.880, 0.881]}]   # -0.20: inside
+    *per, decision = run.closest_to_implicit(rows)
+    assert "-0.33 points" in per[0] and "-0.20 points" in per[1]
+    assert decision.startswith("Ship: hep-N4-beta0.5")
+    rows[1]["acc"] = [0.880, 0.881, 0.882]  # -0.10: both inside, N = 2 is cheaper
+    assert run.closest_to_implicit(rows)[-1].startswith("Ship: hep-N2-beta0.05")
+    rows[1]["acc"] = rows[2]["acc"] = [0.85]
+    assert run.closest_to_implicit(rows)[-1].startswith("No hEP setting")
+    assert run.closest_to_implicit(rows[1:]) == ["implicit has not run: no decision."]
 
 
 @pytest.mark.parametrize("base", ["finite-nudge", "asymmetry", "homeostasis-mlp"])
