@@ -22,7 +22,7 @@ import importlib
 from .settings import Registry
 
 __all__ = ["MODELS", "ESTIMATORS", "SOLVERS", "LINEAR_SOLVERS", "ACTIVATIONS", "READOUTS",
-           "DATASETS", "LOGGERS", "load_builtins"]
+           "DATASETS", "LOGGERS", "PRUNERS", "load_builtins"]
 
 #: model kinds (``[model] kind``): settings classes with ``build(input_size, n_classes, key)``
 MODELS: Registry = Registry("model kind")
@@ -40,6 +40,8 @@ READOUTS: Registry = Registry("readout")
 DATASETS: Registry = Registry("data set")
 #: metric loggers (``[logging] loggers``); ``metrics.jsonl`` is always written
 LOGGERS: Registry = Registry("logger")
+#: pruning methods (``[pruning] method``)
+PRUNERS: Registry = Registry("pruning method")
 
 _BUILTIN_MODULES = (
     "eqprop.activations",
@@ -48,6 +50,7 @@ _BUILTIN_MODULES = (
     "eqprop.estimate",
     "eqprop.data",
     "eqprop.train.loggers",
+    "eqprop.pruning",
 )
 
 
