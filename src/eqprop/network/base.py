@@ -238,13 +238,15 @@ def named_parameters(tree: PyTree) -> dict[str, Array]:
     """Flatten a model-shaped pytree (a model, its parameters or a gradient) to
     ``{"weights.input->h1": array, "readout.weight": array, ...}``: attribute names and
     dict keys joined by dots, inexact-array leaves only, in leaf order."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if not eqx.is_inexact_array(leaf):
-            continue
-        parts = []
-        for p in path:
-            name = getattr(p, "name", None) or getattr(p, "key", None)
-            parts.append(str(name if name is not None else getattr(p, "idx", p)))
-        out[".".join(parts)] = leaf
-    return out
+    return {parameter_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if eqx.is_inexact_array(leaf)}
+
+
+def parameter_name(path: tuple) -> str:
+    """The name :func:`named_parameters` gives the leaf at a ``jax.tree_util`` key path:
+    attribute names and dict keys joined by dots (``"weights.input->h1"``)."""
+    parts = []
+    for p in path:
+        name = getattr(p, "name", None) or getattr(p, "key", None)
+        parts.append(str(name if name is not None else getattr(p, "idx", p)))
+    return ".".join(parts)
