@@ -79,6 +79,8 @@ MODELS_UNDER_TEST = (
         input_size=6, n_classes=3, key=key, feedback="untied", asymmetry_angle=45.0, dtype=F64)),
     ModelCase("plugin-hopfield", lambda key: _plugin_model(key=key, input_size=6, n_classes=3,
                                                            hidden=8)),
+    ModelCase("directed-rate", lambda key: eqprop.network.directed(6, 5, 3, key=key, dtype=F64,
+                                                                    readout="softmax")),
 )
 MODEL_IDS = {m.id: m for m in MODELS_UNDER_TEST}
 

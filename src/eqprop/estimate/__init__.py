@@ -18,6 +18,7 @@ from .base import Estimate, Estimator, FreePhase, assemble, estimate_metrics, fr
 from .nudge import EP, CircleDecay, HolomorphicEP, OnlineHEP, circle_decay, circle_derivative, circle_points  # isort: skip
 from .exact import BPTT, ExactNudge, Implicit, exact_nudge_derivative, rbp_delta, unrolled_loss  # isort: skip
 from .contrast import Contrast  # isort: skip  (registration order: nudge, exact, contrast)
+from .deep import DeepRule  # isort: skip  (then the DEEP rule of directed networks)
 
 def _boolean(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
@@ -113,7 +114,7 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
 __all__ = [
     "Estimator", "Estimate", "FreePhase", "free_phase", "assemble", "nudged_field", "estimate_metrics",
     "CircleDecay", "circle_decay",
-    "EP", "HolomorphicEP", "OnlineHEP", "ExactNudge", "Implicit", "BPTT", "Contrast",
+    "EP", "HolomorphicEP", "OnlineHEP", "ExactNudge", "Implicit", "BPTT", "Contrast", "DeepRule",
     "ESTIMATORS", "make_estimator", "parse_spec", "settings_types",
     "circle_points", "circle_derivative", "exact_nudge_derivative", "rbp_delta", "unrolled_loss",
 ]

@@ -4,10 +4,13 @@ from .base import (BipartiteModel, EnergyModel, EquilibriumModel, FeedbackModel,
                    named_parameters, parameters)
 from .dense import INPUT, DenseDrive, DenseNetwork, Projection, graph, layered
 from .kinds import DenseKind, Graph, Layered, ModelKind
+from .directed import (DeepNetwork, Directed, DirectedNetwork, RateNetwork, TiedRateNetwork,
+                       directed)
 from .readout import MSEReadout, Readout, SoftmaxReadout, make_readout
 
 __all__ = [
     "EquilibriumModel", "InteractionModel", "EnergyModel", "BipartiteModel", "FeedbackModel", "DenseNetwork", "DenseDrive", "Projection", "INPUT", "graph", "layered",
     "Readout", "SoftmaxReadout", "MSEReadout", "make_readout", "parameters", "named_parameters",
     "ModelKind", "DenseKind", "Layered", "Graph",
+    "DirectedNetwork", "DeepNetwork", "RateNetwork", "TiedRateNetwork", "Directed", "directed",
 ]

@@ -1,0 +1,352 @@
+"""Neuron-level directed networks (Farinha et al. 2020, arXiv 2006.08798): the masks, the
+DEEP dynamics and rule against NumPy transcriptions of the authors' notebooks, the rate
+dynamics against exact gradients, XOR trained by the DEEP rule, and the one-line errors."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from eqprop.build import phase_solvers
+from eqprop.config import ConfigError, parse_config
+from eqprop.estimate import free_phase, make_estimator
+from eqprop.network import DeepNetwork, RateNetwork, TiedRateNetwork, directed, layered
+from eqprop.network.directed import connectivity_mask
+from eqprop.settings import SettingError
+from eqprop.solvers import FixedPoint, PhaseSolvers
+from eqprop.train.program import build_program
+
+F64 = jnp.float64
+XOR_X = jnp.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+XOR_Y = jnp.array([0, 1, 1, 0])
+EXACT = phase_solvers(free_steps=600, nudged_steps=600, tol=1e-13, linear_steps=4000,
+                      linear_tol=1e-13, linear_solver="fixed-point")
+
+
+def cosine(a, b) -> float:
+    a, b = np.ravel(a), np.ravel(b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# -- masks -------------------------------------------------------------------------------
+
+
+def test_complete_mask_is_every_pair_but_self_loops_and_into_clamped():
+    m = connectivity_mask(3, 4, 2, "complete")
+    n, c = 10, 4
+    assert m.shape == (n, n)
+    assert not m[:, :c].any() and not np.diag(m).any()
+    assert m.sum() == n * (n - c) - (n - c)  # every pair into a free neuron but its self-loop
+
+
+def test_layered_mask_is_the_layered_mlp():
+    m = connectivity_mask(3, 5, 2, "layered", layers=(2, 3))
+    # inputs 0-2, bias 3, h1 4-5, h2 6-8, out 9-10
+    want = np.zeros((11, 11), bool)
+    want[0:3, 4:6] = True
+    want[3, 4:] = True
+    want[4:6, 6:9] = want[6:9, 4:6] = True
+    want[6:9, 9:11] = want[9:11, 6:9] = True
+    np.testing.assert_array_equal(m, want)
+    with pytest.raises(ValueError, match="sum to hidden"):
+        connectivity_mask(3, 5, 2, "layered", layers=(2, 2))
+
+
+def test_random_mask_is_a_subset_at_its_density():
+    full = connectivity_mask(8, 40, 4, "complete")
+    m = connectivity_mask(8, 40, 4, "random", density=0.3, key=jax.random.PRNGKey(0))
+    assert not (m & ~full).any()
+    assert abs(m.sum() / full.sum() - 0.3) < 0.03
+
+
+def test_masked_weights_stay_exactly_zero_through_training():
+    model = directed(3, 6, 2, key=jax.random.PRNGKey(0), connectivity="random", density=0.4,
+                     dtype=F64)
+    off = ~np.asarray(model.mask)
+    assert off.any() and np.all(np.asarray(model.W)[off] == 0)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 3), F64)
+    y = jnp.array([0, 1, 1, 0])
+    solvers = PhaseSolvers(free=FixedPoint(steps=60), nudged=FixedPoint(steps=30))
+    opt = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.5, momentum=0.9))
+    state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def step(est, model, state):
+        g, _ = est(model, x, y, free_phase(model, x, solvers.free), jax.random.PRNGKey(2))
+        up, state = opt.update(g, state, eqx.filter(model, eqx.is_inexact_array))
+        return g, eqx.apply_updates(model, up), state
+
+    for est in (make_estimator("hep", solvers, beta=0.5, points=2),
+                make_estimator("deep-rule", solvers, beta=1.0, l1=1e-3)):
+        for _ in range(3):
+            g, model, state = step(est, model, state)
+            assert np.all(np.asarray(g.W)[off] == 0), est.name
+    assert np.all(np.asarray(model.W)[off] == 0)
+    assert np.any(np.asarray(model.W)[~off] != 0)
+
+
+def test_tied_rate_network_is_symmetric_and_keeps_one_weight_per_pair():
+    model = directed(3, 4, 2, key=jax.random.PRNGKey(0), feedback="tied", dtype=F64)
+    assert isinstance(model, TiedRateNetwork) and model.symmetric
+    c = model.n_clamped
+    free = np.asarray(model.mask)[c:, c:]
+    assert not (free & free.T).any()  # one entry per pair (upper triangle)
+    k = np.asarray(model.coupling())
+    np.testing.assert_array_equal(k, k.T)
+    # dPhi/da = h(a): the energy's gradient is the interaction
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 3), F64)
+    a = model.unflat(jax.random.uniform(jax.random.PRNGKey(2), (2, model.n_free), F64))
+    grad = jax.grad(lambda a: jnp.sum(model.primitive(a, x)))(a)
+    h = model.interaction(a, model.prepare(x))
+    for p in h:
+        np.testing.assert_allclose(grad[p], h[p], rtol=1e-12, atol=1e-12)
+
+
+# -- the DEEP dynamics and rule against the authors' equations ----------------------------
+
+
+def _notebook_weights(model: DeepNetwork) -> np.ndarray:
+    return np.asarray(model.weights())
+
+
+def _numpy_deep_phase(w, s, y_target, beta, dt, steps):
+    """The authors' notebook loop: dS = S W - S * sum(W, 1); outputs += beta (Y - S_out);
+    S_free += dt dS; clip to [0, 1]. Returns the trajectory (steps + 1, B, n)."""
+    traj = [s.copy()]
+    for _ in range(steps):
+        ds = s @ w - s * w.sum(axis=1)
+        if beta:
+            ds[:, -y_target.shape[1]:] += beta * (y_target - s[:, -y_target.shape[1]:])
+        s = s.copy()
+        s[:, FREE0:] += dt * ds[:, FREE0:]
+        s[:, FREE0:] = np.clip(s[:, FREE0:], 0.0, 1.0)
+        traj.append(s.copy())
+    return np.stack(traj)
+
+
+FREE0 = 3  # 2 inputs and the bias
+
+
+def _xor_deep(key=0, scale=4.0):
+    return directed(2, 5, 2, key=jax.random.PRNGKey(key), dynamics="deep", dtype=F64,
+                    init_scale=scale)
+
+
+def test_deep_dynamics_match_the_papers_equations_step_by_step():
+    model = _xor_deep()
+    assert isinstance(model, DeepNetwork) and not model.holomorphic
+    w = _notebook_weights(model)
+    s0 = np.concatenate([np.asarray(XOR_X), np.ones((4, 1)), np.zeros((4, 7))], axis=1)
+    traj = _numpy_deep_phase(w, s0, np.zeros((4, 2)), 0.0, 0.05, 300)
+    clipped = 0
+    for steps in (7, 300):
+        free = free_phase(model, XOR_X, FixedPoint(steps=steps, dt=0.05))
+        got = np.asarray(model.flat(free.u))
+        np.testing.assert_allclose(got, traj[steps][:, FREE0:], rtol=0, atol=1e-12)
+        clipped += int(np.sum((got == 0) | (got == 1)))
+    assert clipped > 0  # the clip was exercised
+
+
+def test_deep_fixed_points_are_those_of_the_clipped_step():
+    model = _xor_deep()
+    free = free_phase(model, XOR_X, FixedPoint(steps=3000, dt=0.05))
+    s = np.asarray(model.flat(free.u))
+    f = np.asarray(model.flat(model.field(free.u, free.drive)))
+    on_bound = (s == 0) | (s == 1)
+    assert on_bound.any()
+    assert np.max(np.abs(f[on_bound])) > 1e-3  # the paper's field is not zero there ...
+    assert np.max(np.abs(np.clip(s + 0.05 * f, 0, 1) - s)) < 1e-10  # ... the clipped step is still
+
+
+def test_deep_linear_part_conserves_the_free_activity():
+    """EP_REFERENCE section 7: every column of J = W^T - diag(sum_k W_jk) sums to zero."""
+    model = _xor_deep(scale=1.0)
+    j = model.jacobian()
+    np.testing.assert_allclose(j.sum(axis=0), 0.0, atol=1e-14)
+    assert np.min(np.abs(np.linalg.eigvals(j))) < 1e-12
+
+
+def test_deep_rule_matches_the_papers_rule():
+    model = _xor_deep()
+    w = _notebook_weights(model)
+    solvers = PhaseSolvers(free=FixedPoint(steps=200, dt=0.05), nudged=FixedPoint(steps=150, dt=0.05))
+    free = free_phase(model, XOR_X, solvers.free)
+    s0 = np.concatenate([np.asarray(XOR_X), np.ones((4, 1)), np.asarray(model.flat(free.u))], axis=1)
+    y1h = np.eye(2)[np.asarray(XOR_Y)]
+    traj = _numpy_deep_phase(w, s0, y1h, 10.0, 0.05, 150)
+    dw = np.zeros_like(w)
+    for t in range(1, 151):
+        for b in range(4):
+            dw += np.outer(traj[t, b], traj[t, b] - traj[t - 1, b])
+    dw /= 4 * 150
+    mask = np.asarray(model.mask)
+    g, info = make_estimator("deep-rule", solvers, beta=10.0, l1=0.0)(model, XOR_X, XOR_Y, free, None)
+    np.testing.assert_allclose(np.asarray(g.W), -dw * mask, rtol=1e-10, atol=1e-13)
+    assert np.abs(dw * mask).max() > 1e-3
+    g1, _ = make_estimator("deep-rule", solvers, beta=10.0, l1=0.1)(model, XOR_X, XOR_Y, free, None)
+    np.testing.assert_allclose(np.asarray(g1.W - g.W), 0.1 * np.sign(w) * mask, atol=1e-12)
+    # the error vector is the one-sided estimate of da*/dbeta in eqprop's sign
+    np.testing.assert_allclose(np.asarray(model.flat(info.error_vector)),
+                               (traj[-1, :, FREE0:] - s0[:, FREE0:]) / -10.0, atol=1e-12)
+
+
+def test_xor_is_learned_by_the_deep_rule_and_not_against_it():
+    """The paper's XOR (complete net, 5 hidden, dt 0.05, T1 = T2 = 1000, beta 10, lr 100),
+    10 seeds, both signs in one vmapped program: the rule solves XOR on several seeds, its
+    negation on none (at this budget the paper's rule solves 3-5 of 10 seeds)."""
+    solvers = PhaseSolvers(free=FixedPoint(steps=1000, dt=0.05),
+                           nudged=FixedPoint(steps=1000, dt=0.05))
+    est = make_estimator("deep-rule", solvers, beta=10.0)
+
+    def run(key, sign):
+        m = directed(2, 5, 2, key=key, dynamics="deep", dtype=F64)
+
+        def epoch(m, _):
+            free = free_phase(m, XOR_X, solvers.free)
+            g, _ = est(m, XOR_X, XOR_Y, free, key)
+            return eqx.tree_at(lambda t: t.W, m, m.W - 100.0 * sign * g.W), None
+
+        m, _ = jax.lax.scan(epoch, m, None, length=150)
+        free = free_phase(m, XOR_X, solvers.free)
+        return jnp.mean(m.predict(m.activity(free.u)) != XOR_Y)
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 10)
+    signs = jnp.array([1.0, -1.0], F64)
+    err = jax.jit(jax.vmap(jax.vmap(run, (0, None)), (None, 0)))(keys, signs)
+    err = np.asarray(err)
+    assert np.sum(err[0] == 0) >= 3, err[0]
+    assert np.sum(err[1] == 0) == 0, err[1]
+
+
+# -- rate dynamics: exact references and hEP ----------------------------------------------
+
+
+def _rate(key=0, **kw):
+    return directed(3, 5, 2, key=jax.random.PRNGKey(key), dtype=F64, init_scale=1.5, **kw)
+
+
+def _batch():
+    x = jax.random.uniform(jax.random.PRNGKey(7), (3, 3), F64)
+    return x, jnp.array([0, 1, 1])
+
+
+@eqx.filter_jit
+def _estimate(est, model, x, y):
+    free = free_phase(model, x, EXACT.free)
+    return est(model, x, y, free, jax.random.PRNGKey(0))[0].W
+
+
+def _grad(name, model, x, y, **settings):
+    return np.asarray(_estimate(make_estimator(name, EXACT, **settings), model, x, y))
+
+
+def test_rate_implicit_gradient_matches_finite_differences():
+    model, (x, y) = _rate(), _batch()
+    assert isinstance(model, RateNetwork)
+    g = _grad("implicit", model, x, y)
+
+    @jax.jit
+    def loss(w):
+        m = eqx.tree_at(lambda t: t.W, model, w)
+        free = free_phase(m, x, FixedPoint(steps=800, tol=1e-14))
+        return jnp.mean(m.loss(m.activity(free.u), y))
+
+    mask = np.asarray(model.mask)
+    picks = np.argwhere(mask)[:: max(1, int(mask.sum()) // 12)]
+    eps = 1e-6
+    for i, j in picks:
+        e = jnp.zeros_like(model.W).at[i, j].set(eps)
+        fd = float(loss(model.W + e) - loss(model.W - e)) / (2 * eps)
+        assert abs(fd - g[i, j]) <= 1e-6 + 1e-5 * abs(fd), (i, j, fd, g[i, j])
+    assert np.all(g[~mask] == 0)
+
+
+def test_rate_hep_is_exact_when_w_is_symmetric_and_biased_like_exact_nudge_when_not():
+    model, (x, y) = _rate(), _batch()
+    c = model.n_clamped
+    w = np.asarray(model.W)
+    sym = w.copy()
+    sym[c:, c:] = (w[c:, c:] + w[c:, c:].T) / 2
+    symmetric = eqx.tree_at(lambda t: t.W, model, jnp.asarray(sym))
+    hep = _grad("hep", symmetric, x, y, beta=0.1, points=6)
+    implicit = _grad("implicit", symmetric, x, y)
+    assert cosine(hep, implicit) > 0.9999
+    np.testing.assert_allclose(hep, implicit, atol=1e-4 * np.abs(implicit).max())
+
+    hep = _grad("hep", model, x, y, beta=0.1, points=6)
+    nudge = _grad("exact-nudge", model, x, y)
+    implicit = _grad("implicit", model, x, y)
+    assert cosine(hep, nudge) > 0.9999
+    assert cosine(nudge, implicit) < 0.995  # the asymmetry bias is visible
+
+
+def test_rate_complex_states_use_real_weights():
+    """hEP's complex states: the field of a complex state is the holomorphic extension
+    (real and imaginary parts through the real W, no complex W)."""
+    model, (x, _) = _rate(), _batch()
+    drive = model.prepare(x)
+    u = model.unflat(jax.random.normal(jax.random.PRNGKey(3), (3, model.n_free), F64)
+                     + 0.1j * jax.random.normal(jax.random.PRNGKey(4), (3, model.n_free), F64))
+    f = model.flat(model.field(u, drive))
+    a = model.flat(model.activity(u))
+    k = np.asarray(model.coupling()).astype(complex)
+    want = np.asarray(drive.inputs) + np.asarray(a) @ k - np.asarray(model.flat(u))
+    np.testing.assert_allclose(np.asarray(f), want, atol=1e-12)
+    assert jnp.iscomplexobj(f) and not jnp.iscomplexobj(model.W)
+
+
+# -- one-line errors ----------------------------------------------------------------------
+
+
+def _config(**model):
+    raw = {"data": {"name": "xor", "batch_size": 4},
+           "model": {"kind": "directed", "hidden": 3, "dtype": "float64", **model},
+           "dynamics": {"free_steps": 5, "nudged_steps": 5},
+           "estimator": {"name": "hep", "points": 2}, "train": {"epochs": 1}}
+    return raw
+
+
+def test_unknown_connectivity_is_one_line():
+    with pytest.raises(ConfigError, match=r"^model\.connectivity: .*'complete'") as e:
+        parse_config(_config(connectivity="ring"))
+    assert "\n" not in str(e.value)
+    from eqprop.network import Directed
+    with pytest.raises(SettingError, match="'complete', 'layered', 'random', got 'ring'") as e:
+        Directed(connectivity="ring")
+    assert e.value.key == "connectivity"
+
+
+def test_unreachable_output_is_one_line():
+    config = parse_config(_config(connectivity="random", density=0.02))
+    with pytest.raises(ConfigError, match=r"^model\.connectivity: .*unreachable from every input"):
+        build_program(config)
+    with pytest.raises(ValueError, match="unreachable"):
+        directed(2, 3, 2, key=jax.random.PRNGKey(0), connectivity="random", density=0.02)
+
+
+def test_oscillating_euler_step_is_refused_before_training():
+    raw = _config(dynamics="deep", init_scale=100.0)
+    raw["estimator"] = {"name": "deep-rule"}
+    raw["dynamics"]["dt"] = 1.0
+    with pytest.raises(ConfigError, match=r"^dynamics\.dt: the Euler step oscillates .* use dt < "):
+        build_program(parse_config(raw))
+    model = directed(2, 3, 2, key=jax.random.PRNGKey(0), dynamics="deep", init_scale=100.0)
+    lam = np.linalg.eigvals(model.jacobian())
+    safe = np.min(-2 * lam[lam.real < -1e-9].real / np.abs(lam[lam.real < -1e-9]) ** 2)
+    model.check_step(0.9 * safe)  # below the limit it names: accepted
+    with pytest.raises(ValueError, match="dynamics.dt"):
+        model.check_step(1.1 * safe)
+
+
+def test_deep_rule_refuses_models_that_are_not_directed():
+    est = make_estimator("deep-rule")
+    with pytest.raises(ValueError, match="^estimator 'deep-rule' needs a directed network"):
+        est.check(layered([4, 5, 2], key=jax.random.PRNGKey(0), readout="mse"))
+    from eqprop.network import Directed
+    with pytest.raises(SettingError, match="'tied' applies to dynamics = 'rate' only") as e:
+        Directed(dynamics="deep", feedback="tied")
+    assert e.value.key == "feedback"
