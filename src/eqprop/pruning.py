@@ -1,0 +1,355 @@
+"""Pruning: connections removed from a model's weight matrices, for every model type.
+
+A **mask** is a bool array per prunable weight (``True``: the connection is kept). The
+prunable weights of a model are its trainable arrays with two or more axes, the readout
+excepted (:func:`prunable`): the projections of dense and graph networks, the neuron-level
+``W`` of a directed network, a convolution's kernel. Their **last axis is the
+postsynaptic one** (``W[i, j]`` from ``i`` to ``j``; a kernel's output channel), so a
+column ``W[..., j]`` holds the incoming connections of neuron (or channel) ``j``.
+
+The masks live in the optimizer's state (:func:`keep_pruned` wraps the optimizer), so
+they are saved in every checkpoint with it, stacked over seeds like it, and resumed
+exactly; the model's pruned weights are exactly zero, so evaluating or exporting a model
+needs no mask. Gradients are masked before the optimizer and updates after it, so a
+pruned weight stays exactly zero through momentum, Adam's moments and weight decay.
+
+Methods (``[pruning] method``, registered in :data:`eqprop.registry.PRUNERS`):
+
+- ``"stochastic"`` (Farinha et al. 2020, arXiv 2006.08798, section 3): weights with
+  ``|w| < tol`` are removed at random; the probability of ``w_ij`` is the softmax of
+  ``-|w_ij| / temperature`` over neuron ``j``'s live incoming weights of that matrix;
+- ``"magnitude"``: the smallest weights of each matrix removed to a target sparsity on the
+  gradual cubic schedule of Zhu and Gupta 2017 (arXiv 1710.01878, eq. 1);
+- ``"l1"``: ``strength * sign(w)`` added to the gradient of the prunable weights (the
+  paper's L1 term), and weights with ``|w| < tol`` removed.
+
+Every method keeps at least one live incoming connection per neuron: pruning never
+disconnects a neuron (the largest live incoming weight of a column is kept).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from .network.base import parameter_name, parameters
+from .registry import PRUNERS
+from .settings import NONNEGATIVE, POSITIVE, POSITIVE_INT, UNIT_HALF_OPEN, SettingError, setting
+
+PyTree = Any
+
+__all__ = ["Pruner", "Stochastic", "Magnitude", "L1", "prunable", "init_masks", "keep_pruned",
+           "PrunedState", "prune", "sparsity", "masks_of", "zhu_gupta_sparsity"]
+
+
+# ---------------------------------------------------------------------------
+# Which weights, and their masks
+# ---------------------------------------------------------------------------
+
+
+def prunable(name: str, leaf: Array) -> bool:
+    """Whether the parameter ``name`` (:func:`~eqprop.network.named_parameters` naming) is
+    prunable: two or more axes, and not the readout's."""
+    return leaf.ndim >= 2 and not name.startswith("readout")
+
+
+def _map_named(fn, tree: PyTree, *rest: PyTree) -> PyTree:
+    """``fn(name, leaf, *rest_leaves)`` over the inexact-array leaves of a model-shaped
+    ``tree`` (other leaves kept), named as :func:`~eqprop.network.named_parameters`."""
+
+    def f(path, leaf, *others):
+        if not eqx.is_inexact_array(leaf):
+            return leaf
+        return fn(parameter_name(path), leaf, *others)
+
+    return jax.tree_util.tree_map_with_path(f, tree, *rest, is_leaf=lambda v: v is None)
+
+
+def init_masks(model: PyTree, batch_ndim: int = 0) -> dict[str, Array]:
+    """Every prunable connection kept: ``{name: ones(bool)}`` over :func:`prunable`
+    parameters (the model's exactly-zero entries included: a structural mask, such as a
+    directed network's connectivity, is the model's own and stays so).
+
+    **Arguments:** ``model``: a model or its parameters; ``batch_ndim``: leading seed axes
+    of its leaves (1 for ``K`` stacked seeds), kept in the masks but not in the test of
+    :func:`prunable`.
+    """
+    out: dict[str, Array] = {}
+
+    def visit(name, leaf):
+        if prunable(name, leaf[(0,) * batch_ndim] if batch_ndim else leaf):
+            out[name] = jnp.ones(leaf.shape, bool)
+        return leaf
+
+    _map_named(visit, parameters(model))
+    return out
+
+
+def _apply(masks: dict[str, Array], tree: PyTree) -> PyTree:
+    """``tree`` (model-shaped) with its masked leaves multiplied by their masks."""
+    return _map_named(lambda n, v: jnp.where(masks[n], v, jnp.zeros((), v.dtype)) if n in masks else v,
+                      tree)
+
+
+# ---------------------------------------------------------------------------
+# The optimizer wrapper: masks in the optimizer state
+# ---------------------------------------------------------------------------
+
+
+class PrunedState(NamedTuple):
+    """The state of :func:`keep_pruned`: the masks ``{name: bool array}`` and the wrapped
+    optimizer's state."""
+
+    masks: dict[str, Array]
+    inner: PyTree
+
+
+def keep_pruned(inner: optax.GradientTransformation, l1: float = 0.0) -> optax.GradientTransformation:
+    """``inner`` with pruned connections held at exactly zero.
+
+    The gradient is masked before ``inner`` (with ``l1 > 0``, ``l1 * sign(w)`` is added to
+    the kept prunable weights' gradient first) and the update after it, so neither
+    momentum nor weight decay can move a pruned weight. ``init`` keeps every connection
+    (:func:`init_masks`); :func:`prune` changes the masks.
+
+    **Arguments:** ``inner``: the optimizer; ``l1``: the L1 strength (per unit of
+    gradient, before the learning rate).
+
+    **Returns:** an ``optax.GradientTransformation`` whose state is a :class:`PrunedState`.
+    """
+
+    def init(params):
+        return PrunedState(init_masks(params), inner.init(params))
+
+    def update(updates, state, params=None):
+        if l1:
+            if params is None:
+                raise ValueError("keep_pruned with l1 > 0 needs the parameters")
+            updates = _map_named(lambda n, g, w: g + l1 * jnp.sign(w) if n in state.masks else g,
+                                 updates, params)
+        updates = _apply(state.masks, updates)
+        updates, inner_state = inner.update(updates, state.inner, params)
+        return _apply(state.masks, updates), PrunedState(state.masks, inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+def masks_of(opt_state: PyTree) -> dict[str, Array] | None:
+    """The masks in an optimizer state built with :func:`keep_pruned` (``None`` if none)."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda v: isinstance(v, PrunedState))
+             if isinstance(s, PrunedState)]
+    return found[0].masks if found else None
+
+
+# ---------------------------------------------------------------------------
+# Methods
+# ---------------------------------------------------------------------------
+
+
+def _keep_one_per_column(keep: Array, live: Array, w: Array) -> Array:
+    """``keep`` with, in every column that had a live connection, the largest live one
+    kept: no neuron loses its last incoming connection."""
+    score = jnp.where(live, jnp.abs(w), -jnp.inf)
+    flat = score.reshape(-1, score.shape[-1])
+    best = jnp.argmax(flat, axis=0)
+    strongest = jnp.zeros(flat.shape, bool).at[best, jnp.arange(flat.shape[-1])].set(True)
+    strongest = strongest.reshape(w.shape) & live
+    return keep | strongest
+
+
+@dataclass(frozen=True)
+class Pruner(abc.ABC):
+    """A pruning method: a frozen settings class registered in :data:`PRUNERS`.
+
+    **Contract:** :meth:`select` returns the new mask of one weight matrix from its
+    weights and current mask; it only removes (``new <= mask``) and is a pure JAX function
+    (vmapped over seeds). :func:`prune` applies it to every prunable matrix every
+    ``every`` epochs from epoch ``start`` and keeps one incoming connection per neuron.
+    """
+
+    every: int = setting(1, "Prune after every this many epochs.", bounds=POSITIVE_INT)
+    start: int = setting(1, "First epoch after which to prune.", bounds=POSITIVE_INT)
+
+    @property
+    def l1(self) -> float:
+        """The L1 strength added to the gradient (0: none)."""
+        return 0.0
+
+    def due(self, epoch: int) -> bool:
+        """Whether to prune after ``epoch`` (1-based)."""
+        return epoch >= self.start and (epoch - self.start) % self.every == 0
+
+    @abc.abstractmethod
+    def select(self, w: Array, mask: Array, key: Array, epoch: int, epochs: int) -> Array:
+        """The new mask of one weight matrix.
+
+        **Arguments:** ``w``: weights ``(..., n_in, n_out)`` (the last axis postsynaptic);
+        ``mask``: its current mask (bool, same shape); ``key``: PRNG key; ``epoch``: the
+        epoch just trained (1-based); ``epochs``: the run's epochs.
+
+        **Returns:** a bool array of ``w``'s shape, ``<= mask``.
+        """
+
+    def check(self, sizes: dict[str, tuple[int, ...]]) -> None:
+        """Refuse settings that cannot be met on these prunable matrices (their shapes):
+        raises :class:`~eqprop.settings.SettingError`. Default: nothing to check."""
+
+
+@PRUNERS.register("stochastic")
+@dataclass(frozen=True)
+class Stochastic(Pruner):
+    """Farinha et al. 2020 (arXiv 2006.08798), section 3: ``w_ij`` with ``|w_ij| < tol``
+    is removed with probability ``p_ij = exp(-|w_ij|/T) / sum_{i' live} exp(-|w_i'j|/T)``,
+    the softmax over neuron ``j``'s live incoming weights of the matrix (the authors'
+    notebooks normalise over the whole column, removed entries included)."""
+
+    tol: float = setting(0.01, "Weights below this magnitude are candidates for removal.",
+                         bounds=POSITIVE)
+    temperature: float = setting(5.0, "Temperature of the softmax over a neuron's incoming weights.",
+                                 bounds=POSITIVE)
+
+    def probabilities(self, w: Array, mask: Array) -> Array:
+        """``p_ij`` (0 for strong or removed connections), same shape as ``w``."""
+        logits = jnp.where(mask, -jnp.abs(w) / self.temperature, -jnp.inf)
+        p = jax.nn.softmax(logits.reshape(-1, w.shape[-1]), axis=0).reshape(w.shape)
+        return jnp.where(mask & (jnp.abs(w) < self.tol), p, 0.0)
+
+    def select(self, w, mask, key, epoch, epochs):
+        u = jax.random.uniform(key, w.shape, dtype=jnp.result_type(w.real.dtype, jnp.float32))
+        return mask & ~(self.probabilities(w, mask) > u)
+
+
+def zhu_gupta_sparsity(epoch: int, final: float, start: int, end: int, initial: float = 0.0) -> float:
+    """Zhu and Gupta 2017 (arXiv 1710.01878), eq. 1: the target sparsity after ``epoch``,
+    ``s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3`` for ``t0 <= t <= t1``, ``s_i``
+    before ``t0``, ``s_f`` after ``t1``."""
+    if epoch < start:
+        return initial
+    if end <= start or epoch >= end:
+        return final
+    frac = (epoch - start) / (end - start)
+    return final + (initial - final) * (1.0 - frac) ** 3
+
+
+@PRUNERS.register("magnitude")
+@dataclass(frozen=True)
+class Magnitude(Pruner):
+    """Magnitude pruning on Zhu and Gupta's gradual schedule: after each pruning epoch
+    ``t``, each prunable matrix keeps its ``1 - s_t`` largest connections (counted over
+    its entries), ``s_t`` from :func:`zhu_gupta_sparsity` rising from 0 at ``start`` to
+    ``sparsity`` at ``end`` (0: the last epoch)."""
+
+    sparsity: float = setting(0.8, "Final fraction of each matrix's connections removed.",
+                              bounds=UNIT_HALF_OPEN)
+    end: int = setting(0, "Epoch at which the target sparsity is reached (0: the last epoch).",
+                       bounds=NONNEGATIVE)
+
+    def target(self, epoch: int, epochs: int) -> float:
+        """The sparsity after ``epoch`` of a run of ``epochs``."""
+        return zhu_gupta_sparsity(epoch, self.sparsity, self.start, self.end or epochs)
+
+    def select(self, w, mask, key, epoch, epochs):
+        n = w.size
+        remove = int(round(self.target(epoch, epochs) * n))
+        if remove <= 0:
+            return mask
+        score = jnp.where(mask, jnp.abs(w), -1.0).reshape(-1)  # removed ones go first
+        order = jnp.argsort(score)
+        keep = jnp.ones(n, bool).at[order[:remove]].set(False).reshape(w.shape)
+        return mask & keep
+
+    def check(self, sizes):
+        for name, shape in sizes.items():
+            rows = 1
+            for s in shape[:-1]:
+                rows *= s
+            if self.sparsity > 1.0 - 1.0 / rows:
+                raise SettingError(
+                    "sparsity", f"{self.sparsity:g} would remove every incoming connection of the "
+                    f"neurons of {name} ({rows} each): at most {1.0 - 1.0 / rows:.4g}")
+
+
+@PRUNERS.register("l1")
+@dataclass(frozen=True)
+class L1(Pruner):
+    """The paper's L1 term: ``strength * sign(w)`` added to the gradient of the prunable
+    weights (pushing them toward zero), and weights with ``|w| < tol`` removed."""
+
+    strength: float = setting(1.5e-4, "L1 coefficient added to the gradient (times sign(w)).",
+                              bounds=POSITIVE)
+    tol: float = setting(0.01, "Weights below this magnitude are removed.", bounds=POSITIVE)
+
+    @property
+    def l1(self) -> float:
+        return self.strength
+
+    def select(self, w, mask, key, epoch, epochs):
+        return mask & (jnp.abs(w) >= self.tol)
+
+
+# ---------------------------------------------------------------------------
+# Applying a method to a training state
+# ---------------------------------------------------------------------------
+
+
+def _replace_masks(opt_state: PyTree, masks: dict[str, Array]) -> PyTree:
+    return jax.tree.map(lambda s: PrunedState(masks, s.inner) if isinstance(s, PrunedState) else s,
+                        opt_state, is_leaf=lambda v: isinstance(v, PrunedState))
+
+
+def prune(pruner: Pruner, model: PyTree, opt_state: PyTree, key: Array, epoch: int, epochs: int,
+          seeds: int = 1) -> tuple[PyTree, PyTree]:
+    """Prune after ``epoch``: new masks from the model's weights, written into the
+    optimizer state, and the model's pruned weights set to exactly zero.
+
+    **Arguments:** ``pruner``; ``model`` and ``opt_state`` (built with
+    :func:`keep_pruned`; leaves with a leading seed axis when ``seeds > 1``); ``key``:
+    PRNG key of this pruning (split per matrix and per seed); ``epoch``, ``epochs``: the
+    epoch just trained (1-based) and the run's.
+
+    **Returns:** ``(model, opt_state)``.
+
+    **Raises:** ``ValueError`` when ``opt_state`` was not built with :func:`keep_pruned`.
+    """
+    masks = masks_of(opt_state)
+    if masks is None:
+        raise ValueError("prune: the optimizer state holds no masks (build it with keep_pruned)")
+    weights = {n: w for n, w in _named(model).items() if n in masks}
+    new = {}
+    for i, (name, w) in enumerate(sorted(weights.items())):
+        k = jax.random.fold_in(key, i)
+
+        def one(w, m, k):
+            return _keep_one_per_column(pruner.select(w, m, k, epoch, epochs), m, w)
+
+        if seeds > 1:
+            new[name] = jax.vmap(one)(w, masks[name], jax.random.split(k, seeds))
+        else:
+            new[name] = one(w, masks[name], k)
+    return _apply(new, model), _replace_masks(opt_state, new)
+
+
+def _named(tree: PyTree) -> dict[str, Array]:
+    out = {}
+    _map_named(lambda n, v: out.__setitem__(n, v) or v, tree)
+    return out
+
+
+def sparsity(masks: dict[str, Array], seeds: int = 1) -> dict[str, Any]:
+    """The fraction of connections removed: ``{"sparsity": total, "sparsity_per": {name:
+    fraction}}`` (floats, or per-seed lists when ``seeds > 1``)."""
+    if seeds > 1:
+        per = [sparsity({n: m[i] for n, m in masks.items()}) for i in range(seeds)]
+        return {"sparsity": [p["sparsity"] for p in per],
+                "sparsity_per": {n: [p["sparsity_per"][n] for p in per] for n in masks}}
+    removed = {n: int(m.size - jnp.sum(m)) for n, m in masks.items()}
+    total = sum(m.size for m in masks.values())
+    return {"sparsity": sum(removed.values()) / total if total else 0.0,
+            "sparsity_per": {n: removed[n] / masks[n].size for n in masks}}

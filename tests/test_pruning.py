@@ -1,0 +1,158 @@
+"""Pruning (eqprop.pruning): pruned weights stay exactly zero through every optimizer,
+each method removes what its paper says, no neuron is disconnected, for every model type."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import eqprop
+from eqprop import pruning as P
+from eqprop.network import named_parameters, parameters
+from eqprop.settings import SettingError
+
+from table import MODELS_UNDER_TEST
+
+F64 = jnp.float64
+
+
+def _layered():
+    return eqprop.layered([6, 8, 8, 3], key=jax.random.PRNGKey(0), dtype=F64)
+
+
+@pytest.mark.parametrize("case", MODELS_UNDER_TEST, ids=str)
+def test_prunable_weights_of_every_model_type(case):
+    """Every model of the shared table has prunable matrices (two or more axes, readout
+    excepted), and the masks start full."""
+    model = case.make(jax.random.PRNGKey(0))
+    masks = P.init_masks(model)
+    assert masks, case.id
+    named = named_parameters(parameters(model))
+    for name, m in masks.items():
+        assert m.dtype == bool and m.shape == named[name].shape and bool(jnp.all(m))
+        assert named[name].ndim >= 2 and not name.startswith("readout")
+    assert P.sparsity(masks)["sparsity"] == 0.0
+
+
+OPTIMIZERS = {"sgd-momentum": optax.sgd(0.1, momentum=0.9), "adam": optax.adam(0.05),
+              "adamw": optax.adamw(0.05, weight_decay=0.1)}
+
+
+@pytest.mark.parametrize("case,opt", [(c, "sgd-momentum") for c in MODELS_UNDER_TEST]
+                         + [(MODELS_UNDER_TEST[0], "adam"), (MODELS_UNDER_TEST[0], "adamw")],
+                         ids=lambda v: str(v))
+def test_pruned_weights_stay_exactly_zero_through_momentum(case, opt):
+    """Momentum built up before pruning must not move a pruned weight afterwards."""
+    model = case.make(jax.random.PRNGKey(0))
+    tx = P.keep_pruned(OPTIMIZERS[opt])
+    state = tx.init(parameters(model))
+    grad = jax.tree.map(lambda w: jnp.ones_like(w) if eqx.is_inexact_array(w) else w, parameters(model))
+    for _ in range(3):  # momentum and moments accumulate on every weight
+        upd, state = tx.update(grad, state, parameters(model))
+        model = eqx.apply_updates(model, upd)
+    pruner = P.Magnitude(sparsity=0.5)
+    model, state = P.prune(pruner, model, state, jax.random.PRNGKey(1), epoch=1, epochs=1)
+    masks = P.masks_of(state)
+    before = named_parameters(parameters(model))
+    for name, m in masks.items():
+        assert 0.3 < 1 - float(jnp.mean(m)) <= 0.5  # about half removed, a few kept per column
+        assert bool(jnp.all(before[name][~m] == 0))
+    for _ in range(3):
+        upd, state = tx.update(grad, state, parameters(model))
+        model = eqx.apply_updates(model, upd)
+    after = named_parameters(parameters(model))
+    for name, m in masks.items():
+        assert bool(jnp.all(after[name][~m] == 0.0)), name  # exactly zero
+        assert bool(jnp.all(after[name][m] != before[name][m])), name  # the kept ones learn
+
+
+def test_l1_adds_strength_times_sign():
+    model = _layered()
+    params = parameters(model)
+    tx = P.keep_pruned(optax.sgd(1.0), l1=0.25)
+    zeros = jax.tree.map(lambda w: jnp.zeros_like(w) if eqx.is_inexact_array(w) else w, params)
+    upd, _ = tx.update(zeros, tx.init(params), params)
+    named_u, named_w = named_parameters(upd), named_parameters(params)
+    for name in P.init_masks(model):
+        np.testing.assert_array_equal(named_u[name], -0.25 * jnp.sign(named_w[name]))
+    assert bool(jnp.all(named_u["biases.h1"] == 0))  # biases are not prunable
+
+
+def test_stochastic_pruning_is_the_papers_softmax():
+    """p_ij = softmax_i(-|w_ij| / T) over neuron j's live incoming weights, only for
+    |w_ij| < tol; a connection is removed where p_ij > u_ij (NumPy transcription)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.02, (7, 5))
+    mask = np.ones((7, 5), bool)
+    mask[0, 0] = mask[3, 2] = False
+    pr = P.Stochastic(tol=0.02, temperature=0.01)
+    p = np.asarray(pr.probabilities(jnp.asarray(w), jnp.asarray(mask)))
+    e = np.where(mask, np.exp(-np.abs(w) / 0.01), 0.0)
+    ref = e / e.sum(axis=0, keepdims=True)
+    ref[~mask | (np.abs(w) >= 0.02)] = 0.0
+    np.testing.assert_allclose(p, ref, rtol=1e-12)
+    key = jax.random.PRNGKey(3)
+    u = np.asarray(jax.random.uniform(key, w.shape, dtype=F64))
+    new = np.asarray(pr.select(jnp.asarray(w), jnp.asarray(mask), key, 1, 1))
+    np.testing.assert_array_equal(new, mask & ~(ref > u))
+    assert (new <= mask).all()
+    assert not (~new & mask & (np.abs(w) >= 0.02)).any()  # strong connections are never removed
+
+
+def test_zhu_gupta_schedule():
+    s = lambda t: P.zhu_gupta_sparsity(t, 0.8, start=2, end=6)  # noqa: E731
+    assert s(1) == 0.0 and s(2) == 0.0 and s(6) == 0.8 and s(9) == 0.8
+    assert s(4) == pytest.approx(0.8 * (1 - 0.5 ** 3))
+    assert all(s(t) <= s(t + 1) for t in range(1, 8))
+
+
+def test_magnitude_removes_the_smallest_and_never_a_whole_column():
+    w = jnp.asarray(np.arange(1, 13, dtype=float).reshape(4, 3))  # column j's entries grow with i
+    w = w.at[:, 2].set(1e-3 * jnp.arange(1, 5))  # a column of tiny weights
+    pr = P.Magnitude(sparsity=0.5, start=1, end=1)
+    m = jnp.ones(w.shape, bool)
+    new = P._keep_one_per_column(pr.select(w, m, None, 1, 1), m, w)
+    # the six smallest are column 2 (4) and w = 1, 2: column 2 keeps its largest
+    assert not bool(new[0, 0]) and not bool(new[0, 1]) and bool(new[3, 2])
+    assert int(jnp.sum(~new)) == 5 and bool(jnp.all(jnp.any(new, axis=0)))
+
+
+def test_pruning_never_disconnects_a_neuron():
+    """Weights all below tol with a certain removal: each column keeps one connection."""
+    w = jnp.full((6, 4), 1e-4).at[2, 1].set(2e-4)
+    pr = P.L1(tol=1.0)
+    model_w = {"w": w}
+    new = P._keep_one_per_column(pr.select(w, jnp.ones(w.shape, bool), None, 1, 1),
+                                 jnp.ones(w.shape, bool), w)
+    assert bool(jnp.all(jnp.sum(new, axis=0) == 1)) and bool(new[2, 1])
+    del model_w
+
+
+def test_impossible_target_sparsity_is_a_one_line_error():
+    with pytest.raises(SettingError, match="0.8 would remove every incoming connection.*at most 0.75") as e:
+        P.Magnitude(sparsity=0.8).check({"weights.input->h1": (4, 3)})
+    assert e.value.key == "sparsity"
+    P.Magnitude(sparsity=0.7).check({"weights.input->h1": (4, 3)})
+
+
+def test_prune_stacked_seeds_independently():
+    """K = 2 stacked seeds: each seed's masks come from its own weights and key."""
+    from eqprop.train.step import stack
+
+    m1 = _layered()
+    m2 = eqprop.layered([6, 8, 8, 3], key=jax.random.PRNGKey(7), dtype=F64)
+    model = stack([m1, m2])
+    tx = P.keep_pruned(optax.sgd(0.1))
+    state = jax.vmap(tx.init)(parameters(model))
+    model, state = P.prune(P.Magnitude(sparsity=0.5), model, state, jax.random.PRNGKey(0), 1, 1, seeds=2)
+    masks = P.masks_of(state)
+    for i, mi in enumerate((m1, m2)):
+        _, si = P.prune(P.Magnitude(sparsity=0.5), mi, tx.init(parameters(mi)), jax.random.PRNGKey(0), 1, 1)
+        for name, m in P.masks_of(si).items():
+            np.testing.assert_array_equal(masks[name][i], m)
+    sp = P.sparsity(masks, seeds=2)
+    assert len(sp["sparsity"]) == 2 and sp["sparsity"][0] == pytest.approx(sp["sparsity"][1], abs=0.05)
