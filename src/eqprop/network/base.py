@@ -228,6 +228,46 @@ class FeedbackModel(EquilibriumModel):
         ``None`` for a tied coupling (feedback ``W^T`` by construction)."""
 
 
+class BoxProjectedModel(EquilibriumModel):
+    """A model whose states live in a box ``lo <= u <= hi`` and whose projection is the
+    clip to it (e.g. the DEEP dynamics of Farinha et al. 2020, arXiv 2006.08798: states in
+    ``[0, 1]``).
+
+    The projected stability certificate (:func:`eqprop.stability.projected_certificate`)
+    reads the box: a fixed point of the projected step ``u <- clip(u + dt F(u))`` is
+    locally stable when every neuron on a bound has its field pointing out of the box and
+    the Jacobian restricted to the neurons inside is stable. The state must hold the
+    free neurons only (clamped ones, inputs and a bias, belong to the drive). Implement
+    :meth:`state_bounds`; :meth:`project` (the clip) and :meth:`raw_field` have defaults.
+    """
+
+    @abc.abstractmethod
+    def state_bounds(self) -> dict[str, tuple[Any, Any]]:
+        """The box, population by population.
+
+        **Returns:** ``{p: (lo, hi)}`` for every population of the state, each bound a
+        float or an array broadcastable to one example's state of ``p`` (e.g. ``(n_p,)``),
+        with ``lo < hi``.
+        """
+
+    def raw_field(self, u: PyTree, drive: PyTree) -> PyTree:
+        """The field before the projection: the direction the step ``u + dt F(u)`` takes
+        before the clip. Default: :meth:`field`; a model whose ``field`` is already
+        restricted to the box (zero on a bound where it points out) overrides it, so that
+        the certificate can see the saturated neurons' outward field.
+
+        **Arguments:** as :meth:`field`. **Returns:** a pytree like ``u``.
+        """
+        return self.field(u, drive)
+
+    def project(self, u: PyTree) -> PyTree:
+        """The clip of each population present in ``u`` to its box (any subset of the
+        populations, as an alternating sweep passes). **Arguments:** ``u``: a dict of
+        states, leaves ``(B, ...)``. **Returns:** a dict like ``u``."""
+        box = self.state_bounds()
+        return {p: jnp.clip(v, *box[p]) for p, v in u.items()}
+
+
 def parameters(model: eqx.Module) -> PyTree:
     """The trainable part of a model: the model with its inexact (floating or complex)
     arrays kept and every other leaf replaced by ``None`` (``eqx.filter``)."""
