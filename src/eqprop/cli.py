@@ -1,4 +1,5 @@
-"""The ``eqprop`` command line: train, resume, eval, gradcheck, datasets, report, config.
+"""The ``eqprop`` command line: train, resume, eval, gradcheck, stability, datasets, report,
+config.
 
 Exit codes: 0 success; 2 bad input (config, data, arguments, run directory) with a
 one-line message on stderr; 3 training diverged; 130 interrupted (checkpoint saved).
@@ -153,6 +154,52 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_stability(args: argparse.Namespace) -> int:
+    import jax
+
+    from . import build
+    from .config import load_config
+    from .stability import StabilitySettings, format_table, perturbation_check, stability
+    from .train import RunDir, build_program, load_run, unstack
+
+    if args.perturb < 0:
+        raise ValueError(f"--perturb: must be >= 0, got {args.perturb}")
+    target = Path(args.target)
+    if target.is_dir():
+        if not RunDir(target).is_run():
+            raise ValueError(f"{target}: not a run directory (no config.toml)")
+        config, program, model, _ = load_run(target, "latest", args.set)
+    else:
+        config = load_config(target, args.set)
+        program = build_program(config)
+        model = program.model
+    settings = StabilitySettings.of(config.stability)
+    free = build.build_solvers(config).free
+    ds = program.dataset
+    x = jax.numpy.asarray(ds.x_train[:settings.examples])
+    rows = []
+    for i in range(program.seeds):
+        m = model if program.seeds == 1 else unstack(model, i)
+        r, u = stability(m, x, free, settings=settings, seed=config.train.seed)
+        if args.perturb:
+            back = perturbation_check(m, x, u, dt=free.dt, trials=args.perturb,
+                                      steps=max(free.steps, 1000), seed=config.train.seed)
+            r["perturbation"] = {"trials": args.perturb, "returned_fraction_min": float(back.min()),
+                                 "returned_fraction_mean": float(back.mean())}
+        rows.append({"seed": i, **r})
+    result = {"target": str(target), "model": type(model).__name__, "dt": free.dt,
+              "examples": int(x.shape[0]), "certified": all(r["certified"] for r in rows),
+              "per_seed": rows}
+    print(format_table(result))
+    if args.json:
+        out = Path(args.json)
+        if out.parent != Path(""):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return EXIT_OK
+
+
 def _cmd_datasets(args: argparse.Namespace) -> int:
     from .data import available
 
@@ -269,6 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin(p, _RECORDED)
     p.set_defaults(func=_cmd_gradcheck)
 
+    p = sub.add_parser("stability", help="certify the stability of the free fixed points",
+                       description="Stability certificates of the free fixed points of the first "
+                       "[stability] examples training examples, for every seed: the spectral "
+                       "radius of the iteration Jacobian I + dt J (exact or by power iteration), "
+                       "the global contraction bound, the Lyapunov certificate, and the projected "
+                       "certificate of a clipped model (docs/stability.md). With a RUN_DIR, its "
+                       "config.toml and latest checkpoint; with a CONFIG, the initial networks.")
+    p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
+    _add_set(p)
+    p.add_argument("--perturb", type=int, default=0, metavar="N",
+                   help="also check the local certificates against the dynamics: N random "
+                   "perturbations of each fixed point, relaxed back (default 0: off)")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON (a list per_seed)")
+    _add_plugin(p, _RECORDED)
+    p.set_defaults(func=_cmd_stability)
+
     p = sub.add_parser("datasets", help="list data sets and where they are found",
                        description="Which data sets are available, where, and how to get "
                        "the missing ones.")
@@ -305,7 +368,7 @@ def _load_plugins(args: argparse.Namespace) -> None:
     run_dir = None
     if args.command in ("resume", "eval"):
         run_dir = args.run_dir
-    elif args.command == "gradcheck" and Path(args.target).is_dir():
+    elif args.command in ("gradcheck", "stability") and Path(args.target).is_dir():
         run_dir = args.target
     if run_dir is None and not given:
         return

@@ -46,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "HomeostasisConfig",
     "DiagnosticsConfig",
+    "StabilityConfig",
     "LoggingConfig",
     "Variant",
     "Config",
@@ -181,6 +182,34 @@ class DiagnosticsConfig:
         0, "Free-phase steps for the probe batch; 0: the training `free_steps`. More steps take "
         "the diagnostics at the fixed point: an example that has not settled can dominate the "
         "batch cosines (`probe_nonconverged` reports how many).", bounds=NONNEGATIVE)
+
+
+@dataclass(frozen=True)
+class StabilityConfig:
+    """Stability certificates of the free fixed point (docs/stability.md).
+
+    Per-epoch figures, enforcement during training, and how ``eqprop stability`` computes
+    the certificates.
+    """
+
+    every: int = setting(0, "Record `spectral_radius` (power iteration, max over the examples) and "
+                         "`contraction_bound` in metrics.jsonl every this many epochs (0: off).",
+                         bounds=NONNEGATIVE)
+    examples: int = setting(8, "Examples certified: the first ones of the training set.",
+                            bounds=POSITIVE_INT)
+    enforce: str = setting("none", "After each optimizer step, `contraction` rescales the coupling "
+                           "(the weights h(a) is linear in) so that the contraction bound stays at "
+                           "most `target` (rate dynamics only).", choices=("none", "contraction"))
+    target: float = setting(0.95, "The contraction bound kept by enforce = 'contraction'.",
+                            bounds=Bounds(lo=0, hi=1, lo_open=True, hi_open=True))
+    power_iters: int = setting(200, "Power-iteration steps (spectral radius above `exact_max`, "
+                               "coupling norm, per-epoch figures).", bounds=POSITIVE_INT)
+    exact_max: int = setting(512, "Largest state size per example for the dense Jacobian (exact "
+                             "spectral radius, Lyapunov, projected certificate, exact coupling "
+                             "norm); above it, power iteration.", bounds=NONNEGATIVE)
+    residual_tol: float = setting(1e-4, "An example whose projected free-phase residual is above "
+                                  "this is not at a fixed point: its local certificates fail.",
+                                  bounds=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -403,6 +432,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     homeostasis: HomeostasisConfig = HomeostasisConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    stability: StabilityConfig = StabilityConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -415,6 +445,7 @@ SECTION_CLASSES: dict[str, type] = {
     "train": TrainConfig,
     "homeostasis": HomeostasisConfig,
     "diagnostics": DiagnosticsConfig,
+    "stability": StabilityConfig,
     "logging": LoggingConfig,
 }
 _UNIONS: dict[str, type[Variant]] = {name: cls for name, cls in SECTION_CLASSES.items()

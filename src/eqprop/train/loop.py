@@ -14,6 +14,11 @@ Conventions
 * End of epoch (:mod:`eqprop.train.schedule`): evaluation, diagnostics, the record to
   every logger (:mod:`eqprop.train.loggers`), the ``best`` and ``latest`` checkpoints
   (:mod:`eqprop.train.resume`).
+* Stability (:mod:`eqprop.stability`): with ``[stability] enforce = "contraction"`` every
+  optimizer step (and the initial network of a fresh run) is followed by the rescaling
+  of the coupling that keeps the contraction bound at most ``target``; with
+  ``[stability] every = N`` the record of every N-th (and the last) epoch gains
+  ``spectral_radius``, ``contraction_bound`` (where it applies) and ``stability_seconds``.
 * Warm starts (``[train] warm_start``): every training example's free phase starts
   from its fixed point at its previous visit (:class:`eqprop.train.states.PersistentStates`;
   cold at the first), stored with the ``latest`` checkpoint so resume is exact.
@@ -37,8 +42,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems
+from ..stability import StabilityError, program_enforcer, program_figures
 from .divergence import TrainingDiverged, check_finite
 from .evaluate import evaluate
 from .loggers import Logger, make_loggers
@@ -87,6 +93,10 @@ class _Trainer:
         self.elapsed = 0.0
         self.compiled = False
         self.pos: Position | None = None
+        try:
+            self.enforce = program_enforcer(program)
+        except StabilityError as e:
+            raise ConfigError(str(e)) from None
 
     def save(self, which: str, pos: Position) -> None:
         meta = checkpoint_meta(self.config, pos, best_acc=self.best_acc,
@@ -118,6 +128,8 @@ class _Trainer:
                 u0, warm = (None, None) if pos.states is None else pos.states.gather(idx)
                 x, y, u0, warm = place_batch(xb, yb, u0, warm, seeds=p.seeds)
                 state, m = _call_step(p, pos.state, x, y, u0, warm)
+                if self.enforce is not None:
+                    state = TrainState(self.enforce(state.model), state.opt_state, state.step, state.key)
                 m = jax.device_get(m)
                 dt = time.perf_counter() - ts
                 check_finite(m, epoch, b, p.seeds)  # a diverged state is never stored
@@ -154,6 +166,14 @@ class _Trainer:
             if p.seeds > 1:
                 rec["per_seed"].update(per)
             rec["diagnostics_seconds"] = time.perf_counter() - t_diag
+        every = self.config.stability.every
+        if every and (epoch % every == 0 or epoch == self.config.train.epochs):
+            t_stab = time.perf_counter()
+            means, per = program_figures(p, pos.state.model, epoch)
+            rec.update(means)
+            if p.seeds > 1:
+                rec["per_seed"].update(per)
+            rec["stability_seconds"] = time.perf_counter() - t_stab
         for logger in self.loggers:
             logger.log(rec)
         boundary = Position(pos.state, epoch, 0, zero_sums(p.seeds), pos.states)
@@ -236,6 +256,10 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
                 + (f", batch {tr.pos.batch}" if tr.pos.batch else ""))
     else:
         tr.pos = start(program)
+        if tr.enforce is not None:  # the initial network obeys the bound too
+            st = tr.pos.state
+            tr.pos = Position(TrainState(tr.enforce(st.model), st.opt_state, st.step, st.key),
+                              tr.pos.epoch, tr.pos.batch, tr.pos.sums, tr.pos.states)
     run.write_config(config)
     opened: list[Logger] = []
     try:

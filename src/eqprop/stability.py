@@ -1,0 +1,772 @@
+"""Stability certificates of the free fixed point, for every model (docs/stability.md).
+
+The solvers iterate the step map ``u <- P(u + dt F(u))`` (``P`` the model's projection).
+At a fixed point ``u*`` of one example, with ``J = dF/du(u*)`` (the Jacobian of the field
+over that example's flattened state, ``N x N``):
+
+- **spectral radius** ``rho(I + dt J) < 1``: the iteration converges locally (linear
+  stability of the discrete map). Exact from the dense ``J`` (``jax.jacfwd``) when
+  ``N <= exact_max``, else estimated by power iteration with JVPs: the geometric mean
+  of ``||M v_t||`` over the second half of the iterations, ``||v_t|| = 1``, which
+  converges to ``rho`` also when the dominant eigenvalues are a complex pair.
+- **Lyapunov** (small networks): ``P`` solving ``J^T P + P J = -I``
+  (``scipy.linalg.solve_continuous_lyapunov``) is positive definite iff ``J`` is Hurwitz:
+  the continuous-time flow ``du/dt = F(u)`` is locally asymptotically stable (and the
+  iteration too for a small enough ``dt``).
+- **global contraction** (an :class:`~eqprop.network.InteractionModel` whose interaction
+  ``h(a)`` is linear in the activity, ``h(a) = C a + d(x)``): with ``L`` the Lipschitz
+  constant of the activation, ``u -> h(act(u))`` is a contraction when
+  ``L ||C||_2 < 1``, and then for every ``dt`` in ``(0, 1]`` so is the step map (factor
+  ``1 - dt (1 - L ||C||_2)``): a unique fixed point, reached from any start (Banach).
+  Linearity is checked structurally: the tangent map of ``jax.linearize(h)`` must not
+  depend on the activity (its jaxpr), so the bound is never claimed for a nonlinear ``h``.
+  ``L`` is measured: the largest ``|act'(u)|`` on a grid of step 0.01 over [-20, 20].
+- **projected** (a :class:`~eqprop.network.base.BoxProjectedModel`, states clipped to a
+  box): the neurons on a bound must have their field pointing strictly out of the box
+  (the clip holds them there), and the Jacobian restricted to the neurons inside
+  (``J_ff``) must be stable: ``rho(I + dt J_ff) < 1`` certifies the solver's iteration;
+  ``J_ff`` Hurwitz and strict diagonal dominance are reported beside it. The paper's
+  Gershgorin test on the whole ``J`` (Farinha et al. 2020, arXiv 2006.08798) is reported
+  too; for the DEEP dynamics it can never pass strictly (docs/stability.md).
+
+Local certificates are taken at a fixed point: an example whose projected residual
+``max |P(u + dt F(u)) - u| / dt`` is above ``residual_tol`` is not at one and is not
+certified. :func:`perturbation_check` is the truth the certificates are tested against.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.extend import core as jcore
+from jax.flatten_util import ravel_pytree
+
+from .network.base import BoxProjectedModel, EquilibriumModel, InteractionModel
+from .solvers import FixedPoint
+
+PyTree = Any
+
+__all__ = ["StabilitySettings", "StabilityError", "state_jacobian", "iteration_radius",
+           "spectral_radius_power", "lyapunov", "activation_lipschitz", "linear_interaction",
+           "coupling_norm", "contraction_bound", "gershgorin", "projected_certificate",
+           "certify", "stability", "perturbation_check", "coupling_scale", "make_enforcer",
+           "epoch_figures", "per_example_residual"]
+
+
+class StabilityError(ValueError):
+    """A certificate or an enforcement the model cannot have (one line naming the cause)."""
+
+
+@dataclass(frozen=True)
+class StabilitySettings:
+    """How the certificates are computed (the ``[stability]`` section has these keys).
+
+    **Fields:** ``examples``: examples certified; ``power_iters``: power-iteration steps;
+    ``exact_max``: largest ``N`` (state variables per example) for dense Jacobians;
+    ``residual_tol``: largest projected residual of a fixed point; ``target``: the bound
+    kept by the enforcement.
+    """
+
+    examples: int = 8
+    power_iters: int = 200
+    exact_max: int = 512
+    residual_tol: float = 1e-4
+    target: float = 0.95
+
+    @classmethod
+    def of(cls, section: Any) -> "StabilitySettings":
+        """The settings of a ``[stability]`` section (or anything with these fields)."""
+        return cls(**{k: getattr(section, k) for k in cls.__dataclass_fields__ if hasattr(section, k)})
+
+
+# ---------------------------------------------------------------------------
+# Per-example Jacobians
+# ---------------------------------------------------------------------------
+
+
+def _example(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda t: t[None], tree)
+
+
+def _raw_field(model: EquilibriumModel) -> Callable[[PyTree, PyTree], PyTree]:
+    """The field the certificates linearise: a box model's field before its projection
+    (:meth:`~eqprop.network.base.BoxProjectedModel.raw_field`), else ``field``."""
+    return model.raw_field if isinstance(model, BoxProjectedModel) else model.field
+
+
+def _flat_field(model: EquilibriumModel, xi: Array, ui: PyTree):
+    """``(flat u, v -> flat F(unravel v))`` of one example (batch of one)."""
+    drive = model.prepare(xi[None])
+    flat, unravel = ravel_pytree(_example(ui))
+    field = _raw_field(model)
+    return flat, lambda v: ravel_pytree(field(unravel(v), drive))[0]
+
+
+@eqx.filter_jit
+def _jacobians(model, x, u):
+    def one(xi, ui):
+        flat, f = _flat_field(model, xi, ui)
+        return jax.jacfwd(f)(flat), f(flat), flat
+
+    return jax.vmap(one)(x, u)
+
+
+def state_jacobian(model: EquilibriumModel, x: Array, u: PyTree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``J = dF/du`` of each example at its state, from the dense Jacobian (``jax.jacfwd``);
+    for a :class:`~eqprop.network.base.BoxProjectedModel` of its field before the projection.
+
+    **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``u``: states, leaves ``(B, ...)``.
+
+    **Returns:** ``(J (B, N, N), F (B, N), u (B, N))`` as float64 NumPy arrays, rows and
+    columns in the order of ``ravel_pytree`` over one example's state.
+    """
+    j, f, flat = _jacobians(model, x, u)
+    return tuple(np.asarray(t, np.float64) for t in (j, f, flat))
+
+
+def iteration_radius(j: np.ndarray, dt: float) -> np.ndarray:
+    """``rho(I + dt J)`` of each matrix of ``j`` ``(B, N, N)`` (``(B,)``; 0 when ``N = 0``)."""
+    if j.shape[-1] == 0:
+        return np.zeros(j.shape[:-2])
+    m = np.eye(j.shape[-1]) + dt * j
+    return np.max(np.abs(np.linalg.eigvals(m)), axis=-1)
+
+
+@eqx.filter_jit
+def _power(model, x, u, dt, iters, v0):  # dt traced, iters static
+    drive = model.prepare(x)
+    raw = _raw_field(model)
+    field = lambda w: raw(w, drive)  # noqa: E731
+    batch = x.shape[0]
+
+    def norms(v):
+        sq = sum(jnp.sum(jnp.abs(t.reshape(batch, -1)) ** 2, axis=1) for t in jax.tree.leaves(v))
+        return jnp.sqrt(sq)
+
+    def scale(v, s):
+        return jax.tree.map(lambda t: t / s.reshape((batch,) + (1,) * (t.ndim - 1)).astype(t.dtype), v)
+
+    v0 = scale(v0, norms(v0))
+    half = iters // 2
+
+    def body(t, carry):
+        v, logsum = carry
+        _, jv = jax.jvp(field, (u,), (v,))
+        mv = jax.tree.map(lambda a, b: a + dt.astype(a.dtype) * b, v, jv)
+        n = norms(mv)
+        logsum = logsum + jnp.where(t >= half, jnp.log(jnp.maximum(n, 1e-300)), 0.0)
+        return scale(mv, jnp.where(n > 0, n, 1.0)), logsum
+
+    _, logsum = jax.lax.fori_loop(0, iters, body, (v0, jnp.zeros(batch, jnp.result_type(float))))
+    return jnp.exp(logsum / (iters - half))
+
+
+def spectral_radius_power(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
+                          iters: int = 200, seed: int = 0) -> np.ndarray:
+    """``rho(I + dt J)`` per example by power iteration with JVPs (no Jacobian is formed).
+
+    ``v <- M v / ||M v||`` from a Gaussian start, ``M = I + dt dF/du(u)``; the estimate is
+    the geometric mean of ``||M v_t||`` over the last ``iters - iters // 2`` iterations
+    (exact in the limit, also for a dominant complex pair; a slow transient biases it by
+    ``O(1 / iters)`` in the logarithm).
+
+    **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``u``: states, leaves
+    ``(B, ...)``; ``dt``: the solver's step; ``iters``: at least 2; ``seed``: of the Gaussian start (NumPy).
+
+    **Returns:** ``(B,)`` float64.
+    """
+    v0 = _gaussian_like(u, seed)
+    return np.asarray(_power(model, x, u, jnp.asarray(dt), max(int(iters), 2), v0), np.float64)
+
+
+def _gaussian_like(u: PyTree, seed: int, scale: float = 1.0) -> PyTree:
+    """Gaussian noise shaped like ``u``, drawn by NumPy (no PRNG to compile)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda t: jnp.asarray(scale * rng.standard_normal(t.shape), t.dtype), u)
+
+
+def lyapunov(j: np.ndarray) -> dict[str, np.ndarray]:
+    """The Lyapunov certificate of each ``J`` of ``j`` ``(B, N, N)``: ``P`` with
+    ``J^T P + P J = -I`` (``scipy.linalg.solve_continuous_lyapunov``).
+
+    **Returns:** ``{"p_min_eig": (B,), "certified": (B,) bool, "max_real_eig": (B,)}``:
+    the least eigenvalue of ``(P + P^T) / 2`` (``-inf`` when the equation is singular, a
+    zero eigenvalue of ``J``), whether it is positive (``J`` Hurwitz), and the largest
+    real part of an eigenvalue of ``J`` beside it.
+    """
+    from scipy.linalg import solve_continuous_lyapunov
+
+    pmin, re = [], []
+    for jb in j:
+        n = jb.shape[0]
+        re.append(np.max(np.linalg.eigvals(jb).real) if n else -np.inf)
+        if n == 0:
+            pmin.append(np.inf)
+            continue
+        with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:  # SciPy warns (and perturbs the equation) when it is singular: no certificate
+                p = solve_continuous_lyapunov(jb.T, -np.eye(n))
+                ok = np.all(np.isfinite(p)) and not caught
+                pmin.append(float(np.min(np.linalg.eigvalsh((p + p.T) / 2))) if ok else -np.inf)
+            except (np.linalg.LinAlgError, ValueError):
+                pmin.append(-np.inf)
+    pmin, re = np.asarray(pmin), np.asarray(re)
+    return {"p_min_eig": pmin, "certified": pmin > 0, "max_real_eig": re}
+
+
+def gershgorin(j: np.ndarray) -> dict[str, np.ndarray]:
+    """Strict diagonal dominance of each ``J`` of ``j`` ``(B, N, N)`` with a negative
+    diagonal (Gershgorin: then every eigenvalue has a negative real part).
+
+    **Returns:** ``{"row_margin", "column_margin", "column_sum_max"}`` ``(B,)``:
+    ``min_i (-J_ii - sum_{k != i} |J_ik|)``, the same over columns, and the largest
+    ``|sum_i J_ij|`` (zero for the DEEP dynamics, whose columns sum to zero); and
+    ``"rows"``, ``"columns"`` ``(B,)`` bool: whether each margin is positive.
+    """
+    if j.shape[-1] == 0:
+        z = np.full(j.shape[:-2], np.inf)
+        return {"row_margin": z, "column_margin": z, "column_sum_max": np.zeros_like(z),
+                "rows": z > 0, "columns": z > 0}
+    diag = np.diagonal(j, axis1=-2, axis2=-1)
+    off = np.abs(j).sum(-1) - np.abs(diag)
+    off_c = np.abs(j).sum(-2) - np.abs(diag)
+    row = np.min(-diag - off, axis=-1)
+    col = np.min(-diag - off_c, axis=-1)
+    return {"row_margin": row, "column_margin": col,
+            "column_sum_max": np.max(np.abs(j.sum(-2)), axis=-1), "rows": row > 0, "columns": col > 0}
+
+
+# ---------------------------------------------------------------------------
+# The global contraction bound
+# ---------------------------------------------------------------------------
+
+
+def _depends(closed: jcore.ClosedJaxpr, mask: list[bool]) -> list[bool]:
+    """Which outputs of a jaxpr may depend on the inputs marked in ``mask`` (an equation's
+    outputs depend on all its inputs: conservative)."""
+    jaxpr = closed.jaxpr
+    dep = {v for v, m in zip(jaxpr.invars, mask) if m}
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, jcore.Var) and v in dep for v in eqn.invars):
+            dep.update(eqn.outvars)
+    return [isinstance(v, jcore.Var) and v in dep for v in jaxpr.outvars]
+
+
+def _start_activity(model: InteractionModel, x1: Array) -> tuple[PyTree, PyTree]:
+    drive = model.prepare(x1)
+    return drive, model.activity(model.init_state(drive))
+
+
+def linear_interaction(model: EquilibriumModel, x1: Array) -> bool:
+    """Whether ``model`` is an :class:`~eqprop.network.InteractionModel` whose ``h(a)`` is
+    linear in ``a`` with a coupling that does not depend on the input (``h(a) = C a +
+    d(x)``), read from the jaxpr: the tangent map of ``jax.linearize(h)`` must depend on
+    neither ``a`` nor ``x`` (conservative: an equation's outputs depend on all its inputs).
+    ``x1``: one input ``(1, ...)``."""
+    if not isinstance(model, InteractionModel):
+        return False
+    _, a0 = _start_activity(model, x1)
+
+    def tangent(x, a, v):
+        drive = model.prepare(x)
+        return jax.linearize(lambda b: model.interaction(b, drive), a)[1](v)
+
+    n = len(jax.tree.leaves(a0))
+    jaxpr = jax.make_jaxpr(tangent)(x1, a0, a0)
+    return not any(_depends(jaxpr, [True] * (n + 1) + [False] * n))
+
+
+def coupling_norm(model: InteractionModel, x1: Array, *, exact_max: int = 512,
+                  iters: int = 200) -> Array:
+    """``||C||_2``, ``C = dh/da`` (see :func:`_coupling_norm_traced`), jitted once per
+    model structure, ``exact_max`` and ``iters``; callable inside ``jit`` and ``vmap``."""
+    return _coupling_norm(model, x1, exact_max, iters)
+
+
+def _coupling_norm_traced(model: InteractionModel, x1: Array, exact_max: int, iters: int) -> Array:
+    """``||C||_2``, ``C = dh/da`` at the first activity of ``x1`` (``(1, ...)``): the
+    largest singular value of the dense ``C`` when ``N <= exact_max``, else by power
+    iteration on ``C^T C`` (JVP and VJP), which approaches it from below. Traceable
+    (``jit``, ``vmap``); returns a scalar."""
+    drive, a0 = _start_activity(model, x1)
+    flat, unravel = ravel_pytree(a0)
+    h = lambda v: ravel_pytree(model.interaction(unravel(v), drive))[0]  # noqa: E731
+    if flat.shape[0] <= exact_max:
+        return jnp.linalg.norm(jax.jacfwd(h)(flat), 2)
+    _, vjp = jax.vjp(h, flat)
+
+    def body(_, v):
+        w = vjp(jax.jvp(h, (flat,), (v,))[1])[0]
+        return w / jnp.maximum(jnp.linalg.norm(w), 1e-300)
+
+    v = 1.0 + 0.5 * jnp.cos(0.7 * jnp.arange(flat.shape[0], dtype=flat.dtype))  # deterministic
+    v = jax.lax.fori_loop(0, iters, body, v / jnp.linalg.norm(v))
+    return jnp.linalg.norm(jax.jvp(h, (flat,), (v,))[1])
+
+
+def activation_lipschitz(model: EquilibriumModel, u: PyTree, *, radius: float = 20.0,
+                         step: float = 0.01) -> float:
+    """The largest ``|act'(u)|`` of the model's (elementwise) activity over a grid of
+    ``step`` on ``[-radius, radius]``, every neuron of one example at once.
+
+    **Arguments:** ``u``: a state (leaves ``(B, ...)``), for its structure.
+
+    **Returns:** a float (the measured Lipschitz constant of the activation).
+    """
+    one = jax.tree.map(lambda t: jnp.zeros((1,) + t.shape[1:], t.dtype), u)
+    grid = jnp.arange(-radius, radius + step / 2, step)
+    return float(_slope_sup(model, one, grid))
+
+
+@eqx.filter_jit
+def _slope_sup(model, one, grid):
+    def at(g):
+        w = jax.tree.map(lambda t: t + g.astype(t.dtype), one)
+        _, d = jax.jvp(model.activity, (w,), (jax.tree.map(jnp.ones_like, w),))
+        return jnp.max(jnp.stack([jnp.max(jnp.abs(t)) for t in jax.tree.leaves(d)]))
+
+    return jnp.max(jax.lax.map(at, grid, batch_size=64))
+
+
+_coupling_norm = eqx.filter_jit(_coupling_norm_traced)
+
+
+def contraction_bound(model: EquilibriumModel, x: Array, u: PyTree, *, exact_max: int = 512,
+                      iters: int = 200) -> float | None:
+    """``L ||C||_2`` (below 1: a unique fixed point reached from any start), or ``None``
+    when the model is not an :class:`~eqprop.network.InteractionModel` with a linear
+    interaction. ``x``: inputs ``(B, ...)`` (the first is used: ``C`` does not depend on
+    them); ``u``: a state of the batch, for the activation's structure."""
+    x1 = x[:1]
+    if not linear_interaction(model, x1):
+        return None
+    c = _coupling_norm(model, x1, exact_max, iters)
+    return activation_lipschitz(model, u) * float(c)
+
+
+# ---------------------------------------------------------------------------
+# The projected certificate
+# ---------------------------------------------------------------------------
+
+
+def _flat_bounds(model: BoxProjectedModel, u: PyTree) -> tuple[np.ndarray, np.ndarray]:
+    box = model.state_bounds()
+    missing = [p for p in u if p not in box]
+    if missing:
+        raise StabilityError(f"{type(model).__name__}.state_bounds() has no bounds for population(s) "
+                             f"{', '.join(map(repr, missing))}")
+    lo = {p: jnp.broadcast_to(jnp.asarray(box[p][0], t.dtype), t.shape[1:])[None] for p, t in u.items()}
+    hi = {p: jnp.broadcast_to(jnp.asarray(box[p][1], t.dtype), t.shape[1:])[None] for p, t in u.items()}
+    return (np.asarray(ravel_pytree(lo)[0], np.float64), np.asarray(ravel_pytree(hi)[0], np.float64))
+
+
+def projected_certificate(model: BoxProjectedModel, u: PyTree, j: np.ndarray, f: np.ndarray,
+                          flat: np.ndarray, *, dt: float, atol: float = 1e-9) -> dict[str, np.ndarray]:
+    """The certificate of a fixed point of the projected step ``u <- clip(u + dt F(u))``.
+
+    A neuron within ``atol`` of a bound is *saturated*: it needs its field to point
+    strictly out of the box (``F < 0`` at ``lo``, ``F > 0`` at ``hi``); then a small
+    perturbation is clipped back onto the bound and the others follow the Jacobian
+    restricted to the unsaturated neurons ``J_ff``, which needs ``rho(I + dt J_ff) < 1``.
+
+    **Arguments:** ``model``: for its box; ``u``: the states (leaves ``(B, ...)``, for
+    the structure); ``j``, ``f``, ``flat``: the Jacobians, fields
+    and flattened states of :func:`state_jacobian` (``(B, N, N)``, ``(B, N)``, ``(B, N)``);
+    ``dt``: the solver's step; ``atol``: distance to a bound that counts as on it.
+
+    **Returns:** per example ``(B,)``: ``certified``; ``outward_margin`` (least outward
+    field over the saturated neurons, ``inf`` if none); ``radius`` (``rho(I + dt J_ff)``);
+    ``hurwitz`` (``J_ff``'s eigenvalues in the open left half-plane) and ``max_real_eig``;
+    ``dominant`` (strict row or column diagonal dominance of ``J_ff``, negative diagonal);
+    ``saturated_fraction``; ``free`` (unsaturated neurons).
+    """
+    lo, hi = _flat_bounds(model, u)
+    out: dict[str, list] = {k: [] for k in ("certified", "outward_margin", "radius", "hurwitz",
+                                            "max_real_eig", "dominant", "saturated_fraction", "free")}
+    for jb, fb, ub in zip(j, f, flat):
+        at_lo, at_hi = ub <= lo + atol, ub >= hi - atol
+        sat = at_lo | at_hi
+        outward = np.concatenate([-fb[at_lo], fb[at_hi]])
+        margin = float(np.min(outward)) if outward.size else np.inf
+        free = ~sat
+        jf = jb[np.ix_(free, free)][None]
+        rad = float(iteration_radius(jf, dt)[0])
+        re = float(np.max(np.linalg.eigvals(jf[0]).real)) if free.any() else -np.inf
+        g = gershgorin(jf)
+        out["certified"].append(bool(margin > 0 and rad < 1))
+        out["outward_margin"].append(margin)
+        out["radius"].append(rad)
+        out["hurwitz"].append(bool(re < 0))
+        out["max_real_eig"].append(re)
+        out["dominant"].append(bool(g["rows"][0] or g["columns"][0]))
+        out["saturated_fraction"].append(float(sat.mean()) if sat.size else 0.0)
+        out["free"].append(int(free.sum()))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------
+# Certificates of a batch, and the truth they are tested against
+# ---------------------------------------------------------------------------
+
+
+def _step(model: EquilibriumModel, drive: PyTree, u: PyTree, dt: Any) -> PyTree:
+    w = jax.tree.map(lambda a, b: a + jnp.asarray(dt, a.dtype) * b, u, model.field(u, drive))
+    proj = model.projector()
+    return w if proj is None else proj(w)
+
+
+def _inf_norms(a: PyTree, b: PyTree, batch: int) -> Array:
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(s - t).reshape(batch, -1), axis=1)
+                              for s, t in zip(jax.tree.leaves(a), jax.tree.leaves(b))]), axis=0)
+
+
+@eqx.filter_jit
+def _residual(model, x, u, dt):
+    return _inf_norms(_step(model, model.prepare(x), u, dt), u, x.shape[0]) / dt.astype(float)
+
+
+def per_example_residual(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float) -> np.ndarray:
+    """``max |P(u + dt F(u)) - u| / dt`` per example ``(B,)``: zero exactly at a fixed
+    point of the projected step (``|F|`` for an unprojected model)."""
+    return np.asarray(_residual(model, x, u, jnp.asarray(dt)), np.float64)
+
+
+def _neurons(u: PyTree) -> int:
+    return int(sum(np.prod(t.shape[1:], dtype=int) for t in jax.tree.leaves(u)))
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
+            settings: StabilitySettings = StabilitySettings(), seed: int = 0) -> dict[str, Any]:
+    """Every certificate that applies to ``model`` at the states ``u`` of the batch ``x``.
+
+    **Arguments:** ``model`` (one network, not stacked); ``x``: inputs ``(B, ...)``;
+    ``u``: its free fixed points, leaves ``(B, ...)``; ``dt``: the free solver's step;
+    ``settings``: :class:`StabilitySettings`; ``seed``: the power iteration's start.
+
+    **Returns:** a JSON-ready dict: ``certified`` (bool, every example), ``method``
+    (``"projected"`` for a :class:`~eqprop.network.base.BoxProjectedModel`, else
+    ``"contraction"`` when the global bound is below 1, else ``"spectral-exact"`` or
+    ``"spectral-power"``: ``rho(I + dt J) < 1`` at every example, each at its fixed
+    point), ``margins`` (each positive when its certificate holds: ``contraction`` =
+    ``1 - bound``, ``spectral`` = ``1 - max rho``, ``lyapunov`` = least eigenvalue of
+    ``P``, ``outward`` and ``projected_radius`` = ``1 - max rho(I + dt J_ff)``),
+    ``reason`` (why not, or ``None``), and the figures: ``spectral_radius`` (``method``,
+    ``max``, ``mean`` over the examples), ``contraction_bound`` (``None`` when it does
+    not apply), ``lyapunov``, ``gershgorin`` (the whole ``J``), ``projected``,
+    ``examples``, ``neurons``, ``dt``, ``residual_max``, ``converged_fraction``.
+    """
+    s = settings
+    batch, n = x.shape[0], _neurons(u)
+    res = per_example_residual(model, x, u, dt=dt)
+    at_fp = res <= s.residual_tol
+    out: dict[str, Any] = {"examples": batch, "neurons": n, "dt": dt,
+                           "residual_max": float(np.max(res)), "converged_fraction": float(at_fp.mean())}
+    bound = contraction_bound(model, x, u, exact_max=s.exact_max, iters=s.power_iters)
+    out["contraction_bound"] = bound
+    exact = n <= s.exact_max
+    margins: dict[str, float | None] = {"contraction": None if bound is None else 1.0 - bound}
+    if exact:
+        j, f, flat = state_jacobian(model, x, u)
+        rho = iteration_radius(j, dt)
+        ly, ge = lyapunov(j), gershgorin(j)
+        out["lyapunov"] = {"certified_fraction": float(ly["certified"].mean()),
+                           "p_min_eig_min": float(np.min(ly["p_min_eig"])),
+                           "max_real_eig_max": float(np.max(ly["max_real_eig"]))}
+        out["gershgorin"] = {"holds": bool(np.all(ge["rows"] & ge["columns"])),
+                             "row_margin_min": float(np.min(ge["row_margin"])),
+                             "column_margin_min": float(np.min(ge["column_margin"])),
+                             "column_sum_max": float(np.max(ge["column_sum_max"]))}
+        margins["lyapunov"] = out["lyapunov"]["p_min_eig_min"]
+    else:
+        rho = spectral_radius_power(model, x, u, dt=dt, iters=s.power_iters, seed=seed)
+        out["lyapunov"] = out["gershgorin"] = None
+    out["spectral_radius"] = {"method": "exact" if exact else "power", "max": float(np.max(rho)),
+                              "mean": float(np.mean(rho))}
+    margins["spectral"] = 1.0 - float(np.max(rho))
+    out["projected"] = None
+    unsettled = (f"{int((~at_fp).sum())} of {batch} examples not at a fixed point (residual "
+                 f"{_fmt(float(np.max(res)))} > residual_tol {s.residual_tol:g})")
+    if isinstance(model, BoxProjectedModel):
+        method = "projected"
+        if not exact:
+            certified, reason = False, (f"the projected certificate needs the dense Jacobian: {n} "
+                                        f"state variables > exact_max {s.exact_max}")
+        else:
+            pc = projected_certificate(model, u, j, f, flat, dt=dt)
+            out["projected"] = {
+                "certified_fraction": float(pc["certified"].mean()),
+                "outward_margin_min": float(np.min(pc["outward_margin"])),
+                "radius_max": float(np.max(pc["radius"])),
+                "hurwitz_fraction": float(pc["hurwitz"].mean()),
+                "dominant_fraction": float(pc["dominant"].mean()),
+                "saturated_fraction_mean": float(pc["saturated_fraction"].mean()),
+                "free_neurons_mean": float(pc["free"].mean())}
+            margins["outward"] = out["projected"]["outward_margin_min"]
+            margins["projected_radius"] = 1.0 - out["projected"]["radius_max"]
+            ok = pc["certified"] & at_fp
+            certified = bool(ok.all())
+            if certified:
+                reason = None
+            elif not at_fp.all():
+                reason = unsettled
+            elif margins["outward"] <= 0:
+                reason = (f"a saturated neuron's field does not point out of the box (least "
+                          f"outward field {_fmt(margins['outward'])})")
+            else:
+                reason = (f"rho(I + dt J_free) = {_fmt(out['projected']['radius_max'])} >= 1 over "
+                          f"the unsaturated neurons")
+    elif bound is not None and bound < 1:
+        method, certified, reason = "contraction", True, None
+    else:
+        method = "spectral-exact" if exact else "spectral-power"
+        certified = bool(np.all((rho < 1) & at_fp))
+        if certified:
+            reason = None
+        elif not at_fp.all():
+            reason = unsettled
+        else:
+            reason = (f"rho(I + dt J) = {_fmt(float(np.max(rho)))} >= 1 at {int((rho >= 1).sum())} "
+                      f"of {batch} examples")
+        if bound is not None and not certified:
+            reason += f"; contraction bound {_fmt(bound)} >= 1"
+    out.update(certified=certified, method=method, margins=margins, reason=reason)
+    return out
+
+
+def _free_solver(solver: Any) -> Any:
+    from .solvers import PhaseSolvers
+
+    return solver.free if isinstance(solver, PhaseSolvers) else solver
+
+
+@eqx.filter_jit
+def _relax(model, x, solver):
+    from .estimate.base import free_phase
+
+    return free_phase(model, x, solver).u
+
+
+def stability(model: EquilibriumModel, x: Array, solver: Any, *,
+              settings: StabilitySettings = StabilitySettings(), seed: int = 0
+              ) -> tuple[dict[str, Any], PyTree]:
+    """Relax the free phase of ``x`` with ``solver`` (a
+    :class:`~eqprop.solvers.FixedPointSolver` or :class:`~eqprop.solvers.PhaseSolvers`) and
+    :func:`certify` its fixed points with the solver's ``dt``.
+
+    **Returns:** ``(certify's dict, the fixed points u)``.
+    """
+    free = _free_solver(solver)
+    u = _relax(model, x, free)
+    return certify(model, x, u, dt=free.dt, settings=settings, seed=seed), u
+
+
+def perturbation_check(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float, trials: int = 100,
+                       scale: float = 1e-2, steps: int = 2000, shrink: float = 1e-2,
+                       seed: int = 0) -> np.ndarray:
+    """The truth the local certificates are tested against: from ``trials`` random
+    perturbations ``P(u + scale * N(0, 1))`` of each fixed point, iterate the step map
+    ``steps`` times and see whether the state came back.
+
+    **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``u``: fixed points, leaves
+    ``(B, ...)``; ``dt``: the step; ``shrink``: a trial returned when its final distance
+    (max norm) is at most ``shrink`` times its initial one; ``seed``: of the perturbations (NumPy).
+
+    **Returns:** ``(B,)``: the fraction of the trials that returned, per example.
+    """
+    ur = jax.tree.map(lambda t: jnp.repeat(t, trials, axis=0), u)
+    back = _perturbed(model, x, ur, _gaussian_like(ur, seed, scale), jnp.asarray(shrink),
+                      FixedPoint(steps=steps, dt=dt), trials)
+    return np.asarray(back, np.float64)
+
+
+@eqx.filter_jit
+def _perturbed(model, x, ur, noise, shrink, solver, trials):
+    batch = x.shape[0]
+    xr = jnp.repeat(x, trials, axis=0)
+    u0 = jax.tree.map(jnp.add, ur, noise)
+    proj = model.projector()
+    u0 = u0 if proj is None else proj(u0)
+    drive = model.prepare(xr)
+    ut, _ = solver.relax(model, lambda w: model.field(w, drive), u0)
+    d0, d1 = _inf_norms(u0, ur, batch * trials), _inf_norms(ut, ur, batch * trials)
+    ok = jnp.isfinite(d1) & (d1 <= shrink * d0 + 1e-12)
+    return ok.reshape(batch, trials).mean(axis=1)
+
+
+# ---------------------------------------------------------------------------
+# Enforcement during training, and the per-epoch figures
+# ---------------------------------------------------------------------------
+
+
+def coupling_leaves(model: InteractionModel, x1: Array) -> list[bool]:
+    """Which inexact leaves of ``model`` (in ``jax.tree.leaves`` order of
+    ``eqx.filter(model, eqx.is_inexact_array)``) the coupling ``C = dh/da`` depends on,
+    read from the jaxpr of ``C v`` (for the dense networks: the internal weights)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, tdef = jax.tree.flatten(params)
+
+    def cv(leaves, v):
+        m = eqx.combine(jax.tree.unflatten(tdef, leaves), static)
+        drive, a0 = _start_activity(m, x1)
+        return jax.linearize(lambda b: m.interaction(b, drive), a0)[1](v)
+
+    _, a0 = _start_activity(model, x1)
+    jaxpr = jax.make_jaxpr(cv)(leaves, a0)
+    nv = len(jax.tree.leaves(a0))
+    flags = []
+    for i in range(len(leaves)):
+        mask = [k == i for k in range(len(leaves))] + [False] * nv
+        flags.append(any(_depends(jaxpr, mask)))
+    return flags
+
+
+def coupling_scale(bound: Array, target: float) -> Array:
+    """The factor ``min(1, target / bound)`` applied to the coupling's leaves."""
+    return jnp.minimum(1.0, target / jnp.maximum(bound, 1e-300))
+
+
+def make_enforcer(model: EquilibriumModel, x1: Array, *, settings: StabilitySettings = StabilitySettings(),
+                  seeds: int = 1) -> Callable[[PyTree], PyTree]:
+    """``enforce(model) -> model`` (jitted): the projection of ``[stability] enforce =
+    "contraction"``, applied after each optimizer step. It rescales every leaf the coupling
+    ``C`` depends on (:func:`coupling_leaves`) by ``min(1, target / (L ||C||_2))``: ``C``
+    is linear in them for the dense networks, so the contraction bound becomes at most
+    ``target``; other leaves (biases, input weights, readout) are untouched.
+
+    **Arguments:** ``model``: one network (for the structure); ``x1``: one input
+    ``(1, ...)``; ``settings``: ``target``, ``exact_max``, ``power_iters``; ``seeds``:
+    ``K``, the model given to ``enforce`` is stacked (vmapped) when ``K > 1``.
+
+    **Raises:** :class:`StabilityError` when the model has no linear interaction (the
+    contraction bound does not exist for it).
+    """
+    if not linear_interaction(model, x1):
+        raise StabilityError(
+            f"stability.enforce: 'contraction' needs a model whose interaction h(a) is linear in "
+            f"the activity (rate dynamics, e.g. the dense networks); {type(model).__name__} has "
+            + ("a nonlinear one" if isinstance(model, InteractionModel) else "no interaction h(a)"))
+    flags = coupling_leaves(model, x1)
+    lip = activation_lipschitz(model, model.init_state(model.prepare(x1)))
+    s = settings
+
+    def one(m):
+        bound = lip * coupling_norm(m, x1, exact_max=s.exact_max, iters=s.power_iters)
+        k = coupling_scale(bound, s.target)
+        params, static = eqx.partition(m, eqx.is_inexact_array)
+        leaves, tdef = jax.tree.flatten(params)
+        leaves = [t * k.astype(t.dtype) if f else t for t, f in zip(leaves, flags)]
+        return eqx.combine(jax.tree.unflatten(tdef, leaves), static)
+
+    return eqx.filter_jit(one if seeds == 1 else eqx.filter_vmap(one))
+
+
+def epoch_figures(model: EquilibriumModel, x: Array, solver: Any, *, settings: StabilitySettings
+                  = StabilitySettings(), seed: int = 0) -> dict[str, float]:
+    """The cheap per-epoch figures of one network on the batch ``x``: ``spectral_radius``
+    (max over the examples, power iteration) and, where it applies, ``contraction_bound``.
+    ``solver``: the free phase's solver (its ``dt``)."""
+    free = _free_solver(solver)
+    u = _relax(model, x, free)
+    rho = spectral_radius_power(model, x, u, dt=free.dt, iters=settings.power_iters, seed=seed)
+    out = {"spectral_radius": float(np.max(rho))}
+    bound = contraction_bound(model, x, u, exact_max=settings.exact_max, iters=settings.power_iters)
+    if bound is not None:
+        out["contraction_bound"] = bound
+    return out
+
+
+def _cell(v: float | None, fmt: str = "{:.4f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The table ``eqprop stability`` prints: one row per seed (certified, method, the
+    margin of that method, ``max rho(I + dt J)``, the contraction bound, the Lyapunov and
+    projected figures, the perturbation test), then why a seed is not certified.
+
+    **Arguments:** ``result``: ``{"target", "model", "dt", "examples", "per_seed": [...]}``
+    with one :func:`certify` dict (plus ``seed``) per seed.
+    """
+    lines = [f"{result['target']}: {result['model']}, dt {result['dt']:g}, "
+             f"{result['examples']} examples per seed"]
+    head = (f"{'seed':<6}{'certified':<11}{'method':<16}{'margin':>9}{'rho(I+dtJ)':>12}"
+            f"{'contraction':>13}{'lyapunov P>0':>14}{'projected':>11}{'returned':>10}")
+    lines.append(head)
+    notes = []
+    for r in result["per_seed"]:
+        key = {"projected": "projected_radius", "contraction": "contraction"}.get(r["method"], "spectral")
+        margin = r["margins"].get(key)
+        if r["method"] == "projected" and r["margins"].get("outward") is not None:
+            margin = min(margin, r["margins"]["outward"])
+        ly = r.get("lyapunov")
+        pr = r.get("projected")
+        pt = r.get("perturbation")
+        pct = lambda d, k: "-" if d is None else f"{100 * d[k]:.0f}%"  # noqa: E731
+        lines.append(
+            f"{r['seed']:<6}{'yes' if r['certified'] else 'NO':<11}{r['method']:<16}"
+            f"{_cell(margin):>9}{_cell(r['spectral_radius']['max']):>12}"
+            f"{_cell(r['contraction_bound']):>13}{pct(ly, 'certified_fraction'):>14}"
+            f"{pct(pr, 'certified_fraction'):>11}{pct(pt, 'returned_fraction_min'):>10}")
+        if r["reason"]:
+            notes.append(f"seed {r['seed']}: {r['reason']}")
+        g = r.get("gershgorin")
+        if pr is not None and g is not None:
+            notes.append(f"seed {r['seed']}: {100 * pr['saturated_fraction_mean']:.0f}% of the neurons on "
+                         f"a bound; whole-J Gershgorin (the paper's test) "
+                         f"{'holds' if g['holds'] else 'fails'}: row margin "
+                         f"{g['row_margin_min']:.3g}, column margin {g['column_margin_min']:.3g}, "
+                         f"largest column sum {g['column_sum_max']:.3g}")
+    lines += notes
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# The trainer's hooks ([stability] every, enforce)
+# ---------------------------------------------------------------------------
+
+
+def _seed(tree: PyTree, i: int) -> PyTree:
+    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, tree)
+
+
+def program_enforcer(program: Any) -> Callable[[PyTree], PyTree] | None:
+    """The trainer's ``enforce(model) -> model`` for ``[stability] enforce`` (``None`` when
+    ``"none"``): :func:`make_enforcer` on the program's first training example, vmapped
+    over the ``K`` seeds of a stacked model.
+
+    **Raises:** :class:`StabilityError` as :func:`make_enforcer`.
+    """
+    section = program.config.stability
+    if section.enforce == "none":
+        return None
+    one = program.model if program.seeds == 1 else _seed(program.model, 0)
+    x1 = jnp.asarray(program.dataset.x_train[:1])
+    return make_enforcer(one, x1, settings=StabilitySettings.of(section), seeds=program.seeds)
+
+
+def program_figures(program: Any, model: PyTree, epoch: int) -> tuple[dict[str, float], dict[str, list]]:
+    """The per-epoch figures (:func:`epoch_figures`) of ``model`` (stacked when ``K > 1``)
+    on the first ``[stability] examples`` training examples, with the free solver of the
+    run; the power iteration starts from NumPy's seed ``100_003 train.seed + epoch``.
+
+    **Returns:** ``(means over seeds, {key: [value per seed]})``.
+    """
+    settings = StabilitySettings.of(program.config.stability)
+    x = jnp.asarray(program.dataset.x_train[:settings.examples])
+    seed = program.config.train.seed * 100_003 + epoch
+    models = [model] if program.seeds == 1 else [_seed(model, i) for i in range(program.seeds)]
+    rows = [epoch_figures(m, x, program.solvers.free, settings=settings, seed=seed) for m in models]
+    per = {k: [r[k] for r in rows] for k in rows[0]}
+    return {k: float(np.mean(v)) for k, v in per.items()}, per
