@@ -28,6 +28,7 @@ from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_
 from .guards import NONCONVERGED_TOL, RelaxStats, estimate_problems
 from .metrics import compare, cosine
 from .network.base import EquilibriumModel
+from .settings import SettingError
 from .solvers import PhaseSolvers
 
 __all__ = ["gradcheck", "build_specs", "format_table", "to_json"]
@@ -153,9 +154,21 @@ def build_specs(specs: Sequence[str], solvers: PhaseSolvers,
 
     **Returns:** ``{spec: estimator}`` in the order given.
 
-    **Raises:** ``ValueError`` for an unknown estimator name or setting (one line).
+    Each estimator checks its settings against their declared bounds and choices when
+    it is made (:func:`eqprop.estimate.base.check_settings`), exactly as the
+    configuration does: a SPEC cannot pass a value (a negative ``beta``) that training
+    refuses.
+
+    **Raises:** ``ValueError`` for an unknown estimator name or setting, or a value out
+    of its bounds (one line quoting the SPEC and naming the key).
     """
-    return {s: parse_spec(s, solvers, defaults) for s in specs}
+    out = {}
+    for spec in specs:
+        try:
+            out[spec] = parse_spec(spec, solvers, defaults)
+        except SettingError as err:
+            raise ValueError(f"estimator SPEC {spec!r}: {err.key}: {err}") from None
+    return out
 
 
 def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | None = None) -> str:

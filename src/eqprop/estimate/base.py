@@ -25,6 +25,7 @@ from jax import Array
 
 from ..network.base import EquilibriumModel
 from ..guards import RelaxStats
+from ..settings import SettingError, settings_of
 from ..solvers import FixedPointSolver, PhaseSolvers
 
 PyTree = Any
@@ -106,7 +107,20 @@ class Estimator(eqx.Module):
 
     A subclass implements ``__call__`` and registers itself with
     ``@ESTIMATORS.register(name)``.
+
+    Every ``setting()`` field is checked against its declared ``bounds`` and ``choices``
+    when the estimator is made (:meth:`__check_init__`), so the configuration, a
+    ``gradcheck`` SPEC and a direct construction refuse the same values with the same
+    words.
     """
+
+    def __check_init__(self):
+        """Check every ``setting()`` field against its ``bounds`` and ``choices``.
+
+        **Raises:** :class:`~eqprop.settings.SettingError` naming the key (e.g.
+        ``beta``: ``must be > 0, got -0.1``), the message the configuration gives.
+        """
+        check_settings(self)
 
     @property
     def name(self) -> str:
@@ -144,6 +158,30 @@ class Estimator(eqx.Module):
                 "holomorphic (it rejects complex states); use a holomorphic activation (sigmoid4, "
                 "dsilu, tanh) or real nudges (ep, points 1 or 2)"
             )
+
+
+def check_settings(component: Any) -> None:
+    """Check the ``setting()`` fields of ``component`` against their declared ``bounds``
+    (numbers) and ``choices`` (strings): the one place where an estimator's values are
+    validated, whether it comes from ``[estimator]``, a SPEC or Python.
+
+    **Arguments:** ``component``: an instance of a class with ``setting()`` fields.
+
+    **Raises:** :class:`~eqprop.settings.SettingError` with the key and the words of the
+    configuration's messages (``must be > 0, got -0.5``; ``must be one of 'a', 'b', got
+    'c'``).
+    """
+    for s in settings_of(type(component)):
+        value, spec = getattr(component, s.name), s.spec
+        if value is None and spec.optional:
+            continue
+        if spec.bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value not in spec.bounds:
+                raise SettingError(s.key, f"must be {spec.bounds}, got {value}")
+        choices = spec.allowed_choices()
+        if choices is not None and isinstance(value, str) and value not in choices:
+            raise SettingError(s.key, "must be one of " + ", ".join(repr(c) for c in choices)
+                               + f", got {value!r}")
 
 
 def free_phase(

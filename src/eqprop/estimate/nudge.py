@@ -37,6 +37,41 @@ from .base import Estimate, Estimator, FreePhase, assemble, nudged_field, nudged
 PyTree = Any
 
 
+#: the direction of a one-sided nudge (``[estimator] sign`` of ``ep`` and ``contrast``)
+SIGNS = ("positive", "negative", "random")
+
+SIGN_DOC = ("One-sided nudge: 'positive' (+beta dl/da, away from the target), 'negative' (toward "
+            "it, Scellier and Bengio's), 'random' (per batch).")
+
+
+def signed_beta(beta: float, sign: str, key: Array) -> float | Array:
+    """The signed strength of a one-sided nudge.
+
+    The nudged field is ``F + b dl/da_out`` (eqprop's convention): ``b > 0`` pushes the
+    output *away from* the target (up the loss), ``b < 0`` *toward* it, which is the
+    physical nudge of Scellier and Bengio 2017 (their ``beta > 0``, eqprop's ``b =
+    -beta``). ``(a(b) - a(0)) / b`` estimates ``da*/dbeta`` either way, with a bias
+    ``O(b)`` of opposite sign for the two directions; a random sign per batch (their
+    recommendation) cancels it on average.
+
+    **Arguments:** ``beta``: the strength ``|b| > 0``; ``sign``: ``"positive"``,
+    ``"negative"`` or ``"random"``; ``key``: the step's PRNG key (``"random"`` draws
+    ``+-1`` with equal probability from it, so a resumed run draws the same signs).
+
+    **Returns:** ``b``: ``beta`` or ``-beta`` (Python floats), or a traced scalar for
+    ``"random"``.
+
+    **Raises:** ``ValueError`` for another ``sign``.
+    """
+    if sign == "positive":
+        return beta
+    if sign == "negative":
+        return -beta
+    if sign == "random":
+        return jnp.where(jax.random.bernoulli(key), beta, -beta)
+    raise ValueError(f"sign must be one of {', '.join(map(repr, SIGNS))}, got {sign!r}")
+
+
 def circle_points(beta: float, n: int) -> tuple[list[float], list[complex]]:
     """The nudges to relax for ``n`` points on the circle of radius ``beta``.
 
@@ -93,8 +128,9 @@ def circle_derivative(
     real part. ``n = 1`` is one-sided EP, ``n = 2`` symmetric EP.
 
     **Arguments:** ``model``; ``free``: the free phase; ``y``: labels ``(B,)``;
-    ``beta``: the radius ``|beta|``; ``n``: the number of points ``N``; ``solver``: the
-    nudged phases' solver.
+    ``beta``: the radius ``|beta|`` (for ``n = 1``, the one nudge ``b`` of
+    :func:`signed_beta`: negative or traced is fine); ``n``: the number of points ``N``;
+    ``solver``: the nudged phases' solver.
 
     **Returns:** ``v`` (real, pytree like the activity, leaves ``(B, ...)``), the
     phases' stats (``residual`` ``(P, B)`` with ``P = len(real) + len(complex)`` of
@@ -273,23 +309,50 @@ class HolomorphicEP(Estimator):
         return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats, circle=decay)
 
 
+def check_sign(name: str, points: int, sign: str) -> None:
+    """Refuse a ``sign`` other than ``"positive"`` for a symmetric estimate (``points =
+    2``), which nudges both ways and has no sign.
+
+    **Raises:** :class:`~eqprop.settings.SettingError` (key ``sign``)."""
+    if points != 1 and sign != "positive":
+        raise SettingError("sign", f"applies to the one-sided {name!r} (points = 1); points = "
+                           f"{points} nudges both ways, got sign = {sign!r}")
+
+
 class EP(HolomorphicEP):
     """Classic finite-nudge EP in generalized form: one-sided (``points=1``) or symmetric (2).
 
-    One-sided: ``v = (a(beta) - a(0)) / beta`` (Scellier and Bengio 2017, bias
-    ``O(beta)``); symmetric: ``(a(beta) - a(-beta)) / (2 beta)`` (Laborieux et al. 2021,
-    bias ``O(beta^2)``). Real nudges only. Settings as :class:`HolomorphicEP`.
+    One-sided: ``v = (a(b) - a(0)) / b`` with ``b = +-beta`` (Scellier and Bengio 2017,
+    bias ``O(beta)``); symmetric: ``(a(beta) - a(-beta)) / (2 beta)`` (Laborieux et al.
+    2021, bias ``O(beta^2)``). Real nudges only.
 
-    **Raises:** :class:`~eqprop.settings.SettingError` for ``points`` not 1 or 2.
+    **Settings:** ``beta``: the strength ``|b| > 0``; ``points``: 1 or 2; ``sign`` (one-sided
+    only): ``"positive"`` (``b = +beta``: the output pushed away from the target, eqprop's
+    convention), ``"negative"`` (``b = -beta``: pulled toward it, Scellier and Bengio's
+    physical nudge; needed where the output saturates, e.g. hard-sigmoid with an MSE
+    readout, whose units at 0 get no signal from a push away) or ``"random"`` (a sign per
+    batch drawn from the step's key, their recommendation: the ``O(beta)`` bias cancels
+    on average); see :func:`signed_beta`. ``nudged``: the nudged phases' solver.
+
+    **Raises:** :class:`~eqprop.settings.SettingError` for ``points`` not 1 or 2, or a
+    ``sign`` other than ``"positive"`` with ``points = 2``.
     """
 
     points: int = setting(1, "1 (one-sided) or 2 (symmetric); use 'hep' for more.",
                           bounds=POSITIVE_INT)
+    sign: str = setting("positive", SIGN_DOC, choices=SIGNS)
 
     def __check_init__(self):
         if self.points not in (1, 2):
             raise SettingError("points", f"'ep' takes 1 (one-sided) or 2 (symmetric); use 'hep' "
                                f"for more, got {self.points}")
+        check_sign("ep", self.points, self.sign)
+
+    def __call__(self, model, x, y, free, key):
+        beta = signed_beta(self.beta, self.sign, key) if self.points == 1 else self.beta
+        v, stats, states = circle_derivative(model, free, y, beta, self.points, self.nudged)
+        decay = circle_decay(model, free, states, self.beta, self.points)
+        return assemble(model, x, y, free.u, v), Estimate(error_vector=v, phases=stats, circle=decay)
 
 
 class OnlineHEP(Estimator):
