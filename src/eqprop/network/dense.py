@@ -163,9 +163,10 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
         of the coupling graph of the non-input populations (a projection couples its two
         ends, tied or not).
 
-        **Returns:** ``(group_0, group_1)`` of population names, or ``None`` when an odd
-        cycle (e.g. a skip over one layer) makes the graph non-bipartite or one group
-        would be empty.
+        **Returns:** ``(group_0, group_1)`` of population names, or ``(group_0,)`` when
+        no population is coupled to another (one hidden layer: the whole update is one
+        group, and the alternating sweep is the synchronous step), or ``None`` when an
+        odd cycle (e.g. a skip over one layer) makes the graph non-bipartite.
         """
         pops = [p for p, _ in self.sizes if p != INPUT]
         nbrs: dict[str, set[str]] = {p: set() for p in pops}
@@ -187,7 +188,7 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
                     elif colour[q] == colour[p]:
                         return None
         groups = tuple(tuple(p for p in pops if colour[p] == c) for c in (0, 1))
-        return groups if all(groups) else None
+        return tuple(g for g in groups if g)
 
     def feedback_pairs(self) -> dict[str, tuple[Array, Array | None]]:
         """Pairs of non-input populations coupled both ways, named ``"<src>-<dst>"`` after
@@ -242,6 +243,27 @@ def _uniform(key: Array, shape: tuple[int, ...], bound: float, dtype) -> Array:
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def feedback_at_angle(wt: Array, draw: Array, alpha: float) -> Array:
+    """A feedback matrix at exactly the angle ``alpha`` from ``wt = W^T``.
+
+    ``B = sin(alpha) R + cos(alpha) W^T``, where ``R`` is ``draw`` minus its projection on
+    ``W^T`` (Frobenius inner product), rescaled to ``||W||``. Then ``<R, W^T> = 0`` and
+    ``||R|| = ||W^T||``, so ``cos angle(B, W^T) = cos(alpha)`` exactly and ``||B|| =
+    ||W||`` (Laborieux and Zenke 2024, arXiv 2309.02214, whose ``B_init`` is only
+    approximately orthogonal to ``W^T``: 60 degrees asked gave 58.9).
+
+    **Arguments:** ``wt``: ``W^T``, ``(n_dst, n_src)`` of the feedback; ``draw``: a random
+    matrix of the same shape (not parallel to ``wt``); ``alpha``: the angle in radians (a
+    number or a traced scalar).
+
+    **Returns:** ``B``, the shape and dtype of ``wt``.
+    """
+    norm = jnp.sqrt(jnp.sum(wt * wt))
+    r = draw - (jnp.sum(draw * wt) / (norm * norm)) * wt
+    r = r * (norm / jnp.sqrt(jnp.sum(r * r)))
+    return jnp.sin(alpha) * r + jnp.cos(alpha) * wt
+
+
 def graph(
     populations: dict[str, int],
     projections: Sequence[Sequence[str]],
@@ -261,9 +283,13 @@ def graph(
 
     ``feedback="tied"``: each listed pair is one symmetric coupling. ``"untied"``: each
     pair acts one way; when both ``[a, b]`` and a later ``[b, a]`` are listed, the later
-    (feedback) matrix is initialised as ``B = sin(alpha) B_init + cos(alpha) W^T``
+    (feedback) matrix is initialised as ``B = sin(alpha) R + cos(alpha) W^T``
     (controlled asymmetry of Laborieux and Zenke 2024, arXiv 2309.02214; ``alpha = 0``
     is symmetric, 90 independent), and both are then trained as separate parameters.
+    ``R`` is a random draw ``B_init`` made orthogonal to ``W^T`` (Frobenius inner
+    product) and rescaled to the norm of ``W``, so that the angle between ``B`` and
+    ``W^T`` at initialisation is exactly ``alpha`` (to rounding) and ``||B|| = ||W||``
+    (:func:`feedback_at_angle`).
 
     Initialisation: the weights of ``src -> dst`` uniform in
     ``+-init_scale / sqrt(n_src)`` (PyTorch's ``Linear`` default for ``init_scale = 1``);
@@ -325,13 +351,13 @@ def graph(
         if e.tied and e.src != INPUT:
             fan_in[e.src] += sizes[e.dst]
     weights: dict[str, Array] = {}
-    alpha = math.radians(asymmetry_angle)
+    alpha = asymmetry_angle * (math.pi / 180)  # a number or a traced scalar
     for e in projs:
         bound = init_scale / math.sqrt(sizes[e.src])
         w = _uniform(next(keys), (sizes[e.src], sizes[e.dst]), bound, dtype)
         forward = weights.get(f"{e.dst}->{e.src}")
         if not e.tied and forward is not None and e.dst != INPUT:
-            w = math.sin(alpha) * w + math.cos(alpha) * forward.T
+            w = feedback_at_angle(forward.T, w, alpha)
         weights[e.name] = w
     biases = {
         p: _uniform(next(keys), (n,), 1.0 / math.sqrt(max(fan_in[p], 1)), dtype)
