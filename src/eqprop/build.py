@@ -132,7 +132,9 @@ def build_optimizer(config: Config, model: EquilibriumModel, steps_total: int = 
     """The optax optimizer of ``[optim]``.
 
     ``sgd`` (with ``momentum`` when nonzero) and ``adam`` add ``weight_decay`` to the
-    gradient before the optimizer (L2); ``adamw`` decouples it (``optax.adamw``). ``lr_multipliers`` scale named parameters' updates after the
+    gradient before the optimizer (L2); ``adamw`` decouples it (``optax.adamw``).
+    ``momentum`` is SGD's momentum, and for ``adam`` and ``adamw`` the decay of the first
+    moment (optax's ``b1``; Kingma and Ba 2015). ``lr_multipliers`` scale named parameters' updates after the
     optimizer (keys as in :func:`~eqprop.network.named_parameters`, e.g.
     ``"weights.input->h1"``, or a suffix after a dot such as the projection name
     ``"input->h1"``); ``clip_norm > 0`` clips the gradient's global norm first.
@@ -152,11 +154,11 @@ def build_optimizer(config: Config, model: EquilibriumModel, steps_total: int = 
         if o.weight_decay:
             opt = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
     elif o.name == "adam":
-        opt = optax.adam(lr)
+        opt = optax.adam(lr, b1=o.momentum)
         if o.weight_decay:
             opt = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
     else:
-        opt = optax.adamw(lr, weight_decay=o.weight_decay)
+        opt = optax.adamw(lr, b1=o.momentum, weight_decay=o.weight_decay)
     if o.lr_multipliers:
         opt = optax.chain(opt, _scale_by_name(model, dict(o.lr_multipliers)))
     if o.clip_norm > 0:
