@@ -12,7 +12,7 @@ from .network import (BipartiteModel, DenseNetwork, EnergyModel, EquilibriumMode
 from .plugins import load_plugin, register_model
 from .relax import RelaxStats, relax
 from .solvers import Anderson, FixedPoint, FixedPointSolver, PhaseSolvers
-from .update import init_optimizer, make_eval_step, make_train_step
+from .update import init_optimizer, make_train_step
 
 __version__ = "0.1.0"
 
@@ -35,5 +35,5 @@ __all__ = [
     "EquilibriumModel", "InteractionModel", "EnergyModel", "BipartiteModel", "FeedbackModel",
     "DenseNetwork", "graph", "layered",
     "free_phase", "make_estimator", "parse_spec",
-    "make_train_step", "make_eval_step", "init_optimizer",
+    "make_train_step", "init_optimizer",
 ]

@@ -1,8 +1,8 @@
 """The training step: relax, estimate, update, in one jitted function.
 
 ``step(model, opt_state, x, y, key[, index]) -> (model, opt_state, metrics)`` where
-``metrics`` holds the batch's loss and accuracy at the free fixed point and the
-relaxation stats (:func:`batch_metrics`). With Jacobian homeostasis (:class:`eqprop.homeostasis.Homeostasis`)
+``metrics`` holds the batch's loss and accuracy at the free fixed point of the model
+the step was given (before its update) and the relaxation stats (:func:`batch_metrics`). With Jacobian homeostasis (:class:`eqprop.homeostasis.Homeostasis`)
 the step adds ``coef * d L_homeo / d theta`` to the estimator's gradient on the batches
 with ``index % every == 0`` (``index`` defaults to 0: always applied) and reports
 ``homeo_loss`` (0 on skipped batches) and ``homeo_applied``.
@@ -84,8 +84,9 @@ def make_train_step(
     estimator (and, folded, of the homeostasis probes); ``index``: the batch index
     (homeostasis ``every``); ``u0``, ``warm``: warm start as in
     :func:`~eqprop.estimate.free_phase`. It returns ``(model, opt_state, metrics)``:
-    the updated model and state, and :func:`batch_metrics` of the free phase (found
-    with the model before the update, read out with the updated model's readout), plus
+    the updated model and state, and :func:`batch_metrics` of the free phase with the
+    weights the step used (the model before the update: its fixed point read out by its
+    own readout, so the logged loss is the loss whose gradient the step estimated), plus
     the estimator's figures (:func:`~eqprop.estimate.estimate_metrics`: ``nudged_residual``
     and ``nudged_nonconverged`` for nudged phases, ``linear_residual`` for a linear
     solve, ``hep_decay``, ``hep_error`` and ``hep_beta_suggested`` for hEP's circle),
@@ -128,24 +129,12 @@ def make_train_step(
                 loss, hgrad = jax.lax.cond(applied, apply, skip, None)
             grads = add_grads(grads, hgrad)
             extra.update(homeo_loss=loss, homeo_applied=applied)
+        metrics = batch_metrics(model, free, y)  # the weights this step used, not the updated ones
         params = parameters(model)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         model = eqx.apply_updates(model, updates)
         if u0 is not None:
             extra["state"] = free.u
-        return model, opt_state, {**batch_metrics(model, free, y), **extra}
+        return model, opt_state, {**metrics, **extra}
 
     return step
-
-
-def make_eval_step(solver: FixedPointSolver = None):
-    """A jitted ``evaluate(model, x, y) -> metrics``: the free phase only, with ``solver``
-    (default :data:`DEFAULT_FREE_SOLVER`), and :func:`batch_metrics` of it (``x``:
-    ``(B, ...)``, ``y``: ``(B,)``)."""
-    solver = DEFAULT_FREE_SOLVER if solver is None else solver
-
-    @eqx.filter_jit
-    def evaluate(model, x, y):
-        return batch_metrics(model, free_phase(model, x, solver), y)
-
-    return evaluate
