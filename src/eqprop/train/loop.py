@@ -32,6 +32,7 @@ Conventions
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -116,9 +117,8 @@ class _Trainer:
         pos = self.pos
         assert pos is not None and pos.epoch == epoch - 1
         t0 = time.perf_counter()
-        bar = tqdm(total=p.n_batches, initial=pos.batch, desc=f"epoch {epoch}/{self.config.train.epochs}",
-                   disable=not (self.progress and sys.stderr.isatty()), leave=False,
-                   dynamic_ncols=True)
+        bar = progress_bar(p.n_batches, pos.batch, f"epoch {epoch}/{self.config.train.epochs}",
+                           enabled=self.progress and sys.stderr.isatty())
         compile_seconds = None
         try:
             for b, (xb, yb, idx) in enumerate(p.epoch_batches(epoch)):
@@ -192,6 +192,33 @@ class _Trainer:
         problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None))
         if problems:  # once per epoch, every figure at fault in one message
             warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
+
+
+#: the progress bar's width when the terminal reports none (``script`` gives a width of 0)
+FALLBACK_COLUMNS = 100
+
+
+def bar_columns(stream: Any = None) -> int | None:
+    """The progress bar's width: ``None`` (follow the terminal, as ``tqdm`` does) when the
+    terminal of ``stream`` (default ``sys.stderr``) reports a width of at least 20
+    columns, else :data:`FALLBACK_COLUMNS` (a width of 0, as under ``script``, or no
+    terminal at all, would draw nothing)."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return FALLBACK_COLUMNS
+    return None if columns >= 20 else FALLBACK_COLUMNS
+
+
+def progress_bar(total: int, initial: int, desc: str, *, enabled: bool, file: Any = None) -> tqdm:
+    """The batch progress bar of an epoch, written to ``file`` (default ``sys.stderr``),
+    disabled unless ``enabled``; its width follows the terminal, or is fixed by
+    :func:`bar_columns` when the terminal reports none."""
+    file = sys.stderr if file is None else file
+    columns = bar_columns(file)
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, leave=False,
+                file=file, ncols=columns, dynamic_ncols=columns is None)
 
 
 def _estimate_postfix(m: dict[str, Any]) -> dict[str, str]:
