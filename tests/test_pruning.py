@@ -156,3 +156,91 @@ def test_prune_stacked_seeds_independently():
             np.testing.assert_array_equal(masks[name][i], m)
     sp = P.sparsity(masks, seeds=2)
     assert len(sp["sparsity"]) == 2 and sp["sparsity"][0] == pytest.approx(sp["sparsity"][1], abs=0.05)
+    assert set(sp) == {"sparsity", "sparsity/weights.input->h1", "sparsity/weights.h1->h2"}
+
+
+# ---------------------------------------------------------------------------
+# In training: [pruning], checkpoints, resume, metrics, errors
+# ---------------------------------------------------------------------------
+
+TINY = {
+    "data": {"name": "synthetic", "batch_size": 32},
+    "model": {"sizes": [16, 8, 8, 4]},
+    "dynamics": {"free_steps": 15, "nudged_steps": 15},
+    "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9},
+    "train": {"epochs": 3, "max_batches": 3, "seed": 3, "seeds": 2},
+    "pruning": {"method": "stochastic", "tol": 0.3, "temperature": 0.05},
+}
+
+
+def _tiny(**updates):
+    from eqprop.config import parse_config, with_updates
+
+    return with_updates(parse_config(TINY), **updates)
+
+
+def _final(run_dir):
+    from eqprop.train import load_run
+
+    _, _, model, meta = load_run(run_dir)
+    return model, meta
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    from eqprop.train import train
+
+    out = tmp_path_factory.mktemp("pruned") / "run"
+    train(_tiny(), out, progress=False)
+    return out
+
+
+def test_training_prunes_and_logs_sparsity(pruned_run):
+    from eqprop.train import RunDir, load_run
+
+    recs = RunDir(pruned_run).read_metrics()
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    s = [r["sparsity"] for r in recs]
+    assert 0 < s[0] <= s[1] <= s[2] < 1  # the removed stay removed
+    assert len(recs[-1]["per_seed"]["sparsity"]) == 2
+    assert {"sparsity/weights.input->h1", "sparsity/weights.h1->h2"} <= recs[-1].keys()
+    # the checkpoint holds the masks, and the model's pruned weights are exactly zero
+    from eqprop.train.resume import load_checkpoint
+
+    _, program, model, _ = load_run(pruned_run)
+    masks = P.masks_of(load_checkpoint(RunDir(pruned_run), "latest", program)[1])
+    named = named_parameters(parameters(model))
+    for name, m in masks.items():
+        assert m.shape[0] == 2
+        assert bool(jnp.all(named[name][~m] == 0.0))
+        removed = 1 - float(jnp.mean(m))
+        assert removed == pytest.approx(recs[-1][f"sparsity/{name}"], abs=1e-9)
+
+
+def test_resume_prunes_exactly_as_uninterrupted(pruned_run, tmp_path):
+    from eqprop.config import load_config
+    from eqprop.train import train, with_epochs
+
+    out = tmp_path / "run"
+    train(_tiny(train={"epochs": 2}), out, progress=False)
+    train(with_epochs(load_config(out / "config.toml"), 3), out, resume=True, progress=False)
+    a, _ = _final(out)
+    b, _ = _final(pruned_run)
+    na, nb = named_parameters(parameters(a)), named_parameters(parameters(b))
+    for k in na:
+        np.testing.assert_array_equal(np.asarray(na[k]) == 0, np.asarray(nb[k]) == 0, err_msg=k)
+        np.testing.assert_allclose(na[k], nb[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_pruning_config_errors_are_one_line():
+    from eqprop.config import ConfigError
+    from eqprop.train import build_program
+
+    with pytest.raises(ConfigError, match=r"^pruning\.sparsity: 0\.95 would remove every incoming "
+                                          r"connection of the neurons of weights\.h1->h2 \(8 each\)"):
+        build_program(_tiny(pruning={"method": "magnitude", "sparsity": 0.95}))
+    with pytest.raises(ConfigError, match="pruning.method: must be one of 'none', 'stochastic', "
+                                          "'magnitude', 'l1'"):
+        _tiny(pruning={"method": "prune-it"})
+    with pytest.raises(ConfigError, match="pruning.sparsity: belongs to pruning method 'magnitude'"):
+        _tiny(pruning={"method": "l1", "sparsity": 0.5})

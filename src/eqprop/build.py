@@ -18,8 +18,9 @@ from .estimate import Estimator, make_estimator
 from .homeostasis import Homeostasis
 from .network import DenseNetwork, EquilibriumModel, graph, layered
 from .linear import make_linear_solver
-from .registry import ESTIMATORS, SOLVERS
-from .settings import settings_of
+from .pruning import Pruner, keep_pruned, prunable
+from .registry import ESTIMATORS, PRUNERS, SOLVERS
+from .settings import SettingError, settings_of
 from .solvers import FixedPoint, PhaseSolvers
 
 
@@ -119,6 +120,27 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
                                                      key=key)
 
 
+def build_pruner(config: Config, model: EquilibriumModel | None = None) -> Pruner:
+    """The pruning method of ``[pruning]`` (:mod:`eqprop.pruning`; ``NoPruning`` by default).
+
+    **Arguments:** ``config``; ``model``: when given, the method's settings are checked
+    against its prunable matrices (e.g. a target sparsity that would disconnect a neuron).
+
+    **Raises:** :class:`~eqprop.config.ConfigError` naming the ``pruning`` key at fault.
+    """
+    pruner = PRUNERS.get(config.pruning.method)(**config.pruning.settings())
+    if model is not None:
+        from .network import named_parameters, parameters
+
+        shapes = {n: tuple(w.shape) for n, w in named_parameters(parameters(model)).items()
+                  if prunable(n, w)}
+        try:
+            pruner.check(shapes)
+        except SettingError as e:
+            raise ConfigError(f"pruning.{e.key}: {e}") from None
+    return pruner
+
+
 def learning_rate(config: Config, steps_total: int) -> optax.Schedule | float:
     """``[optim] lr``, or with ``schedule = "cosine"`` a cosine decay from it to 0 over
     ``max(steps_total, 1)`` optimizer steps (an optax schedule)."""
@@ -137,7 +159,9 @@ def build_optimizer(config: Config, model: EquilibriumModel, steps_total: int = 
     moment (optax's ``b1``; Kingma and Ba 2015). ``lr_multipliers`` scale named parameters' updates after the
     optimizer (keys as in :func:`~eqprop.network.named_parameters`, e.g.
     ``"weights.input->h1"``, or a suffix after a dot such as the projection name
-    ``"input->h1"``); ``clip_norm > 0`` clips the gradient's global norm first.
+    ``"input->h1"``); ``clip_norm > 0`` clips the gradient's global norm first. With
+    ``[pruning]``, the whole is wrapped in :func:`~eqprop.pruning.keep_pruned` (the masks
+    in its state; the method's L1 term added to the gradient first).
 
     **Arguments:** ``config``; ``model``: names the parameters for ``lr_multipliers``;
     ``steps_total``: optimizer steps of the run (the cosine schedule's length).
@@ -145,7 +169,7 @@ def build_optimizer(config: Config, model: EquilibriumModel, steps_total: int = 
     **Returns:** an ``optax.GradientTransformation``.
 
     **Raises:** :class:`~eqprop.config.ConfigError` for an ``lr_multipliers`` key that
-    names no parameter.
+    names no parameter, or ``[pruning]`` settings the model cannot meet.
     """
     o = config.optim
     lr = learning_rate(config, steps_total)
@@ -163,6 +187,8 @@ def build_optimizer(config: Config, model: EquilibriumModel, steps_total: int = 
         opt = optax.chain(opt, _scale_by_name(model, dict(o.lr_multipliers)))
     if o.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+    if config.pruning.method != "none":  # the masks live in the optimizer state
+        opt = keep_pruned(opt, l1=build_pruner(config, model).l1)
     return opt
 
 

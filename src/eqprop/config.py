@@ -28,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from .registry import DATASETS, ESTIMATORS, LINEAR_SOLVERS, LOGGERS, MODELS, SOLVERS, load_builtins
+from .registry import DATASETS, ESTIMATORS, LINEAR_SOLVERS, LOGGERS, MODELS, PRUNERS, SOLVERS, load_builtins
 from .settings import (BOOLEAN, FLOAT, FLOAT_TABLE, INT_ARRAY, INT_TABLE, INTEGER, NONNEGATIVE,
                        PAIR_ARRAY, POSITIVE, POSITIVE_INT, STRING, STRING_ARRAY, UNIT_HALF_OPEN,
                        Bounds, FrozenMap, Registry, SettingError, SettingField, setting, settings_of)
@@ -47,6 +47,7 @@ __all__ = [
     "HomeostasisConfig",
     "DiagnosticsConfig",
     "StabilityConfig",
+    "PruningConfig",
     "LoggingConfig",
     "Variant",
     "Config",
@@ -420,6 +421,17 @@ class EstimatorConfig(Variant):
     _doc = "Gradient estimator; each has its own keys (below)."
 
 
+class PruningConfig(Variant):
+    """``[pruning]``: connections removed during training, a tagged union on ``method``
+    over :data:`~eqprop.registry.PRUNERS` (:mod:`eqprop.pruning`)."""
+
+    _section = "pruning"
+    _tag = "method"
+    _registry = PRUNERS
+    _default = "none"
+    _doc = "Pruning method; each has its own keys (below)."
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole configuration: one frozen, hashable object per section."""
@@ -433,6 +445,7 @@ class Config:
     homeostasis: HomeostasisConfig = HomeostasisConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     stability: StabilityConfig = StabilityConfig()
+    pruning: PruningConfig = field(default_factory=PruningConfig.default)
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -446,6 +459,7 @@ SECTION_CLASSES: dict[str, type] = {
     "homeostasis": HomeostasisConfig,
     "diagnostics": DiagnosticsConfig,
     "stability": StabilityConfig,
+    "pruning": PruningConfig,
     "logging": LoggingConfig,
 }
 _UNIONS: dict[str, type[Variant]] = {name: cls for name, cls in SECTION_CLASSES.items()

@@ -13,7 +13,8 @@ exactly; the model's pruned weights are exactly zero, so evaluating or exporting
 needs no mask. Gradients are masked before the optimizer and updates after it, so a
 pruned weight stays exactly zero through momentum, Adam's moments and weight decay.
 
-Methods (``[pruning] method``, registered in :data:`eqprop.registry.PRUNERS`):
+Methods (``[pruning] method``, registered in :data:`eqprop.registry.PRUNERS`; ``"none"``
+by default):
 
 - ``"stochastic"`` (Farinha et al. 2020, arXiv 2006.08798, section 3): weights with
   ``|w| < tol`` are removed at random; the probability of ``w_ij`` is the softmax of
@@ -45,7 +46,7 @@ from .settings import NONNEGATIVE, POSITIVE, POSITIVE_INT, UNIT_HALF_OPEN, Setti
 
 PyTree = Any
 
-__all__ = ["Pruner", "Stochastic", "Magnitude", "L1", "prunable", "init_masks", "keep_pruned",
+__all__ = ["Pruner", "NoPruning", "Scheduled", "Stochastic", "Magnitude", "L1", "prunable", "init_masks", "keep_pruned",
            "PrunedState", "prune", "sparsity", "masks_of", "zhu_gupta_sparsity"]
 
 
@@ -166,25 +167,23 @@ def _keep_one_per_column(keep: Array, live: Array, w: Array) -> Array:
 
 @dataclass(frozen=True)
 class Pruner(abc.ABC):
-    """A pruning method: a frozen settings class registered in :data:`PRUNERS`.
+    """A pruning method (``[pruning] method``): a frozen settings class registered in
+    :data:`PRUNERS`.
 
     **Contract:** :meth:`select` returns the new mask of one weight matrix from its
     weights and current mask; it only removes (``new <= mask``) and is a pure JAX function
-    (vmapped over seeds). :func:`prune` applies it to every prunable matrix every
-    ``every`` epochs from epoch ``start`` and keeps one incoming connection per neuron.
+    (vmapped over seeds). :func:`prune` applies it to every prunable matrix after each
+    epoch where :meth:`due` holds, and keeps one incoming connection per neuron.
     """
-
-    every: int = setting(1, "Prune after every this many epochs.", bounds=POSITIVE_INT)
-    start: int = setting(1, "First epoch after which to prune.", bounds=POSITIVE_INT)
 
     @property
     def l1(self) -> float:
         """The L1 strength added to the gradient (0: none)."""
         return 0.0
 
+    @abc.abstractmethod
     def due(self, epoch: int) -> bool:
         """Whether to prune after ``epoch`` (1-based)."""
-        return epoch >= self.start and (epoch - self.start) % self.every == 0
 
     @abc.abstractmethod
     def select(self, w: Array, mask: Array, key: Array, epoch: int, epochs: int) -> Array:
@@ -202,9 +201,32 @@ class Pruner(abc.ABC):
         raises :class:`~eqprop.settings.SettingError`. Default: nothing to check."""
 
 
+@PRUNERS.register("none")
+@dataclass(frozen=True)
+class NoPruning(Pruner):
+    """No pruning: every connection is kept (the default)."""
+
+    def due(self, epoch):
+        return False
+
+    def select(self, w, mask, key, epoch, epochs):
+        return mask
+
+
+@dataclass(frozen=True)
+class Scheduled(Pruner):
+    """A method applied after every ``every``-th epoch from epoch ``start``."""
+
+    every: int = setting(1, "Prune after every this many epochs.", bounds=POSITIVE_INT)
+    start: int = setting(1, "First epoch after which to prune.", bounds=POSITIVE_INT)
+
+    def due(self, epoch: int) -> bool:
+        return epoch >= self.start and (epoch - self.start) % self.every == 0
+
+
 @PRUNERS.register("stochastic")
 @dataclass(frozen=True)
-class Stochastic(Pruner):
+class Stochastic(Scheduled):
     """Farinha et al. 2020 (arXiv 2006.08798), section 3: ``w_ij`` with ``|w_ij| < tol``
     is removed with probability ``p_ij = exp(-|w_ij|/T) / sum_{i' live} exp(-|w_i'j|/T)``,
     the softmax over neuron ``j``'s live incoming weights of the matrix (the authors'
@@ -240,7 +262,7 @@ def zhu_gupta_sparsity(epoch: int, final: float, start: int, end: int, initial: 
 
 @PRUNERS.register("magnitude")
 @dataclass(frozen=True)
-class Magnitude(Pruner):
+class Magnitude(Scheduled):
     """Magnitude pruning on Zhu and Gupta's gradual schedule: after each pruning epoch
     ``t``, each prunable matrix keeps its ``1 - s_t`` largest connections (counted over
     its entries), ``s_t`` from :func:`zhu_gupta_sparsity` rising from 0 at ``start`` to
@@ -278,7 +300,7 @@ class Magnitude(Pruner):
 
 @PRUNERS.register("l1")
 @dataclass(frozen=True)
-class L1(Pruner):
+class L1(Scheduled):
     """The paper's L1 term: ``strength * sign(w)`` added to the gradient of the prunable
     weights (pushing them toward zero), and weights with ``|w| < tol`` removed."""
 
@@ -343,13 +365,13 @@ def _named(tree: PyTree) -> dict[str, Array]:
 
 
 def sparsity(masks: dict[str, Array], seeds: int = 1) -> dict[str, Any]:
-    """The fraction of connections removed: ``{"sparsity": total, "sparsity_per": {name:
-    fraction}}`` (floats, or per-seed lists when ``seeds > 1``)."""
+    """The fraction of connections removed, as metrics: ``{"sparsity": total,
+    "sparsity/<name>": fraction of matrix <name>}`` (floats; lists over seeds when
+    ``seeds > 1``, the masks then stacked on a leading axis)."""
     if seeds > 1:
         per = [sparsity({n: m[i] for n, m in masks.items()}) for i in range(seeds)]
-        return {"sparsity": [p["sparsity"] for p in per],
-                "sparsity_per": {n: [p["sparsity_per"][n] for p in per] for n in masks}}
+        return {k: [p[k] for p in per] for k in per[0]}
     removed = {n: int(m.size - jnp.sum(m)) for n, m in masks.items()}
     total = sum(m.size for m in masks.values())
     return {"sparsity": sum(removed.values()) / total if total else 0.0,
-            "sparsity_per": {n: removed[n] / masks[n].size for n in masks}}
+            **{f"sparsity/{n}": removed[n] / masks[n].size for n in masks}}

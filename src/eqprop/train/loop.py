@@ -14,6 +14,11 @@ Conventions
 * End of epoch (:mod:`eqprop.train.schedule`): evaluation, diagnostics, the record to
   every logger (:mod:`eqprop.train.loggers`), the ``best`` and ``latest`` checkpoints
   (:mod:`eqprop.train.resume`).
+* Pruning (:mod:`eqprop.pruning`, ``[pruning] method``): after each epoch where the
+  method is due, before the evaluation, new masks (in the optimizer state, so in every
+  checkpoint) and the pruned weights set to zero; the record gains ``sparsity`` and
+  ``sparsity/<matrix>`` (fractions of connections removed). The pruning key is derived
+  from the run's root key and the epoch (:data:`PRUNE_TAG`): resume prunes identically.
 * Stability (:mod:`eqprop.stability`): with ``[stability] enforce = "contraction"`` every
   optimizer step (and the initial network of a fresh run) is followed by the rescaling
   of the coupling that keeps the contraction bound at most ``target``; with
@@ -32,6 +37,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -45,6 +51,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
 from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems
+from ..pruning import masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
 from .divergence import TrainingDiverged, check_finite
 from .evaluate import evaluate
@@ -153,12 +160,17 @@ class _Trainer:
 
     def end_epoch(self, epoch: int, pos: Position, t0: float, compile_seconds: float | None) -> None:
         p, schedule = self.p, self.schedule
+        pruned = None
+        if p.pruner.due(epoch):  # before the evaluation: the epoch's figures are the pruned net's
+            pos, pruned = prune_position(p, pos, epoch, self.config.train.epochs)
         test = None
         if schedule.evaluates(epoch):
             test = evaluate(p, pos.state.model, p.dataset.x_test, p.dataset.y_test)
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
         rec = epoch_record(epoch, pos.sums, test, seconds, p.seeds, compile_seconds)
+        if pruned is not None:
+            _merge(rec, sparsity(pruned, p.seeds), p.seeds)
         if schedule.diagnoses(epoch):
             t_diag = time.perf_counter()
             means, per = run_diagnostics(p, pos.state.model, epoch)
@@ -192,6 +204,32 @@ class _Trainer:
         problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None))
         if problems:  # once per epoch, every figure at fault in one message
             warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
+
+
+#: the pruning key of epoch E: fold_in(fold_in(root, PRUNE_TAG), E) (root: the run's
+#: TrainState.key), so a resumed run prunes exactly as an uninterrupted one
+PRUNE_TAG = 0x5052
+
+
+def prune_position(p: Program, pos: Position, epoch: int, epochs: int) -> tuple[Position, dict]:
+    """``pos`` with ``p.pruner`` applied after ``epoch`` (:func:`eqprop.pruning.prune`:
+    new masks in the optimizer state, pruned weights zeroed), and the new masks."""
+    st = pos.state
+    key = jax.random.fold_in(jax.random.fold_in(st.key, PRUNE_TAG), epoch)
+    model, opt_state = prune(p.pruner, st.model, st.opt_state, key, epoch, epochs, p.seeds)
+    state = TrainState(model, opt_state, st.step, st.key)
+    return dataclasses.replace(pos, state=state), masks_of(opt_state)
+
+
+def _merge(rec: dict[str, Any], figures: dict[str, Any], seeds: int) -> None:
+    """Figures (lists over seeds when ``seeds > 1``) into an epoch record: their means, and
+    the per-seed lists under ``per_seed``."""
+    for k, v in figures.items():
+        if seeds > 1:
+            rec[k] = float(np.mean(v))
+            rec["per_seed"][k] = list(v)
+        else:
+            rec[k] = v
 
 
 #: the progress bar's width when the terminal reports none (``script`` gives a width of 0)

@@ -24,6 +24,7 @@ from .. import build
 from ..config import Config, ConfigError
 from ..data import Dataset, batches, load, num_batches
 from ..estimate import free_phase
+from ..pruning import NoPruning, Pruner
 from ..update import init_optimizer, make_train_step
 from .evaluate import make_estimate_eval, make_eval
 from .placement import place
@@ -54,6 +55,8 @@ class Program:
       (:func:`~eqprop.train.evaluate.make_estimate_eval`).
     - ``estimator``: the gradient estimator; ``solvers``: the
       :class:`~eqprop.solvers.PhaseSolvers` of ``[dynamics]``.
+    - ``pruner``: the :class:`~eqprop.pruning.Pruner` of ``[pruning]`` (applied by the
+      epoch loop after each epoch where it is due).
     """
 
     config: Config
@@ -67,6 +70,7 @@ class Program:
     estimator: Any = None
     solvers: Any = None
     estimate_batch: Callable[..., dict[str, Any]] | None = None
+    pruner: Pruner = NoPruning()
 
     @property
     def model(self) -> PyTree:
@@ -159,6 +163,7 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
         raise ConfigError(msg if msg.startswith(("dynamics.", "homeostasis."))
                           else f"estimator.name: {msg}") from None
     optimizer = build.build_optimizer(config, models[0], config.train.epochs * n_batches)
+    pruner = build.build_pruner(config)
     probe_steps = config.diagnostics.free_steps or None
 
     base_step = make_train_step(estimator, optimizer, homeostasis, solvers.free)
@@ -186,4 +191,4 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     return Program(config=config, dataset=ds, seeds=k, n_batches=n_batches, state=state,
                    step=make_step(base_step, n_batches=n_batches, seeds=k),
                    eval_batch=eqx.filter_jit(eval_batch), diagnose=diagnose, estimator=estimator,
-                   solvers=solvers, estimate_batch=eqx.filter_jit(estimate_batch))
+                   solvers=solvers, estimate_batch=eqx.filter_jit(estimate_batch), pruner=pruner)
