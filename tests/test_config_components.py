@@ -77,8 +77,9 @@ def test_a_model_kind_setting_is_a_config_key(wide, capsys):
     assert error_of({"model": {"width_bonus": 1}}) == \
         "model.width_bonus: belongs to model kind 'wide-test', not 'layered'"
     assert error_of({"model": {"kind": "wide-test", "nope": 1}}).endswith(", sizes, width_bonus")
-    assert error_of({"model": {"kind": "wid"}}).startswith(
-        "model.kind: must be one of 'layered', 'graph', 'wide-test', got 'wid'")
+    kinds = ", ".join(f"'{n}'" for n in MODELS.names())  # the built-in kinds, then the new one
+    assert kinds.startswith("'layered', 'graph'") and kinds.endswith(", 'wide-test'")
+    assert error_of({"model": {"kind": "wid"}}).startswith(f"model.kind: must be one of {kinds}, got 'wid'")
     # documented by `eqprop config`
     assert main(["config"]) == 0
     text = capsys.readouterr().out
