@@ -170,6 +170,18 @@ def test_deep_linear_part_conserves_the_free_activity():
     assert np.min(np.abs(np.linalg.eigvals(j))) < 1e-12
 
 
+@pytest.mark.parametrize("dynamics, feedback", [("deep", "untied"), ("rate", "untied"),
+                                               ("rate", "tied")])
+def test_jacobian_is_the_fields_derivative_at_the_initial_state(dynamics, feedback):
+    """``jacobian`` (behind the dt check) is dF/du at the initial state, for any input."""
+    model = directed(3, 4, 2, key=jax.random.PRNGKey(1), dynamics=dynamics, feedback=feedback,
+                     dtype=F64)
+    drive = model.prepare(jax.random.uniform(jax.random.PRNGKey(2), (1, 3), F64))
+    u0 = model.flat(model.init_state(drive))[0]
+    want = jax.jacfwd(lambda s: model.flat(model.field(model.unflat(s[None]), drive))[0])(u0)
+    np.testing.assert_allclose(model.jacobian(), np.asarray(want), atol=1e-14)
+
+
 def test_deep_rule_matches_the_papers_rule():
     model = _xor_deep()
     w = _notebook_weights(model)

@@ -27,6 +27,7 @@ States are ``{"hidden": (B, H), "out": (B, n_out)}``. Two dynamics on the same g
 
 from __future__ import annotations
 
+import abc
 from collections import deque
 from dataclasses import dataclass
 
@@ -185,18 +186,10 @@ class DirectedNetwork(FeedbackModel):
         """Zeros ``{"hidden": (B, H), "out": (B, n_out)}`` (the dtype of the drive)."""
         return self.unflat(jnp.zeros_like(drive.inputs))
 
-    def jacobian(self, x: Array | None = None) -> np.ndarray:
-        """``dF/du`` over the free neurons at the initial state (NumPy, ``(n_free,
-        n_free)``, ``J[j, k] = dF_j/du_k``), for ``x`` ``(1, n_in)`` (default: zeros).
-        For the DEEP dynamics the linear part ``W^T - diag(sum_k W_jk)`` (no clip)."""
-        x = jnp.zeros((1, self.sizes[0]), self.W.dtype) if x is None else x
-        drive = self.prepare(x)
-        u0 = self.flat(self.init_state(drive))
-
-        def f(s):
-            return self.flat(self.field(self.unflat(s[None]), drive))[0]
-
-        return np.asarray(jax.jacfwd(f)(u0[0]), np.float64)
+    @abc.abstractmethod
+    def jacobian(self) -> np.ndarray:
+        """``dF/du`` over the free neurons at the initial state, for any input (NumPy
+        float64, ``(n_free, n_free)``, ``J[j, k] = dF_j/du_k``)."""
 
     def check_step(self, dt: float) -> None:
         """Refuse a step size for which the forward Euler step oscillates on these weights.
@@ -276,6 +269,13 @@ class DeepNetwork(DirectedNetwork):
         f = drive.inputs + matmul(s, self.weights()[c:, c:]) - s * drive.leak
         return self.unflat(f)
 
+    def jacobian(self) -> np.ndarray:
+        """The linear part ``J = W_ff^T - diag(sum_k W_jk)`` (no clip): every column sums
+        to zero (EP_REFERENCE section 7)."""
+        c = self.n_clamped
+        w = np.asarray(self.weights(), np.float64)[c:, c:]
+        return w.T - np.diag(w.sum(axis=1))
+
     def project(self, u: dict[str, Array]) -> dict[str, Array]:
         """``clip(s, 0, 1)`` for every population given."""
         return {p: jnp.clip(v, 0.0, 1.0) for p, v in u.items()}
@@ -308,6 +308,12 @@ class _Rate(DirectedNetwork, InteractionModel):
         """``h(a) = drive + a_free W_eff,ff``; complex ``a`` with real ``W`` as two real
         products. ``{p: (B, n_p)}``."""
         return self.unflat(drive.inputs + matmul(self.flat(a), self.coupling()))
+
+    def jacobian(self) -> np.ndarray:
+        """``act'(0) K^T - I`` at the initial state ``u = 0``, ``K`` :meth:`coupling`."""
+        slope = float(jax.grad(get_activation(self.activation))(0.0))
+        k = np.asarray(self.coupling(), np.float64)
+        return slope * k.T - np.eye(k.shape[0])
 
     def field(self, u: dict[str, Array], drive: DirectedDrive) -> dict[str, Array]:
         """``F_p(u) = h_p(act(u)) - u_p``."""
