@@ -41,7 +41,7 @@ from ..activations import get_activation
 from ..config import ConfigError
 from ..registry import ACTIVATIONS, MODELS, READOUTS
 from ..settings import POSITIVE, POSITIVE_INT, Bounds, SettingError, setting
-from .base import EnergyModel, FeedbackModel, InteractionModel
+from .base import BoxProjectedModel, EnergyModel, FeedbackModel, InteractionModel
 from .kinds import DTYPES, ModelKind
 from .ops import matmul
 from .readout import Readout, make_readout
@@ -227,7 +227,7 @@ class DirectedNetwork(FeedbackModel):
         return {"free-free": (w, w)}
 
 
-class DeepNetwork(DirectedNetwork):
+class DeepNetwork(DirectedNetwork, BoxProjectedModel):
     """The DEEP dynamics (Farinha et al. 2020, arXiv 2006.08798, Eq. 1).
 
     ``ds_j/dt = sum_i W_ij s_i - s_j sum_k W_jk`` for the free neurons (``i`` over every
@@ -275,6 +275,11 @@ class DeepNetwork(DirectedNetwork):
         c = self.n_clamped
         w = np.asarray(self.weights(), np.float64)[c:, c:]
         return w.T - np.diag(w.sum(axis=1))
+
+    def state_bounds(self) -> dict[str, tuple[float, float]]:
+        """The box ``[0, 1]`` of every free neuron (the projected stability certificate
+        and :meth:`project`, the clip, read it)."""
+        return {HIDDEN: (0.0, 1.0), OUT: (0.0, 1.0)}
 
     def project(self, u: dict[str, Array]) -> dict[str, Array]:
         """``clip(s, 0, 1)`` for every population given."""
