@@ -343,6 +343,9 @@ def test_projected_certificate_of_a_clipped_model():
     # F_2 = -1 + 2 = 1 at s2 = 1: the least is 0.7
     assert r["margins"]["outward"] == pytest.approx(0.7, abs=1e-12)
     assert p["radius_max"] == pytest.approx(0.5, abs=1e-12)  # |1 + 0.5 * (-1)|
+    # J = A^T: s1's field changes by 0.3 per unit of s2 (row 1 of J, column 1 of A); s2's by 0
+    assert p["hold_radius_min"] == pytest.approx(0.7 / 0.3, rel=1e-12)
+    assert st.perturbation_steps(r, 10) == int(np.ceil(3 * np.log(100) / np.log(2)))
     np.testing.assert_array_equal(_returned(m, x, u, 0.5), 1.0)
 
     # an interior unstable neuron (positive self-feedback) at its fixed point 0.5

@@ -156,14 +156,18 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
 def _cmd_stability(args: argparse.Namespace) -> int:
     import jax
+    import numpy as np
 
     from . import build
     from .config import load_config
-    from .stability import StabilitySettings, format_table, perturbation_check, stability
+    from .stability import (StabilitySettings, format_table, perturbation_check, perturbation_steps,
+                            stability)
     from .train import RunDir, build_program, load_run, unstack
 
     if args.perturb < 0:
         raise ValueError(f"--perturb: must be >= 0, got {args.perturb}")
+    if args.perturb_scale is not None and not args.perturb_scale > 0:
+        raise ValueError(f"--perturb-scale: must be > 0, got {args.perturb_scale}")
     target = Path(args.target)
     if target.is_dir():
         if not RunDir(target).is_run():
@@ -182,9 +186,15 @@ def _cmd_stability(args: argparse.Namespace) -> int:
         m = model if program.seeds == 1 else unstack(model, i)
         r, u = stability(m, x, free, settings=settings, seed=config.train.seed)
         if args.perturb:
-            back = perturbation_check(m, x, u, dt=free.dt, trials=args.perturb,
-                                      steps=max(free.steps, 1000), seed=config.train.seed)
-            r["perturbation"] = {"trials": args.perturb, "returned_fraction_min": float(back.min()),
+            steps = perturbation_steps(r, free.steps)
+            scale = args.perturb_scale
+            if scale is None:  # within the projected certificate's reach, else 1e-3
+                hold = (r["projected"] or {}).get("hold_radius_min", np.inf)
+                scale = float(min(1e-3, hold / 10)) if hold > 0 else 1e-3
+            back = perturbation_check(m, x, u, dt=free.dt, trials=args.perturb, steps=steps,
+                                      scale=scale, seed=config.train.seed)
+            r["perturbation"] = {"trials": args.perturb, "scale": scale, "steps": steps,
+                                 "returned_fraction_min": float(back.min()),
                                  "returned_fraction_mean": float(back.mean())}
         rows.append({"seed": i, **r})
     result = {"target": str(target), "model": type(model).__name__, "dt": free.dt,
@@ -327,7 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--perturb", type=int, default=0, metavar="N",
                    help="also check the local certificates against the dynamics: N random "
-                   "perturbations of each fixed point, relaxed back (default 0: off)")
+                   "perturbations of each fixed point, relaxed back for as many steps as the "
+                   "certificate's radius needs (default 0: off)")
+    p.add_argument("--perturb-scale", type=float, metavar="S",
+                   help="standard deviation of the perturbations (default: 1e-3, and for a "
+                   "clipped model at most a tenth of the projected certificate's hold radius: a "
+                   "local certificate promises a return from close enough only)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON (a list per_seed)")
     _add_plugin(p, _RECORDED)
     p.set_defaults(func=_cmd_stability)

@@ -18,8 +18,9 @@ over that example's flattened state, ``N x N``):
   constant of the activation, ``u -> h(act(u))`` is a contraction when
   ``L ||C||_2 < 1``, and then for every ``dt`` in ``(0, 1]`` so is the step map (factor
   ``1 - dt (1 - L ||C||_2)``): a unique fixed point, reached from any start (Banach).
-  Linearity is checked structurally: the tangent map of ``jax.linearize(h)`` must not
-  depend on the activity (its jaxpr), so the bound is never claimed for a nonlinear ``h``.
+  Linearity is checked structurally: the tangent map of ``jax.linearize(h)`` must depend
+  on neither the activity nor the input (its jaxpr), so the bound is never claimed for a
+  nonlinear ``h`` or an input-dependent coupling.
   ``L`` is measured: the largest ``|act'(u)|`` on a grid of step 0.01 over [-20, 20].
 - **projected** (a :class:`~eqprop.network.base.BoxProjectedModel`, states clipped to a
   box): the neurons on a bound must have their field pointing strictly out of the box
@@ -54,10 +55,11 @@ from .solvers import FixedPoint
 PyTree = Any
 
 __all__ = ["StabilitySettings", "StabilityError", "state_jacobian", "iteration_radius",
-           "spectral_radius_power", "lyapunov", "activation_lipschitz", "linear_interaction",
-           "coupling_norm", "contraction_bound", "gershgorin", "projected_certificate",
-           "certify", "stability", "perturbation_check", "coupling_scale", "make_enforcer",
-           "epoch_figures", "per_example_residual"]
+           "spectral_radius_power", "lyapunov", "gershgorin", "activation_lipschitz",
+           "linear_interaction", "coupling_norm", "contraction_bound", "projected_certificate",
+           "per_example_residual", "certify", "stability", "perturbation_check",
+           "perturbation_steps", "format_table", "coupling_leaves", "coupling_scale",
+           "make_enforcer", "epoch_figures", "program_enforcer", "program_figures"]
 
 
 class StabilityError(ValueError):
@@ -386,16 +388,23 @@ def projected_certificate(model: BoxProjectedModel, u: PyTree, j: np.ndarray, f:
     field over the saturated neurons, ``inf`` if none); ``radius`` (``rho(I + dt J_ff)``);
     ``hurwitz`` (``J_ff``'s eigenvalues in the open left half-plane) and ``max_real_eig``;
     ``dominant`` (strict row or column diagonal dominance of ``J_ff``, negative diagonal);
-    ``saturated_fraction``; ``free`` (unsaturated neurons).
+    ``saturated_fraction``; ``free`` (unsaturated neurons); ``hold_radius``: the least
+    ``outward field / sum_{j != i} |J_ij|`` over the saturated neurons, the max-norm
+    distance from ``u*`` within which (to first order) every saturated neuron's field still
+    points out: an indication of how far the local certificate reaches, not a bound.
     """
     lo, hi = _flat_bounds(model, u)
     out: dict[str, list] = {k: [] for k in ("certified", "outward_margin", "radius", "hurwitz",
-                                            "max_real_eig", "dominant", "saturated_fraction", "free")}
+                                            "max_real_eig", "dominant", "saturated_fraction", "free",
+                                            "hold_radius")}
     for jb, fb, ub in zip(j, f, flat):
         at_lo, at_hi = ub <= lo + atol, ub >= hi - atol
         sat = at_lo | at_hi
         outward = np.concatenate([-fb[at_lo], fb[at_hi]])
         margin = float(np.min(outward)) if outward.size else np.inf
+        rows = np.abs(jb).sum(1) - np.abs(np.diag(jb))  # |change of F_i| per unit max-norm step
+        held = np.concatenate([-fb[at_lo] / np.maximum(rows[at_lo], 1e-300),
+                               fb[at_hi] / np.maximum(rows[at_hi], 1e-300)])
         free = ~sat
         jf = jb[np.ix_(free, free)][None]
         rad = float(iteration_radius(jf, dt)[0])
@@ -409,6 +418,7 @@ def projected_certificate(model: BoxProjectedModel, u: PyTree, j: np.ndarray, f:
         out["dominant"].append(bool(g["rows"][0] or g["columns"][0]))
         out["saturated_fraction"].append(float(sat.mean()) if sat.size else 0.0)
         out["free"].append(int(free.sum()))
+        out["hold_radius"].append(float(np.min(held)) if held.size else np.inf)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -512,7 +522,8 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
                 "hurwitz_fraction": float(pc["hurwitz"].mean()),
                 "dominant_fraction": float(pc["dominant"].mean()),
                 "saturated_fraction_mean": float(pc["saturated_fraction"].mean()),
-                "free_neurons_mean": float(pc["free"].mean())}
+                "free_neurons_mean": float(pc["free"].mean()),
+                "hold_radius_min": float(np.min(pc["hold_radius"]))}
             margins["outward"] = out["projected"]["outward_margin_min"]
             margins["projected_radius"] = 1.0 - out["projected"]["radius_max"]
             ok = pc["certified"] & at_fp
@@ -589,6 +600,19 @@ def perturbation_check(model: EquilibriumModel, x: Array, u: PyTree, *, dt: floa
     back = _perturbed(model, x, ur, _gaussian_like(ur, seed, scale), jnp.asarray(shrink),
                       FixedPoint(steps=steps, dt=dt), trials)
     return np.asarray(back, np.float64)
+
+
+def perturbation_steps(result: dict[str, Any], least: int, *, shrink: float = 1e-2,
+                       most: int = 200_000) -> int:
+    """Steps for :func:`perturbation_check` to see a return at the rate a certificate
+    promises: three times ``ln(1 / shrink) / -ln(rho)``, ``rho`` the radius that decided
+    ``result`` (:func:`certify`'s dict: the projected radius, else the spectral one),
+    between ``least`` and ``most`` (``least`` when ``rho >= 1``)."""
+    rho = (result["projected"]["radius_max"] if result.get("projected")
+           else result["spectral_radius"]["max"])
+    if not 0 < rho < 1:
+        return least if rho >= 1 else max(least, 10)
+    return int(min(most, max(least, np.ceil(3 * np.log(1 / shrink) / -np.log(rho)))))
 
 
 @eqx.filter_jit
