@@ -162,6 +162,69 @@ def test_deep_fixed_points_are_those_of_the_clipped_step():
     assert np.max(np.abs(np.clip(s + 0.05 * f, 0, 1) - s)) < 1e-10  # ... the clipped step is still
 
 
+def test_every_solver_reports_the_projected_residual_of_a_clipped_model():
+    """At the clipped fixed point ||F|| stays large on the saturated neurons, but the
+    residual every solver reports is that of the projected step, (P(u + dt F) - u) / dt:
+    zero there, so a tolerance stops the relaxation (it never did with ||F||)."""
+    from eqprop.solvers import Anderson
+
+    model = _xor_deep()
+    long = free_phase(model, XOR_X, FixedPoint(steps=30000, dt=0.05))
+    f = np.asarray(model.flat(model.field(long.u, long.drive)))
+    assert np.max(np.abs(f)) > 1e-3 and float(jnp.max(long.stats.residual)) < 1e-12
+    for solver in (FixedPoint(steps=30000, dt=0.05, tol=1e-6),
+                   Anderson(steps=3000, dt=0.05, tol=1e-6)):
+        short = free_phase(model, XOR_X, solver)
+        r = np.asarray(short.stats.residual)
+        if isinstance(solver, FixedPoint):
+            assert int(short.stats.steps) < 30000  # the tolerance stopped it
+            assert np.max(r) <= 1e-6
+        # Anderson stalls on the clipped map (docs/directed.md): it must say so, truthfully
+        s = np.asarray(model.flat(short.u))
+        g = np.asarray(model.flat(model.field(short.u, short.drive)))
+        natural = np.linalg.norm((np.clip(s + 0.05 * g, 0, 1) - s) / 0.05, axis=1)
+        np.testing.assert_allclose(r, natural, rtol=1e-6, atol=1e-12)  # the residual it names
+
+
+def test_every_estimator_refuses_a_step_that_oscillates():
+    """The step check is the solvers' (FixedPointSolver.check -> model.check_step), so any
+    estimator refuses it, not only the DEEP rule."""
+    model = directed(2, 3, 2, key=jax.random.PRNGKey(0), dynamics="rate", init_scale=100.0, dtype=F64)
+    lam = np.linalg.eigvals(model.jacobian())
+    safe = float(np.min(-2 * lam[lam.real < -1e-9].real / np.abs(lam[lam.real < -1e-9]) ** 2))
+    bad = phase_solvers(free_steps=10, nudged_steps=10, dt=1.1 * safe)
+    with pytest.raises(ValueError, match=r"^dynamics\.dt: the Euler step oscillates"):
+        bad.free.check(model)  # the free phase of every estimator (the trainer checks it first)
+    for name in ("ep", "hep", "online-hep"):  # and the nudged phases
+        with pytest.raises(ValueError, match=r"^dynamics\.dt: the Euler step oscillates"):
+            make_estimator(name, bad).check(model)
+    make_estimator("hep", phase_solvers(free_steps=10, nudged_steps=10, dt=0.9 * safe)).check(model)
+    raw = _config(dynamics="rate", init_scale=100.0)
+    raw["estimator"] = {"name": "implicit"}
+    raw["dynamics"]["dt"] = 1.1 * safe
+    with pytest.raises(ConfigError, match=r"^dynamics\.dt: the Euler step oscillates"):
+        build_program(parse_config(raw))
+
+
+def test_gradcheck_says_when_units_sit_on_the_clip_bounds():
+    from eqprop.gradcheck import clipped_fraction, format_table, gradcheck
+
+    model = _xor_deep()
+    solvers = phase_solvers(free_steps=3000, nudged_steps=200, dt=0.05)
+    res = gradcheck(model, XOR_X, XOR_Y, {"deep-rule": make_estimator("deep-rule", solvers)}, solvers)
+    frac = res["relaxation"]["clipped_fraction"]
+    free = free_phase(model, XOR_X, solvers.free)
+    s = np.asarray(model.flat(free.u))
+    assert frac == pytest.approx(np.mean((s == 0) | (s == 1))) and frac > 0
+    assert res["reference"] is None
+    table = format_table(res)
+    assert "sit on the bounds of the model's box" in table and "cosine" not in table.split("\n", 3)[3]
+    rate = directed(2, 3, 2, key=jax.random.PRNGKey(0), dynamics="rate", dtype=F64)
+    assert clipped_fraction(rate, free_phase(rate, XOR_X, EXACT.free).u) is None
+    res = gradcheck(rate, XOR_X, XOR_Y, {"exact-nudge": make_estimator("exact-nudge", EXACT)}, EXACT)
+    assert res["reference"] == "implicit" and res["exact-nudge"]["total"]["cosine"] > 0.5
+
+
 def test_deep_linear_part_conserves_the_free_activity():
     """EP_REFERENCE section 7: every column of J = W^T - diag(sum_k W_jk) sums to zero."""
     model = _xor_deep(scale=1.0)

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .guards import Guards, RelaxStats, residual_norm
-from .relax import relax, sweep_map
+from .relax import projected_field, relax, sweep_map
 
 PyTree = Any
 
@@ -301,9 +301,10 @@ def anderson(
     # on a non-finite state return it (as relax does), else the last accepted iterate
     xout = jnp.where(ok, c["x"], c["cand"])
     u = unflatten(xout)
-    full = lambda: residual_norm(field(u), batch_ndim).astype(rtype)  # noqa: E731
+    natural = projected_field(field, dt, project)  # F, or the projected step's rate
+    full = lambda: residual_norm(natural(u), batch_ndim).astype(rtype)  # noqa: E731
     if groups is None:  # c["r"] is ||F(x)|| at the accepted iterate (or at u0, from the delay)
         residual = jax.lax.cond(ok, lambda: c["r"], full)
     else:  # the loop's residual is the sweep's: report ||F(u)|| as relax does
         residual = full()
-    return u, guards.report(field, u, c["i"], jnp.where(ok, -1, c["i"]), residual=residual)
+    return u, guards.report(natural, u, c["i"], jnp.where(ok, -1, c["i"]), residual=residual)

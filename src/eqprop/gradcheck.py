@@ -27,7 +27,7 @@ import numpy as np
 from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_spec
 from .guards import NONCONVERGED_TOL, RelaxStats, estimate_problems
 from .metrics import compare, cosine
-from .network.base import EquilibriumModel
+from .network.base import BoxProjectedModel, EquilibriumModel
 from .settings import SettingError
 from .solvers import PhaseSolvers
 
@@ -101,8 +101,12 @@ def gradcheck(
     **Returns:** ``{spec: {"total": {"cosine", "relative_error"}, "parameters": {name:
     {"cosine", "relative_error"}}, "error_vectors": {population: cosine}, "phases":
     STATS | None, "linear": STATS | None, "circle": CIRCLE | None, "problems": [str]},
-    ..., "relaxation": {"free": STATS, "implicit_solve": STATS}, "reference":
-    "implicit"}``, Python floats, ints, bools and strings. ``error_vectors`` holds the
+    ..., "relaxation": {"free": STATS, "implicit_solve": STATS, "clipped_fraction": float |
+    None}, "reference": "implicit" | None}``, Python floats, ints, bools and strings.
+    ``reference`` is ``None`` when the model clips its states to a box
+    (:class:`~eqprop.network.BoxProjectedModel`) and some sit on its bounds at the free
+    fixed point (:func:`clipped_fraction`): the cosines are then not comparisons with
+    the gradient and must not be read as such. ``error_vectors`` holds the
     batch cosine of each population's error vector with the recurrent-backprop ``delta``
     (``{}`` for an estimator without one, e.g. ``bptt``). ``STATS`` (the nudged phases,
     the linear solve, the free phase) is ``{"steps", "residual_max", "residual_mean",
@@ -140,9 +144,28 @@ def gradcheck(
         entry["circle"] = _circle(info.circle)
         entry["problems"] = _problems(entry)
         out[spec] = entry
-    out["relaxation"] = {"free": _stats(free.stats), "implicit_solve": _stats(info_ref.linear)}
-    out["reference"] = "implicit"
+    clipped = clipped_fraction(model, free.u)
+    out["relaxation"] = {"free": _stats(free.stats), "implicit_solve": _stats(info_ref.linear),
+                         "clipped_fraction": clipped}
+    out["reference"] = "implicit" if not clipped else None
     return out
+
+
+def clipped_fraction(model: EquilibriumModel, u: Any) -> float | None:
+    """The fraction of state entries on the bounds of a
+    :class:`~eqprop.network.BoxProjectedModel`'s box at the state ``u`` (``None`` for a
+    model without a box). Where it is positive, the implicit gradient (of the unprojected
+    field) is not the gradient of the clipped fixed point: :func:`gradcheck` then reports
+    no reference (``"reference": None``) and :func:`format_table` says so instead of
+    printing cosines."""
+    if not isinstance(model, BoxProjectedModel):
+        return None
+    on = total = 0
+    for p, (lo, hi) in model.state_bounds().items():
+        v = np.asarray(u[p])
+        on += int(np.sum((v <= np.asarray(lo)) | (v >= np.asarray(hi))))
+        total += v.size
+    return on / total if total else 0.0
 
 
 def build_specs(specs: Sequence[str], solvers: PhaseSolvers,
@@ -190,6 +213,16 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     pops = sorted({p for s in specs for p in result[s]["error_vectors"]})
     width = max(12, *(len(s) for s in specs)) + 2
     lines = ["gradient check against implicit differentiation (exact gradient at the fixed point)", ""]
+    clipped = result["relaxation"].get("clipped_fraction")
+    if result.get("reference", "implicit") is None:  # units on the clip bounds: no exact reference
+        lines += [f"{100 * clipped:.1f}% of the state entries sit on the bounds of the model's box at the "
+                  "free fixed point: the implicit gradient of the unclipped field is not the gradient "
+                  "of the clipped fixed point there, so no cosine is reported (look for interior "
+                  "fixed points: smaller weights or inputs)", ""]
+        lines += [f"{s}: {100 * result[s]['phases']['nonconverged_fraction']:.0f}% of nudged (phase, "
+                  "example) pairs unsettled" if result[s].get("phases") else f"{s}: (no nudged phases)"
+                  for s in specs]
+        return "\n".join(lines)
     head = f"{'estimator':<{width}}{'cosine':>10}{'rel.err':>10}" + "".join(f"{'cos a/' + p:>12}" for p in pops)
     lines += [head, "-" * len(head)]
     for s in specs:

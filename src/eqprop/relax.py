@@ -26,7 +26,7 @@ PyTree = Any
 Projection = Callable[[PyTree], PyTree] | None
 
 __all__ = ["RelaxStats", "relax", "residual_norm", "nonfinite_populations", "sweep_map",
-           "euler_step", "stop_test", "NONCONVERGED_TOL"]
+           "euler_step", "projected_field", "stop_test", "NONCONVERGED_TOL"]
 
 
 def relax(
@@ -128,7 +128,7 @@ def relax(
         u, nonfinite_step = jax.lax.fori_loop(
             0, sweeps, fixed_body, (u0, jnp.where(guards.within(u0), -1, 0)), unroll=_unroll(sweeps))
         i = jnp.where(nonfinite_step < 0, sweeps * per_sweep, nonfinite_step)
-    return u, guards.report(field, u, i, nonfinite_step)
+    return u, guards.report(projected_field(field, dt, project), u, i, nonfinite_step)
 
 
 def euler_step(u: PyTree, f: PyTree, dt: float, project: Projection = None) -> PyTree:
@@ -178,7 +178,8 @@ def sweep_map(
     if groups is None:
         def step(u):
             f = field(u)
-            return f, euler_step(u, f, dt, project)
+            nxt = euler_step(u, f, dt, project)
+            return (f if project is None else _step_rate(nxt, u, dt)), nxt
         return step, 1
     if field_on is None:
         raise ValueError("alternating updates need field_on (the field on one group)")
@@ -187,10 +188,33 @@ def sweep_map(
         f = {}
         for group in groups:
             fg = field_on(u, group)
-            u = euler_step(u, {p: fg[p] for p in group}, dt, project)
-            f.update(fg)
+            nxt = euler_step(u, {p: fg[p] for p in group}, dt, project)
+            f.update(fg if project is None else {p: (nxt[p] - u[p]) / dt for p in group})
+            u = nxt
         return f, u
     return sweep, len(groups)
+
+
+def _step_rate(nxt: PyTree, u: PyTree, dt: float) -> PyTree:
+    return jax.tree.map(lambda a, b: (a - b) / dt, nxt, u)
+
+
+def projected_field(field: Callable[[PyTree], PyTree], dt: float, project: Projection = None
+                    ) -> Callable[[PyTree], PyTree]:
+    """The field whose zeros are the fixed points of the projected step, and whose norm
+    is the residual every solver reports: ``G(u) = (P(u + dt F(u)) - u) / dt`` (the natural
+    residual of a projected dynamical system; Nagurney and Zhang 1996). At a state on the
+    boundary of the model's state set where ``F`` points outward, ``F != 0`` but ``G = 0``.
+    Without a projection, ``field`` itself (``G = F``).
+
+    **Arguments:** ``field``: ``u -> F(u)``; ``dt``: the step; ``project``: the model's
+    projection or ``None``.
+
+    **Returns:** ``u -> G(u)``, like ``u``.
+    """
+    if project is None:
+        return field
+    return lambda u: _step_rate(euler_step(u, field(u), dt, project), u, dt)
 
 
 def _unroll(steps: int) -> int:

@@ -75,9 +75,11 @@ class FixedPointSolver(eqx.Module):
             raise ValueError(f"update must be 'synchronous' or 'alternating', got {self.update!r}")
 
     def check(self, model: EquilibriumModel) -> None:
-        """Raise ``ValueError`` when this solver cannot relax ``model``: alternating
-        updates of a model that is not a :class:`~eqprop.network.BipartiteModel` or whose
-        ``partition()`` is ``None``."""
+        """Raise ``ValueError`` when this solver cannot relax ``model``: a step ``dt`` the
+        model refuses (:meth:`~eqprop.network.EquilibriumModel.check_step`), or
+        alternating updates of a model that is not a :class:`~eqprop.network.BipartiteModel`
+        or whose ``partition()`` is ``None``."""
+        model.check_step(self.dt)
         if self.update == "alternating" and (not isinstance(model, BipartiteModel)
                                              or model.partition() is None):
             raise ValueError("dynamics.update = 'alternating' needs a bipartite network (no coupling "

@@ -89,14 +89,14 @@ class DeepRule(Estimator):
     nudged: FixedPointSolver = eqx.field(static=True, default=FixedPoint(steps=20))
 
     def check(self, model):
-        """As :meth:`Estimator.check`; ``ValueError`` unless ``model`` is a directed
-        network, or when ``nudged.dt`` makes its Euler step oscillate
-        (:meth:`~eqprop.network.DirectedNetwork.check_step`)."""
+        """As :meth:`Estimator.check` (which refuses, through the solvers' check, a
+        ``nudged.dt`` whose Euler step oscillates:
+        :meth:`~eqprop.network.DirectedNetwork.check_step`); ``ValueError`` unless
+        ``model`` is a directed network."""
         if not isinstance(model, DirectedNetwork):
             raise ValueError(f"estimator 'deep-rule' needs a directed network (model.kind = "
                              f"'directed'), got {type(model).__name__}")
-        super().check(model)
-        model.check_step(self.nudged.dt)
+        super().check(model)  # the solvers' check runs model.check_step(dt)
 
     def __call__(self, model, x, y, free, key):
         delta, u = deep_rule_update(model, x, y, free.u, self.beta, self.nudged.dt,

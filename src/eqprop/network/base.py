@@ -101,6 +101,17 @@ class EquilibriumModel(eqx.Module):
     def holomorphic(self) -> bool:
         """Whether the field accepts complex states (needed by complex nudges)."""
 
+    def check_step(self, dt: float) -> None:
+        """Refuse a step size with which the solvers' Euler step ``u + dt F(u)`` cannot
+        settle on this model (called by :meth:`eqprop.solvers.FixedPointSolver.check`
+        for every solver of a run, before any relaxation).
+
+        **Arguments:** ``dt``: the step, in units of the relaxation time.
+
+        **Raises:** ``ValueError`` (one line starting ``dynamics.dt:``). Default: every
+        step is accepted.
+        """
+
     def project(self, u: PyTree) -> PyTree:
         """The projection applied after each step of every solver.
 
@@ -202,7 +213,9 @@ class BipartiteModel(EquilibriumModel):
     @abc.abstractmethod
     def partition(self) -> tuple[tuple[str, ...], ...] | None:
         """Groups of population names with no coupling inside a group, or ``None`` when
-        the coupling graph is not bipartite."""
+        the coupling graph is not bipartite. One group when no population is coupled to
+        another (one hidden population): the alternating sweep is then the synchronous
+        step."""
 
     def field_on(self, u: PyTree, drive: PyTree, group: tuple[str, ...]) -> PyTree:
         """``F`` restricted to the populations in ``group``.
@@ -226,6 +239,18 @@ class FeedbackModel(EquilibriumModel):
         """``{"<src>-<dst>": (W, B)}`` for every pair of populations coupled both ways:
         the forward matrix ``W_{src->dst}`` and the feedback ``B_{dst->src}``, or
         ``None`` for a tied coupling (feedback ``W^T`` by construction)."""
+
+
+class ConnectedModel(EquilibriumModel):
+    """Capability: weight matrices with a fixed connectivity, whose absent entries are
+    not connections (a directed network's mask). Pruning (:mod:`eqprop.pruning`) removes
+    and counts only the connections that exist."""
+
+    @abc.abstractmethod
+    def connections(self) -> dict[str, Array]:
+        """``{parameter name: bool array}``: for each matrix with a fixed connectivity
+        (named as :func:`named_parameters` names it), ``True`` where a connection exists
+        (shape of the parameter; stacked like the model when seeds are stacked)."""
 
 
 class BoxProjectedModel(EquilibriumModel):

@@ -41,7 +41,7 @@ from ..activations import get_activation
 from ..config import ConfigError
 from ..registry import ACTIVATIONS, MODELS, READOUTS
 from ..settings import POSITIVE, POSITIVE_INT, Bounds, SettingError, setting
-from .base import BoxProjectedModel, EnergyModel, FeedbackModel, InteractionModel
+from .base import BoxProjectedModel, ConnectedModel, EnergyModel, FeedbackModel, InteractionModel
 from .kinds import DTYPES, ModelKind
 from .ops import matmul
 from .readout import Readout, make_readout
@@ -135,7 +135,7 @@ class DirectedDrive(eqx.Module):
     leak: Array | None = None
 
 
-class DirectedNetwork(FeedbackModel):
+class DirectedNetwork(FeedbackModel, ConnectedModel):
     """Abstract neuron-level directed network: the graph, the weights, the readout.
 
     **Fields:** ``W``: ``(n, n)`` weights, ``W[i, j]`` from ``i`` to ``j``; ``mask``:
@@ -162,6 +162,10 @@ class DirectedNetwork(FeedbackModel):
     def n_free(self) -> int:
         """Hidden plus output neurons."""
         return self.sizes[1] + self.sizes[2]
+
+    def connections(self) -> dict[str, Array]:
+        """``{"W": mask}``: pruning removes and counts only existing connections."""
+        return {"W": self.mask}
 
     def weights(self) -> Array:
         """``W * mask`` ``(n, n)``: the weights the dynamics use."""
