@@ -58,8 +58,9 @@ def test_pruned_weights_stay_exactly_zero_through_momentum(case, opt):
     model, state = P.prune(pruner, model, state, jax.random.PRNGKey(1), epoch=1, epochs=1)
     masks = P.masks_of(state)
     before = named_parameters(parameters(model))
-    for name, m in masks.items():
-        assert 0.3 < 1 - float(jnp.mean(m)) <= 0.5  # about half removed, a few kept per column
+    sp = P.sparsity(masks, existing=P.connections(model))
+    for name, m in masks.items():  # about half of the connections removed, a few kept per column
+        assert 0.3 < sp[f"sparsity/{name}"] <= 0.5, name
         assert bool(jnp.all(before[name][~m] == 0))
     for _ in range(3):
         upd, state = tx.update(grad, state, parameters(model))
@@ -97,7 +98,7 @@ def test_stochastic_pruning_is_the_papers_softmax():
     np.testing.assert_allclose(p, ref, rtol=1e-12)
     key = jax.random.PRNGKey(3)
     u = np.asarray(jax.random.uniform(key, w.shape, dtype=F64))
-    new = np.asarray(pr.select(jnp.asarray(w), jnp.asarray(mask), key, 1, 1))
+    new = np.asarray(pr.select(jnp.asarray(w), jnp.asarray(mask), jnp.ones(w.shape, bool), key, 1, 1))
     np.testing.assert_array_equal(new, mask & ~(ref > u))
     assert (new <= mask).all()
     assert not (~new & mask & (np.abs(w) >= 0.02)).any()  # strong connections are never removed
@@ -115,7 +116,7 @@ def test_magnitude_removes_the_smallest_and_never_a_whole_column():
     w = w.at[:, 2].set(1e-3 * jnp.arange(1, 5))  # a column of tiny weights
     pr = P.Magnitude(sparsity=0.5, start=1, end=1)
     m = jnp.ones(w.shape, bool)
-    new = P._keep_one_per_column(pr.select(w, m, None, 1, 1), m, w)
+    new = P._keep_one_per_column(pr.select(w, m, m, None, 1, 1), m, w)
     # the six smallest are column 2 (4) and w = 1, 2: column 2 keeps its largest
     assert not bool(new[0, 0]) and not bool(new[0, 1]) and bool(new[3, 2])
     assert int(jnp.sum(~new)) == 5 and bool(jnp.all(jnp.any(new, axis=0)))
@@ -126,10 +127,36 @@ def test_pruning_never_disconnects_a_neuron():
     w = jnp.full((6, 4), 1e-4).at[2, 1].set(2e-4)
     pr = P.L1(tol=1.0)
     model_w = {"w": w}
-    new = P._keep_one_per_column(pr.select(w, jnp.ones(w.shape, bool), None, 1, 1),
+    new = P._keep_one_per_column(pr.select(w, jnp.ones(w.shape, bool), jnp.ones(w.shape, bool), None, 1, 1),
                                  jnp.ones(w.shape, bool), w)
     assert bool(jnp.all(jnp.sum(new, axis=0) == 1)) and bool(new[2, 1])
     del model_w
+
+
+def test_a_directed_networks_absent_entries_are_not_connections():
+    """A ConnectedModel (the directed network's mask): pruning keeps absent entries out of
+    the masks and counts sparsity over the connections that exist."""
+    from eqprop.network import ConnectedModel, directed
+
+    model = directed(3, 6, 2, key=jax.random.PRNGKey(0), connectivity="random", density=0.5,
+                     dtype=F64)
+    assert isinstance(model, ConnectedModel)
+    exist = P.connections(model)["W"]
+    n = int(jnp.sum(exist))
+    assert 0 < n < exist.size
+    tx = P.keep_pruned(optax.sgd(0.1))
+    state = tx.init(parameters(model))
+    assert P.sparsity(P.masks_of(state), existing=P.connections(model))["sparsity"] == 0.0
+    w0 = jnp.abs(model.W)
+    model, state = P.prune(P.Magnitude(sparsity=0.5, end=1), model, state, jax.random.PRNGKey(1), 1, 1)
+    m = P.masks_of(state)["W"]
+    assert not bool(jnp.any(m & ~exist))  # absent entries are never live
+    removed = n - int(jnp.sum(m))
+    assert removed == pytest.approx(0.5 * n, abs=exist.shape[1])  # half of the connections, give or take one per column
+    assert P.sparsity({"W": m}, existing={"W": exist})["sparsity"] == pytest.approx(removed / n)
+    # the smallest connections went (a few small ones stay, each the last input of its neuron)
+    assert float(jnp.max(w0[exist & ~m])) <= float(jnp.median(w0[m]))
+    assert bool(jnp.all(model.W[exist & ~m] == 0))
 
 
 def test_impossible_target_sparsity_is_a_one_line_error():

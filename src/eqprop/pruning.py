@@ -40,14 +40,14 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from .network.base import parameter_name, parameters
+from .network.base import ConnectedModel, parameter_name, parameters
 from .registry import PRUNERS
 from .settings import NONNEGATIVE, POSITIVE, POSITIVE_INT, UNIT_HALF_OPEN, SettingError, setting
 
 PyTree = Any
 
 __all__ = ["Pruner", "NoPruning", "Scheduled", "Stochastic", "Magnitude", "L1", "prunable", "init_masks", "keep_pruned",
-           "PrunedState", "prune", "sparsity", "masks_of", "zhu_gupta_sparsity"]
+           "PrunedState", "prune", "sparsity", "masks_of", "connections", "zhu_gupta_sparsity"]
 
 
 # ---------------------------------------------------------------------------
@@ -186,12 +186,15 @@ class Pruner(abc.ABC):
         """Whether to prune after ``epoch`` (1-based)."""
 
     @abc.abstractmethod
-    def select(self, w: Array, mask: Array, key: Array, epoch: int, epochs: int) -> Array:
+    def select(self, w: Array, mask: Array, existing: Array, key: Array, epoch: int,
+               epochs: int) -> Array:
         """The new mask of one weight matrix.
 
         **Arguments:** ``w``: weights ``(..., n_in, n_out)`` (the last axis postsynaptic);
-        ``mask``: its current mask (bool, same shape); ``key``: PRNG key; ``epoch``: the
-        epoch just trained (1-based); ``epochs``: the run's epochs.
+        ``mask``: its live connections (bool, same shape; within ``existing``);
+        ``existing``: the connections the model has (all ``True`` unless it is a
+        :class:`~eqprop.network.ConnectedModel`); ``key``: PRNG key; ``epoch``: the epoch
+        just trained (1-based); ``epochs``: the run's epochs.
 
         **Returns:** a bool array of ``w``'s shape, ``<= mask``.
         """
@@ -209,7 +212,7 @@ class NoPruning(Pruner):
     def due(self, epoch):
         return False
 
-    def select(self, w, mask, key, epoch, epochs):
+    def select(self, w, mask, existing, key, epoch, epochs):
         return mask
 
 
@@ -243,7 +246,7 @@ class Stochastic(Scheduled):
         p = jax.nn.softmax(logits.reshape(-1, w.shape[-1]), axis=0).reshape(w.shape)
         return jnp.where(mask & (jnp.abs(w) < self.tol), p, 0.0)
 
-    def select(self, w, mask, key, epoch, epochs):
+    def select(self, w, mask, existing, key, epoch, epochs):
         u = jax.random.uniform(key, w.shape, dtype=jnp.result_type(w.real.dtype, jnp.float32))
         return mask & ~(self.probabilities(w, mask) > u)
 
@@ -277,15 +280,16 @@ class Magnitude(Scheduled):
         """The sparsity after ``epoch`` of a run of ``epochs``."""
         return zhu_gupta_sparsity(epoch, self.sparsity, self.start, self.end or epochs)
 
-    def select(self, w, mask, key, epoch, epochs):
-        n = w.size
-        remove = int(round(self.target(epoch, epochs) * n))
-        if remove <= 0:
+    def select(self, w, mask, existing, key, epoch, epochs):
+        target = self.target(epoch, epochs)
+        if target <= 0:
             return mask
-        score = jnp.where(mask, jnp.abs(w), -1.0).reshape(-1)  # removed ones go first
-        order = jnp.argsort(score)
-        keep = jnp.ones(n, bool).at[order[:remove]].set(False).reshape(w.shape)
-        return mask & keep
+        n = jnp.sum(existing)
+        absent = w.size - n
+        remove = absent + jnp.round(target * n).astype(n.dtype)  # the absent ones count first
+        score = jnp.where(mask, jnp.abs(w), jnp.where(existing, -1.0, -2.0)).reshape(-1)
+        rank = jnp.argsort(jnp.argsort(score))  # 0: the smallest
+        return mask & (rank >= remove).reshape(w.shape)
 
     def check(self, sizes):
         for name, shape in sizes.items():
@@ -312,7 +316,7 @@ class L1(Scheduled):
     def l1(self) -> float:
         return self.strength
 
-    def select(self, w, mask, key, epoch, epochs):
+    def select(self, w, mask, existing, key, epoch, epochs):
         return mask & (jnp.abs(w) >= self.tol)
 
 
@@ -326,6 +330,12 @@ def _replace_masks(opt_state: PyTree, masks: dict[str, Array]) -> PyTree:
                         opt_state, is_leaf=lambda v: isinstance(v, PrunedState))
 
 
+def connections(model: PyTree) -> dict[str, Array]:
+    """The connections a model has: :meth:`~eqprop.network.ConnectedModel.connections`,
+    or ``{}`` (every entry of every prunable matrix is a connection)."""
+    return model.connections() if isinstance(model, ConnectedModel) else {}
+
+
 def prune(pruner: Pruner, model: PyTree, opt_state: PyTree, key: Array, epoch: int, epochs: int,
           seeds: int = 1) -> tuple[PyTree, PyTree]:
     """Prune after ``epoch``: new masks from the model's weights, written into the
@@ -333,28 +343,32 @@ def prune(pruner: Pruner, model: PyTree, opt_state: PyTree, key: Array, epoch: i
 
     **Arguments:** ``pruner``; ``model`` and ``opt_state`` (built with
     :func:`keep_pruned`; leaves with a leading seed axis when ``seeds > 1``); ``key``:
-    PRNG key of this pruning (split per matrix and per seed); ``epoch``, ``epochs``: the
-    epoch just trained (1-based) and the run's.
+    PRNG key of this pruning (folded per matrix, split per seed); ``epoch``, ``epochs``:
+    the epoch just trained (1-based) and the run's.
 
-    **Returns:** ``(model, opt_state)``.
+    **Returns:** ``(model, opt_state)``; the masks hold only existing connections
+    (:func:`connections`).
 
     **Raises:** ``ValueError`` when ``opt_state`` was not built with :func:`keep_pruned`.
     """
     masks = masks_of(opt_state)
     if masks is None:
         raise ValueError("prune: the optimizer state holds no masks (build it with keep_pruned)")
+    structure = connections(model)
     weights = {n: w for n, w in _named(model).items() if n in masks}
     new = {}
     for i, (name, w) in enumerate(sorted(weights.items())):
         k = jax.random.fold_in(key, i)
+        existing = structure.get(name, jnp.ones(w.shape, bool))
 
-        def one(w, m, k):
-            return _keep_one_per_column(pruner.select(w, m, k, epoch, epochs), m, w)
+        def one(w, m, e, k):
+            live = m & e
+            return _keep_one_per_column(pruner.select(w, live, e, k, epoch, epochs), live, w)
 
         if seeds > 1:
-            new[name] = jax.vmap(one)(w, masks[name], jax.random.split(k, seeds))
+            new[name] = jax.vmap(one)(w, masks[name], existing, jax.random.split(k, seeds))
         else:
-            new[name] = one(w, masks[name], k)
+            new[name] = one(w, masks[name], existing, k)
     return _apply(new, model), _replace_masks(opt_state, new)
 
 
@@ -364,14 +378,20 @@ def _named(tree: PyTree) -> dict[str, Array]:
     return out
 
 
-def sparsity(masks: dict[str, Array], seeds: int = 1) -> dict[str, Any]:
+def sparsity(masks: dict[str, Array], seeds: int = 1,
+             existing: dict[str, Array] | None = None) -> dict[str, Any]:
     """The fraction of connections removed, as metrics: ``{"sparsity": total,
     "sparsity/<name>": fraction of matrix <name>}`` (floats; lists over seeds when
-    ``seeds > 1``, the masks then stacked on a leading axis)."""
+    ``seeds > 1``, the masks then stacked on a leading axis), counted over the
+    ``existing`` connections (:func:`connections`; default: every entry)."""
+    existing = existing or {}
     if seeds > 1:
-        per = [sparsity({n: m[i] for n, m in masks.items()}) for i in range(seeds)]
+        per = [sparsity({n: m[i] for n, m in masks.items()}, 1,
+                        {n: e[i] for n, e in existing.items()}) for i in range(seeds)]
         return {k: [p[k] for p in per] for k in per[0]}
-    removed = {n: int(m.size - jnp.sum(m)) for n, m in masks.items()}
-    total = sum(m.size for m in masks.values())
+    count = {n: int(jnp.sum(existing[n])) if n in existing else m.size for n, m in masks.items()}
+    removed = {n: count[n] - int(jnp.sum(m & existing[n] if n in existing else m))
+               for n, m in masks.items()}
+    total = sum(count.values())
     return {"sparsity": sum(removed.values()) / total if total else 0.0,
-            **{f"sparsity/{n}": removed[n] / masks[n].size for n in masks}}
+            **{f"sparsity/{n}": removed[n] / count[n] if count[n] else 0.0 for n in masks}}

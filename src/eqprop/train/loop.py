@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
 from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems
-from ..pruning import masks_of, prune, sparsity
+from ..pruning import connections, masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
 from .divergence import TrainingDiverged, check_finite
 from .evaluate import evaluate
@@ -170,7 +170,7 @@ class _Trainer:
         self.elapsed += seconds
         rec = epoch_record(epoch, pos.sums, test, seconds, p.seeds, compile_seconds)
         if pruned is not None:
-            _merge(rec, sparsity(pruned, p.seeds), p.seeds)
+            _merge(rec, sparsity(pruned, p.seeds, connections(pos.state.model)), p.seeds)
         if schedule.diagnoses(epoch):
             t_diag = time.perf_counter()
             means, per = run_diagnostics(p, pos.state.model, epoch)
