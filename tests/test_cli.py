@@ -34,7 +34,7 @@ epochs = 2
 max_batches = 4
 """
 
-SUBCOMMANDS = ("train", "resume", "eval", "gradcheck", "datasets", "report", "config")
+SUBCOMMANDS = ("train", "resume", "eval", "gradcheck", "stability", "datasets", "report", "config")
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,8 @@ class OptimConfig:
 
     name: str = setting("sgd", "Optimizer.", choices=("sgd", "adam", "adamw"))
     lr: float = setting(0.01, "Learning rate.", bounds=POSITIVE)
-    momentum: float = setting(0.9, "Momentum (sgd) / first-moment decay.", bounds=UNIT_HALF_OPEN)
+    momentum: float = setting(0.9, "Momentum (sgd) / first-moment decay b1 (adam, adamw).",
+                             bounds=UNIT_HALF_OPEN)
     weight_decay: float = setting(0.0, "Weight decay.", bounds=NONNEGATIVE)
     schedule: str = setting("constant", "Learning-rate schedule.", choices=("constant", "cosine"))
     lr_multipliers: Mapping[str, float] = setting(

@@ -64,8 +64,10 @@ class ModelKind(abc.ABC):
 class DenseKind(ModelKind):
     """Settings shared by the dense networks (:class:`~eqprop.network.DenseNetwork`).
 
-    ``asymmetry_angle`` is in degrees (``B = sin(alpha) B_init + cos(alpha) W^T``;
-    Laborieux and Zenke 2024, arXiv 2309.02214).
+    ``asymmetry_angle`` is in degrees: untied feedback starts at ``B = sin(alpha) R +
+    cos(alpha) W^T``, ``R`` a random matrix orthogonalised against ``W^T`` and scaled to
+    ``W``'s norm, so the angle between ``B`` and ``W^T`` is exactly ``alpha``
+    (Laborieux and Zenke 2024, arXiv 2309.02214).
 
     **Raises:** :class:`~eqprop.settings.SettingError` (key ``asymmetry_angle``) for a
     nonzero angle with tied feedback.
