@@ -5,6 +5,7 @@ seeds each (``[train] seeds``, trained together), then plots and a markdown tabl
         [--epochs N] [--seeds K] [--max-batches M] [--out DIR] [--data fashion-mnist|digits]
         [--only NAME,NAME,...]
     python experiments/run.py shipped-hep [--epochs N] [--seeds K]
+    python experiments/run.py directed|pruning [--epochs N] [--seeds K] [--only ...]
 
 - finite-nudge: tied MLP, hEP with N in {1, 2, 4, 6} x beta in {0.05, 0.5} (N = 1: one-sided EP).
 - asymmetry:    untied MLP, initial angle 0, 15, ..., 90 degrees; exact-nudge and implicit.
@@ -15,6 +16,14 @@ seeds each (``[train] seeds``, trained together), then plots and a markdown tabl
                 hEP N = 2 at beta 0.05 and hEP N = 4 at beta 0.5 against
                 configs/fmnist-mlp-implicit.toml, 3 seeds each, the same seeds; the table
                 names the cheapest hEP setting within 0.3 points of implicit on the mean.
+- directed:     complete directed networks (issue 15, docs/directed.md): XOR with the DEEP
+                dynamics and rule (10 seeds; each seed's free fixed points certified by
+                ``eqprop stability``, 100 perturbations), the authors' asymmetric-EP baseline
+                (a layered untied net, one-sided EP), XOR/AND/OR/NOT/identity with rate
+                dynamics and hEP N = 4, XOR with contraction enforced, and digits (64
+                hidden) with hEP, with the DEEP rule, and with 70% of its connections pruned.
+- pruning:      configs/fmnist-mlp-hep.toml dense against 80% magnitude pruning, same seed
+                and epochs.
 
 Runs go to ``DIR/<experiment>/<setting>/`` (default DIR: ``runs/experiments``); a setting
 whose run completed is not run again (delete it to redo), an interrupted one is resumed.
@@ -42,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 SHIPPED = HERE.parent / "configs"  # the configs eqprop ships (a base named "shipped:NAME")
 DIAG_COLUMNS = ("angle", "jacobian_symmetry", "alignment", "cos_finite_nudge", "cos_asymmetry",
-                "homeo_loss", "probe_nonconverged")
+                "homeo_loss", "probe_nonconverged", "sparsity", "contraction_bound", "spectral_radius")
 
 
 def settings(experiment: str) -> list[tuple[str, str, dict[str, dict[str, Any]], dict[str, Any]]]:
@@ -77,6 +86,33 @@ def settings(experiment: str) -> list[tuple[str, str, dict[str, dict[str, Any]],
                 out.append((f"{arch}-{'homeo' if on else 'plain'}", f"homeostasis-{arch}",
                             {"homeostasis": {"coef": coef if on else 0.0}},
                             {"x": arch, "line": f"homeostasis coef {coef}" if on else "no homeostasis"}))
+    elif experiment == "directed":
+        out.append(("xor-deep", "shipped:xor-deep", {}, {"x": "xor", "line": "DEEP rule"}))
+        out.append(("xor-asym-ep", "shipped:xor-directed-hep",
+                    {"model": {"connectivity": "layered", "layers": [5]},
+                     "estimator": {"name": "ep", "points": 1, "beta": 0.5}},
+                    {"x": "xor", "line": "asymmetric EP (layered, one-sided)"}))
+        for task in ("xor", "and", "or", "not", "identity"):
+            full_batch = 2 if task in ("not", "identity") else 4  # the truth table's rows
+            out.append((f"{task}-rate-hep", "shipped:xor-directed-hep",
+                        {"data": {"name": task, "batch_size": full_batch}},
+                        {"x": task, "line": "rate dynamics, hEP N = 4"}))
+        out.append(("xor-rate-hep-contraction", "shipped:xor-directed-hep",
+                    {"stability": {"enforce": "contraction", "every": 50}},
+                    {"x": "xor", "line": "rate dynamics, hEP N = 4, contraction enforced"}))
+        out.append(("digits-rate-hep", "shipped:digits-directed-hep", {},
+                    {"x": "digits", "line": "rate dynamics, hEP N = 4"}))
+        out.append(("digits-deep-rule", "shipped:digits-directed-hep",
+                    {"estimator": {"name": "deep-rule", "beta": 1.0}},
+                    {"x": "digits", "line": "DEEP rule"}))
+        out.append(("digits-rate-hep-pruned70", "shipped:digits-directed-hep",
+                    {"pruning": {"method": "magnitude", "sparsity": 0.7}},
+                    {"x": "digits", "line": "rate dynamics, hEP N = 4, 70% pruned"}))
+    elif experiment == "pruning":
+        out.append(("fmnist-dense", "shipped:fmnist-mlp-hep", {}, {"x": "dense", "line": "fmnist-mlp"}))
+        out.append(("fmnist-magnitude80", "shipped:fmnist-mlp-hep",
+                    {"pruning": {"method": "magnitude", "sparsity": 0.8}},
+                    {"x": "80% pruned", "line": "fmnist-mlp"}))
     elif experiment == "shipped-hep":
         seeds = {"train": {"seeds": 3}}
         for n, beta in ((2, 0.05), (4, 0.5)):
@@ -90,7 +126,7 @@ def settings(experiment: str) -> list[tuple[str, str, dict[str, dict[str, Any]],
     return out
 
 
-EXPERIMENTS = ("finite-nudge", "asymmetry", "homeostasis", "shipped-hep")
+EXPERIMENTS = ("finite-nudge", "asymmetry", "homeostasis", "shipped-hep", "directed", "pruning")
 
 
 def make_config(base: str, updates: dict, args: argparse.Namespace) -> Config:
@@ -104,7 +140,7 @@ def make_config(base: str, updates: dict, args: argparse.Namespace) -> Config:
         train_up["seeds"] = args.seeds
     if args.max_batches is not None:
         train_up["max_batches"] = args.max_batches
-    if args.data != config.data.name:
+    if args.data is not None and args.data != config.data.name:
         updates.setdefault("data", {})["name"] = args.data
         if config.model.kind == "layered":
             sizes = list(config.model.sizes)
@@ -144,7 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, help="override train.seeds (default: the configs' 5)")
     p.add_argument("--max-batches", type=int, help="cap on batches per epoch (smoke runs)")
     p.add_argument("--out", default="runs/experiments", help="output directory")
-    p.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist", "digits"))
+    p.add_argument("--data", default=None, choices=("fashion-mnist", "digits"),
+                   help="run every setting on this data set (default: each config's own)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.add_argument("--only", help="comma-separated setting names to run (default: all); the "
                    "table then covers these")
@@ -174,6 +211,8 @@ def main(argv=None) -> int:
             summary = run.read_summary()
         rec = final_record(run)
         acc = (rec.get("per_seed") or {}).get("test_acc") or [rec.get("test_acc")]
+        if args.experiment == "directed" and name == "xor-deep":
+            labels = {**labels, "certified": certified_seeds(run, acc)}
         rows.append({"name": name, "labels": labels, "summary": summary, "acc": acc,
                      "diag": {k: last_value(run, k) for k in DIAG_COLUMNS},
                      "train_homeo_loss": last_value(run, "train_homeo_loss")})
@@ -196,6 +235,8 @@ def main(argv=None) -> int:
         lines += ["", *gap_closed(rows)]
     if args.experiment == "shipped-hep":
         lines += ["", *closest_to_implicit(rows)]
+    if args.experiment == "directed":
+        lines += ["", *solved_seeds(rows)]
     report_dir = report([root / r["name"] for r in rows], root / "report")
     lines += ["", "![summary](summary.png)", "",
               f"Per-epoch curves of every run: [report/report.md]({report_dir.relative_to(root)}).", ""]
@@ -221,6 +262,31 @@ def gap_closed(rows) -> list[str]:
         frac = f"{100 * gain / gap:.0f}% of the gap" if gap > 0 else "no gap to close"
         lines.append(f"Accuracy gap, {ref} minus 90 degrees without homeostasis: {100 * gap:.2f} "
                      f"points; homeostasis changes accuracy by {100 * gain:+.2f} points ({frac}).")
+    return lines
+
+
+def certified_seeds(run: RunDir, acc: list[float]) -> str:
+    """``eqprop stability RUN --perturb 100`` on a run: ``"c/s"``, how many of the ``s``
+    seeds that solved the task (100% accuracy) have every free fixed point certified."""
+    from eqprop.cli import main as cli
+
+    path = run.path / "stability.json"
+    if not path.exists():
+        cli(["stability", str(run.path), "--perturb", "100", "--json", str(path)])
+    per = json.loads(path.read_text())["per_seed"]
+    solved = [i for i, a in enumerate(acc) if a is not None and a >= 1.0]
+    return f"{sum(bool(per[i]['certified']) for i in solved)}/{len(solved)}"
+
+
+def solved_seeds(rows) -> list[str]:
+    """Per setting of the directed experiment: the seeds at 0% error (100% accuracy)."""
+    lines = []
+    for r in rows:
+        acc = [a for a in r["acc"] if a is not None]
+        solved = sum(a >= 1.0 for a in acc)
+        cert = r["labels"].get("certified")
+        lines.append(f"{r['name']}: {solved} of {len(acc)} seeds at 0% error"
+                     + (f"; solved seeds with every fixed point certified: {cert}" if cert else "") + ".")
     return lines
 
 
@@ -274,7 +340,8 @@ def summary_plot(rows, path: Path, experiment: str) -> None:
         ax.set_xticks(range(len(xs_all)))
         ax.set_xticklabels([str(x) for x in xs_all])
         ax.set_xlabel({"finite-nudge": "N (points)", "asymmetry": "initial angle (degrees)",
-                       "homeostasis": "architecture", "shipped-hep": "estimator"}[experiment])
+                       "homeostasis": "architecture", "shipped-hep": "estimator",
+                       "directed": "task", "pruning": "network"}[experiment])
         ax.set_title("test accuracy (%)" if panel == "acc" else f"{panel} (last epoch)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

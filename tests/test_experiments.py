@@ -29,11 +29,19 @@ def test_settings_cover_the_papers_grids():
 def test_every_setting_builds_a_valid_config():
     import argparse
 
-    args = argparse.Namespace(epochs=1, seeds=1, max_batches=1, data="digits")
     for experiment in run.EXPERIMENTS:
-        for name, base, updates, _ in run.settings(experiment):
-            cfg = run.make_config(base, updates, args)
-            assert cfg.train.epochs == 1 and cfg.data.name == "digits", name
+        for data in ("digits", None):  # --data digits, and each config's own data set
+            args = argparse.Namespace(epochs=1, seeds=1, max_batches=1, data=data)
+            for name, base, updates, _ in run.settings(experiment):
+                cfg = run.make_config(base, updates, args)
+                assert cfg.train.epochs == 1 and cfg.data.name == (data or cfg.data.name), name
+    args = argparse.Namespace(epochs=None, seeds=None, max_batches=None, data=None)
+    chosen = {s[0]: run.make_config(s[1], s[2], args) for s in run.settings("directed")}
+    assert [chosen[f"{t}-rate-hep"].data.name for t in ("xor", "and", "or", "not", "identity")] == \
+        ["xor", "and", "or", "not", "identity"]
+    assert chosen["xor-deep"].train.seeds == 10 and chosen["xor-deep"].estimator.name == "deep-rule"
+    assert chosen["digits-rate-hep-pruned70"].pruning.sparsity == 0.7
+    assert chosen["xor-rate-hep-contraction"].stability.enforce == "contraction"
 
 
 def test_gap_closed():
@@ -54,7 +62,7 @@ def test_shipped_hep_compares_the_shipped_configs_on_the_same_seeds():
 
     chosen = {s[0]: s for s in run.settings("shipped-hep")}
     assert set(chosen) == {"hep-N2-beta0.05", "hep-N4-beta0.5", "implicit"}
-    args = argparse.Namespace(epochs=None, seeds=None, max_batches=None, data="fashion-mnist")
+    args = argparse.Namespace(epochs=None, seeds=None, max_batches=None, data=None)
     cfgs = {n: run.make_config(base, up, args) for n, (_, base, up, _) in chosen.items()}
     assert {c.train.seeds for c in cfgs.values()} == {3}
     assert {c.train.seed for c in cfgs.values()} == {0} and {c.train.epochs for c in cfgs.values()} == {50}
