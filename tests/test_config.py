@@ -101,7 +101,7 @@ def test_defaults_parse():
 def test_schema_matches_dataclasses():
     for section, specs in SCHEMA.items():
         assert all(s.doc and "\n" not in s.doc for s in specs)
-        if section in ("model", "estimator", "dynamics"):  # tagged unions: each variant is a dataclass
+        if section in ("model", "estimator", "dynamics", "pruning"):  # tagged unions: each variant is a dataclass
             union = type(getattr(Config(), section))
             for name, vspecs in variants(section).items():
                 cls = union.variant(name)
