@@ -6,6 +6,8 @@ seeds each (``[train] seeds``, trained together), then plots and a markdown tabl
         [--only NAME,NAME,...]
     python experiments/run.py shipped-hep [--epochs N] [--seeds K]
     python experiments/run.py directed|pruning [--epochs N] [--seeds K] [--only ...]
+    python experiments/run.py EXPERIMENT --shard I/N     # part I of N (a SLURM array task)
+    python experiments/run.py EXPERIMENT --assemble      # the table from every part's runs
 
 - finite-nudge: tied MLP, hEP with N in {1, 2, 4, 6} x beta in {0.05, 0.5} (N = 1: one-sided EP).
 - asymmetry:    untied MLP, initial angle 0, 15, ..., 90 degrees; exact-nudge and implicit.
@@ -152,6 +154,23 @@ def make_config(base: str, updates: dict, args: argparse.Namespace) -> Config:
     return with_updates(config, **updates)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)``, ``1 <= I <= N`` (argparse type: a bad value is one line)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be I/N with integers, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"must be I/N with 1 <= I <= N, got {text!r}")
+    return i, n
+
+
+def shard(chosen: list, i: int, n: int) -> list:
+    """The ``i``-th of ``n`` disjoint parts of ``chosen`` (1-based): items ``i - 1``,
+    ``i - 1 + n``, ...; the parts together are ``chosen``, each item in one part."""
+    return chosen[i - 1::n]
+
+
 def final_record(run: RunDir) -> dict[str, Any]:
     records = run.read_metrics()
     return records[-1] if records else {}
@@ -185,6 +204,13 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.add_argument("--only", help="comma-separated setting names to run (default: all); the "
                    "table then covers these")
+    p.add_argument("--shard", type=parse_shard, metavar="I/N",
+                   help="run only the I-th of N disjoint parts of the settings (1 <= I <= N; "
+                   "settings I, I + N, I + 2N, ... in order): one part per SLURM array task or "
+                   "host; the table covers every setting whose run has completed in --out")
+    p.add_argument("--assemble", action="store_true",
+                   help="train nothing: the table and plots from the completed runs in --out "
+                   "(the run directories of every part, gathered in one place)")
     args = p.parse_args(argv)
 
     root = Path(args.out) / args.experiment
@@ -198,11 +224,21 @@ def main(argv=None) -> int:
             p.error(f"--only: unknown setting(s) {', '.join(unknown)}; {args.experiment} has "
                     f"{', '.join(names)}")
         chosen = [c for c in chosen if c[0] in wanted]
+    mine = {c[0] for c in (shard(chosen, *args.shard) if args.shard else chosen)}
+    if args.assemble:
+        mine = set()
     for name, base, updates, labels in chosen:
         config = make_config(base, updates, args)
         run = RunDir(root / name)
         summary = run.read_summary() if run.summary.exists() else None
-        if summary and summary.get("status") == "completed" and summary.get("epochs") == config.train.epochs:
+        done = (summary and summary.get("status") == "completed"
+                and summary.get("epochs") == config.train.epochs)
+        if name not in mine:  # another part's setting: in the table once its run has completed
+            if not done:
+                print(f"[{name}] not completed in {root} (another part's), left out of the table",
+                      flush=True)
+                continue
+        elif done:
             print(f"[{name}] already completed, skipping", flush=True)
         else:
             print(f"[{name}] training ({config.estimator.name}, {config.train.seeds} seeds, "
@@ -217,6 +253,9 @@ def main(argv=None) -> int:
                      "diag": {k: last_value(run, k) for k in DIAG_COLUMNS},
                      "train_homeo_loss": last_value(run, "train_homeo_loss")})
 
+    if not rows:
+        print(f"no completed run of {args.experiment} in {root}: no table")
+        return 0
     # table
     cols = [c for c in DIAG_COLUMNS if any(r["diag"][c] for r in rows)]
     lines = [f"# {args.experiment} ({args.data})", "",

@@ -105,3 +105,24 @@ def test_mlp_experiments_use_the_authors_architecture(base):
     if cfg.model.feedback == "untied":
         assert {"h2->h1", "h3->h2"} <= names
     assert model.readout.weight.shape == (10, 10)
+
+
+def test_shards_are_disjoint_and_cover_every_setting():
+    import argparse
+
+    chosen = run.settings("directed")
+    for n in (1, 2, 3, 5, len(chosen) + 2):
+        parts = [run.shard(chosen, i, n) for i in range(1, n + 1)]
+        names = [c[0] for part in parts for c in part]
+        assert sorted(names) == sorted(c[0] for c in chosen) and len(set(names)) == len(chosen)
+    assert run.parse_shard("2/3") == (2, 3)
+    for bad in ("0/3", "4/3", "a/b", "3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="I/N"):
+            run.parse_shard(bad)
+
+
+def test_assemble_without_runs_trains_nothing(tmp_path, capsys):
+    assert run.main(["directed", "--assemble", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no completed run of directed" in out and "training" not in out
+    assert not any(tmp_path.rglob("metrics.jsonl"))
