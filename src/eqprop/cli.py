@@ -12,7 +12,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .guards import EstimateWarning
 
@@ -112,25 +112,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _config_or_run(target: str, overrides) -> tuple[Any, Any, Any]:
+    """``(config, program, model)`` of a CONFIG_OR_RUN_DIR argument: a run directory's
+    latest checkpoint (stacked when it has several seeds), or a config's fresh model.
+
+    **Raises:** ``ValueError`` for a directory that is not a run."""
+    from .config import load_config
+    from .train import RunDir, build_program, load_run
+
+    path = Path(target)
+    if path.is_dir():
+        if not RunDir(path).is_run():
+            raise ValueError(f"{path}: not a run directory (no config.toml)")
+        config, program, model, _ = load_run(path, "latest", overrides)
+        return config, program, model
+    config = load_config(path, overrides)
+    program = build_program(config)
+    return config, program, program.model
+
+
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
     import jax
 
     from . import build
-    from .config import load_config
     from .data import batches
     from .diagnostics import diagnostics
     from .gradcheck import build_specs, format_table, gradcheck, to_json
-    from .train import RunDir, build_program, load_run, unstack
+    from .train import unstack
 
-    target = Path(args.target)
-    if target.is_dir():
-        if not RunDir(target).is_run():
-            raise ValueError(f"{target}: not a run directory (no config.toml)")
-        config, program, model, _ = load_run(target, "latest", args.set)
-    else:
-        config = load_config(target, args.set)
-        program = build_program(config)
-        model = program.model
+    config, program, model = _config_or_run(args.target, args.set)
     if program.seeds > 1:
         model = unstack(model, 0)  # gradcheck looks at the first seed's network
     solvers = build.build_solvers(config)
@@ -159,24 +169,15 @@ def _cmd_stability(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import build
-    from .config import load_config
     from .stability import (StabilitySettings, format_table, perturbation_check, perturbation_steps,
                             stability)
-    from .train import RunDir, build_program, load_run, unstack
+    from .train import unstack
 
     if args.perturb < 0:
         raise ValueError(f"--perturb: must be >= 0, got {args.perturb}")
     if args.perturb_scale is not None and not args.perturb_scale > 0:
         raise ValueError(f"--perturb-scale: must be > 0, got {args.perturb_scale}")
-    target = Path(args.target)
-    if target.is_dir():
-        if not RunDir(target).is_run():
-            raise ValueError(f"{target}: not a run directory (no config.toml)")
-        config, program, model, _ = load_run(target, "latest", args.set)
-    else:
-        config = load_config(target, args.set)
-        program = build_program(config)
-        model = program.model
+    config, program, model = _config_or_run(args.target, args.set)
     settings = StabilitySettings.of(config.stability)
     free = build.build_solvers(config).free
     ds = program.dataset
@@ -197,7 +198,7 @@ def _cmd_stability(args: argparse.Namespace) -> int:
                                  "returned_fraction_min": float(back.min()),
                                  "returned_fraction_mean": float(back.mean())}
         rows.append({"seed": i, **r})
-    result = {"target": str(target), "model": type(model).__name__, "dt": free.dt,
+    result = {"target": str(args.target), "model": type(model).__name__, "dt": free.dt,
               "examples": int(x.shape[0]), "certified": all(r["certified"] for r in rows),
               "per_seed": rows}
     print(format_table(result))

@@ -172,20 +172,10 @@ class _Trainer:
         if pruned is not None:
             _merge(rec, sparsity(pruned, p.seeds, connections(pos.state.model)), p.seeds)
         if schedule.diagnoses(epoch):
-            t_diag = time.perf_counter()
-            means, per = run_diagnostics(p, pos.state.model, epoch)
-            rec.update(means)
-            if p.seeds > 1:
-                rec["per_seed"].update(per)
-            rec["diagnostics_seconds"] = time.perf_counter() - t_diag
+            _timed_figures(rec, "diagnostics_seconds", run_diagnostics, p, pos.state.model, epoch)
         every = self.config.stability.every
         if every and (epoch % every == 0 or epoch == self.config.train.epochs):
-            t_stab = time.perf_counter()
-            means, per = program_figures(p, pos.state.model, epoch)
-            rec.update(means)
-            if p.seeds > 1:
-                rec["per_seed"].update(per)
-            rec["stability_seconds"] = time.perf_counter() - t_stab
+            _timed_figures(rec, "stability_seconds", program_figures, p, pos.state.model, epoch)
         for logger in self.loggers:
             logger.log(rec)
         boundary = Position(pos.state, epoch, 0, zero_sums(p.seeds), pos.states)
@@ -219,6 +209,17 @@ def prune_position(p: Program, pos: Position, epoch: int, epochs: int) -> tuple[
     model, opt_state = prune(p.pruner, st.model, st.opt_state, key, epoch, epochs, p.seeds)
     state = TrainState(model, opt_state, st.step, st.key)
     return dataclasses.replace(pos, state=state), masks_of(opt_state)
+
+
+def _timed_figures(rec: dict[str, Any], seconds_key: str, figures, p: Program, model, epoch: int) -> None:
+    """``figures(p, model, epoch) -> (means, per_seed)`` into an epoch record, with the
+    seconds it took under ``seconds_key``."""
+    t = time.perf_counter()
+    means, per = figures(p, model, epoch)
+    rec.update(means)
+    if p.seeds > 1:
+        rec["per_seed"].update(per)
+    rec[seconds_key] = time.perf_counter() - t
 
 
 def _merge(rec: dict[str, Any], figures: dict[str, Any], seeds: int) -> None:
