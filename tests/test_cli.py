@@ -341,3 +341,12 @@ def test_a_run_written_before_the_tagged_unions_resumes(tiny_config, tmp_path):
         parse_config(upgrade_run_config(raw))
     assert main(["resume", str(out), "-q"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_json_outputs_are_strict_json():
+    """inf and nan (a Lyapunov margin of -inf) are written as null: RFC 8259 has neither."""
+    from eqprop.cli import strict_json
+
+    tree = {"a": float("-inf"), "b": [1.0, float("nan"), {"c": float("inf")}], "d": 2, "e": "x"}
+    text = json.dumps(strict_json(tree), allow_nan=False)
+    assert json.loads(text) == {"a": None, "b": [1.0, None, {"c": None}], "d": 2, "e": "x"}

@@ -217,6 +217,8 @@ def test_gradcheck_says_when_units_sit_on_the_clip_bounds():
     s = np.asarray(model.flat(free.u))
     assert frac == pytest.approx(np.mean((s == 0) | (s == 1))) and frac > 0
     assert res["reference"] is None
+    assert res["deep-rule"]["total"] == {"cosine": None, "relative_error": None}  # no comparison
+    assert all(v["cosine"] is None for v in res["deep-rule"]["parameters"].values())
     table = format_table(res)
     assert "sit on the bounds of the model's box" in table and "cosine" not in table.split("\n", 3)[3]
     rate = directed(2, 3, 2, key=jax.random.PRNGKey(0), dynamics="rate", dtype=F64)
@@ -415,6 +417,14 @@ def test_oscillating_euler_step_is_refused_before_training():
     model.check_step(0.9 * safe)  # below the limit it names: accepted
     with pytest.raises(ValueError, match="dynamics.dt"):
         model.check_step(1.1 * safe)
+
+
+def test_deep_rule_refuses_a_nudge_that_makes_the_step_oscillate():
+    """The nudge's own term -beta s_out: the nudged Euler step oscillates when dt beta >= 2."""
+    model = _xor_deep()
+    make_estimator("deep-rule", phase_solvers(nudged_steps=10, dt=0.05), beta=10.0).check(model)
+    with pytest.raises(ValueError, match=r"^estimator\.beta: beta \* dynamics\.dt = 3 >= 2.*use beta < 6\.66667 at dt = 0\.3"):
+        make_estimator("deep-rule", phase_solvers(nudged_steps=10, dt=0.3), beta=10.0).check(model)
 
 
 def test_deep_rule_refuses_models_that_are_not_directed():

@@ -271,3 +271,7 @@ def test_pruning_config_errors_are_one_line():
         _tiny(pruning={"method": "prune-it"})
     with pytest.raises(ConfigError, match="pruning.sparsity: belongs to pruning method 'magnitude'"):
         _tiny(pruning={"method": "l1", "sparsity": 0.5})
+    with pytest.raises(ConfigError, match=r"^pruning\.end: 2 is before start = 4"):
+        _tiny(pruning={"method": "magnitude", "start": 4, "end": 2})
+    with pytest.raises(ConfigError, match=r"^pruning\.start: 5 is after the last epoch \(3\)"):
+        build_program(_tiny(pruning={"method": "magnitude", "start": 5}))

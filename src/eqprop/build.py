@@ -18,7 +18,7 @@ from .estimate import Estimator, make_estimator
 from .homeostasis import Homeostasis
 from .network import DenseNetwork, EquilibriumModel, graph, layered
 from .linear import make_linear_solver
-from .pruning import Pruner, keep_pruned, prunable
+from .pruning import Pruner, Scheduled, keep_pruned, prunable
 from .registry import ESTIMATORS, PRUNERS, SOLVERS
 from .settings import SettingError, settings_of
 from .solvers import FixedPoint, PhaseSolvers
@@ -129,6 +129,9 @@ def build_pruner(config: Config, model: EquilibriumModel | None = None) -> Prune
     **Raises:** :class:`~eqprop.config.ConfigError` naming the ``pruning`` key at fault.
     """
     pruner = PRUNERS.get(config.pruning.method)(**config.pruning.settings())
+    if isinstance(pruner, Scheduled) and pruner.start > config.train.epochs:
+        raise ConfigError(f"pruning.start: {pruner.start} is after the last epoch "
+                          f"({config.train.epochs}): nothing would be pruned")
     if model is not None:
         from .network import named_parameters, parameters
 

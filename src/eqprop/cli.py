@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -112,6 +113,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def strict_json(tree: Any) -> Any:
+    """``tree`` with every non-finite float (``inf``, ``nan``) replaced by ``None``: JSON
+    that strict parsers (RFC 8259 has no Infinity or NaN) read."""
+    if isinstance(tree, dict):
+        return {k: strict_json(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [strict_json(v) for v in tree]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    return tree
+
+
 def _config_or_run(target: str, overrides) -> tuple[Any, Any, Any]:
     """``(config, program, model)`` of a CONFIG_OR_RUN_DIR argument: a run directory's
     latest checkpoint (stacked when it has several seeds), or a config's fresh model.
@@ -159,7 +172,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         out = Path(args.json)
         if out.parent != Path(""):
             out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(to_json({**result, **diag}), indent=2) + "\n")
+        out.write_text(json.dumps(strict_json(to_json({**result, **diag})), indent=2) + "\n")
         print(f"wrote {out}")
     return EXIT_OK
 
@@ -206,7 +219,7 @@ def _cmd_stability(args: argparse.Namespace) -> int:
         out = Path(args.json)
         if out.parent != Path(""):
             out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.write_text(json.dumps(strict_json(result), indent=2) + "\n")
         print(f"wrote {out}")
     return EXIT_OK
 

@@ -221,7 +221,9 @@ class Scheduled(Pruner):
     """A method applied after every ``every``-th epoch from epoch ``start``."""
 
     every: int = setting(1, "Prune after every this many epochs.", bounds=POSITIVE_INT)
-    start: int = setting(1, "First epoch after which to prune.", bounds=POSITIVE_INT)
+    start: int = setting(1, "First epoch after which the method runs (magnitude: the schedule's "
+                         "zero point, so the first removal comes one pruning step later).",
+                         bounds=POSITIVE_INT)
 
     def due(self, epoch: int) -> bool:
         return epoch >= self.start and (epoch - self.start) % self.every == 0
@@ -275,6 +277,11 @@ class Magnitude(Scheduled):
                               bounds=UNIT_HALF_OPEN)
     end: int = setting(0, "Epoch at which the target sparsity is reached (0: the last epoch).",
                        bounds=NONNEGATIVE)
+
+    def __post_init__(self) -> None:
+        if self.end and self.end < self.start:
+            raise SettingError("end", f"{self.end} is before start = {self.start}: the schedule "
+                               "would jump to the target at once")
 
     def target(self, epoch: int, epochs: int) -> float:
         """The sparsity after ``epoch`` of a run of ``epochs``."""

@@ -92,11 +92,17 @@ class DeepRule(Estimator):
         """As :meth:`Estimator.check` (which refuses, through the solvers' check, a
         ``nudged.dt`` whose Euler step oscillates:
         :meth:`~eqprop.network.DirectedNetwork.check_step`); ``ValueError`` unless
-        ``model`` is a directed network."""
+        ``model`` is a directed network, or when ``beta * dt >= 2`` (the nudge's own
+        term ``-beta s_out`` then makes the nudged Euler step oscillate)."""
         if not isinstance(model, DirectedNetwork):
             raise ValueError(f"estimator 'deep-rule' needs a directed network (model.kind = "
                              f"'directed'), got {type(model).__name__}")
         super().check(model)  # the solvers' check runs model.check_step(dt)
+        if self.beta * self.nudged.dt >= 2.0:  # the nudge alone multiplies s_out - y by 1 - dt beta
+            raise ValueError(
+                f"estimator.beta: beta * dynamics.dt = {self.beta * self.nudged.dt:g} >= 2: the nudged "
+                f"Euler step oscillates on the outputs (each step multiplies s_out - y by 1 - dt beta); "
+                f"use beta < {2.0 / self.nudged.dt:g} at dt = {self.nudged.dt:g}, or a smaller dt")
 
     def __call__(self, model, x, y, free, key):
         delta, u = deep_rule_update(model, x, y, free.u, self.beta, self.nudged.dt,
