@@ -231,6 +231,10 @@ def test_training_prunes_and_logs_sparsity(pruned_run):
     assert 0 < s[0] <= s[1] <= s[2] < 1  # the removed stay removed
     assert len(recs[-1]["per_seed"]["sparsity"]) == 2
     assert {"sparsity/weights.input->h1", "sparsity/weights.h1->h2"} <= recs[-1].keys()
+    from eqprop.train.report import report
+
+    md = report([pruned_run], pruned_run.parent / "report").read_text()
+    assert "| sparsity |" in md and f"| {100 * recs[-1]['sparsity']:.2f}% |" in md
     # the checkpoint holds the masks, and the model's pruned weights are exactly zero
     from eqprop.train.resume import load_checkpoint
 

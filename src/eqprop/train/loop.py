@@ -189,7 +189,9 @@ class _Trainer:
                                             f"acc {rec['test_acc']:.4f}")
         ms = rec["ms_per_batch"]
         self.echo(f"epoch {epoch}/{self.config.train.epochs}  train loss {rec['train_loss']:.4f} "
-                  f"acc {rec['train_acc']:.4f}{test_txt}{_estimate_text(rec)} | {seconds:.1f} s"
+                  f"acc {rec['train_acc']:.4f}{test_txt}{_estimate_text(rec)}"
+                  + (f" | sparsity {rec['sparsity']:.3f}" if "sparsity" in rec else "")
+                  + f" | {seconds:.1f} s"
                   + (f", {ms:.1f} ms/batch" if ms is not None else ""))
         problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None))
         if problems:  # once per epoch, every figure at fault in one message

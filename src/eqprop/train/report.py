@@ -7,7 +7,7 @@ linear_residual_mean, and hEP's hep_decay_mean and hep_error_mean), ``diagnostic
 (any other numeric per-epoch keys, e.g. ``angle``, ``alignment``, ``homeo_loss``; only
 when present; keys sharing a prefix before ``/`` such as ``angle`` and ``angle/h1-h2``, and
 the bias cosines ``cos_*``, share a panel) and ``report.md`` (a table of the runs with
-the last epoch's estimate figures, a list of the epochs whose estimate figures are beyond
+the last epoch's estimate figures and sparsity (pruned runs), a list of the epochs whose estimate figures are beyond
 their limit (:func:`eqprop.guards.estimate_problems`), and links to the plots). Several
 runs are overlaid, labelled by their directory name.
 """
@@ -165,8 +165,8 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
 
     lines = ["# eqprop report", "",
              "| run | data | estimator | seeds | epochs | final test acc | best test acc "
-             "| final train acc | estimate (last epoch) | time (s) | ms/batch | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| final train acc | estimate (last epoch) | sparsity | time (s) | ms/batch | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     warned: list[str] = []
     for run, records, s in summaries:
         last = records[-1]
@@ -179,7 +179,9 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         lines.append(
             f"| {run.name} | {s.get('data', '-')} | {s.get('estimator', '-')} "
             f"| {s.get('seeds', '-')} | {last['epoch']} | {final_txt} | {_fmt(best, True)} "
-            f"| {_fmt(last.get('train_acc'), True)} | {_estimate_cell(last)} | {_fmt(float(time_s))} "
+            f"| {_fmt(last.get('train_acc'), True)} | {_estimate_cell(last)} "
+            f"| {_fmt(last.get('sparsity'), True) if last.get('sparsity') is not None else '-'} "
+            f"| {_fmt(float(time_s))} "
             f"| {_fmt(s.get('ms_per_batch'))} | {s.get('status', 'running/unknown')} |")
         for r in records:
             for problem in estimate_problems(r):
