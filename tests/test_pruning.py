@@ -126,11 +126,9 @@ def test_pruning_never_disconnects_a_neuron():
     """Weights all below tol with a certain removal: each column keeps one connection."""
     w = jnp.full((6, 4), 1e-4).at[2, 1].set(2e-4)
     pr = P.L1(tol=1.0)
-    model_w = {"w": w}
     new = P._keep_one_per_column(pr.select(w, jnp.ones(w.shape, bool), jnp.ones(w.shape, bool), None, 1, 1),
                                  jnp.ones(w.shape, bool), w)
     assert bool(jnp.all(jnp.sum(new, axis=0) == 1)) and bool(new[2, 1])
-    del model_w
 
 
 def test_a_directed_networks_absent_entries_are_not_connections():

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from .network.base import ConnectedModel, parameter_name, parameters
+from .network.base import ConnectedModel, named_parameters, parameter_name, parameters
 from .registry import PRUNERS
 from .settings import NONNEGATIVE, POSITIVE, POSITIVE_INT, UNIT_HALF_OPEN, SettingError, setting
 
@@ -73,24 +73,15 @@ def _map_named(fn, tree: PyTree, *rest: PyTree) -> PyTree:
     return jax.tree_util.tree_map_with_path(f, tree, *rest, is_leaf=lambda v: v is None)
 
 
-def init_masks(model: PyTree, batch_ndim: int = 0) -> dict[str, Array]:
+def init_masks(model: PyTree) -> dict[str, Array]:
     """Every prunable connection kept: ``{name: ones(bool)}`` over :func:`prunable`
     parameters (the model's exactly-zero entries included: a structural mask, such as a
     directed network's connectivity, is the model's own and stays so).
 
-    **Arguments:** ``model``: a model or its parameters; ``batch_ndim``: leading seed axes
-    of its leaves (1 for ``K`` stacked seeds), kept in the masks but not in the test of
-    :func:`prunable`.
+    **Arguments:** ``model``: a model or its parameters (one network, not stacked).
     """
-    out: dict[str, Array] = {}
-
-    def visit(name, leaf):
-        if prunable(name, leaf[(0,) * batch_ndim] if batch_ndim else leaf):
-            out[name] = jnp.ones(leaf.shape, bool)
-        return leaf
-
-    _map_named(visit, parameters(model))
-    return out
+    return {name: jnp.ones(leaf.shape, bool)
+            for name, leaf in named_parameters(parameters(model)).items() if prunable(name, leaf)}
 
 
 def _apply(masks: dict[str, Array], tree: PyTree) -> PyTree:
@@ -362,7 +353,7 @@ def prune(pruner: Pruner, model: PyTree, opt_state: PyTree, key: Array, epoch: i
     if masks is None:
         raise ValueError("prune: the optimizer state holds no masks (build it with keep_pruned)")
     structure = connections(model)
-    weights = {n: w for n, w in _named(model).items() if n in masks}
+    weights = {n: w for n, w in named_parameters(model).items() if n in masks}
     new = {}
     for i, (name, w) in enumerate(sorted(weights.items())):
         k = jax.random.fold_in(key, i)
@@ -377,12 +368,6 @@ def prune(pruner: Pruner, model: PyTree, opt_state: PyTree, key: Array, epoch: i
         else:
             new[name] = one(w, masks[name], existing, k)
     return _apply(new, model), _replace_masks(opt_state, new)
-
-
-def _named(tree: PyTree) -> dict[str, Array]:
-    out = {}
-    _map_named(lambda n, v: out.__setitem__(n, v) or v, tree)
-    return out
 
 
 def sparsity(masks: dict[str, Array], seeds: int = 1,
