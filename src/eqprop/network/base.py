@@ -241,6 +241,25 @@ class FeedbackModel(EquilibriumModel):
         ``None`` for a tied coupling (feedback ``W^T`` by construction)."""
 
 
+class FeedForwardModel(EquilibriumModel):
+    """Capability: the feed-forward counterpart of the network (forward projections only,
+    one pass, no feedback), which the backpropagation baseline (``[estimator] name =
+    "bp"``) trains by autodiff on the same architecture (Laborieux and Zenke 2022,
+    arXiv 2209.00530, compare EP with it)."""
+
+    @abc.abstractmethod
+    def feedforward(self, drive: PyTree) -> PyTree:
+        """The state of one forward pass: population by population in the order of the
+        forward graph, ``u_p`` is the sum of the *forward* projections into ``p`` of the
+        activities already computed (and of the input), with no feedback, so that
+        ``activity(u)``, ``loss`` and ``predict`` apply to it unchanged.
+
+        **Arguments:** ``drive``: :meth:`prepare` of the batch.
+
+        **Returns:** a state like :meth:`init_state`'s (leaves ``(B, ...)``), real.
+        """
+
+
 class ConnectedModel(EquilibriumModel):
     """Capability: weight matrices with a fixed connectivity, whose absent entries are
     not connections (a directed network's mask). Pruning (:mod:`eqprop.pruning`) removes
