@@ -142,6 +142,9 @@ class EstimatorCase:
 NOT_GRADIENTS = {
     "deep-rule": "the DEEP rule (Farinha et al. 2020) is a local rule, not the gradient; "
                  "tests/test_directed.py checks it against the authors' rule",
+    "bp": "the backpropagation baseline differentiates the feed-forward counterpart of the network, "
+          "not the recurrent network at its fixed point; tests/test_bp.py checks it against a "
+          "hand-written MLP",
 }
 
 ESTIMATORS_UNDER_TEST = (

@@ -7,6 +7,15 @@ population's error vector (its ``da/dbeta`` estimate) against the recurrent-back
 decay of the Fourier coefficients of ``a*(beta_k)`` around the circle; and a warning
 line for each figure beyond its limit (:func:`eqprop.guards.estimate_problems`).
 
+Two cases are set apart. An estimator whose gradient is not taken at the free fixed point
+(its :meth:`~eqprop.estimate.Estimator.inference` is its own: ``bp``, which differentiates
+the feed-forward counterpart of the network) is refused: its cosine with the recurrent
+network's gradient would compare two different networks. A model in mixed precision
+(:class:`~eqprop.network.MixedPrecisionModel` with ``compute_dtype`` ``bfloat16`` or
+``float16``) has its estimates made as it trains (lower-precision products, from its own
+free phase) and compared with the reference computed in float32 compute (the same
+parameters, relaxed and differentiated in float32): the result's ``precision`` says so.
+
 ``eqprop gradcheck`` prints this beside the asymmetry diagnostics of
 :mod:`eqprop.diagnostics` (``angle``, ``jacobian_symmetry``, ``alignment``,
 ``cos_finite_nudge``, ``cos_asymmetry``, ``homeo_loss``, ...) of the config's estimator:
@@ -27,7 +36,7 @@ import numpy as np
 from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_spec
 from .guards import NONCONVERGED_TOL, RelaxStats, estimate_problems
 from .metrics import compare, cosine
-from .network.base import BoxProjectedModel, EquilibriumModel
+from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionModel
 from .settings import SettingError
 from .solvers import PhaseSolvers
 
@@ -103,6 +112,9 @@ def gradcheck(
     STATS | None, "linear": STATS | None, "circle": CIRCLE | None, "problems": [str]},
     ..., "relaxation": {"free": STATS, "implicit_solve": STATS, "clipped_fraction": float |
     None}, "reference": "implicit" | None}``, Python floats, ints, bools and strings.
+    With a mixed-precision model the result also has ``"precision": {"estimates":
+    compute_dtype, "reference": "float32"}`` (absent otherwise) and
+    ``relaxation["reference_free"]``, the float32 free phase of the reference.
     ``reference`` is ``None`` when the model clips its states to a box
     (:class:`~eqprop.network.BoxProjectedModel`) and some sit on its bounds at the free
     fixed point (:func:`clipped_fraction`): the cosines are then not comparisons with
@@ -122,14 +134,29 @@ def gradcheck(
     tolerance, hEP's coefficients not decaying), ``[]`` when none.
 
     **Raises:** ``ValueError`` (from ``Estimator.check``) when an estimator cannot handle
-    ``model``, before anything is computed, or when ``solvers.free`` cannot relax it.
+    ``model``, before anything is computed, or when ``solvers.free`` cannot relax it;
+    ``ValueError`` (one line quoting the SPEC) for an estimator that is not an estimate
+    of the recurrent network's gradient at its free fixed point (``bp``).
     """
     key = jax.random.PRNGKey(0) if key is None else key
-    for est in estimators.values():
+    for spec, est in estimators.items():
+        if type(est).inference is not Estimator.inference:
+            raise ValueError(
+                f"estimator SPEC {spec!r}: {est.name!r} is not an estimate of the recurrent network's "
+                "gradient at its free fixed point (it differentiates its own inference map: for 'bp' "
+                "the feed-forward pass), so a cosine with implicit differentiation would compare two "
+                "different networks; check the recurrent estimators instead (e.g. --estimator "
+                "implicit hep exact-nudge)")
         est.check(model)
     free = eqx.filter_jit(free_phase)(model, x, solvers.free)
     reference = make_estimator("implicit", solvers)
-    g_ref, info_ref = eqx.filter_jit(reference)(model, x, y, free, key)
+    ref_model, ref_free, precision = model, free, None
+    if isinstance(model, MixedPrecisionModel) and model.compute_dtype != "float32":
+        # the reference in float32 compute, at its own (float32) fixed point
+        ref_model = model.with_compute_dtype("float32")
+        ref_free = eqx.filter_jit(free_phase)(ref_model, x, solvers.free)
+        precision = {"estimates": model.compute_dtype, "reference": "float32"}
+    g_ref, info_ref = eqx.filter_jit(reference)(ref_model, x, y, ref_free, key)
     delta = info_ref.error_vector
     out: dict[str, Any] = {}
     for spec, est in estimators.items():
@@ -153,7 +180,11 @@ def gradcheck(
             out[spec]["error_vectors"] = {}
     out["relaxation"] = {"free": _stats(free.stats), "implicit_solve": _stats(info_ref.linear),
                          "clipped_fraction": clipped}
+    if precision is not None:
+        out["relaxation"]["reference_free"] = _stats(ref_free.stats)
     out["reference"] = "implicit" if not clipped else None
+    if precision is not None:
+        out["precision"] = precision
     return out
 
 
@@ -212,13 +243,18 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     **Returns:** the table as one string (no trailing newline).
     """
     specs = [k for k, v in result.items()
-             if k not in ("relaxation", "reference") and isinstance(v, Mapping)]
+             if k not in ("relaxation", "reference", "precision") and isinstance(v, Mapping)]
     if not specs:
         return "(no estimators)"
     params = list(result[specs[0]]["parameters"])
     pops = sorted({p for s in specs for p in result[s]["error_vectors"]})
     width = max(12, *(len(s) for s in specs)) + 2
     lines = ["gradient check against implicit differentiation (exact gradient at the fixed point)", ""]
+    precision = result.get("precision")
+    if precision:
+        lines[-1:] = [f"mixed precision: the estimates computed in {precision['estimates']} (model."
+                      f"compute_dtype, from its own free phase), the reference in "
+                      f"{precision['reference']} compute at its {precision['reference']} fixed point", ""]
     clipped = result["relaxation"].get("clipped_fraction")
     if result.get("reference", "implicit") is None:  # units on the clip bounds: no exact reference
         lines += [f"{100 * clipped:.1f}% of the state entries sit on the bounds of the model's box at the "
@@ -250,6 +286,10 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     free = result["relaxation"]["free"]
     lines += ["", f"free phase: {free['steps']} steps, residual max {free['residual_max']:.2e} "
               f"mean {free['residual_mean']:.2e}, finite: {free['finite']}"]
+    ref_free = result["relaxation"].get("reference_free")
+    if ref_free:
+        lines.append(f"reference's free phase ({precision['reference']}): {ref_free['steps']} steps, "
+                     f"residual max {ref_free['residual_max']:.2e} mean {ref_free['residual_mean']:.2e}")
     for s in specs:
         ph = result[s].get("phases")
         if ph:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from .estimate import Estimator, estimate_metrics, free_phase
+from .estimate import Estimator, estimate_metrics
 from .estimate.base import add_grads
 from .homeostasis import Homeostasis, homeostasis_grad
 from .network.base import EquilibriumModel, parameters
@@ -105,7 +105,7 @@ def make_train_step(
     def step(model, opt_state, x, y, key, index=0, u0=None, warm=None):
         if homeostasis is not None:
             homeostasis.check(model)  # at trace time: a one-line error, not an AttributeError
-        free = free_phase(model, x, solver, u0, warm)
+        free = estimator.inference(model, x, solver, u0, warm)  # the free phase (bp: forward pass)
         grads, info = estimator(model, x, y, free, key)
         extra = estimate_metrics(info)
         if homeostasis is not None:

@@ -1,7 +1,8 @@
 """Gradient estimators behind one interface, and the SPEC strings that name them.
 
 A SPEC is an estimator name with optional settings: ``"hep:points=6:beta=0.5"``,
-``"ep:beta=0.05"``, ``"implicit"``. Settings not given in the SPEC come from the
+``"ep:beta=0.05"``, ``"implicit"``, ``"bp"`` (the backpropagation baseline of the
+feed-forward counterpart, :mod:`eqprop.estimate.bp`). Settings not given in the SPEC come from the
 defaults passed in (the configuration's ``[estimator]`` section), except that ``ep``
 and ``contrast`` are one-sided (``points=1``) unless the SPEC or a config whose
 estimator is itself ``ep``/``contrast`` says otherwise.
@@ -19,6 +20,7 @@ from .nudge import EP, CircleDecay, HolomorphicEP, OnlineHEP, circle_decay, circ
 from .exact import BPTT, ExactNudge, Implicit, exact_nudge_derivative, rbp_delta, unrolled_loss  # isort: skip
 from .contrast import Contrast  # isort: skip  (registration order: nudge, exact, contrast)
 from .deep import DeepRule  # isort: skip  (then the DEEP rule of directed networks)
+from .bp import BackProp, feedforward_loss, forward_phase  # isort: skip  (the BP baseline)
 
 def _boolean(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
@@ -114,7 +116,7 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
 __all__ = [
     "Estimator", "Estimate", "FreePhase", "free_phase", "assemble", "nudged_field", "estimate_metrics",
     "CircleDecay", "circle_decay",
-    "EP", "HolomorphicEP", "OnlineHEP", "ExactNudge", "Implicit", "BPTT", "Contrast", "DeepRule",
+    "EP", "HolomorphicEP", "OnlineHEP", "ExactNudge", "Implicit", "BPTT", "Contrast", "DeepRule", "BackProp", "feedforward_loss", "forward_phase",
     "ESTIMATORS", "make_estimator", "parse_spec", "settings_types",
     "circle_points", "circle_derivative", "exact_nudge_derivative", "rbp_delta", "unrolled_loss",
 ]

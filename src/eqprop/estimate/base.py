@@ -159,6 +159,19 @@ class Estimator(eqx.Module):
                 "dsilu, tanh) or real nudges (ep, points 1 or 2)"
             )
 
+    def inference(self, model: EquilibriumModel, x: Array, solver: FixedPointSolver,
+                  u0: PyTree | None = None, warm: Array | None = None) -> FreePhase:
+        """The state this estimator's gradient is taken at, from which a model it trains
+        predicts: the train step reads the batch's loss and accuracy there and hands it to
+        :meth:`__call__`, and evaluation reads the model's predictions there. The free
+        fixed point (:func:`free_phase`) for every estimate of the recurrent network's
+        gradient; an estimator that trains another map of the same parameters (``bp``:
+        the forward pass) overrides it, and :func:`eqprop.gradcheck.gradcheck` refuses it.
+
+        **Arguments:** as :func:`free_phase`. **Returns:** a :class:`FreePhase`.
+        """
+        return free_phase(model, x, solver, u0, warm)
+
 
 def check_settings(component: Any) -> None:
     """Check the ``setting()`` fields of ``component`` against their declared ``bounds``

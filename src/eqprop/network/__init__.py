@@ -1,7 +1,7 @@
 """Networks: the vector fields that relax to a fixed point."""
 
 from .base import (BipartiteModel, BoxProjectedModel, ConnectedModel, EnergyModel, EquilibriumModel,
-                   FeedbackModel, FeedForwardModel, InteractionModel, named_parameters, parameters)
+                   FeedbackModel, FeedForwardModel, InteractionModel, MixedPrecisionModel, named_parameters, parameters)
 from .dense import INPUT, DenseDrive, DenseNetwork, Projection, graph, layered
 from .kinds import DenseKind, Graph, Layered, ModelKind
 from .directed import (DeepNetwork, Directed, DirectedNetwork, RateNetwork, TiedRateNetwork,
@@ -10,7 +10,7 @@ from .readout import MSEReadout, Readout, SoftmaxReadout, make_readout
 
 __all__ = [
     "EquilibriumModel", "InteractionModel", "EnergyModel", "BipartiteModel", "FeedbackModel",
-    "BoxProjectedModel", "ConnectedModel", "FeedForwardModel", "DenseNetwork", "DenseDrive", "Projection", "INPUT", "graph", "layered",
+    "BoxProjectedModel", "ConnectedModel", "FeedForwardModel", "MixedPrecisionModel", "DenseNetwork", "DenseDrive", "Projection", "INPUT", "graph", "layered",
     "Readout", "SoftmaxReadout", "MSEReadout", "make_readout", "parameters", "named_parameters",
     "ModelKind", "DenseKind", "Layered", "Graph",
     "DirectedNetwork", "DeepNetwork", "RateNetwork", "TiedRateNetwork", "Directed", "directed",

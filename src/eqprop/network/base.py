@@ -17,6 +17,7 @@ implementing this interface; nothing in ``relax`` or ``estimate`` depends on mor
 
 
 import abc
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -258,6 +259,28 @@ class FeedForwardModel(EquilibriumModel):
 
         **Returns:** a state like :meth:`init_state`'s (leaves ``(B, ...)``), real.
         """
+
+    def check_feedforward(self) -> None:
+        """Refuse a network that has no feed-forward counterpart (e.g. a graph whose
+        forward projections form a cycle); called by the ``bp`` estimator's ``check``
+        before any computation.
+
+        **Raises:** ``ValueError`` (one line). Default: every network is accepted.
+        """
+
+
+class MixedPrecisionModel(EquilibriumModel):
+    """Capability: the products of the relaxation (matmuls, convolutions) computed in
+    ``compute_dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``) with the states, the
+    accumulation, the parameters and the gradients in the parameters' dtype
+    (``"float32"``: no cast). :func:`eqprop.gradcheck.gradcheck` compares such a model's
+    estimates with the reference of :meth:`with_compute_dtype` ``("float32")``."""
+
+    compute_dtype: eqx.AbstractVar[str]
+
+    def with_compute_dtype(self, compute_dtype: str) -> "MixedPrecisionModel":
+        """The same network (same parameters) computing in ``compute_dtype``."""
+        return dataclasses.replace(self, compute_dtype=compute_dtype)
 
 
 class ConnectedModel(EquilibriumModel):

@@ -5,6 +5,11 @@ Drive ``h_p = b_p + sum_{e: src -> p} a_src @ W_e + sum_{tied e: p -> dst} a_dst
 (the input ``x`` is a clamped source; its contribution is hoisted into ``prepare``).
 Vector field ``F_p(u) = h_p(a) - u_p``.
 
+Mixed precision (``compute_dtype``, arXiv 2209.00530 trains its CNN so on a GPU): the
+products ``a @ W`` of the drive, the interaction and the forward pass take their operands
+in ``compute_dtype`` (``bfloat16``, ``float16``) and accumulate in the parameters' dtype
+(``preferred_element_type``); states, parameters and gradients keep that dtype.
+
 A *tied* projection ``src -> dst`` is one symmetric coupling: ``dst`` also drives ``src``
 through ``W^T`` (energy-based network). An *untied* projection acts one way only;
 feedback is its own projection with its own matrix.
@@ -21,11 +26,38 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..activations import get_activation
-from .base import BipartiteModel, EnergyModel, FeedbackModel, InteractionModel
+from .base import (BipartiteModel, EnergyModel, FeedbackModel, FeedForwardModel, InteractionModel,
+                   MixedPrecisionModel)
 from .ops import matmul
 from .readout import Readout, make_readout
 
 INPUT = "input"
+
+#: ``compute_dtype`` values: the dtype of the operands of the relaxation's products
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def mixed_matmul(a: Array, w: Array, compute: str) -> Array:
+    """``a @ w`` with both operands in ``compute`` and the products accumulated in the
+    dtype of ``a`` (the states': float32); ``compute = "float32"`` is
+    :func:`~eqprop.network.ops.matmul` unchanged (no cast, whatever the dtype of ``a``).
+    Complex ``a`` stays two real products.
+
+    **Arguments:** ``a``: ``(..., n_in)``, real or complex; ``w``: ``(n_in, n_out)``, real
+    (already in ``compute`` or not); ``compute``: one of :data:`COMPUTE_DTYPES`.
+
+    **Returns:** ``(..., n_out)``, the (real or complex) dtype of ``a``.
+    """
+    if compute == "float32":
+        return matmul(a, w)
+    acc, wc = a.real.dtype, w.astype(compute)
+
+    def dot(v):
+        return jnp.dot(v.astype(compute), wc, preferred_element_type=acc)
+
+    if jnp.iscomplexobj(a):
+        return jax.lax.complex(dot(a.real), dot(a.imag))
+    return dot(a)
 
 
 class Projection(NamedTuple):
@@ -46,14 +78,19 @@ class DenseDrive(eqx.Module):
 
     ``inputs[p]``: ``b_p + sum_{e: input -> p} x @ W_e``, ``(B, n_p)``.
     ``transposed[e]``: ``W_e^T`` of each tied internal projection, materialised once
-    outside the loop (a transposed operand inside it is slower).
+    outside the loop (a transposed operand inside it is slower), in the network's
+    ``compute_dtype``.
+    ``weights[e]``: each internal projection's ``W_e`` cast to ``compute_dtype`` once
+    outside the loop (empty when ``compute_dtype = "float32"``: the parameters are used).
     """
 
     inputs: dict[str, Array]
     transposed: dict[str, Array]
+    weights: dict[str, Array] = eqx.field(default_factory=dict)
 
 
-class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel):
+class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, FeedForwardModel,
+                   MixedPrecisionModel):
     """Dense network over named populations; parameters ``weights``, ``biases``, ``readout``.
 
     Build one with :func:`graph` or :func:`layered`.
@@ -67,7 +104,12 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
     - ``sizes`` (static): ``((name, n), ...)``, the input first;
     - ``projections`` (static): the :class:`Projection` list;
     - ``output`` (static): the nudged population; ``activation`` (static): a registered
-      activation name.
+      activation name;
+    - ``compute_dtype`` (static): the dtype of the operands of the products ``a @ W`` of
+      the drive, the interaction and the forward pass, one of :data:`COMPUTE_DTYPES`
+      (``"float32"``: no cast; ``"bfloat16"``/``"float16"``: mixed precision, the
+      products accumulated in the states' dtype; the energy :meth:`primitive` and the
+      readout stay in the parameters' dtype).
 
     States and activities are dicts ``{p: (B, n_p)}`` over the non-input populations.
     """
@@ -80,6 +122,12 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
     sizes: tuple[tuple[str, int], ...] = eqx.field(static=True)
     projections: tuple[Projection, ...] = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    compute_dtype: str = eqx.field(static=True, default="float32")
+
+    def __check_init__(self):
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))}, "
+                             f"got {self.compute_dtype!r}")
 
     # -- structure ---------------------------------------------------------------------
 
@@ -107,16 +155,21 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
         the parameters' dtype.
 
         **Returns:** ``DenseDrive(inputs={p: (B, n_p)}, transposed={e.name: (n_dst,
-        n_src)})``.
+        n_src)}, weights={e.name: (n_src, n_dst)})`` (``weights``: empty in float32
+        compute).
         """
         x = x.reshape(x.shape[0], -1).astype(self.biases[self.output].dtype)
         drive = {p: jnp.broadcast_to(b, (x.shape[0],) + b.shape) for p, b in self.biases.items()}
         for e in self.projections:
             if e.src == INPUT:
-                drive[e.dst] = drive[e.dst] + x @ self.weights[e.name]
-        transposed = {e.name: jnp.transpose(self.weights[e.name]) for e in self.projections
-                      if e.tied and e.src != INPUT}
-        return DenseDrive(inputs=drive, transposed=transposed)
+                drive[e.dst] = drive[e.dst] + mixed_matmul(x, self.weights[e.name], self.compute_dtype)
+        internal = [e for e in self.projections if e.src != INPUT]
+        cast = (dict if self.compute_dtype == "float32" else
+                lambda ws: {k: w.astype(self.compute_dtype) for k, w in ws.items()})
+        transposed = cast({e.name: jnp.transpose(self.weights[e.name]) for e in internal if e.tied})
+        weights = {} if self.compute_dtype == "float32" else cast(
+            {e.name: self.weights[e.name] for e in internal})
+        return DenseDrive(inputs=drive, transposed=transposed, weights=weights)
 
     def init_state(self, drive: DenseDrive) -> dict[str, Array]:
         """Zeros ``{p: (B, n_p)}`` (the dtype of the drive)."""
@@ -143,10 +196,14 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
             if e.src == INPUT:
                 continue
             if e.dst in h:
-                h[e.dst] = h[e.dst] + matmul(a[e.src], self.weights[e.name])
+                h[e.dst] = h[e.dst] + self._product(a[e.src], e, drive)
             if e.tied and e.src in h:
-                h[e.src] = h[e.src] + matmul(a[e.dst], drive.transposed[e.name])
+                h[e.src] = h[e.src] + mixed_matmul(a[e.dst], drive.transposed[e.name], self.compute_dtype)
         return h
+
+    def _product(self, a: Array, e: Projection, drive: DenseDrive) -> Array:
+        """``a @ W_e`` in ``compute_dtype`` (the drive's cast copy of ``W_e`` when there is one)."""
+        return mixed_matmul(a, drive.weights.get(e.name, self.weights[e.name]), self.compute_dtype)
 
     def field(self, u: dict[str, Array], drive: DenseDrive) -> dict[str, Array]:
         """``F_p(u) = h_p(act(u)) - u_p`` for every population in ``u``, ``{p: (B, n_p)}``."""
@@ -189,6 +246,70 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
                         return None
         groups = tuple(tuple(p for p in pops if colour[p] == c) for c in (0, 1))
         return tuple(g for g in groups if g)
+
+    # -- the feed-forward counterpart (the bp baseline) ------------------------------
+
+    def forward_projections(self) -> tuple[Projection, ...]:
+        """The projections of the forward graph: every tied projection in its listed
+        direction, and every untied one but a *feedback* projection ``b -> a`` listed after
+        ``a -> b`` (the pairs :func:`graph` initialises at the asymmetry angle)."""
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for e in self.projections:
+            if e.tied or (e.dst, e.src) not in seen:
+                out.append(e)
+            seen.add((e.src, e.dst))
+        return tuple(out)
+
+    def forward_order(self) -> tuple[str, ...]:
+        """The non-input populations in a topological order of the forward graph
+        (:meth:`forward_projections`), ties in the order of ``sizes``.
+
+        **Raises:** ``ValueError`` (one line naming a cycle) when the forward graph has one.
+        """
+        pops = [p for p, _ in self.sizes if p != INPUT]
+        preds = {p: {e.src for e in self.forward_projections() if e.dst == p and e.src != INPUT}
+                 for p in pops}
+        order: list[str] = []
+        while len(order) < len(pops):
+            ready = [p for p in pops if p not in order and preds[p] <= set(order)]
+            if not ready:
+                raise ValueError("the forward projections form a cycle (" + _cycle(
+                    {p: preds[p] - set(order) for p in pops if p not in order}) + "); in "
+                    "model.projections an untied feedback projection [b, a] counts as feedback only "
+                    "when listed after its forward one [a, b]")
+            order.append(ready[0])
+        return tuple(order)
+
+    def check_feedforward(self) -> None:
+        """``ValueError`` when the forward graph has a cycle (:meth:`forward_order`)."""
+        self.forward_order()
+
+    def feedforward(self, drive: DenseDrive) -> dict[str, Array]:
+        """One forward pass, no feedback: in :meth:`forward_order`, ``u_p = b_p + x W_{in
+        -> p} + sum_{forward e: q -> p} act(u_q) W_e`` (the forward projections of
+        :meth:`forward_projections`; products in ``compute_dtype``). For a layered network
+        ``u_1 = x W_1 + b_1``, ``u_l = act(u_{l-1}) W_l + b_l``: an MLP with the same
+        weights (compared with BP by Laborieux and Zenke 2022, arXiv 2209.00530). It is
+        the free fixed point of the network with its feedback removed.
+
+        **Arguments:** ``drive``: :meth:`prepare` of the batch.
+
+        **Returns:** the state ``{p: (B, n_p)}``, the drive's dtype.
+
+        **Raises:** ``ValueError`` when the forward graph has a cycle.
+        """
+        act = get_activation(self.activation)
+        u: dict[str, Array] = {}
+        a: dict[str, Array] = {}
+        fwd = self.forward_projections()
+        for p in self.forward_order():
+            u[p] = drive.inputs[p]
+            for e in fwd:
+                if e.dst == p and e.src != INPUT:
+                    u[p] = u[p] + self._product(a[e.src], e, drive)
+            a[p] = act(u[p])
+        return {p: u[p] for p, _ in self.sizes if p != INPUT}
 
     def feedback_pairs(self) -> dict[str, tuple[Array, Array | None]]:
         """Pairs of non-input populations coupled both ways, named ``"<src>-<dst>"`` after
@@ -236,6 +357,18 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel)
         return phi
 
 
+def _cycle(preds: dict[str, set[str]]) -> str:
+    """A cycle of a graph in which every node has a predecessor: ``"a -> b -> a"``."""
+    p = next(iter(preds))
+    path = [p]
+    while True:
+        p = sorted(preds[p])[0]
+        if p in path:
+            cycle = path[path.index(p):][::-1]
+            return " -> ".join(cycle + [cycle[0]])
+        path.append(p)
+
+
 # -- constructors ----------------------------------------------------------------------
 
 
@@ -278,6 +411,7 @@ def graph(
     readout: str = "softmax",
     dtype=jnp.float32,
     init_scale: float = 1.0,
+    compute_dtype: str = "float32",
 ) -> DenseNetwork:
     """A dense network from named populations and a list of projections.
 
@@ -310,15 +444,17 @@ def graph(
     - ``activation``: a registered activation name;
     - ``readout``: a registered readout name (``"softmax"``, ``"mse"``);
     - ``dtype``: of every parameter (the states follow it);
-    - ``init_scale``: scale of the weights' initialisation bound.
+    - ``init_scale``: scale of the weights' initialisation bound;
+    - ``compute_dtype``: the operands' dtype of the relaxation's products
+      (:data:`COMPUTE_DTYPES`; ``"float32"``: no cast).
 
     **Returns:** the :class:`DenseNetwork`.
 
     **Raises:** ``ValueError`` for an unknown ``feedback``, activation or readout, an
     ``output`` that is not a population, a projection with an unknown end, into the
     input, from a population to itself, or listed twice (with tied feedback ``[a, b]``
-    and ``[b, a]`` are the same coupling), or a readout that does not fit (``"mse"``
-    needs ``populations[output] == n_classes``).
+    and ``[b, a]`` are the same coupling), a readout that does not fit (``"mse"``
+    needs ``populations[output] == n_classes``), or an unknown ``compute_dtype``.
     """
     if feedback not in ("tied", "untied"):
         raise ValueError(f"feedback must be 'tied' or 'untied', got {feedback!r}")
@@ -371,6 +507,7 @@ def graph(
         projections=tuple(projs),
         output=output,
         activation=activation,
+        compute_dtype=compute_dtype,
     )
 
 
@@ -400,7 +537,7 @@ def layered(
     ``n_classes``: when given, checked against ``sizes[-1]``; ``feedback``: ``"tied"`` or
     ``"untied"``; ``readout``: a registered readout name; ``**kwargs``: the other
     keywords of :func:`graph` (``asymmetry_angle``, ``activation``, ``dtype``,
-    ``init_scale``).
+    ``init_scale``, ``compute_dtype``).
 
     **Returns:** the :class:`DenseNetwork` (via :func:`graph`).
 

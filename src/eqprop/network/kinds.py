@@ -33,7 +33,7 @@ from ..config import ConfigError
 from ..registry import ACTIVATIONS, MODELS, READOUTS
 from ..settings import POSITIVE, POSITIVE_INT, Bounds, FrozenMap, SettingError, setting
 from .base import EquilibriumModel
-from .dense import INPUT, graph, layered
+from .dense import COMPUTE_DTYPES, INPUT, graph, layered
 
 __all__ = ["ModelKind", "DenseKind", "Layered", "Graph", "FEEDBACKS", "DTYPES"]
 
@@ -82,6 +82,9 @@ class DenseKind(ModelKind):
     readout: str = setting("softmax", "Output cost.", choices=READOUTS)
     dtype: str = setting("float32", "Floating-point precision.", choices=DTYPES)
     init_scale: float = setting(1.0, "Scale of the weight initialisation.", bounds=POSITIVE)
+    compute_dtype: str = setting(
+        "float32", "Operands of the relaxation's matmuls (float32 states and accumulation).",
+        choices=COMPUTE_DTYPES)
 
     def __post_init__(self) -> None:
         if self.asymmetry_angle != 0.0 and self.feedback == "tied":
@@ -92,7 +95,8 @@ class DenseKind(ModelKind):
         """The keyword arguments of :func:`~eqprop.network.graph` these settings give."""
         return dict(feedback=self.feedback, asymmetry_angle=self.asymmetry_angle,
                     activation=self.activation, readout=self.readout,
-                    dtype=jnp.dtype(self.dtype), init_scale=self.init_scale)
+                    dtype=jnp.dtype(self.dtype), init_scale=self.init_scale,
+                    compute_dtype=self.compute_dtype)
 
 
 @MODELS.register("layered")

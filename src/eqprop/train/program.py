@@ -23,7 +23,6 @@ import numpy as np
 from .. import build
 from ..config import Config, ConfigError
 from ..data import Dataset, batches, load, num_batches
-from ..estimate import free_phase
 from ..pruning import NoPruning, Pruner
 from ..update import init_optimizer, make_train_step
 from .evaluate import make_estimate_eval, make_eval
@@ -168,8 +167,8 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
 
     base_step = make_train_step(estimator, optimizer, homeostasis, solvers.free)
 
-    def relax(model, x):
-        return free_phase(model, x, solvers.free)
+    def relax(model, x):  # where the run's estimator reads predictions (bp: the forward pass)
+        return estimator.inference(model, x, solvers.free)
 
     def diagnose(model, x, y, key):
         from ..diagnostics import diagnostics
