@@ -3,7 +3,8 @@
 from .base import (BipartiteModel, BoxProjectedModel, ConnectedModel, EnergyModel, EquilibriumModel,
                    FeedbackModel, FeedForwardModel, InteractionModel, MixedPrecisionModel, named_parameters, parameters)
 from .dense import INPUT, DenseDrive, DenseNetwork, Projection, graph, layered
-from .kinds import DenseKind, Graph, Layered, ModelKind
+from .conv import ConvDrive, ConvNetwork, convnet, softmax_pool
+from .kinds import Conv, DenseKind, Graph, Layered, ModelKind
 from .directed import (DeepNetwork, Directed, DirectedNetwork, RateNetwork, TiedRateNetwork,
                        directed)
 from .readout import MSEReadout, Readout, SoftmaxReadout, make_readout
@@ -12,6 +13,7 @@ __all__ = [
     "EquilibriumModel", "InteractionModel", "EnergyModel", "BipartiteModel", "FeedbackModel",
     "BoxProjectedModel", "ConnectedModel", "FeedForwardModel", "MixedPrecisionModel", "DenseNetwork", "DenseDrive", "Projection", "INPUT", "graph", "layered",
     "Readout", "SoftmaxReadout", "MSEReadout", "make_readout", "parameters", "named_parameters",
-    "ModelKind", "DenseKind", "Layered", "Graph",
+    "ModelKind", "DenseKind", "Layered", "Graph", "Conv",
+    "ConvNetwork", "ConvDrive", "convnet", "softmax_pool",
     "DirectedNetwork", "DeepNetwork", "RateNetwork", "TiedRateNetwork", "Directed", "directed",
 ]

@@ -33,9 +33,10 @@ from ..config import ConfigError
 from ..registry import ACTIVATIONS, MODELS, READOUTS
 from ..settings import POSITIVE, POSITIVE_INT, Bounds, FrozenMap, SettingError, setting
 from .base import EquilibriumModel
+from .conv import convnet
 from .dense import COMPUTE_DTYPES, INPUT, graph, layered
 
-__all__ = ["ModelKind", "DenseKind", "Layered", "Graph", "FEEDBACKS", "DTYPES"]
+__all__ = ["ModelKind", "DenseKind", "Layered", "Graph", "Conv", "FEEDBACKS", "DTYPES"]
 
 FEEDBACKS = ("tied", "untied")
 DTYPES = ("float32", "float64")
@@ -46,12 +47,16 @@ class ModelKind(abc.ABC):
     """Abstract model kind: settings (the fields) and :meth:`build`."""
 
     @abc.abstractmethod
-    def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
+    def build(self, *, input_size: int, n_classes: int, key: jax.Array,
+              input_shape: tuple[int, ...] | None = None) -> EquilibriumModel:
         """The network for inputs of ``input_size`` features and ``n_classes`` classes.
 
         **Arguments:** ``input_size``: features per example (the flattened input);
         ``n_classes``: number of classes of the data; ``key``: PRNG key of the
-        initialisation.
+        initialisation; ``input_shape``: the shape of one example (``Dataset.input_shape``,
+        e.g. ``(28, 28, 1)``, images NHWC), for kinds that need more than its size (a
+        convolutional network); ``None`` when unknown. A kind whose ``build`` does not
+        declare it is built without it (:func:`eqprop.build.build_model`).
 
         **Returns:** the model (an :class:`~eqprop.network.EquilibriumModel`).
 
@@ -110,8 +115,9 @@ class Layered(DenseKind):
         "hidden layer; mse: last = output population.",
         bounds=POSITIVE_INT, min_len=2)
 
-    def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
-        """:func:`~eqprop.network.layered` from ``sizes``.
+    def build(self, *, input_size: int, n_classes: int, key: jax.Array,
+              input_shape: tuple[int, ...] | None = None) -> EquilibriumModel:
+        """:func:`~eqprop.network.layered` from ``sizes`` (``input_shape`` unused).
 
         **Raises:** :class:`~eqprop.config.ConfigError` when ``sizes[0] != input_size``,
         ``sizes[-1] != n_classes`` or :func:`~eqprop.network.layered` rejects the
@@ -175,8 +181,9 @@ class Graph(DenseKind):
             raise SettingError("output", "must be one of the declared populations "
                                f"{_quoted(self.populations)}, got '{self.output}'")
 
-    def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
-        """:func:`~eqprop.network.graph` from these settings.
+    def build(self, *, input_size: int, n_classes: int, key: jax.Array,
+              input_shape: tuple[int, ...] | None = None) -> EquilibriumModel:
+        """:func:`~eqprop.network.graph` from these settings (``input_shape`` unused).
 
         **Raises:** :class:`~eqprop.config.ConfigError` when :func:`~eqprop.network.graph`
         rejects them (e.g. tied ``[a, b]`` and ``[b, a]``, or an ``mse`` readout whose
@@ -188,3 +195,68 @@ class Graph(DenseKind):
                          **self.network_kwargs())
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
+
+
+@MODELS.register("conv")
+@dataclass(frozen=True)
+class Conv(ModelKind):
+    """A convolutional equilibrium network (:func:`~eqprop.network.convnet`): conv
+    populations ``c1 .. cK`` (3x3 kernels, ``SAME``, 2x2 softmax pooling where ``pool``
+    says), a dense output population ``out`` and the readout; images NHWC (Laborieux and
+    Zenke 2022, arXiv 2209.00530; 2024, arXiv 2309.02214).
+
+    **Raises:** :class:`~eqprop.settings.SettingError` (key ``asymmetry_angle``) for a
+    nonzero angle with tied feedback, (key ``pool``) for a ``pool`` whose length is not
+    that of ``channels``.
+    """
+
+    channels: tuple[int, ...] = setting((16, 32), "Channels of the conv populations c1, c2, ...",
+                                        bounds=POSITIVE_INT, min_len=1)
+    pool: tuple[int, ...] = setting(
+        (), "Per conv population, 1 where its projection pools 2x2 (halving H and W), 0 where "
+        "not; [] = every one pools.", bounds=Bounds(lo=0, hi=1))
+    output_size: int = setting(64, "Units of the dense output population (read by the readout).",
+                               bounds=POSITIVE_INT)
+    pool_temperature: float = setting(1.0, "Temperature of the softmax pooling.", bounds=POSITIVE)
+    feedback: str = setting("tied", "Feedback tied to (the VJP of) the forward maps, or independent "
+                            "kernels.", choices=FEEDBACKS)
+    asymmetry_angle: float = setting(
+        0.0, "Angle in degrees between feedback and forward kernels (untied only).",
+        bounds=Bounds(lo=0, hi=90))
+    activation: str = setting("dsilu", "Neuron activation.", choices=ACTIVATIONS)
+    readout: str = setting("softmax", "Output cost.", choices=READOUTS)
+    dtype: str = setting("float32", "Floating-point precision.", choices=DTYPES)
+    init_scale: float = setting(1.0, "Scale of the kernels' initialisation.", bounds=POSITIVE)
+    compute_dtype: str = setting(
+        "float32", "Operands of the relaxation's convolutions and matmuls (float32 states and "
+        "accumulation).", choices=COMPUTE_DTYPES)
+
+    def __post_init__(self) -> None:
+        if self.asymmetry_angle != 0.0 and self.feedback == "tied":
+            raise SettingError("asymmetry_angle", "only meaningful with model.feedback = 'untied', "
+                               f"got {self.asymmetry_angle} with model.feedback = 'tied'")
+        if self.pool and len(self.pool) != len(self.channels):
+            raise SettingError("pool", f"one entry per conv population ({len(self.channels)} "
+                               f"channels), got {len(self.pool)}")
+
+    def build(self, *, input_size: int, n_classes: int, key: jax.Array,
+              input_shape: tuple[int, ...] | None = None) -> EquilibriumModel:
+        """:func:`~eqprop.network.convnet` for images of ``input_shape``.
+
+        **Raises:** :class:`~eqprop.config.ConfigError` (one line naming the key) when
+        the data are not images (``input_shape`` unknown or not ``(H, W[, C])``), a
+        pooling would leave less than one pixel, or the readout does not fit.
+        """
+        if input_shape is None:
+            raise ConfigError("model.kind: 'conv' needs the data's image shape (H, W, C); "
+                              f"only the input size {input_size} was given")
+        try:
+            return convnet(input_shape, self.channels, n_classes=n_classes, key=key,
+                           pool=tuple(bool(p) for p in self.pool) or None,
+                           output_size=self.output_size, feedback=self.feedback,
+                           asymmetry_angle=self.asymmetry_angle, activation=self.activation,
+                           readout=self.readout, dtype=jnp.dtype(self.dtype),
+                           init_scale=self.init_scale, temperature=self.pool_temperature,
+                           compute_dtype=self.compute_dtype)
+        except ValueError as err:
+            raise ConfigError(f"model.{err}") from None
