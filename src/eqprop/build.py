@@ -99,25 +99,35 @@ def build_homeostasis(config: Config) -> Homeostasis | None:
     return Homeostasis(coef=h.coef, probes=h.probes, every=h.every)
 
 
-def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Array) -> EquilibriumModel:
+def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Array,
+                input_shape: tuple[int, ...] | None = None) -> EquilibriumModel:
     """The network of ``[model]`` for inputs of ``input_size`` features and ``n_classes`` classes.
 
     The registered model kind ``config.model.kind`` made from its settings, then its
-    ``build`` (:meth:`~eqprop.network.ModelKind.build`).
+    ``build`` (:meth:`~eqprop.network.ModelKind.build`), given ``input_shape`` when its
+    ``build`` declares that keyword (kinds written before it existed, e.g. plugins, are
+    built without it).
 
     **Arguments:** ``config``; ``input_size``: features per example; ``n_classes``:
-    classes of the data; ``key``: PRNG key of the initialisation.
+    classes of the data; ``key``: PRNG key of the initialisation; ``input_shape``: the
+    shape of one example (``Dataset.input_shape``; images NHWC), ``None`` when unknown.
 
     **Returns:** the :class:`~eqprop.network.EquilibriumModel`.
 
     **Raises:** :class:`~eqprop.config.ConfigError` when the settings do not fit the
     data.
     """
+    import inspect
+
     from .registry import MODELS
 
     m = config.model
-    return MODELS.get(m.kind)(**m.settings()).build(input_size=input_size, n_classes=n_classes,
-                                                     key=key)
+    kind = MODELS.get(m.kind)(**m.settings())
+    params = inspect.signature(kind.build).parameters
+    shape = ({"input_shape": None if input_shape is None else tuple(input_shape)}
+             if "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+             else {})
+    return kind.build(input_size=input_size, n_classes=n_classes, key=key, **shape)
 
 
 def build_pruner(config: Config, model: EquilibriumModel | None = None) -> Pruner:
