@@ -255,3 +255,28 @@ def test_delay_takes_plain_steps_first(net):
         assert _maxdiff(u_n, u_r) > 1e-6  # without the delay Anderson has already moved elsewhere
         u_c, s_c = anderson(field, u0, steps=4000, tol=1e-10, memory=5, delay=10 * per, **kw)
         assert float(jnp.max(s_c.residual)) < 1e-10 and _maxdiff(u_c, u_p) < 1e-8
+
+
+@pytest.mark.parametrize("unroll", [1, 5, 37, 40])
+def test_unroll_leaves_the_fixed_budget_relaxation_unchanged(unroll):
+    """``[dynamics] unroll`` only regroups the loop's sweeps (a budget it does not divide,
+    and one larger than the budget, included): the same states, bit for bit, and the same
+    first non-finite step."""
+    field = lambda u: jnp.tanh(0.5 * u + 1.0) - u  # noqa: E731
+    u0 = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    ref, ref_stats = relax(field, u0, dt=0.5, steps=37)
+    u, stats = relax(field, u0, dt=0.5, steps=37, unroll=unroll)
+    assert jnp.array_equal(u, ref) and int(stats.steps) == int(ref_stats.steps) == 37
+    blow = lambda u: 2.0 * u + 1.0  # noqa: E731  (diverges: |u| passes the bound at step 9)
+    bad = relax(blow, u0, dt=1.0, steps=37, bound=1e3, unroll=unroll)[1].nonfinite_step
+    assert int(bad) == int(relax(blow, u0, dt=1.0, steps=37, bound=1e3)[1].nonfinite_step) > 0
+
+
+def test_unroll_is_a_dynamics_key():
+    from eqprop.build import build_solvers
+    from eqprop.config import Config, ConfigError, with_updates
+
+    solvers = build_solvers(with_updates(Config(), dynamics={"unroll": 8}))
+    assert solvers.free.unroll == solvers.nudged.unroll == 8
+    with pytest.raises(ConfigError, match=r"^dynamics\.unroll: must be >= 0"):
+        with_updates(Config(), dynamics={"unroll": -1})

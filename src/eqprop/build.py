@@ -29,10 +29,11 @@ def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
     (absent keys take the section's defaults; ``solver`` names the free phase's solver).
 
     - free phase: the registered solver ``solver`` with ``free_steps``, ``dt``, ``tol``,
-      ``tol_fraction``, ``check_every``, ``update``, ``bound = state_bound`` and its own
+      ``tol_fraction``, ``check_every``, ``unroll``, ``update``, ``bound = state_bound`` and its own
       settings (e.g. ``anderson_memory`` for ``Anderson.memory``);
     - nudged phases: :class:`~eqprop.solvers.FixedPoint` with ``nudged_steps`` and the
-      same ``dt``, ``tol``, ``check_every``, ``update`` and bound (no ``tol_fraction``);
+      same ``dt``, ``tol``, ``check_every``, ``unroll``, ``update`` and bound (no
+      ``tol_fraction``);
     - linear solves: the registered linear solver ``linear_solver`` with ``dt``,
       ``linear_tol``, ``linear_steps``.
 
@@ -57,7 +58,7 @@ def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
                              f"{', '.join([*values, *own])}")
     values.update(keys)
     common = dict(dt=values["dt"], tol=values["tol"], check_every=values["check_every"],
-                  update=values["update"], bound=values["state_bound"])
+                  update=values["update"], bound=values["state_bound"], unroll=values["unroll"])
     free = cls(steps=values["free_steps"], tol_fraction=values["tol_fraction"], **common,
                **{field: values[key] for key, field in own.items() if key in values})
     nudged = FixedPoint(steps=values["nudged_steps"], **common)

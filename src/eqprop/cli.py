@@ -40,6 +40,13 @@ def _interrupt_on_sigterm() -> None:
         pass
 
 
+def _join(args: argparse.Namespace) -> None:
+    """Join a multi-process run (``--coordinator``...), before anything touches JAX."""
+    from .parallel import initialize
+
+    initialize(args.coordinator, args.processes, args.process_id)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .plugins import record_plugins
@@ -49,7 +56,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(args.config)
     print(f"run directory: {out}")
     run = RunDir(out)
-    if args.plugin and not (run.has_checkpoint() or run.metrics.exists()):
+    from .parallel import is_writer
+
+    if args.plugin and is_writer() and not (run.has_checkpoint() or run.metrics.exists()):
         # resume, eval and gradcheck of the run load these copies (train refuses a
         # directory that holds a run: leave that run's plugins alone)
         record_plugins(out, args.plugin)
@@ -62,10 +71,14 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .train import RunDir, train, with_epochs
 
+    bad = [o for o in args.set if not o.strip().startswith("parallel.")]
+    if bad:
+        raise ValueError(f"resume --set: only [parallel] keys may change when a run resumes "
+                         f"(the others define the run), got {bad[0]!r}")
     run = RunDir(args.run_dir)
     if not run.is_run():
         raise ValueError(f"{run.path}: not a run directory (no config.toml)")
-    config = with_epochs(load_run_config(run.config), args.epochs)
+    config = with_epochs(load_run_config(run.config, args.set), args.epochs)
     _interrupt_on_sigterm()
     train(config, run.path, resume=True, progress=not args.quiet)
     return EXIT_OK
@@ -269,6 +282,17 @@ def _add_set(p: argparse.ArgumentParser) -> None:
                    help="override a config value (TOML syntax; repeatable), e.g. optim.lr=0.05")
 
 
+def _add_processes(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-process runs (jax.distributed; one command per process)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0 (or EQPROP_COORDINATOR)")
+    g.add_argument("--processes", type=int, metavar="N",
+                   help="number of processes (or EQPROP_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I",
+                   help="this process, 0 <= I < N (or EQPROP_PROCESS_ID); process 0 writes "
+                   "the run's files")
+
+
 def _add_plugin(p: argparse.ArgumentParser, note: str = "") -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="a Python file that registers components, e.g. a model kind "
@@ -296,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, metavar="N", help="override train.epochs")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
     _add_plugin(p, "; copied to RUN_DIR/plugins/, where resume, eval and gradcheck find it")
+    _add_processes(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("resume", help="continue a run from its latest checkpoint",
@@ -306,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new total number of epochs (with a cosine schedule this changes the "
                    "schedule, so the result no longer equals an uninterrupted run)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="parallel.KEY=VALUE",
+                   help="change the layout the run resumes on (only [parallel] keys, e.g. "
+                   "parallel.devices=4; the result is the same run)")
     _add_plugin(p, _RECORDED)
+    _add_processes(p)
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint",
@@ -433,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .train import TrainingDiverged
 
     try:
+        if args.command in ("train", "resume"):
+            _join(args)
         _load_plugins(args)
         with warnings.catch_warnings():
             warnings.simplefilter("always", EstimateWarning)

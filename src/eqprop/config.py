@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from .registry import DATASETS, ESTIMATORS, LINEAR_SOLVERS, LOGGERS, MODELS, PRUNERS, SOLVERS, load_builtins
-from .settings import (BOOLEAN, FLOAT, FLOAT_TABLE, INT_ARRAY, INT_TABLE, INTEGER, NONNEGATIVE,
+from .settings import (BOOLEAN, COUNT_OR_ALL, FLOAT, FLOAT_TABLE, INT_ARRAY, INT_TABLE, INTEGER, NONNEGATIVE,
                        PAIR_ARRAY, POSITIVE, POSITIVE_INT, STRING, STRING_ARRAY, UNIT_HALF_OPEN,
                        Bounds, FrozenMap, Registry, SettingError, SettingField, setting, settings_of)
 
@@ -125,6 +125,10 @@ class DynamicsSettings:
         "plain iteration (free phase, Anderson's delay, nudged phases) instead of after each: "
         "saves the residual's cost per step at up to check_every - 1 extra sweeps.",
         bounds=POSITIVE_INT)
+    unroll: int = setting(
+        0, "Sweeps unrolled per iteration of the fixed-budget loop (tol = 0) of the plain "
+        "iteration: 0 picks 2-4; larger saves a GPU's per-iteration loop cost (with tol > 0 the "
+        "unrolled chunk is check_every).", bounds=NONNEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,19 @@ class StabilityConfig:
     residual_tol: float = setting(1e-4, "An example whose projected free-phase residual is above "
                                   "this is not at a fixed point: its local certificates fail.",
                                   bounds=POSITIVE)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """``[parallel]``: the devices a run is laid out on (:mod:`eqprop.parallel`)."""
+
+    devices: int | str = setting(
+        1, "Devices of the run: a count, or 'all' (every local device; on a CPU, one host "
+        "device per core).", kind=COUNT_OR_ALL)
+    seed_devices: int = setting(
+        1, "Devices along the seed axis of the (seed, data) mesh: the train.seeds networks are "
+        "split over them and each batch over the rest; must divide devices and train.seeds.",
+        bounds=POSITIVE_INT)
 
 
 @dataclass(frozen=True)
@@ -447,6 +464,7 @@ class Config:
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     stability: StabilityConfig = StabilityConfig()
     pruning: PruningConfig = field(default_factory=PruningConfig.default)
+    parallel: ParallelConfig = ParallelConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -461,6 +479,7 @@ SECTION_CLASSES: dict[str, type] = {
     "diagnostics": DiagnosticsConfig,
     "stability": StabilityConfig,
     "pruning": PruningConfig,
+    "parallel": ParallelConfig,
     "logging": LoggingConfig,
 }
 _UNIONS: dict[str, type[Variant]] = {name: cls for name, cls in SECTION_CLASSES.items()
@@ -631,6 +650,15 @@ def _v_float(where: str, spec: FieldSpec, value: Any) -> float:
     return _expect_float(where, value, spec.bounds)
 
 
+def _v_count_or_all(where: str, spec: FieldSpec, value: Any) -> int | str:
+    if value == "all" and isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(where, "a positive integer or 'all'", value)
+    _check_bounds(where, value, POSITIVE_INT)
+    return value
+
+
 def _v_boolean(where: str, spec: FieldSpec, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _type_error(where, _ARTICLES[BOOLEAN], value)
@@ -674,6 +702,7 @@ _VALIDATORS: dict[str, Callable[[str, FieldSpec, Any], Any]] = {
     INTEGER: _v_integer,
     FLOAT: _v_float,
     BOOLEAN: _v_boolean,
+    COUNT_OR_ALL: _v_count_or_all,
     INT_ARRAY: _v_int_array,
     STRING_ARRAY: _v_string_array,
     PAIR_ARRAY: _v_pair_array,

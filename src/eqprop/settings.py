@@ -26,7 +26,7 @@ from typing import Any, Callable, Generic, TypeVar
 __all__ = [
     "Bounds", "Setting", "SettingError", "setting", "settings_of", "Registry", "FrozenMap",
     "POSITIVE_INT", "NONNEGATIVE", "POSITIVE", "UNIT_HALF_OPEN",
-    "STRING", "INTEGER", "FLOAT", "BOOLEAN", "INT_ARRAY", "STRING_ARRAY", "PAIR_ARRAY", "INT_TABLE",
+    "STRING", "INTEGER", "FLOAT", "BOOLEAN", "COUNT_OR_ALL", "INT_ARRAY", "STRING_ARRAY", "PAIR_ARRAY", "INT_TABLE",
     "FLOAT_TABLE",
 ]
 
@@ -35,6 +35,7 @@ T = TypeVar("T")
 # Value kinds; the string is also the "type" column of the docs.
 STRING, INTEGER, FLOAT, BOOLEAN = "string", "integer", "float", "boolean"
 INT_ARRAY, STRING_ARRAY = "array of integers", "array of strings"
+COUNT_OR_ALL = "integer or 'all'"  # a positive count, or every one available
 PAIR_ARRAY = "array of [src, dst] string pairs"
 INT_TABLE, FLOAT_TABLE = "table of integers", "table of floats"
 

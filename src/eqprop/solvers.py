@@ -51,11 +51,12 @@ class FixedPointSolver(eqx.Module):
     Subclasses implement :meth:`solve`; :meth:`relax` builds the step map of a model
     (its field, its projection, its groups for alternating updates) and calls it.
     The fields are the shared settings of the module doc (``steps``, ``dt`` in units of
-    the relaxation time, ``tol``, ``tol_fraction``, ``check_every``, ``bound``,
+    the relaxation time, ``tol``, ``tol_fraction``, ``check_every``, ``unroll`` (sweeps
+    per iteration of the fixed-budget loop; 0: 2-4 chosen from the budget), ``bound``,
     ``update``).
 
-    **Raises:** ``ValueError`` at construction when ``steps < 1``, ``check_every < 1``
-    or ``update`` is not ``"synchronous"`` or ``"alternating"``.
+    **Raises:** ``ValueError`` at construction when ``steps < 1``, ``check_every < 1``,
+    ``unroll < 0`` or ``update`` is not ``"synchronous"`` or ``"alternating"``.
     """
 
     steps: int = eqx.field(static=True, default=150)
@@ -63,6 +64,7 @@ class FixedPointSolver(eqx.Module):
     tol: float = eqx.field(static=True, default=0.0)
     tol_fraction: float = eqx.field(static=True, default=0.0)
     check_every: int = eqx.field(static=True, default=1)
+    unroll: int = eqx.field(static=True, default=0)
     bound: float = eqx.field(static=True, default=float("inf"))
     update: str = eqx.field(static=True, default="synchronous")
 
@@ -71,6 +73,8 @@ class FixedPointSolver(eqx.Module):
             raise ValueError(f"solver steps must be >= 1, got {self.steps}")
         if self.check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+        if self.unroll < 0:
+            raise ValueError(f"unroll must be >= 0, got {self.unroll}")
         if self.update not in UPDATES:
             raise ValueError(f"update must be 'synchronous' or 'alternating', got {self.update!r}")
 
@@ -139,7 +143,7 @@ class FixedPoint(FixedPointSolver):
         return relax(field, u0, dt=self.dt, steps=self.steps, tol=self.tol,
                      tol_fraction=self.tol_fraction, batch_ndim=batch_ndim, bound=self.bound,
                      groups=groups, field_on=field_on, check_every=self.check_every,
-                     project=project)
+                     project=project, unroll=self.unroll)
 
 
 @SOLVERS.register("anderson")

@@ -53,6 +53,7 @@ from ..config import Config, ConfigError
 from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems
 from ..pruning import connections, masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
+from ..parallel import is_writer
 from .divergence import TrainingDiverged, check_finite
 from .evaluate import evaluate
 from .loggers import Logger, make_loggers
@@ -93,7 +94,9 @@ class _Trainer:
     """The state of one ``train`` call (kept on an object so Ctrl-C can checkpoint it)."""
 
     def __init__(self, run: RunDir, program: Program, loggers: list[Logger], progress: bool) -> None:
-        self.config, self.run, self.p, self.progress = program.config, run, program, progress
+        self.writer = is_writer()  # process 0 writes every file and line; the others none
+        self.config, self.run, self.p = program.config, run, program
+        self.progress = progress and self.writer
         self.loggers = loggers
         self.schedule = Schedule.from_config(program.config)
         self.best_acc: float | None = None
@@ -107,6 +110,14 @@ class _Trainer:
             raise ConfigError(str(e)) from None
 
     def save(self, which: str, pos: Position) -> None:
+        """Checkpoint ``which`` of ``pos``: the state gathered from every process (a
+        collective), written by process 0 only."""
+        layout = self.p.layout
+        st = pos.state
+        model, opt_state = layout.gather((st.model, st.opt_state))
+        if not self.writer:
+            return
+        pos = dataclasses.replace(pos, state=TrainState(model, opt_state, st.step, st.key))
         meta = checkpoint_meta(self.config, pos, best_acc=self.best_acc,
                                best_epoch=self.best_epoch, elapsed=self.elapsed)
         save_position(self.run, which, pos, meta)
@@ -133,7 +144,7 @@ class _Trainer:
                     continue  # done before an interruption
                 ts = time.perf_counter()
                 u0, warm = (None, None) if pos.states is None else pos.states.gather(idx)
-                x, y, u0, warm = place_batch(xb, yb, u0, warm, seeds=p.seeds)
+                x, y, u0, warm = place_batch(xb, yb, u0, warm, seeds=p.seeds, layout=p.layout)
                 state, m = _call_step(p, pos.state, x, y, u0, warm)
                 if self.enforce is not None:
                     state = TrainState(self.enforce(state.model), state.opt_state, state.step, state.key)
@@ -164,18 +175,19 @@ class _Trainer:
         if p.pruner.due(epoch):  # before the evaluation: the epoch's figures are the pruned net's
             pos, pruned = prune_position(p, pos, epoch, self.config.train.epochs)
         test = None
+        model = p.layout.gather(pos.state.model)  # readable by every process
         if schedule.evaluates(epoch):
-            test = evaluate(p, pos.state.model, p.dataset.x_test, p.dataset.y_test)
+            test = evaluate(p, model, p.dataset.x_test, p.dataset.y_test)
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
         rec = epoch_record(epoch, pos.sums, test, seconds, p.seeds, compile_seconds)
         if pruned is not None:
             _merge(rec, sparsity(pruned, p.seeds, connections(pos.state.model)), p.seeds)
         if schedule.diagnoses(epoch):
-            _timed_figures(rec, "diagnostics_seconds", run_diagnostics, p, pos.state.model, epoch)
+            _timed_figures(rec, "diagnostics_seconds", run_diagnostics, p, model, epoch)
         every = self.config.stability.every
         if every and (epoch % every == 0 or epoch == self.config.train.epochs):
-            _timed_figures(rec, "stability_seconds", program_figures, p, pos.state.model, epoch)
+            _timed_figures(rec, "stability_seconds", program_figures, p, model, epoch)
         for logger in self.loggers:
             logger.log(rec)
         boundary = Position(pos.state, epoch, 0, zero_sums(p.seeds), pos.states)
@@ -306,12 +318,13 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     unusable directory; :class:`~eqprop.train.loggers.LoggerUnavailable` (before any
     training) when a logger of ``[logging] loggers`` lacks its package.
     """
-    loggers = make_loggers(config.logging.loggers)
+    writer = is_writer()
+    loggers = make_loggers(config.logging.loggers) if writer else []
     run = RunDir(out_dir)
     if resume and not (run.has_checkpoint() or run.is_run()):  # no checkpoint yet: restart
         raise ValueError(f"{run.path}: no checkpoint to resume from "
                          f"({run.checkpoint('latest')} not found)")
-    if not resume and (run.has_checkpoint() or run.metrics.exists()):
+    if writer and not resume and (run.has_checkpoint() or run.metrics.exists()):
         raise ValueError(f"{run.path}: already holds a run; resume it with `eqprop resume "
                          f"{run.path}` or choose another --out")
     program = build_program(config)
@@ -328,7 +341,8 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
             st = tr.pos.state
             tr.pos = Position(TrainState(tr.enforce(st.model), st.opt_state, st.step, st.key),
                               tr.pos.epoch, tr.pos.batch, tr.pos.sums, tr.pos.states)
-    run.write_config(config)
+    if writer:
+        run.write_config(config)
     opened: list[Logger] = []
     try:
         for logger in loggers:
@@ -337,10 +351,16 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
         for epoch in range(tr.pos.epoch + 1, config.train.epochs + 1):
             tr.run_epoch(epoch)
     except TrainingDiverged as e:
-        run.write_summary(tr.summary("diverged", str(e)))
+        if writer:
+            run.write_summary(tr.summary("diverged", str(e)))
         raise
     except KeyboardInterrupt:
         pos = tr.pos
+        if jax.process_count() > 1:  # the others may be elsewhere: no collective save
+            raise TrainingInterrupted(
+                f"interrupted in epoch {pos.epoch + 1}; continue from the last epoch's "
+                f"checkpoint with `eqprop resume {run.path}`", epoch=pos.epoch + 1,
+                batch=pos.batch) from None
         tr.save("latest", pos)
         msg = (f"interrupted in epoch {pos.epoch + 1} after {pos.batch} batch(es); checkpoint "
                f"saved to {run.checkpoint('latest')}; continue with `eqprop resume {run.path}`")
@@ -348,6 +368,8 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     finally:
         for logger in reversed(opened):
             logger.close()
+    if not writer:
+        return {"status": "completed", "process": jax.process_index()}
     summary = tr.summary("completed")
     run.write_summary(summary)
     print(format_summary(summary))

@@ -23,10 +23,11 @@ import numpy as np
 from .. import build
 from ..config import Config, ConfigError
 from ..data import Dataset, batches, load, num_batches
+from ..parallel import Layout, configure, make_layout
 from ..pruning import NoPruning, Pruner
 from ..update import init_optimizer, make_train_step
 from .evaluate import make_estimate_eval, make_eval
-from .placement import place
+from .placement import place_state
 from .step import TrainState, init_state, make_step, stack
 
 __all__ = ["Program", "build_program", "load_dataset", "n_train_batches", "augmentation"]
@@ -45,8 +46,8 @@ class Program:
       placed on the device(s).
     - ``step(state, x, y[, u0, warm]) -> (state, metrics)``: jitted; see
       :func:`~eqprop.train.step.make_step`.
-    - ``eval_batch(model, x, y) -> metrics``: jitted (vmapped over seeds when K > 1);
-      see :func:`~eqprop.train.evaluate.make_eval`.
+    - ``eval_batch(model, x, y, weight) -> metrics``: jitted (vmapped over seeds when
+      K > 1); see :func:`~eqprop.train.evaluate.make_eval`.
     - ``diagnose(model, x, y, key) -> dict``: the diagnostics of one network
       (:func:`eqprop.diagnostics.diagnostics` with the run's estimator and solvers).
     - ``estimate_batch(model, x, y) -> metrics``: jitted (vmapped over seeds when
@@ -56,6 +57,8 @@ class Program:
       :class:`~eqprop.solvers.PhaseSolvers` of ``[dynamics]``.
     - ``pruner``: the :class:`~eqprop.pruning.Pruner` of ``[pruning]`` (applied by the
       epoch loop after each epoch where it is due).
+    - ``layout``: the :class:`~eqprop.parallel.Layout` of ``[parallel]`` (the ``(seed,
+      data)`` mesh, or one device) through which every batch and state is placed.
     """
 
     config: Config
@@ -70,6 +73,7 @@ class Program:
     solvers: Any = None
     estimate_batch: Callable[..., dict[str, Any]] | None = None
     pruner: Pruner = NoPruning()
+    layout: Layout = Layout()
 
     @property
     def model(self) -> PyTree:
@@ -139,11 +143,19 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     **Raises:** :class:`~eqprop.config.ConfigError` when the estimator cannot train the
     model, the data do not fit the model, or a batch is larger than the data.
     """
+    configure(config.parallel.devices)  # host devices, while JAX has not initialised yet
     if getattr(config.model, "dtype", None) == "float64":
         jax.config.update("jax_enable_x64", True)
     ds = load_dataset(config) if dataset is None else dataset
     n_batches = n_train_batches(config, ds)
     k = config.train.seeds
+    try:
+        layout = make_layout(config.parallel.devices, config.parallel.seed_devices, seeds=k,
+                             batch_size=config.data.batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if jax.process_count() > 1:
+        _check_multiprocess(config)
     init_key, _ = jax.random.split(jax.random.PRNGKey(config.train.seed))
     keys = [init_key] if k == 1 else list(jax.random.split(init_key, k))
     models = [build.build_model(config, input_size=ds.input_size, n_classes=ds.n_classes, key=kk,
@@ -185,10 +197,34 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     else:
         model = stack(models)
         opt_state = eqx.filter_vmap(lambda m: init_optimizer(optimizer, m))(model)
-        eval_batch = eqx.filter_vmap(eval_fn, in_axes=(0, None, None))
+        eval_batch = eqx.filter_vmap(eval_fn, in_axes=(0, None, None, None))
         estimate_batch = eqx.filter_vmap(estimate_fn, in_axes=(0, None, None))
-    state = place(init_state(model, opt_state, seed=config.train.seed))
+    # the figures of an evaluation replicated: every process reads them
+    eval_batch = _replicated_output(eval_batch, layout)
+    estimate_batch = _replicated_output(estimate_batch, layout)
+    state = place_state(init_state(model, opt_state, seed=config.train.seed), layout)
     return Program(config=config, dataset=ds, seeds=k, n_batches=n_batches, state=state,
-                   step=make_step(base_step, n_batches=n_batches, seeds=k),
+                   step=make_step(base_step, n_batches=n_batches, seeds=k, layout=layout),
                    eval_batch=eqx.filter_jit(eval_batch), diagnose=diagnose, estimator=estimator,
-                   solvers=solvers, estimate_batch=eqx.filter_jit(estimate_batch), pruner=pruner)
+                   solvers=solvers, estimate_batch=eqx.filter_jit(estimate_batch), pruner=pruner,
+                   layout=layout)
+
+
+def _replicated_output(f: Callable, layout: Layout) -> Callable:
+    """``f`` whose outputs are replicated over ``layout``'s devices (inside the jit)."""
+    if layout.mesh is None:
+        return f
+
+    def g(*args):
+        return layout.constrain(f(*args), ())
+
+    return g
+
+
+def _check_multiprocess(config: Config) -> None:
+    """Refuse what a multi-process run does not do yet (one line naming the key)."""
+    if config.train.warm_start:
+        raise ConfigError("train.warm_start: not available in a multi-process run (the "
+                          "per-example states live on every process's devices)")
+    if config.pruning.method != "none":
+        raise ConfigError("pruning.method: not available in a multi-process run yet")

@@ -33,7 +33,7 @@ import numpy as np
 from ..config import Config, dumps_toml
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .placement import place
+from .placement import place_state
 from .program import Program, build_program
 from .records import sums_from_json, sums_to_json, zero_sums
 from .rundir import RunDir
@@ -164,7 +164,7 @@ def load_checkpoint(run: RunDir, which: str, program: Program) -> tuple[PyTree, 
     missing, corrupt (and no previous entry is intact) or do not fit ``program``'s model.
     """
     model, opt_state, meta, _ = _read(run, which, program)
-    model, opt_state = place((model, opt_state))
+    model, opt_state = program.layout.stacked((model, opt_state))
     return model, opt_state, meta
 
 
@@ -197,9 +197,8 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
         raise CheckpointError(f"{snap.manifest}: batch {batch} of an epoch of "
                               f"{program.n_batches} batches")
     sums = _checked_sums(meta.get("partial"), program.seeds, snap.manifest)
-    model, opt_state = place((model, opt_state))
-    state = place(init_state(model, opt_state, seed=config.train.seed,
-                             step=done * program.n_batches + batch))
+    state = place_state(init_state(model, opt_state, seed=config.train.seed,
+                                   step=done * program.n_batches + batch), program.layout)
     return Position(state, done, batch, sums, states), meta
 
 

@@ -79,7 +79,7 @@ def run_diagnostics(program: "Program", model: PyTree, epoch: int
     **Returns:** ``(means over seeds, {key: [value per seed]})``, over the keys that
     every seed reported.
     """
-    x, y = place(probe_batch(program), batch_axis=0)
+    x, y = place(probe_batch(program))  # whole on every device: the diagnostics are per network
     key = jax.random.fold_in(jax.random.PRNGKey(program.config.train.seed), 100_000 + epoch)
     models = [model] if program.seeds == 1 else [unstack(model, i) for i in range(program.seeds)]
     rows = [program.diagnose(m, x, y, key) for m in models]

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..network.base import parameters
+from ..parallel import Layout
 
 __all__ = ["TrainState", "init_state", "make_step", "batch_key", "step_keys", "stack", "unstack",
            "all_finite"]
@@ -102,7 +103,8 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_step(base_step: Callable, *, n_batches: int, seeds: int = 1) -> Callable:
+def make_step(base_step: Callable, *, n_batches: int, seeds: int = 1,
+              layout: Layout | None = None) -> Callable:
     """The jitted ``step(state, x, y, u0=None, warm=None) -> (state, metrics)``.
 
     **Arguments:**
@@ -111,6 +113,8 @@ def make_step(base_step: Callable, *, n_batches: int, seeds: int = 1) -> Callabl
       opt_state, metrics)`` for one network (:func:`eqprop.update.make_train_step`).
     - ``n_batches``: batches per epoch (the batch keys are a function of epoch and batch).
     - ``seeds``: ``K``; when ``K > 1`` the state is stacked and ``base_step`` vmapped.
+    - ``layout``: the run's :class:`~eqprop.parallel.Layout`; the new model and optimizer
+      state keep its placement (split along the seed axis, or replicated).
 
     **Returns:** ``step``, taking ``x`` ``(B, ...)``, ``y`` ``(B,)`` and for warm starts
     ``u0`` (leaves ``(B, ...)``, ``(K, B, ...)`` stacked) and ``warm`` ``(B,)`` bool. It
@@ -132,6 +136,9 @@ def make_step(base_step: Callable, *, n_batches: int, seeds: int = 1) -> Callabl
             key = jax.random.split(key, seeds)
         model, opt_state, metrics = per_seed(state.model, state.opt_state, x, y, key,
                                              state.step, u0, warm)
+        if layout is not None:  # the placement of the state is kept; metrics readable by all
+            model, opt_state = layout.constrain_stacked((model, opt_state))
+            metrics = {k: (v if k == "state" else layout.constrain(v, ())) for k, v in metrics.items()}
         return TrainState(model, opt_state, state.step + 1, state.key), metrics
 
     return step
