@@ -209,7 +209,7 @@ def test_union_sections_are_frozen_hashable_picklable_values():
         c.estimator.points = 1  # type: ignore[misc]
     assert to_dict(c)["model"] == {"kind": "graph", "feedback": "untied", "asymmetry_angle": 0.0,
                                    "activation": "sigmoid4", "readout": "softmax",
-                                   "dtype": "float32", "init_scale": 1.0,
+                                   "dtype": "float32", "init_scale": 1.0, "compute_dtype": "float32",
                                    "populations": {"h1": 8, "out": 3},
                                    "projections": [["input", "h1"], ["h1", "out"], ["out", "h1"]],
                                    "output": "out"}
