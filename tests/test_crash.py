@@ -55,7 +55,7 @@ CONFIG = parse_config({
 })
 
 SEAMS = ("_write", "_fsync", "_replace", "_fsync_dir", "_unlink")
-TIMING = ("epoch_seconds", "ms_per_batch", "compile_seconds", "diagnostics_seconds")
+TIMING = ("epoch_seconds", "ms_per_batch", "compile_seconds", "diagnostics_seconds", "eval_seconds")
 # a fixed, small campaign in the suite; EQPROP_FUZZ_EXAMPLES=5000 runs a long random one
 EXAMPLES = int(os.environ.get("EQPROP_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=EXAMPLES or 40, deadline=None, derandomize=not EXAMPLES,

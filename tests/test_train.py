@@ -408,3 +408,29 @@ def test_anderson_with_tol_fraction_and_alternating_updates_trains(tmp_path):
     assert summary["status"] == "completed" and summary["epochs"] == 1
     record = RunDir(tmp_path / "run").read_metrics()[-1]
     assert np.isfinite(record["test_loss"]) and 4 < record["free_steps_mean"] < 60, record
+
+
+def test_the_host_reads_the_metrics_of_several_steps_at_once(tmp_path, monkeypatch):
+    """Issue 14 item 6: steps are dispatched without a wait; the host reads their metrics
+    SYNC_EVERY at a time (the compiling first step alone), and the run is the same as one
+    that reads every step's."""
+    reads = []
+    real_get = jax.device_get
+
+    def counting(tree):
+        if isinstance(tree, list):  # the loop's reads: a list of step metrics
+            reads.append(len(tree))
+        return real_get(tree)
+
+    config = tiny(train={"epochs": 1, "max_batches": 10})
+    monkeypatch.setattr(loop, "SYNC_EVERY", 1)
+    train(config, tmp_path / "every", progress=False)
+    monkeypatch.setattr(loop, "SYNC_EVERY", 4)
+    monkeypatch.setattr(jax, "device_get", counting)
+    train(config, tmp_path / "chunked", progress=False)
+    assert reads == [1, 4, 4, 1]
+    timing = ("epoch_seconds", "ms_per_batch", "compile_seconds", "eval_seconds")
+    a, b = (RunDir(tmp_path / r).read_metrics() for r in ("every", "chunked"))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in b]
+    assert_same_params(params_of(tmp_path / "every"), params_of(tmp_path / "chunked"))

@@ -103,6 +103,8 @@ class _Trainer:
         self.best_epoch: int | None = None
         self.elapsed = 0.0
         self.compiled = False
+        self.compile_seconds: float | None = None
+        self.t_flush = 0.0
         self.pos: Position | None = None
         try:
             self.enforce = program_enforcer(program)
@@ -131,43 +133,72 @@ class _Trainer:
             tqdm.write(text, file=sys.stdout)
 
     def run_epoch(self, epoch: int) -> None:
+        """Train the batches of ``epoch`` not done yet, then :meth:`end_epoch`.
+
+        Steps are dispatched without waiting for them: the host prepares and places the
+        next batches while the devices compute, and reads the metrics of up to
+        :data:`SYNC_EVERY` steps at once (:meth:`_flush`), where it checks them for
+        divergence and advances ``self.pos``, the position a checkpoint or Ctrl-C saves.
+        The first step of a run (the compiling one) is read on its own, so that its time
+        is ``compile_seconds``.
+        """
         p = self.p
         pos = self.pos
         assert pos is not None and pos.epoch == epoch - 1
         t0 = time.perf_counter()
         bar = progress_bar(p.n_batches, pos.batch, f"epoch {epoch}/{self.config.train.epochs}",
                            enabled=self.progress and sys.stderr.isatty())
-        compile_seconds = None
+        self.compile_seconds = None
+        state, pending = pos.state, []
+        self.t_flush = time.perf_counter()
         try:
             for b, (xb, yb, idx) in enumerate(p.epoch_batches(epoch)):
                 if b < pos.batch:
                     continue  # done before an interruption
-                ts = time.perf_counter()
                 u0, warm = (None, None) if pos.states is None else pos.states.gather(idx)
                 x, y, u0, warm = place_batch(xb, yb, u0, warm, seeds=p.seeds, layout=p.layout)
-                state, m = _call_step(p, pos.state, x, y, u0, warm)
+                state, m = _call_step(p, state, x, y, u0, warm)
                 if self.enforce is not None:
                     state = TrainState(self.enforce(state.model), state.opt_state, state.step, state.key)
-                m = jax.device_get(m)
-                dt = time.perf_counter() - ts
-                check_finite(m, epoch, b, p.seeds)  # a diverged state is never stored
-                if pos.states is not None:
-                    pos.states.scatter(idx, m.pop("state"))
-                first = not self.compiled
-                self.compiled = True
-                if first:
-                    compile_seconds = dt
-                sums = accumulate(pos.sums, m, len(yb), None if first else dt)
-                pos = self.pos = Position(state, epoch - 1, b + 1, sums, pos.states)
-                if not bar.disable:
-                    ms = 1000 * sums["step_seconds"] / max(sums["timed_batches"], 1)
-                    bar.set_postfix(loss=f"{np.mean(m['loss']):.4f}",
-                                    acc=f"{np.mean(m['acc']):.3f}", ms_batch=f"{ms:.1f}",
-                                    **_estimate_postfix(m))
-                    bar.update(1)
+                pending.append((b, m, len(yb), idx, state))
+                if len(pending) >= SYNC_EVERY or not self.compiled:
+                    self._flush(epoch, pending, bar)
+                    pending = []
+            self._flush(epoch, pending, bar)
+        except KeyboardInterrupt:  # the dispatched steps count: Ctrl-C saves after them
+            self._flush(epoch, pending, bar)
+            raise
         finally:
             bar.close()
-        self.end_epoch(epoch, pos, t0, compile_seconds)
+        self.end_epoch(epoch, self.pos, t0, self.compile_seconds)
+
+    def _flush(self, epoch: int, pending: list, bar: tqdm) -> None:
+        """Read the metrics of the ``pending`` steps (waiting for them), check each for
+        divergence (a diverged state never becomes the position), add them to the
+        epoch's sums, scatter warm-start states, and advance ``self.pos``."""
+        p, pos = self.p, self.pos
+        pending = [entry for entry in pending if entry[0] >= pos.batch]  # not counted yet
+        if not pending:
+            return
+        metrics = jax.device_get([m for _, m, _, _, _ in pending])
+        now = time.perf_counter()
+        dt = (now - self.t_flush) / len(pending)
+        self.t_flush = now
+        for (b, _, n, idx, state), m in zip(pending, metrics):
+            check_finite(m, epoch, b, p.seeds)  # a diverged state is never stored
+            if pos.states is not None:
+                pos.states.scatter(idx, m.pop("state"))
+            first = not self.compiled
+            self.compiled = True
+            if first:
+                self.compile_seconds = dt
+            sums = accumulate(pos.sums, m, n, None if first else dt)
+            pos = self.pos = Position(state, epoch - 1, b + 1, sums, pos.states)
+        if not bar.disable:
+            ms = 1000 * sums["step_seconds"] / max(sums["timed_batches"], 1)
+            bar.set_postfix(loss=f"{np.mean(m['loss']):.4f}", acc=f"{np.mean(m['acc']):.3f}",
+                            ms_batch=f"{ms:.1f}", **_estimate_postfix(m))
+            bar.update(len(pending))
 
     def end_epoch(self, epoch: int, pos: Position, t0: float, compile_seconds: float | None) -> None:
         p, schedule = self.p, self.schedule
@@ -176,11 +207,15 @@ class _Trainer:
             pos, pruned = prune_position(p, pos, epoch, self.config.train.epochs)
         test = None
         model = p.layout.gather(pos.state.model)  # readable by every process
+        t_eval = time.perf_counter()
         if schedule.evaluates(epoch):
             test = evaluate(p, model, p.dataset.x_test, p.dataset.y_test)
-        seconds = time.perf_counter() - t0
+        t_end = time.perf_counter()
+        seconds = t_end - t0
         self.elapsed += seconds
         rec = epoch_record(epoch, pos.sums, test, seconds, p.seeds, compile_seconds)
+        if test is not None:
+            rec["eval_seconds"] = t_end - t_eval
         if pruned is not None:
             _merge(rec, sparsity(pruned, p.seeds, connections(pos.state.model)), p.seeds)
         if schedule.diagnoses(epoch):
@@ -208,6 +243,10 @@ class _Trainer:
         problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None))
         if problems:  # once per epoch, every figure at fault in one message
             warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
+
+
+#: steps dispatched before the host reads their metrics (and checks them for divergence)
+SYNC_EVERY = 16
 
 
 #: the pruning key of epoch E: fold_in(fold_in(root, PRUNE_TAG), E) (root: the run's

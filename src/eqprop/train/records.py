@@ -4,7 +4,8 @@ The record of epoch ``e`` (one line of ``metrics.jsonl``, and what every logger
 receives) holds ``epoch``, ``train_loss``, ``train_acc`` (example-weighted means),
 ``test_loss``, ``test_acc`` (``None`` when not evaluated), ``free_steps_mean``,
 ``residual_mean``, ``nonconverged_fraction`` (means over batches), ``epoch_seconds``,
-``ms_per_batch`` (the compiling first batch excluded), ``batches``; the estimator's
+``ms_per_batch`` (the compiling first batch excluded), ``batches``, ``eval_seconds``
+(the test-set evaluation's share of ``epoch_seconds``, when evaluated); the estimator's
 figures where they apply (:data:`ESTIMATE_KEYS`, means over batches):
 ``nudged_residual_mean`` and ``nudged_nonconverged_fraction`` (nudged phases: the mean
 residual over every (phase, example), and the fraction above

@@ -27,7 +27,7 @@ __all__ = ["report", "KNOWN_KEYS"]
 KNOWN_KEYS = {
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_std", "epoch_seconds",
     "ms_per_batch", "free_steps_mean", "residual_mean", "nonconverged_fraction", "batches",
-    "compile_seconds", "diagnostics_seconds", *ESTIMATE_KEYS.values(),
+    "compile_seconds", "diagnostics_seconds", "eval_seconds", *ESTIMATE_KEYS.values(),
 }
 
 #: panels of the estimator's figures in relaxation.png, each drawn when a run has it
