@@ -110,6 +110,13 @@ def settings(experiment: str) -> list[tuple[str, str, dict[str, dict[str, Any]],
         out.append(("digits-rate-hep-pruned70", "shipped:digits-directed-hep",
                     {"pruning": {"method": "magnitude", "sparsity": 0.7}},
                     {"x": "digits", "line": "rate dynamics, hEP N = 4, 70% pruned"}))
+        for coef in (0.0, 1.0):  # untied at exactly 90 degrees, without and with homeostasis
+            out.append((f"digits-rate-hep-untied90{'-homeo' if coef else ''}",
+                        "shipped:digits-directed-hep",
+                        {"model": {"asymmetry_angle": 90.0}, "homeostasis": {"coef": coef},
+                         "diagnostics": {"enabled": True, "every": 5}},
+                        {"x": "digits", "line": "rate dynamics, hEP N = 4, untied at 90 degrees"
+                         + (", homeostasis 1.0" if coef else "")}))
     elif experiment == "pruning":
         out.append(("fmnist-dense", "shipped:fmnist-mlp-hep", {}, {"x": "dense", "line": "fmnist-mlp"}))
         out.append(("fmnist-magnitude80", "shipped:fmnist-mlp-hep",

@@ -435,3 +435,28 @@ def test_deep_rule_refuses_models_that_are_not_directed():
     with pytest.raises(SettingError, match="'tied' applies to dynamics = 'rate' only") as e:
         Directed(dynamics="deep", feedback="tied")
     assert e.value.key == "feedback"
+
+
+@pytest.mark.parametrize("degrees", [0.0, 45.0, 90.0, 135.0])
+def test_the_asymmetry_angle_of_a_directed_net_is_exact(degrees):
+    """``asymmetry_angle``: the free block's angle with its transpose is the one asked for
+    (to 1e-6 degrees in float64), its norm is the draw's, and the weights from the clamped
+    neurons are the draw's."""
+    from eqprop.diagnostics import weight_angles
+
+    key = jax.random.PRNGKey(3)
+    kw = dict(key=key, n_classes=4, readout="softmax", dtype=jnp.float64)
+    drawn = directed(6, 9, 4, **kw)
+    net = directed(6, 9, 4, asymmetry_angle=degrees, **kw)
+    assert weight_angles(net)["angle"] == pytest.approx(degrees, abs=1e-6)
+    c = 7  # 6 inputs and the bias
+    np.testing.assert_allclose(jnp.linalg.norm(net.W[c:, c:]), jnp.linalg.norm(drawn.W[c:, c:]), rtol=1e-12)
+    np.testing.assert_array_equal(net.W[:c], drawn.W[:c])
+    assert not np.any(np.asarray(net.W)[~np.asarray(net.mask)])  # masked entries stay zero
+
+
+def test_the_asymmetry_angle_needs_untied_rate_dynamics():
+    base = {"kind": "directed", "hidden": 4, "asymmetry_angle": 90.0}
+    for extra in ({"dynamics": "deep"}, {"feedback": "tied"}):
+        with pytest.raises(ConfigError, match=r"^model\.asymmetry_angle: applies to dynamics = 'rate'"):
+            parse_config({"model": {**base, **extra}})

@@ -365,23 +365,59 @@ class TiedRateNetwork(_Rate, EnergyModel):
 # -- constructor -----------------------------------------------------------------------
 
 
+def at_asymmetry_angle(k: Array, both: np.ndarray, degrees: float) -> Array:
+    """``k`` with its entries on ``both`` (a symmetric pattern) re-mixed so that the angle
+    between ``k`` and ``k^T`` is ``degrees``; the other entries unchanged.
+
+    ``k = S + A`` (symmetric and antisymmetric parts on ``both``); the result there is
+    ``|k| (cos(t/2) S/|S| + sin(t/2) A/|A|)``, ``t = degrees``: then ``<k, k^T> / |k|^2 =
+    cos^2(t/2) - sin^2(t/2) = cos t``.
+
+    **Arguments:** ``k`` ``(n, n)``; ``both`` ``(n, n)`` bool, symmetric; ``degrees`` in
+    ``[0, 180]``.
+
+    **Returns:** ``(n, n)``, same dtype.
+
+    **Raises:** ``ValueError`` for an angle outside ``[0, 180]`` or a pattern without a pair.
+    """
+    if not 0.0 <= degrees <= 180.0:
+        raise ValueError(f"asymmetry_angle must be in [0, 180] degrees, got {degrees}")
+    if not np.any(both):
+        raise ValueError("asymmetry_angle: no pair of free neurons is connected both ways")
+    on = jnp.asarray(both)
+    paired = jnp.where(on, k, 0.0)
+    sym, anti = 0.5 * (paired + paired.T), 0.5 * (paired - paired.T)
+    half = np.radians(degrees) / 2
+    mixed = (np.cos(half) * sym / jnp.linalg.norm(sym)
+             + np.sin(half) * anti / jnp.linalg.norm(anti)) * jnp.linalg.norm(paired)
+    return jnp.where(on, mixed.astype(k.dtype), k)
+
+
+
 def directed(n_in: int, hidden: int, n_out: int, *, key: Array, n_classes: int | None = None,
              connectivity: str = "complete", layers: tuple[int, ...] = (),
              density: float = 0.5, dynamics: str = "rate", feedback: str = "untied",
              activation: str = "sigmoid4", readout: str = "mse", dtype=jnp.float32,
-             init_scale: float = 1.0) -> DirectedNetwork:
+             init_scale: float = 1.0, asymmetry_angle: float | None = None) -> DirectedNetwork:
     """A neuron-level directed network.
 
     Initialisation of the unmasked weights: ``"deep"``: normal with standard deviation
     ``0.05 init_scale`` (the authors' notebooks); ``"rate"``: uniform in
     ``+-init_scale / sqrt(fan_in_j)`` with ``fan_in_j`` the unmasked entries into ``j``.
+    With ``asymmetry_angle = theta`` (rate dynamics, untied), the free block's pairs
+    connected both ways are then re-mixed from the symmetric and antisymmetric parts
+    ``S``, ``A`` of the draw as ``cos(theta/2) S/|S| + sin(theta/2) A/|A|`` (scaled back
+    to the draw's norm), so that the angle between the free block and its transpose is
+    exactly ``theta`` (Laborieux and Zenke 2024, arXiv 2309.02214, for layered nets);
+    ``None`` keeps the independent draws (an angle near 90 degrees).
 
     **Arguments:** ``n_in``: inputs; ``hidden``: hidden neurons ``H``; ``n_out``: output
     neurons; ``key``: PRNG key; ``n_classes``: classes of the readout (default
     ``n_out``); ``connectivity``, ``layers``, ``density``: as
     :func:`connectivity_mask`; ``dynamics``: ``"deep"`` or ``"rate"``; ``feedback``:
     ``"untied"`` or ``"tied"`` (rate only); ``activation``: a registered activation
-    (rate); ``readout``: a registered readout; ``dtype``; ``init_scale``.
+    (rate); ``readout``: a registered readout; ``dtype``; ``init_scale``;
+    ``asymmetry_angle``: degrees in ``[0, 180]`` or ``None``.
 
     **Returns:** a :class:`DeepNetwork`, :class:`RateNetwork` or
     :class:`TiedRateNetwork`.
@@ -396,6 +432,8 @@ def directed(n_in: int, hidden: int, n_out: int, *, key: Array, n_classes: int |
         raise ValueError(f"feedback must be 'tied' or 'untied', got {feedback!r}")
     if feedback == "tied" and dynamics == "deep":
         raise ValueError("feedback = 'tied' applies to dynamics = 'rate' only")
+    if asymmetry_angle is not None and (dynamics != "rate" or feedback != "untied"):
+        raise ValueError("asymmetry_angle applies to dynamics = 'rate' with feedback = 'untied'")
     get_activation(activation)
     k_mask, k_w, k_r = jax.random.split(key, 3)
     mask = connectivity_mask(n_in, hidden, n_out, connectivity, layers=layers, density=density,
@@ -420,6 +458,9 @@ def directed(n_in: int, hidden: int, n_out: int, *, key: Array, n_classes: int |
         w = jax.random.uniform(k_w, (n, n), dtype, -1.0, 1.0) * bound[None, :]
     mask_j = jnp.asarray(mask)
     w = jnp.where(mask_j, w, jnp.zeros((), dtype))
+    if asymmetry_angle is not None:
+        w = w.at[c:, c:].set(at_asymmetry_angle(w[c:, c:], mask[c:, c:] & mask[c:, c:].T,
+                                                asymmetry_angle))
     cls = DeepNetwork if dynamics == "deep" else (TiedRateNetwork if feedback == "tied" else RateNetwork)
     return cls(W=w, mask=mask_j,
                readout=make_readout(readout, n_out, n_out if n_classes is None else n_classes,
@@ -463,6 +504,9 @@ class Directed(ModelKind):
     dtype: str = setting("float32", "Floating-point precision.", choices=DTYPES)
     init_scale: float = setting(1.0, "Scale of the weight initialisation (deep: std 0.05 "
                                 "init_scale; rate: +-init_scale / sqrt(fan-in)).", bounds=POSITIVE)
+    asymmetry_angle: float | None = setting(
+        None, "Initial angle in degrees between the free block of W and its transpose (rate, "
+        "untied; absent: independent draws, near 90).", bounds=Bounds(lo=0, hi=180), optional=True)
 
     def __post_init__(self) -> None:
         if self.connectivity not in CONNECTIVITIES:
@@ -474,6 +518,9 @@ class Directed(ModelKind):
             raise SettingError("feedback", "'tied' applies to dynamics = 'rate' only")
         if self.layers and self.connectivity != "layered":
             raise SettingError("layers", "only meaningful with connectivity = 'layered'")
+        if self.asymmetry_angle is not None and (self.dynamics != "rate" or self.feedback != "untied"):
+            raise SettingError("asymmetry_angle", "applies to dynamics = 'rate' with feedback = "
+                               f"'untied', got dynamics = {self.dynamics!r}, feedback = {self.feedback!r}")
         if self.layers and sum(self.layers) != self.hidden:
             raise SettingError("layers", f"{list(self.layers)} must sum to hidden = {self.hidden}")
 
@@ -489,7 +536,8 @@ class Directed(ModelKind):
                             connectivity=self.connectivity, layers=self.layers,
                             density=self.density, dynamics=self.dynamics, feedback=self.feedback,
                             activation=self.activation, readout=self.readout,
-                            dtype=jnp.dtype(self.dtype), init_scale=self.init_scale)
+                            dtype=jnp.dtype(self.dtype), init_scale=self.init_scale,
+                            asymmetry_angle=self.asymmetry_angle)
         except ValueError as err:
             key_ = "model.connectivity" if "unreachable" in str(err) else "model"
             raise ConfigError(f"{key_}: {err}") from None
