@@ -460,3 +460,59 @@ def test_training_on_digits_learns(tmp_path):
     acc = last.get("test/acc", last.get("test_acc"))
     assert loss is not None and np.isfinite(loss), last
     assert acc is not None and acc > 0.15, last  # chance: 0.10 (360 test examples: sd 0.016)
+
+
+UNTIED_TOML = """
+[data]
+name = "digits"
+batch_size = 32
+[model]
+kind = "conv"
+channels = [4]
+output_size = 16
+feedback = "untied"
+asymmetry_angle = 90.0
+[dynamics]
+free_steps = 20
+nudged_steps = 8
+[estimator]
+name = "hep"
+points = 2
+beta = 0.5
+[homeostasis]
+coef = 0.5
+[pruning]
+method = "magnitude"
+sparsity = 0.5
+[diagnostics]
+enabled = true
+batch_size = 16
+[stability]
+every = 1
+[train]
+epochs = 2
+max_batches = 3
+"""
+
+
+def test_homeostasis_pruning_diagnostics_and_stability_take_the_conv_net(tmp_path):
+    """Issue 13: the components that use only the model interface work on the conv net
+    unchanged: homeostasis (its loss in the record), magnitude pruning (half the kernels'
+    and matrices' entries exactly zero at the end), the weight angle (90 degrees at the
+    start, from feedback_pairs) and the stability figures."""
+    from eqprop.config import load_config
+    from eqprop.network import named_parameters
+    from eqprop.train import load_run, train
+
+    cfg = tmp_path / "conv.toml"
+    cfg.write_text(UNTIED_TOML)
+    train(load_config(cfg), tmp_path / "run", progress=False)
+    first, last = (json.loads(line) for line in
+                   (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    assert first["train_homeo_loss"] > 0 and first["angle"] == pytest.approx(90.0, abs=1.0)
+    assert last["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert 0 < last["spectral_radius"] < 1
+    _, _, model, _ = load_run(tmp_path / "run")
+    kernels = [v for k, v in named_parameters(model).items() if k.startswith("weights.")]
+    zero = sum(int(jnp.sum(v == 0)) for v in kernels) / sum(v.size for v in kernels)
+    assert zero >= 0.45
