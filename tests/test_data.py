@@ -703,40 +703,12 @@ def test_batches_permutation_convention():
     np.testing.assert_array_equal(got, np.random.default_rng([7, 2]).permutation(10))
 
 
-def test_augment_flip_crop():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 8, 8, 3)).astype(np.float32)
-    y = np.arange(32, dtype=np.int32)
-    a = list(batches(x, y, 8, seed=1, epoch=0, augment="flip-crop"))
-    b = list(batches(x, y, 8, seed=1, epoch=0, augment="flip-crop"))
-    plain = list(batches(x, y, 8, seed=1, epoch=0))
-    for (xa, ya), (xb, _), (xp, yp) in zip(a, b, plain, strict=True):
-        assert xa.shape == (8, 8, 8, 3) and xa.dtype == np.float32
-        np.testing.assert_array_equal(xa, xb)
-        np.testing.assert_array_equal(ya, yp)  # same order with or without augmentation
-    assert not all(np.array_equal(xa, xp) for (xa, _), (xp, _) in zip(a, plain))
-    # every augmented image is a shifted (maybe flipped) copy of its source
-    for xa, ya in a:
-        for img, k in zip(xa, ya):
-            src = x[k]
-            ok = False
-            for cand in (src, src[:, ::-1]):
-                padded = np.pad(cand, ((4, 4), (4, 4), (0, 0)))
-                ok |= any(np.array_equal(img, padded[i:i + 8, j:j + 8])
-                          for i in range(9) for j in range(9))
-            assert ok
-
-
 def test_batches_errors():
     x, y = _data(10)
     with pytest.raises(ValueError):
         batches(x, y, 0, seed=0, epoch=0)
     with pytest.raises(ValueError):
         batches(x, y[:5], 2, seed=0, epoch=0)
-    with pytest.raises(ValueError, match="NHWC"):
-        batches(x, y, 2, seed=0, epoch=0, augment="flip-crop")
-    with pytest.raises(ValueError, match="unknown augment"):
-        batches(x, y, 2, seed=0, epoch=0, augment="mixup")
 
 
 def test_flatten_and_num_batches():

@@ -400,6 +400,42 @@ def test_warm_start_resume_checks_the_states_file(warm_straight, tmp_path):
         train(cfg, out, resume=True, progress=False)
 
 
+# -- augmentation on the device ([data] augment: flip + pad-4 crop in the step) --------
+
+AUGMENTED = {"data": {"name": "digits", "batch_size": 32, "augment": True},
+             "model": {"sizes": [64, 16, 10]}, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}
+
+
+def augmented(**updates) -> Config:
+    return with_updates(with_updates(tiny(), **AUGMENTED), **updates)
+
+
+@pytest.fixture(scope="module")
+def augmented_straight(tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run on 8x8 digits with flip + pad-4 crop."""
+    return trained(tmp_path_factory, "augmented", augmented())
+
+
+def test_augmented_ctrl_c_mid_epoch_then_resume_is_exact(augmented_straight, tmp_path, monkeypatch):
+    """The augmentation's key is a function of seed, epoch and batch: a run stopped
+    mid-epoch and resumed ends with the parameters of an uninterrupted one; and the
+    augmentation changes the run (without it the parameters differ)."""
+    out = tmp_path / "run"
+    real = interrupt_at(monkeypatch, 7)  # epoch 2, batch 2
+    with pytest.raises(TrainingInterrupted) as info:
+        train(augmented(), out, progress=False)
+    assert (info.value.epoch, info.value.batch) == (2, 2)
+    monkeypatch.setattr(loop, "_call_step", real)
+    train(load_config(out / "config.toml"), out, resume=True, progress=False)
+    assert_same_params(params_of(out), params_of(augmented_straight))
+    a, b = RunDir(out).read_metrics(), RunDir(augmented_straight).read_metrics()
+    np.testing.assert_allclose(a[1]["train_loss"], b[1]["train_loss"], rtol=1e-5)
+    plain = tmp_path / "plain"
+    train(augmented(data={"augment": False}), plain, progress=False)
+    p, q = params_of(plain), params_of(augmented_straight)
+    assert max(float(np.max(np.abs(p[k] - q[k]))) for k in p) > 1e-3
+
+
 def test_anderson_with_tol_fraction_and_alternating_updates_trains(tmp_path):
     cfg = tiny(dynamics={"solver": "anderson", "tol": 1e-4, "tol_fraction": 0.1, "update": "alternating",
                          "anderson_memory": 2, "anderson_delay": 4, "free_steps": 60, "nudged_steps": 5},

@@ -14,6 +14,26 @@ standard ``cifar-10-batches-py`` / ``cifar-100-python`` subdirectory. ImageNet 3
 read in either published layout, pickles (``train_data_batch_<k>``, ``val_data``) or
 npz (the same names with ``.npz``), from the directory itself or the subdirectories its
 archives extract to (``Imagenet32_train[_npz]``, ``Imagenet32_val[_npz]``).
+
+Normalisation (every split with the same fixed statistics, so a run's inputs do not
+depend on which files or validation split exist):
+
+- CIFAR-10, CIFAR-100: per channel, ``(v / 255 - mean[c]) / std[c]`` with each set's own
+  training-set statistics (:data:`CIFAR10_MEAN`, :data:`CIFAR10_STD`,
+  :data:`CIFAR100_MEAN`, :data:`CIFAR100_STD`), in
+  :func:`~eqprop.data.formats.chw_to_nhwc_normalized`.
+- ImageNet 32x32: per channel with the published ImageNet statistics
+  (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`), the statistics of the hEP papers' code
+  (which divides by 1.5 times these stds, and for CIFAR-10 and CIFAR-100 alike by 1.5
+  times (0.2023, 0.1994, 0.2010) with the CIFAR-10 means: their CIFAR inputs have std
+  about 0.8).
+- MNIST, Fashion-MNIST (``v / 255``) and digits (``v / 16``): one channel, scaled to
+  [0, 1] and not standardised, as the EP papers' MLP and Fashion-MNIST pipelines (and
+  every figure recorded with them here). Their statistics, for reference: Fashion-MNIST
+  mean 0.286, std 0.353; digits mean 0.305, std 0.376.
+
+Augmentation is not a loader's business: :func:`eqprop.data.augment.flip_crop` runs on
+the device inside the training step.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import build
 from ..config import Config, ConfigError
-from ..data import Dataset, batches, load, num_batches
+from ..data import Dataset, batches, flip_crop, load, num_batches
 from ..parallel import Layout, configure, make_layout
 from ..pruning import NoPruning, Pruner
 from ..update import init_optimizer, make_train_step
@@ -89,12 +89,13 @@ class Program:
         """The ``n_batches`` training batches of ``epoch`` (1-based) in order.
 
         **Returns:** an iterator of ``(x (B, ...), y (B,), indices (B,))``, the order
-        ``batches(..., seed=train.seed, epoch=epoch - 1)`` (augmented per ``[data]``).
+        ``batches(..., seed=train.seed, epoch=epoch - 1)``; the examples as stored (with
+        ``[data] augment`` the step augments them on the device, see :func:`augmentation`).
         """
         c = self.config
         return islice(batches(self.dataset.x_train, self.dataset.y_train, c.data.batch_size,
                               seed=c.train.seed, epoch=epoch - 1, drop_last=c.data.drop_last,
-                              augment=augmentation(c, self.dataset), with_index=True),
+                              with_index=True),
                       self.n_batches)
 
 
@@ -104,8 +105,12 @@ def load_dataset(config: Config) -> Dataset:
     return load(d.name, path=d.path, validation=d.validation, seed=config.train.seed)
 
 
-def augmentation(config: Config, ds: Dataset) -> str | None:
-    """The augmentation of the training batches: ``"flip-crop"`` or ``None``.
+def augmentation(config: Config, ds: Dataset) -> Callable | None:
+    """The augmentation the training step applies to every training batch.
+
+    **Returns:** :func:`eqprop.data.augment.flip_crop` (``(key, x (B, H, W, C)) -> x``:
+    random horizontal flip, zero-pad-4 random crop) with ``[data] augment = true``, else
+    ``None``. Evaluation never augments.
 
     **Raises:** :class:`~eqprop.config.ConfigError` when ``[data] augment`` is on for
     data that are not images.
@@ -115,7 +120,7 @@ def augmentation(config: Config, ds: Dataset) -> str | None:
     if ds.x_train.ndim != 4:
         raise ConfigError(f"data.augment: needs image data (NHWC), but '{ds.name}' has "
                           f"examples of shape {ds.input_shape}")
-    return "flip-crop"
+    return flip_crop
 
 
 def n_train_batches(config: Config, ds: Dataset) -> int:
@@ -141,13 +146,15 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     **Returns:** a :class:`Program` whose ``state`` is at global batch 0.
 
     **Raises:** :class:`~eqprop.config.ConfigError` when the estimator cannot train the
-    model, the data do not fit the model, or a batch is larger than the data.
+    model, the data do not fit the model, a batch is larger than the data, or ``[data]
+    augment`` is on for data that are not images.
     """
     configure(config.parallel.devices)  # host devices, while JAX has not initialised yet
     if getattr(config.model, "dtype", None) == "float64":
         jax.config.update("jax_enable_x64", True)
     ds = load_dataset(config) if dataset is None else dataset
     n_batches = n_train_batches(config, ds)
+    augment = augmentation(config, ds)
     k = config.train.seeds
     try:
         layout = make_layout(config.parallel.devices, config.parallel.seed_devices, seeds=k,
@@ -204,7 +211,8 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     estimate_batch = _replicated_output(estimate_batch, layout)
     state = place_state(init_state(model, opt_state, seed=config.train.seed), layout)
     return Program(config=config, dataset=ds, seeds=k, n_batches=n_batches, state=state,
-                   step=make_step(base_step, n_batches=n_batches, seeds=k, layout=layout),
+                   step=make_step(base_step, n_batches=n_batches, seeds=k, layout=layout,
+                                  augment=augment),
                    eval_batch=eqx.filter_jit(eval_batch), diagnose=diagnose, estimator=estimator,
                    solvers=solvers, estimate_batch=eqx.filter_jit(estimate_batch), pruner=pruner,
                    layout=layout)

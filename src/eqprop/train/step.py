@@ -11,7 +11,10 @@ the keys of an uninterrupted one)::
     key of batch b of epoch e (1-based) = fold_in(fold_in(root, e - 1), b)
                                         = batch_key(root, (e - 1) * n_batches + b, n_batches)
 
-split into ``K`` keys, one per network, when ``K = train.seeds > 1``.
+split into ``K`` keys, one per network, when ``K = train.seeds > 1``. With
+``[data] augment`` the training batch is augmented inside the step, before the model
+sees it, with ``fold_in(batch key, AUGMENT_TAG)`` (:func:`eqprop.data.augment.flip_crop`;
+one augmentation shared by the ``K`` networks, as the data are).
 
 Seeds: with ``K > 1`` networks the state's ``model`` and ``opt_state`` carry a leading
 axis of size ``K`` (:func:`stack`) and the step is vmapped over it, the data and the
@@ -28,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..data.augment import AUGMENT_TAG
 from ..network.base import parameters
-from ..parallel import Layout
+from ..parallel import DATA, Layout
 
 __all__ = ["TrainState", "init_state", "make_step", "batch_key", "step_keys", "stack", "unstack",
            "all_finite"]
@@ -104,7 +108,7 @@ def all_finite(tree: PyTree) -> jax.Array:
 
 
 def make_step(base_step: Callable, *, n_batches: int, seeds: int = 1,
-              layout: Layout | None = None) -> Callable:
+              layout: Layout | None = None, augment: Callable | None = None) -> Callable:
     """The jitted ``step(state, x, y, u0=None, warm=None) -> (state, metrics)``.
 
     **Arguments:**
@@ -115,6 +119,9 @@ def make_step(base_step: Callable, *, n_batches: int, seeds: int = 1,
     - ``seeds``: ``K``; when ``K > 1`` the state is stacked and ``base_step`` vmapped.
     - ``layout``: the run's :class:`~eqprop.parallel.Layout`; the new model and optimizer
       state keep its placement (split along the seed axis, or replicated).
+    - ``augment``: ``None``, or ``augment(key, x) -> x`` applied to the training batch
+      before ``base_step`` (:func:`eqprop.data.augment.flip_crop`), with ``key =
+      fold_in(batch key, AUGMENT_TAG)``.
 
     **Returns:** ``step``, taking ``x`` ``(B, ...)``, ``y`` ``(B,)`` and for warm starts
     ``u0`` (leaves ``(B, ...)``, ``(K, B, ...)`` stacked) and ``warm`` ``(B,)`` bool. It
@@ -132,6 +139,10 @@ def make_step(base_step: Callable, *, n_batches: int, seeds: int = 1,
     @eqx.filter_jit
     def step(state: TrainState, x, y, u0=None, warm=None):
         key = batch_key(state.key, state.step, n_batches)
+        if augment is not None:
+            x = augment(jax.random.fold_in(key, AUGMENT_TAG), x)
+            if layout is not None:  # the examples stay split over the data axis
+                x = layout.constrain(x, (DATA,))
         if seeds > 1:
             key = jax.random.split(key, seeds)
         model, opt_state, metrics = per_seed(state.model, state.opt_state, x, y, key,
