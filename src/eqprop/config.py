@@ -88,7 +88,8 @@ class DataConfig:
                                optional=True)
     validation: float = setting(0.0, "Fraction of the training set held out.",
                                 bounds=UNIT_HALF_OPEN)
-    augment: bool = setting(False, "Apply data augmentation.")
+    augment: bool = setting(False, "Random horizontal flip and pad-4 random crop of the training "
+                            "images, on the device, inside the jitted step (images only).")
     drop_last: bool = setting(True, "Drop the last incomplete batch.")
 
 
