@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from eqprop.config import Config, load_config, with_updates
+from eqprop.config import Config, load_config, load_run_config, with_updates
 from eqprop.train import RunDir, train
 from eqprop.train.report import report
 
@@ -178,6 +178,13 @@ def shard(chosen: list, i: int, n: int) -> list:
     return chosen[i - 1::n]
 
 
+def differs(run: RunDir, config: Config) -> bool:
+    """Whether ``run``'s stored configuration is another than ``config`` (``[parallel]``
+    aside: a run may resume under another layout)."""
+    stored = load_run_config(run.config)
+    return with_updates(stored, parallel=vars(config.parallel)) != config
+
+
 def final_record(run: RunDir) -> dict[str, Any]:
     records = run.read_metrics()
     return records[-1] if records else {}
@@ -237,6 +244,9 @@ def main(argv=None) -> int:
     for name, base, updates, labels in chosen:
         config = make_config(base, updates, args)
         run = RunDir(root / name)
+        if run.is_run() and differs(run, config):
+            p.error(f"{run.path} holds a run of another configuration than setting {name!r} "
+                    "has now (changed since it ran): move it away or choose another --out")
         summary = run.read_summary() if run.summary.exists() else None
         done = (summary and summary.get("status") == "completed"
                 and summary.get("epochs") == config.train.epochs)

@@ -126,3 +126,23 @@ def test_assemble_without_runs_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no completed run of directed" in out and "training" not in out
     assert not any(tmp_path.rglob("metrics.jsonl"))
+
+
+def test_a_run_of_another_configuration_is_refused_not_reported(tmp_path, capsys):
+    """A setting changed since its run (e.g. a shipped config's beta) must not pass off
+    the old run's results as the new setting's: the driver stops with one line."""
+    import argparse
+
+    from eqprop.train import RunDir
+
+    name, base, updates, _ = next(s for s in run.settings("directed") if s[0] == "xor-rate-hep")
+    args = argparse.Namespace(epochs=None, seeds=None, max_batches=None, data=None)
+    config = run.make_config(base, updates, args)
+    old = RunDir(tmp_path / "directed" / name)
+    old.path.mkdir(parents=True)
+    old.write_config(run.with_updates(config, estimator={"beta": config.estimator.beta * 2}))
+    assert run.differs(old, config) and not run.differs(old, run.with_updates(
+        config, estimator={"beta": config.estimator.beta * 2}))
+    with pytest.raises(SystemExit):
+        run.main(["directed", "--only", name, "--out", str(tmp_path)])
+    assert "holds a run of another configuration" in capsys.readouterr().err
