@@ -2,6 +2,8 @@
 solver modes, EP against implicit differentiation and BPTT, and peak memory.
 
     python benchmarks/run.py [--json FILE] [--quick] [--repeats R] [--batch B] [--epochs E [--epoch-modes M,...]]
+    python benchmarks/run.py --model cnn [--config TOML] [--data fashion-mnist|cifar-shaped]
+                             [--batch B] [--steps FREE/NUDGED] [--json FILE] [--quick] [--repeats R]
 
 Reference: MLP 784-256-256-10 (float32), batch 50 (``--batch``), sigmoid4, hEP beta 0.5, N = 2 and 4,
 real Fashion-MNIST batch when /usr/share/datasets/fashion-mnist exists, else uniform.
@@ -10,6 +12,13 @@ medians reported. ``ms_per_epoch`` is ms/step x 60000 / batch (a Fashion-MNIST e
 at initialisation; ``--epochs E`` also trains the Fashion-MNIST reference config for E
 epochs per relaxation mode (``benchmarks/epochs.py``: real per-epoch wall time, steps and
 accuracy late in training, where stragglers matter) and adds them as ``"epochs"``.
+
+``--model cnn`` benchmarks the convolutional network of ``configs/fmnist-cnn-hep.toml``
+(``--config``) instead: hEP (the config's N and beta) with fixed steps and with
+tolerance-based stopping, its floor (convolution + dense FLOPs over the convolution and
+matmul throughput measured in the same run at the same shapes), the ``bp`` baseline's
+step on the same architecture (EP over BP per step and per epoch) and the compiled
+peak memory of EP and BPTT as the free steps grow (:func:`cnn_main`).
 See benchmarks/README.md for what each figure means.
 """
 
@@ -17,15 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 import eqprop
 from eqprop.estimate import free_phase, make_estimator
@@ -151,9 +163,10 @@ def matmul_throughput(rows: int, repeats: int) -> dict:
 
 # -- memory --------------------------------------------------------------------------------
 
-def grad_memory(model, x, y, name: str, free_steps: int, settings: dict) -> dict | None:
+def grad_memory(model, x, y, name: str, free_steps: int, settings: dict,
+                nudged_steps: int = NUDGED) -> dict | None:
     """Compiled memory of the gradient computation (free phase + estimator)."""
-    solvers = phase_solvers(free_steps=free_steps, nudged_steps=NUDGED)
+    solvers = phase_solvers(free_steps=free_steps, nudged_steps=nudged_steps)
     est = make_estimator(name, solvers, **settings)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
@@ -177,20 +190,37 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="fewer repeats, smaller sweeps (< 2 min)")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--batch", type=int, default=BATCH,
-                   help=f"batch size (default {BATCH}, the reference's); larger batches use both "
-                        "cores and run the matmuls nearer the machine's throughput")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp: the reference MLP (default); cnn: the CNN of --config")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"batch size (default {BATCH}, the reference's; cnn: the config's); larger "
+                        "batches use both cores and run the matmuls nearer the machine's throughput")
+    p.add_argument("--config", default=None,
+                   help="cnn only: the config whose [model], [dynamics], [estimator], [optim] are "
+                        f"benchmarked (default {CNN_CONFIG.relative_to(ROOT)})")
+    p.add_argument("--data", choices=tuple(CNN_DATA), default="fashion-mnist",
+                   help="cnn only: fashion-mnist (28x28x1; the real first batch where installed, else "
+                        "uniform) or cifar-shaped (32x32x3 standard-normal noise, 50000 per epoch)")
+    p.add_argument("--steps", default=None, metavar="FREE/NUDGED",
+                   help="cnn only: relaxation steps of the free and nudged phases (default: the config's)")
     p.add_argument("--epochs", type=int, default=0,
                    help="also train the reference config E epochs per mode (benchmarks/epochs.py)")
     p.add_argument("--epoch-modes", default="fixed,fast,fast+warm,tolerance,anderson")
     args = p.parse_args(argv)
+    if args.model == "cnn":
+        return cnn_main(args)
+    for flag in ("config", "steps"):
+        if getattr(args, flag) is not None:
+            p.error(f"--{flag}: only with --model cnn")
+    if args.data != "fashion-mnist":
+        p.error("--data: only with --model cnn")
     repeats = args.repeats or (5 if args.quick else 30)
     points_list = (2,) if args.quick else (2, 4)
     mem_steps = (50, 100, 200) if args.quick else (50, 100, 200, 400)
 
     key = jax.random.PRNGKey(0)
     model0 = eqprop.layered(SIZES, key=key)
-    batch = args.batch
+    batch = args.batch or BATCH
     x, y, source = make_batch(batch)
     opt = optax.sgd(0.01, momentum=0.9)
 
@@ -283,6 +313,300 @@ def main(argv=None) -> dict:
 
         print()
         out["epochs"] = epochs_main(["--epochs", str(args.epochs), "--modes", args.epoch_modes])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+# -- the CNN (--model cnn) -----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CNN_CONFIG = ROOT / "configs" / "fmnist-cnn-hep.toml"
+#: --data -> (one example's shape, examples per epoch, classes)
+CNN_DATA = {"fashion-mnist": ((28, 28, 1), 60000, 10), "cifar-shaped": ((32, 32, 3), 50000, 10)}
+PAPER_EPOCH_S = {"ep": 230.0, "bp": 8.0}  # Laborieux and Zenke 2022, CIFAR-10, the authors' GPU
+CONV_ITERS = 20  # convolution pairs per timed fori_loop
+
+
+def cnn_batch(data: str, batch: int):
+    """``(x (B, H, W, C) float32, y (B,), source)``: the first Fashion-MNIST training
+    images where installed (``data = "fashion-mnist"``), else noise of the data's shape
+    (uniform in [0, 1] for Fashion-MNIST's shape, standard normal, like per-channel
+    normalised images, for CIFAR's)."""
+    shape, _, classes = CNN_DATA[data]
+    if data == "fashion-mnist" and os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        from eqprop.data import load
+
+        ds = load("fashion-mnist")
+        x = jnp.asarray(ds.x_train[:batch], jnp.float32).reshape(batch, *shape)
+        return x, jnp.asarray(ds.y_train[:batch]), "fashion-mnist"
+    k = jax.random.PRNGKey(1)
+    if data == "cifar-shaped":
+        x, source = jax.random.normal(k, (batch, *shape), jnp.float32), "cifar-shaped (normal noise)"
+    else:
+        x, source = jax.random.uniform(k, (batch, *shape), jnp.float32), "uniform"
+    return x, jnp.arange(batch) % classes, source
+
+
+def cnn_ops(model, batch: int) -> dict[str, dict]:
+    """The convolutions and the dense product of one evaluation of the conv network's maps:
+    ``{name: {"kind", "lhs", "rhs", "flop"}}`` with ``flop`` the real FLOPs of one forward
+    application (``2 B H W 9 C_in C_out`` for a 3x3 SAME convolution at the source's
+    resolution, before its pooling; ``2 B n_flat n_out`` for the dense projection).
+    ``input->c1`` is the drive (once per batch); the others are applied, with their
+    transposes, at every relaxation step."""
+    pops = model.populations
+    order = ("input",) + model.names
+    ops = {}
+    for src, dst in zip(order[:-1], order[1:]):
+        w = model.weights[f"{src}->{dst}"]
+        if dst == model.output:
+            n_flat, n_out = w.shape
+            ops[f"{src}->{dst}"] = {"kind": "dense", "lhs": (batch, n_flat), "rhs": (n_flat, n_out),
+                                    "flop": 2 * batch * n_flat * n_out}
+        else:
+            h, wd, c_in = pops[src]
+            ops[f"{src}->{dst}"] = {"kind": "conv", "lhs": (batch, h, wd, c_in), "rhs": tuple(w.shape),
+                                    "flop": 2 * batch * h * wd * w.shape[0] * w.shape[1] * c_in * w.shape[3]}
+    return ops
+
+
+def cnn_op_counts(ops: dict, relax_steps_real: int) -> dict[str, int]:
+    """Forward-equivalent applications of each op in one hEP training step (tied feedback).
+
+    A relaxation step applies every internal map and its transpose (the VJP feedback: the
+    transposed convolution or ``W^T``), two per op; ``relax_steps_real`` counts the free
+    and nudged steps, a complex phase's twice. The drive ``input->c1`` runs once per batch.
+    The update (``field_vjp``) evaluates the drive and the field once more and forms the
+    weight gradients (another field's and drive's worth): 2 drives + 2 relaxation steps,
+    as the MLP's :func:`step_flops`. Pooling, activations and the readout are not counted."""
+    first = next(iter(ops))
+    return {name: 3 if name == first else 2 * (relax_steps_real + 2) for name in ops}
+
+
+def bp_op_counts(ops: dict) -> dict[str, int]:
+    """Forward-equivalent applications of each op in one ``bp`` step: the forward pass,
+    the weight gradient and (except for the first, whose input is clamped) the input
+    gradient."""
+    first = next(iter(ops))
+    return {name: 2 if name == first else 3 for name in ops}
+
+
+def op_throughput(op: dict, compute_dtype: str, repeats: int) -> dict:
+    """FLOP/s of ``op`` followed by its transpose (operands in ``compute_dtype``,
+    accumulated in float32), chained :data:`CONV_ITERS` times in a ``fori_loop`` with a
+    ``tanh`` after each, minus the same loop of the ``tanh`` alone (medians).
+
+    ``gflops`` (the floor's): both as plain ``lax.conv_general_dilated`` NHWC/HWIO
+    convolutions, the transpose being the convolution ``(B, H, W, C_out) -> (B, H, W,
+    C_in)`` with the kernel flipped and its channel axes swapped (materialised outside the
+    loop), i.e. this machine's convolution throughput at the shapes of the step;
+    ``model_gflops``: the transpose as the conv network applies it (``jax.linear_transpose``
+    of the forward convolution, whose kernel XLA receives in ``HWOI`` order). For the
+    dense op both are ``(z W) W^T`` with ``W^T`` materialised, as the network does."""
+    k = jax.random.PRNGKey(5)
+    f32 = jnp.float32
+    cd = f32 if compute_dtype == "float32" else jnp.dtype(compute_dtype)
+    a = jax.random.normal(k, op["lhs"], f32)
+    w = jax.random.normal(jax.random.fold_in(k, 1), op["rhs"], f32) / jnp.sqrt(op["flop"] / (2 * a.size))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def conv(z, w):
+        return lax.conv_general_dilated(z.astype(cd), w.astype(cd), (1, 1), "SAME",
+                                        dimension_numbers=dims, preferred_element_type=f32)
+
+    def mm(p, q):
+        return lax.dot_general(p.astype(cd), q.astype(cd), (((1,), (0,)), ((), ())),
+                               preferred_element_type=f32)
+
+    def as_model(z, w):  # ConvNetwork._conv + _conv_transpose
+        wc = w.astype(cd)
+        fwd = lambda v: lax.conv_general_dilated(v, wc, (1, 1), "SAME", dimension_numbers=dims)  # noqa: E731
+        adjoint = jax.linear_transpose(fwd, jax.ShapeDtypeStruct(z.shape, cd))
+        return adjoint(jnp.tanh(conv(z, w)).astype(cd))[0].astype(f32)
+
+    if op["kind"] == "conv":
+        wt = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # the transpose's kernel, HWIO
+        loops = {"gflops": (lambda z, w, wt: conv(jnp.tanh(conv(z, w)), wt)),
+                 "model_gflops": (lambda z, w, wt: as_model(z, w))}
+    else:
+        wt = jnp.transpose(w)
+        loops = {"gflops": (lambda z, w, wt: mm(jnp.tanh(mm(z, w)), wt))}
+    tanh = jax.jit(lambda a: lax.fori_loop(0, CONV_ITERS, lambda i, z: jnp.tanh(z) * 1.0001, a))
+    jax.block_until_ready(tanh(a))
+    out = {"kind": op["kind"], "lhs": list(op["lhs"]), "rhs": list(op["rhs"])}
+    for name, pair in loops.items():
+        loop = jax.jit(lambda a, w, wt, pair=pair: lax.fori_loop(
+            0, CONV_ITERS, lambda i, z: jnp.tanh(pair(z, w, wt)), a))
+        jax.block_until_ready(loop(a, w, wt))
+        t_loop, t_tanh = [], []
+        for _ in range(max(repeats, 5)):
+            t_loop.append(time_call(loop, a, w, wt))
+            t_tanh.append(time_call(tanh, a))
+        t = max(statistics.median(t_loop) - statistics.median(t_tanh), 1e-9)
+        out[name] = CONV_ITERS * 2 * op["flop"] / t / 1e9
+    out.setdefault("model_gflops", out["gflops"])
+    return out
+
+
+def floor_of(ops: dict, counts: dict, thr: dict) -> tuple[float, float]:
+    """``(GFLOP, floor ms)`` of ``counts`` applications of ``ops`` at the measured ``thr``."""
+    flop = sum(counts[n] * ops[n]["flop"] for n in ops)
+    ms = sum(1e3 * counts[n] * ops[n]["flop"] / (thr[n]["gflops"] * 1e9) for n in ops)
+    return flop / 1e9, ms
+
+
+def cnn_main(args) -> dict:
+    """``--model cnn``: the conv network's training step, its floor, EP over BP and memory."""
+    from eqprop.build import build_model, build_optimizer, estimator_settings
+    from eqprop.config import load_config
+    from eqprop.estimate import feedforward_loss
+
+    config_path = Path(args.config) if args.config else CNN_CONFIG
+    config = load_config(config_path)
+    shape, per_epoch, classes = CNN_DATA[args.data]
+    batch = args.batch or config.data.batch_size
+    if args.steps:
+        try:
+            free_n, nudged_n = (int(v) for v in args.steps.split("/"))
+        except ValueError:
+            raise SystemExit(f"--steps: FREE/NUDGED, e.g. 250/40, got {args.steps!r}") from None
+    else:
+        free_n, nudged_n = config.dynamics.free_steps, config.dynamics.nudged_steps
+    repeats = args.repeats or (3 if args.quick else 20)
+    mem_steps = (free_n, 2 * free_n) if args.quick else (free_n, 2 * free_n, 4 * free_n)
+
+    key = jax.random.PRNGKey(0)
+    model0 = build_model(config, input_size=math.prod(shape), n_classes=classes, key=key,
+                         input_shape=shape)
+    x, y, source = cnn_batch(args.data, batch)
+    settings = estimator_settings(config)
+    name = settings.pop("name")
+    if name != "hep":
+        raise SystemExit(f"--config: the CNN benchmark times hEP; {config_path} has estimator {name!r}")
+    points = settings.get("points", 2)
+    steps_per_epoch = per_epoch // batch
+    opt = build_optimizer(config, model0, steps_total=max(steps_per_epoch * config.train.epochs, 1))
+
+    dyn = {"free_steps": free_n, "nudged_steps": nudged_n, "update": "synchronous"}
+    cnn_modes = {"fixed": phase_solvers(config.dynamics, **dyn, tol=0.0),
+                 "tolerance": phase_solvers(config.dynamics, **dyn, tol=TOL)}
+    if model0.partition() is not None:  # no pooling: the chain is bipartite
+        cnn_modes["alternating"] = phase_solvers(config.dynamics, **dict(dyn, update="alternating"), tol=0.0)
+    configs = []  # (label, step, probe)
+    for mode, solvers in cnn_modes.items():
+        est = make_estimator("hep", solvers, **settings)
+        configs.append((mode, make_train_step(est, opt, solver=solvers.free), make_probe(est, solvers.free)))
+    bp = make_estimator("bp", cnn_modes["fixed"])
+    configs.append(("bp", make_train_step(bp, opt, solver=cnn_modes["fixed"].free), None))
+
+    state, compile_s = {}, {}
+    for label, step, _ in configs:
+        m, s = model0, init_optimizer(opt, model0)
+        t0 = time.perf_counter()
+        m, s, _ = step(m, s, x, y, key)
+        jax.block_until_ready(m)
+        compile_s[label] = time.perf_counter() - t0
+        state[label] = (m, s)
+    times = {label: [] for label, *_ in configs}
+    for _ in range(repeats):  # interleaved
+        for label, step, _ in configs:
+            m, s = state[label]
+            t0 = time.perf_counter()
+            m, s, _ = step(m, s, x, y, key)
+            jax.block_until_ready(m)
+            times[label].append(time.perf_counter() - t0)
+            state[label] = (m, s)
+    ms = {label: 1e3 * statistics.median(t) for label, t in times.items()}
+
+    ops = cnn_ops(model0, batch)
+    thr = {n: op_throughput(op, model0.compute_dtype, repeats) for n, op in ops.items()}
+
+    out = {"model": "cnn", "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+           "cpus": os.cpu_count(), "machine": platform.machine(),
+           "config": str(config_path.resolve().relative_to(ROOT)) if config_path.resolve().is_relative_to(ROOT)
+           else str(config_path),
+           "data": source, "input_shape": list(shape), "channels": [model0.populations[p][-1] for p in model0.names[:-1]],
+           "output_size": model0.populations[model0.output][0], "pools": list(model0.pools),
+           "compute_dtype": model0.compute_dtype, "batch": batch, "free_steps": free_n,
+           "nudged_steps": nudged_n, "points": points, "beta": settings.get("beta"), "tol": TOL,
+           "repeats": repeats, "quick": args.quick, "examples_per_epoch": per_epoch,
+           "steps_per_epoch": steps_per_epoch, "alternating": model0.partition() is not None,
+           "throughput": thr, "modes": {}, "compile_s": compile_s}
+    for label, _, probe in configs:
+        if probe is None:
+            continue
+        r = {k: float(v) for k, v in probe(model0, x, y, key).items()}
+        relax = int(r["free_steps"]) + phases_real_equiv(points) * int(r["nudged_steps"])
+        gflop, floor_ms = floor_of(ops, cnn_op_counts(ops, relax), thr)
+        r.update(ms_per_step=ms[label], s_per_epoch=ms[label] * steps_per_epoch / 1e3,
+                 ms_min=1e3 * min(times[label]), gflop=gflop, floor_ms=floor_ms,
+                 over_floor=ms[label] / floor_ms, ep_over_bp=ms[label] / ms["bp"])
+        out["modes"][label] = r
+    gflop, floor_ms = floor_of(ops, bp_op_counts(ops), thr)
+    out["bp"] = {"ms_per_step": ms["bp"], "s_per_epoch": ms["bp"] * steps_per_epoch / 1e3,
+                 "ms_min": 1e3 * min(times["bp"]), "gflop": gflop, "floor_ms": floor_ms,
+                 "over_floor": ms["bp"] / floor_ms}
+    out["floor_ms"] = out["modes"]["fixed"]["floor_ms"]
+    out["ep_over_bp"] = out["modes"]["fixed"]["ep_over_bp"]
+    out["ep_over_bp_tolerance"] = out["modes"]["tolerance"]["ep_over_bp"]
+
+    def memory(est_name, s, est_settings):
+        try:
+            return grad_memory(model0, x, y, est_name, s, est_settings, nudged_steps=nudged_n)
+        except Exception as err:  # e.g. a compiler that refuses a BPTT tape larger than the device
+            return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+
+    mem = {"free_steps": list(mem_steps), "ep": [], "bptt": []}
+    for s in mem_steps:
+        mem["ep"].append(memory("hep", s, settings))
+        mem["bptt"].append(memory("bptt", s, {}))
+    params, static = eqx.partition(model0, eqx.is_inexact_array)
+    bp_mem = jax.jit(jax.grad(lambda p: feedforward_loss(eqx.combine(p, static), x, y))).lower(params).compile()
+    bp_mem = bp_mem.memory_analysis()
+    mem["bp"] = None if bp_mem is None else {"temp_bytes": int(bp_mem.temp_size_in_bytes)}
+    out["memory"] = mem
+
+    fx, tl = out["modes"]["fixed"], out["modes"]["tolerance"]
+    print(f"# eqprop CNN benchmark ({out['device']}, jax {out['jax']}, {out['cpus']} cpus, "
+          f"{out['config']}, data {source} {'x'.join(map(str, shape))}, channels {out['channels']} "
+          f"pools {out['pools']}, out {out['output_size']}, {model0.compute_dtype}, batch {batch}, "
+          f"hEP N={points} beta {settings.get('beta')}, {free_n}/{nudged_n} steps, "
+          f"{repeats} interleaved repeats, medians)\n")
+    print(f"| config | ms/step | s/epoch ({steps_per_epoch} steps) | free steps | nudged steps | "
+          "free residual (max) | GFLOP | floor ms | x floor | EP / BP |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    names = {"fixed": f"hEP fixed {free_n}/{nudged_n}", "tolerance": f"hEP tolerance {TOL:g}",
+             "alternating": f"hEP alternating {free_n}/{nudged_n}"}
+    for label, r in out["modes"].items():
+        print(f"| {names[label]} | {r['ms_per_step']:.1f} | {r['s_per_epoch']:.1f} | {r['free_steps']:.0f} | "
+              f"{r['nudged_steps']:.0f} | {r['residual']:.1e} | {r['gflop']:.2f} | {r['floor_ms']:.1f} | "
+              f"{r['over_floor']:.2f} | {r['ep_over_bp']:.1f} |")
+    b = out["bp"]
+    print(f"| BP (feed-forward, autodiff) | {b['ms_per_step']:.2f} | {b['s_per_epoch']:.1f} | 1 | | | "
+          f"{b['gflop']:.3f} | {b['floor_ms']:.2f} | {b['over_floor']:.2f} | 1 |")
+    if not out["alternating"]:
+        print("\nalternating updates: not applicable (softmax pooling couples a population to itself: "
+              "model.partition() is None)")
+    print("\nthroughput of each op and its transpose in a fori_loop (the floor's denominators; in "
+          "brackets with the transpose as the model applies it, jax.linear_transpose): " + "; ".join(
+              f"{n} {'x'.join(map(str, t['lhs']))} {t['gflops']:.1f} ({t['model_gflops']:.1f}) GFLOP/s"
+              for n, t in thr.items()))
+    print(f"EP over BP per step and per epoch: fixed {fx['ep_over_bp']:.1f}x, tolerance {tl['ep_over_bp']:.1f}x; "
+          f"speed-up of tolerance over fixed: {fx['ms_per_step'] / tl['ms_per_step']:.2f}x")
+    print(f"per epoch of {per_epoch} examples ({steps_per_epoch} steps of {batch}): EP fixed "
+          f"{fx['s_per_epoch']:.1f} s, tolerance {tl['s_per_epoch']:.1f} s, BP {b['s_per_epoch']:.2f} s. "
+          f"Laborieux and Zenke 2022, CIFAR-10 (their CNN, batch 256, 250/40 steps, on their GPU): "
+          f"EP {PAPER_EPOCH_S['ep']:.0f} s, BP {PAPER_EPOCH_S['bp']:.0f} s "
+          f"({PAPER_EPOCH_S['ep'] / PAPER_EPOCH_S['bp']:.0f}x); only the ratio compares across machines, "
+          f"and the absolute figure only with their architecture, batch and steps on a GPU")
+    print(f"\n| free steps | EP temp MiB | BPTT temp MiB |\n|---|---|---|")
+    fmt = lambda d: (f"{d['temp_bytes'] / 2**20:.2f}" if d and "temp_bytes" in d  # noqa: E731
+                     else (d or {}).get("error", "n/a"))
+    for s, e, t in zip(mem_steps, mem["ep"], mem["bptt"]):
+        print(f"| {s} | {fmt(e)} | {fmt(t)} |")
+    print(f"BP (one forward + backward pass) temp MiB: {fmt(mem['bp'])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -1,0 +1,43 @@
+"""``benchmarks/run.py --model cnn`` (issue 13 item 6): the FLOPs of the CNN's floor are
+counted as the docstrings say.
+
+A whole ``run.main(["--model", "cnn", "--quick", ...])`` on a tiny CNN (channels (2, 4),
+batch 4, 8/3 steps) takes about 60 s on the 2-core CPU (ten compilations: three steps,
+two probes, the memory sweep, the throughput loops), too long for the suite; it is run by
+hand (benchmarks/README.md, "CNN")."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # run.py imports epochs.py beside it
+    import run as module
+
+    yield module
+    sys.modules.pop("run", None)
+    sys.modules.pop("epochs", None)
+
+
+def test_cnn_flop_count(run):
+    """One relaxation step applies every internal map and its transpose; the drive runs
+    three times (free phase, and forward and weight gradient in the update)."""
+    import jax
+
+    import eqprop.network.conv as conv
+
+    model = conv.convnet((8, 8, 3), (2, 4), n_classes=10, key=jax.random.PRNGKey(0), output_size=5)
+    ops = run.cnn_ops(model, batch=3)
+    assert list(ops) == ["input->c1", "c1->c2", "c2->out"]
+    assert ops["input->c1"]["flop"] == 2 * 3 * 8 * 8 * 9 * 3 * 2  # at the source's 8x8
+    assert ops["c1->c2"]["flop"] == 2 * 3 * 4 * 4 * 9 * 2 * 4  # c1 is 4x4 after pooling
+    assert ops["c2->out"]["flop"] == 2 * 3 * (2 * 2 * 4) * 5
+    counts = run.cnn_op_counts(ops, relax_steps_real=10)
+    assert counts == {"input->c1": 3, "c1->c2": 2 * 12, "c2->out": 2 * 12}
