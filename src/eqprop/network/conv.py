@@ -53,6 +53,7 @@ from .readout import Readout, make_readout
 
 OUTPUT = "out"
 KERNEL = 3
+_DIMS_OI = ("NHWC", "HWOI", "NHWC")  # the kernel with its channel axes swapped
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -203,9 +204,12 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
         """The adjoint of ``a -> conv(a, k)`` applied to ``g`` (``jax.linear_transpose``
         of the convolution, in the compute dtype); complex ``g`` part by part."""
         dt = self._dtype if self.compute_dtype == "float32" else jnp.dtype(self.compute_dtype)
-        kc = k.astype(dt)
+        # the same convolution with the kernel stored HWOI: its transpose then reaches XLA
+        # as an HWIO convolution, which runs about 6x faster on CPU than the HWOI one the
+        # HWIO form transposes to (645 -> 232 ms per fmnist-cnn-hep step, same weights)
+        kc = k.astype(dt).transpose(0, 1, 3, 2)
         conv = lambda a: lax.conv_general_dilated(a, kc, (1, 1), "SAME",  # noqa: E731
-                                                  dimension_numbers=_DIMS)
+                                                  dimension_numbers=_DIMS_OI)
         adjoint = jax.linear_transpose(conv, jax.ShapeDtypeStruct(g.shape[:-3] + shape, dt))
 
         def real(v):
