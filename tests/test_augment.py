@@ -153,3 +153,12 @@ def test_augmentation_of_the_config_and_evaluation_never_augments():
     a = evaluate(p_off, p_off.model, x, y)
     b = evaluate(p_on, p_off.model, x, y)
     assert eqx.tree_equal(jax.tree.map(np.asarray, a), jax.tree.map(np.asarray, b))
+
+
+def test_small_images_warn_that_the_crop_is_meant_for_larger_ones():
+    """8x8 digits lose up to half of each image to the pad-4 crop (a fresh user's run
+    stopped learning): augmentation there says so, once, naming the data and its size."""
+    cfg = parse_config({"data": {"name": "digits", "augment": True},
+                        "model": {"sizes": [64, 16, 10]}})
+    with pytest.warns(UserWarning, match=r"^data\.augment: .*'digits' images of 8x8 pixels"):
+        assert augmentation(cfg, load("digits")) is flip_crop

@@ -211,3 +211,28 @@ def test_resume_changes_only_the_layout(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("eqprop: error: resume --set: only [parallel] keys may change when a run "
                    "resumes (the others define the run), got 'optim.lr=0.1'")
+
+
+def test_the_command_line_creates_the_host_devices_itself(tmp_path):
+    """No XLA_FLAGS: `--set parallel.devices=2` on train, resume and eval creates two host
+    devices before anything initialises JAX (a fresh user found train refusing it: the
+    writer check had initialised the backend first); the layout is in summary.json."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    run = tmp_path / "run"
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "eqprop.cli", *map(str, args)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    cli("train", ROOT / "configs" / "digits-quick.toml", "--set", "parallel.devices=2",
+        "--set", "train.max_batches=2", "--set", "data.batch_size=28", "--epochs", "1",
+        "--out", run, "--quiet")
+    assert json.loads((run / "summary.json").read_text())["layout"] == "2 devices (seed 1 x data 2)"
+    out = cli("resume", run, "--epochs", "2", "--set", "parallel.devices=2", "--quiet")
+    assert "on 2 devices (seed 1 x data 2)" in out
+    cli("eval", run, "--set", "parallel.devices=2")

@@ -44,6 +44,10 @@ def _join(args: argparse.Namespace) -> None:
     """Join a multi-process run (``--coordinator``...), before anything touches JAX."""
     from .parallel import initialize
 
+    if args.coordinator is not None:
+        print(f"joining {args.processes} processes at {args.coordinator} as process "
+              f"{args.process_id} (waits until every process has joined)", file=sys.stderr,
+              flush=True)
     initialize(args.coordinator, args.processes, args.process_id)
 
 
@@ -324,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("resume", help="continue a run from its latest checkpoint",
-                       description="Continue RUN_DIR from checkpoints/latest.eqx; the result "
+                       description="Continue RUN_DIR from its latest checkpoint; the result "
                        "equals an uninterrupted run with the same config.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--epochs", type=int, metavar="N",

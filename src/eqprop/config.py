@@ -224,8 +224,8 @@ class ParallelConfig:
     """``[parallel]``: the devices a run is laid out on (:mod:`eqprop.parallel`)."""
 
     devices: int | str = setting(
-        1, "Devices of the run: a count, or 'all' (every local device; on a CPU, one host "
-        "device per core).", kind=COUNT_OR_ALL)
+        1, "Devices of the run: a count, or 'all' (every device of every process; on a CPU, "
+        "one host device per core, created before JAX initialises).", kind=COUNT_OR_ALL)
     seed_devices: int = setting(
         1, "Devices along the seed axis of the (seed, data) mesh: the train.seeds networks are "
         "split over them and each batch over the rest; must divide devices and train.seeds.",

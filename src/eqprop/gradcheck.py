@@ -145,8 +145,8 @@ def gradcheck(
                 f"estimator SPEC {spec!r}: {est.name!r} is not an estimate of the recurrent network's "
                 "gradient at its free fixed point (it differentiates its own inference map: for 'bp' "
                 "the feed-forward pass), so a cosine with implicit differentiation would compare two "
-                "different networks; check the recurrent estimators instead (e.g. --estimator "
-                "implicit hep exact-nudge)")
+                "different networks; pass the recurrent estimators to compare with -e (e.g. "
+                "-e hep -e exact-nudge)")
         est.check(model)
     free = eqx.filter_jit(free_phase)(model, x, solvers.free)
     reference = make_estimator("implicit", solvers)

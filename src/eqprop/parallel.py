@@ -122,8 +122,11 @@ def _env_int(name: str) -> int | None:
 
 def is_writer() -> bool:
     """Whether this process writes the run's files (process 0; the only one of a
-    single-process run)."""
-    return jax.process_index() == 0
+    single-process run). Does not initialise JAX's backends (so that :func:`configure`
+    may still follow)."""
+    from jax._src import distributed
+
+    return (distributed.global_state.process_id or 0) == 0
 
 
 @dataclass(frozen=True)

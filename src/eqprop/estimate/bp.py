@@ -91,8 +91,8 @@ class BackProp(Estimator):
         graph is acyclic."""
         if not isinstance(model, FeedForwardModel):
             raise ValueError(
-                f"'bp' needs a model with a feed-forward counterpart (a network.FeedForwardModel, "
-                f"e.g. model.kind = 'layered' or 'graph'), got {type(model).__name__}")
+                "'bp' needs a model with a feed-forward counterpart (a network.FeedForwardModel: "
+                "model.kind = 'layered', 'graph' or 'conv'); this model has none")
         try:
             model.check_feedforward()
         except ValueError as err:

@@ -53,7 +53,7 @@ from ..config import Config, ConfigError
 from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems
 from ..pruning import connections, masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
-from ..parallel import is_writer
+from ..parallel import configure, is_writer
 from .divergence import TrainingDiverged, check_finite
 from .evaluate import evaluate
 from .loggers import Logger, make_loggers
@@ -125,7 +125,8 @@ class _Trainer:
         save_position(self.run, which, pos, meta)
 
     def summary(self, status: str, message: str | None = None) -> dict[str, Any]:
-        return summarize(self.run, self.config, status=status, best_acc=self.best_acc,
+        return summarize(self.run, self.config, status=status, layout=self.p.layout.describe(),
+                         best_acc=self.best_acc,
                          best_epoch=self.best_epoch, train_seconds=self.elapsed, message=message)
 
     def echo(self, text: str) -> None:
@@ -357,6 +358,7 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     unusable directory; :class:`~eqprop.train.loggers.LoggerUnavailable` (before any
     training) when a logger of ``[logging] loggers`` lacks its package.
     """
+    configure(config.parallel.devices)  # before anything initialises JAX's backends
     writer = is_writer()
     loggers = make_loggers(config.logging.loggers) if writer else []
     run = RunDir(out_dir)

@@ -12,6 +12,7 @@ and stacked (:func:`~eqprop.train.step.stack`); ``root`` is the state's key.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, Iterator
@@ -113,14 +114,26 @@ def augmentation(config: Config, ds: Dataset) -> Callable | None:
     ``None``. Evaluation never augments.
 
     **Raises:** :class:`~eqprop.config.ConfigError` when ``[data] augment`` is on for
-    data that are not images.
+    data that are not images; a ``UserWarning`` for images smaller than
+    :data:`SMALL_IMAGE` (8x8 digits lose up to half of each image to the crop).
     """
     if not config.data.augment:
         return None
     if ds.x_train.ndim != 4:
         raise ConfigError(f"data.augment: needs image data (NHWC), but '{ds.name}' has "
                           f"examples of shape {ds.input_shape}")
+    side = min(ds.x_train.shape[1:3])
+    if side < SMALL_IMAGE:
+        warnings.warn(f"data.augment: the pad-4 random crop moves '{ds.name}' images of "
+                      f"{side}x{side} pixels by up to 4 in each direction and flips them; it "
+                      f"is meant for images of {SMALL_IMAGE}x{SMALL_IMAGE} and larger "
+                      "(CIFAR, ImageNet 32x32) and can stop learning here", UserWarning,
+                      stacklevel=2)
     return flip_crop
+
+
+#: the smallest image side for which the flip and pad-4 crop is used without a warning
+SMALL_IMAGE = 16
 
 
 def n_train_batches(config: Config, ds: Dataset) -> int:

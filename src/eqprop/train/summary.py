@@ -14,18 +14,19 @@ __all__ = ["summarize", "format_summary"]
 
 def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | None,
               best_epoch: int | None, train_seconds: float,
-              message: str | None = None) -> dict[str, Any]:
+              message: str | None = None, layout: str | None = None) -> dict[str, Any]:
     """The summary of ``run`` from its ``metrics.jsonl``.
 
     **Arguments:** ``status``: ``"completed"`` or ``"diverged"``; ``best_acc``,
     ``best_epoch``: the best test accuracy so far and its epoch; ``train_seconds``:
     wall time of all epochs (resumed parts included); ``message``: a note (the
-    divergence message).
+    divergence message); ``layout``: where the run's last part ran
+    (:meth:`eqprop.parallel.Layout.describe`).
 
     **Returns:** ``run_dir``, ``status``, ``epochs``, ``epochs_planned``, ``seeds``,
     ``data``, ``estimator``, ``final_test_acc``, ``final_test_loss``,
     ``final_train_acc``, ``best_test_acc``, ``best_epoch``, ``train_seconds``,
-    ``ms_per_batch`` (median over epochs), and when evaluated
+    ``ms_per_batch`` (median over epochs), ``layout`` (when given), and when evaluated
     ``final_test_acc_per_seed``, ``final_test_acc_mean``, ``final_test_acc_std``.
     """
     records = run.read_metrics()
@@ -44,6 +45,8 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
         "train_seconds": train_seconds,
         "ms_per_batch": float(np.median(ms)) if ms else None,
     }
+    if layout is not None:
+        out["layout"] = layout
     if final is not None:
         per = (final.get("per_seed") or {}).get("test_acc") or [final["test_acc"]]
         out["final_test_acc_per_seed"] = per
@@ -69,7 +72,8 @@ def format_summary(s: dict[str, Any]) -> str:
              + (f" (epoch {s['best_epoch']})" if s["best_epoch"] else ""),
              f"train acc  final {pct(s['final_train_acc'])}",
              f"time       {s['train_seconds']:.1f} s"
-             + (f", {s['ms_per_batch']:.1f} ms/batch" if s["ms_per_batch"] else "")]
+             + (f", {s['ms_per_batch']:.1f} ms/batch" if s["ms_per_batch"] else "")
+             + (f" on {s['layout']}" if s.get("layout") else "")]
     if s.get("message"):
         lines.append(f"note       {s['message']}")
     return "\n".join(lines)
