@@ -44,6 +44,8 @@ import threading
 import time
 from pathlib import Path
 
+from eqprop.train.records import TIMING_KEYS
+
 CONFIG = """\
 [data]
 name = "synthetic"
@@ -70,7 +72,7 @@ warm_start = true
 """
 
 #: record keys that measure time, not training (they differ between runs)
-TIMING = ("epoch_seconds", "ms_per_batch", "compile_seconds", "diagnostics_seconds")
+TIMING = TIMING_KEYS
 
 
 class Child:

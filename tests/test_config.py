@@ -137,11 +137,12 @@ def test_unknown_key():
     # [model] is a tagged union: the allowed keys are those of the chosen kind
     msg = error_of({"model": {"sizez": [1, 2]}})
     assert msg.startswith("model.sizez: unknown key; allowed keys: kind, feedback, "
-                          "asymmetry_angle, activation, readout, dtype, init_scale, sizes")
+                          "asymmetry_angle, activation, readout, dtype, init_scale, compute_dtype, "
+                          "sizes")
     msg = error_of(graph(sizez=[1, 2]))
     assert msg.startswith("model.sizez: unknown key; allowed keys: kind, feedback, "
-                          "asymmetry_angle, activation, readout, dtype, init_scale, populations, "
-                          "projections, output")
+                          "asymmetry_angle, activation, readout, dtype, init_scale, compute_dtype, "
+                          "populations, projections, output")
 
 
 def test_unknown_section():

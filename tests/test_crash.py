@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from eqprop.config import parse_config
 from eqprop.train import RunDir, TrainingInterrupted, checkpoint, loop, train
 from eqprop.train.checkpoint import CheckpointError
+from eqprop.train.records import TIMING_KEYS
 from eqprop.train.states import PersistentStates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ CONFIG = parse_config({
 })
 
 SEAMS = ("_write", "_fsync", "_replace", "_fsync_dir", "_unlink")
-TIMING = ("epoch_seconds", "ms_per_batch", "compile_seconds", "diagnostics_seconds", "eval_seconds")
+TIMING = TIMING_KEYS  # record keys that measure time, not training
 # a fixed, small campaign in the suite; EQPROP_FUZZ_EXAMPLES=5000 runs a long random one
 EXAMPLES = int(os.environ.get("EQPROP_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=EXAMPLES or 40, deadline=None, derandomize=not EXAMPLES,

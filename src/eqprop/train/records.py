@@ -22,8 +22,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SUM_KEYS", "ESTIMATE_KEYS", "zero_sums", "sums_to_json", "sums_from_json", "accumulate",
+__all__ = ["SUM_KEYS", "ESTIMATE_KEYS", "TIMING_KEYS", "zero_sums", "sums_to_json", "sums_from_json", "accumulate",
            "epoch_record"]
+
+#: the record keys that are wall-clock times: they differ between two runs that are
+#: otherwise identical (a resumed run and an uninterrupted one, two layouts)
+TIMING_KEYS = ("epoch_seconds", "ms_per_batch", "compile_seconds", "eval_seconds",
+               "diagnostics_seconds", "stability_seconds")
 
 #: the running sums of an epoch (checkpointed mid-epoch as ``partial``)
 SUM_KEYS = ("examples", "batches", "loss", "acc", "free_steps", "residual", "nonconverged",
