@@ -157,7 +157,7 @@ def test_models_without_the_capability_are_refused_in_one_line(tmp_path):
     directed = eqprop.network.directed(4, 3, 2, key=jax.random.PRNGKey(0), readout="softmax")
     assert not isinstance(directed, FeedForwardModel)
     with pytest.raises(ValueError, match=r"^'bp' needs a model with a feed-forward counterpart .*"
-                                         r"got \w+$"):
+                                         r"'conv'\); this model has none$"):
         make_estimator("bp").check(directed)
     # through the configuration: one line naming estimator.name
     cfg = load_config(ROOT / "configs" / "xor-directed-hep.toml", ['estimator.name="bp"'])
