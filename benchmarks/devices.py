@@ -16,38 +16,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from steptime import ratio_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "configs" / "fmnist-mlp-hep.toml"
 
 
 def worker(config_path: str, devices: int, steps: int, overrides: list[str]) -> float:
-    import time
-
     import jax
 
     from eqprop.config import load_config
     from eqprop.train import build_program
-    from eqprop.train.placement import place_batch
+    from steptime import placed_batches, time_steps
 
-    config = load_config(config_path, [*overrides, f"parallel.devices={devices}"])
-    program = build_program(config)
-    placed = []
-    for xb, yb, _ in program.epoch_batches(1):
-        placed.append(place_batch(xb, yb, layout=program.layout)[:2])
-        if len(placed) == steps:
-            break
-    state, _ = program.step(program.state, *placed[0])  # compile
-    jax.block_until_ready(state)
-    t = time.perf_counter()
-    for x, y in placed:
-        state, m = program.step(state, x, y)
-    jax.block_until_ready((state, m))
-    return 1e3 * (time.perf_counter() - t) / len(placed)
+    program = build_program(load_config(config_path, [*overrides, f"parallel.devices={devices}"]))
+    placed = placed_batches(program, limit=steps)
+    jax.block_until_ready(program.step(program.state, *placed[0]))  # compile
+    return 1e3 * time_steps(program, program.state, placed) / len(placed)
 
 
 def main(argv=None) -> dict:
@@ -72,17 +61,9 @@ def main(argv=None) -> dict:
                    *[a for s in args.set for a in ("--set", s)]]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             times[c].append(json.loads(out.strip().splitlines()[-1]))
-    med = {c: statistics.median(t) for c, t in times.items()}
-    print(f"# step time by devices ({Path(args.config).name}, {os.cpu_count()} cpus, "
-          f"{args.rounds} interleaved rounds of {args.steps} steps, medians)\n")
-    print("| devices | ms/step | ratio to first |\n|---|---|---|")
-    for c in counts:
-        print(f"| {c} | {med[c]:.2f} | {med[c] / med[counts[0]]:.2f} |")
-    result = {"ms_per_step": med, "all": times}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
-
+    return ratio_table(f"# step time by devices ({Path(args.config).name}, {os.cpu_count()} cpus, "
+                       f"{args.rounds} interleaved rounds of {args.steps} steps, medians)",
+                       "devices", times, args.json)
 
 if __name__ == "__main__":
     main()

@@ -24,14 +24,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
 
 from eqprop.config import load_config, with_updates
 from eqprop.train import RunDir, build_program, loop, train
-from eqprop.train.placement import place_batch
+from steptime import placed_batches, time_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "configs" / "fmnist-mlp-hep-fast.toml"
@@ -44,19 +43,13 @@ def floor_timer(config, epoch: int):
     program = build_program(config)
     start = program.state
     for e in range(1, epoch):
-        for xb, yb, _ in program.epoch_batches(e):
-            start, _ = program.step(start, *place_batch(xb, yb, layout=program.layout)[:2])
-    placed = [place_batch(xb, yb, layout=program.layout)[:2]
-              for xb, yb, _ in program.epoch_batches(epoch)]
+        for x, y in placed_batches(program, e):
+            start, _ = program.step(start, x, y)
+    placed = placed_batches(program, epoch)
     jax.block_until_ready(program.step(start, *placed[0]))  # compiled
 
     def timed() -> float:
-        state = start
-        t = time.perf_counter()
-        for x, y in placed:
-            state, m = program.step(state, x, y)
-        jax.block_until_ready((state, m))
-        return time.perf_counter() - t
+        return time_steps(program, start, placed)
 
     return timed
 

@@ -14,16 +14,13 @@ round trip that unrolling divides; on a CPU expect little difference.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import jax
 
 from eqprop.config import load_config
 from eqprop.train import build_program
-from eqprop.train.placement import place_batch
+from steptime import placed_batches, ratio_table, time_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "configs" / "fmnist-mlp-hep.toml"
@@ -42,33 +39,16 @@ def main(argv=None) -> dict:
     runs = {}
     for f in factors:
         program = build_program(load_config(args.config, [*args.set, f"dynamics.unroll={f}"]))
-        placed = []
-        for xb, yb, _ in program.epoch_batches(1):
-            placed.append(place_batch(xb, yb, layout=program.layout)[:2])
-            if len(placed) == args.steps:
-                break
+        placed = placed_batches(program, limit=args.steps)
         jax.block_until_ready(program.step(program.state, *placed[0]))  # compile
         runs[f] = (program, placed)
     times = {f: [] for f in factors}
     for _ in range(args.rounds):
         for f, (program, placed) in runs.items():
-            state = program.state
-            t = time.perf_counter()
-            for x, y in placed:
-                state, m = program.step(state, x, y)
-            jax.block_until_ready((state, m))
-            times[f].append(1e3 * (time.perf_counter() - t) / len(placed))
-    med = {f: statistics.median(t) for f, t in times.items()}
-    print(f"# step time by unroll factor ({Path(args.config).name}, {jax.devices()[0].device_kind}, "
-          f"{args.rounds} interleaved rounds of {args.steps} steps, medians)\n")
-    print("| unroll | ms/step | ratio to first |\n|---|---|---|")
-    for f in factors:
-        print(f"| {f} | {med[f]:.2f} | {med[f] / med[factors[0]]:.2f} |")
-    result = {"ms_per_step": med, "all": times}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
-
+            times[f].append(1e3 * time_steps(program, program.state, placed) / len(placed))
+    return ratio_table(f"# step time by unroll factor ({Path(args.config).name}, "
+                       f"{jax.devices()[0].device_kind}, {args.rounds} interleaved rounds of "
+                       f"{args.steps} steps, medians)", "unroll", times, args.json)
 
 if __name__ == "__main__":
     main()
