@@ -133,6 +133,32 @@ def time_call(f, *args) -> float:
     return time.perf_counter() - t0
 
 
+def time_steps(steps: dict, model0, opt, x, y, key, repeats: int) -> tuple[dict, dict, dict]:
+    """Each train step of ``steps`` ({label: step}) compiled from ``model0``, then timed
+    ``repeats`` times, the labels interleaved (a noisy machine affects them alike).
+
+    **Returns:** ``(compile seconds, {label: [seconds]}, {label: median ms})``.
+    """
+    state, compile_s = {}, {}
+    for label, step in steps.items():
+        m, s = model0, init_optimizer(opt, model0)
+        t0 = time.perf_counter()
+        m, s, _ = step(m, s, x, y, key)
+        jax.block_until_ready(m)
+        compile_s[label] = time.perf_counter() - t0
+        state[label] = (m, s)
+    times = {label: [] for label in steps}
+    for _ in range(repeats):  # interleaved
+        for label, step in steps.items():
+            m, s = state[label]
+            t0 = time.perf_counter()
+            m, s, _ = step(m, s, x, y, key)
+            jax.block_until_ready(m)
+            times[label].append(time.perf_counter() - t0)
+            state[label] = (m, s)
+    return compile_s, times, {label: 1e3 * statistics.median(t) for label, t in times.items()}
+
+
 def matmul_throughput(rows: int, repeats: int) -> dict:
     """FLOP/s of a (rows, 256) @ (256, 256) matmul chained 100 times in a fori_loop, and of
     one 1024^3 matmul (medians)."""
@@ -236,25 +262,7 @@ def main(argv=None) -> dict:
         est = make_estimator(name, fixed)
         configs.append((name, make_train_step(est, opt, solver=fixed.free), None, None, name))
 
-    state = {}
-    compile_s = {}
-    for label, step, _, _, _ in configs:
-        m, s = model0, init_optimizer(opt, model0)
-        t0 = time.perf_counter()
-        m, s, _ = step(m, s, x, y, key)
-        jax.block_until_ready(m)
-        compile_s[label] = time.perf_counter() - t0
-        state[label] = (m, s)
-    times = {label: [] for label, *_ in configs}
-    for _ in range(repeats):  # interleaved
-        for label, step, *_ in configs:
-            m, s = state[label]
-            t0 = time.perf_counter()
-            m, s, _ = step(m, s, x, y, key)
-            jax.block_until_ready(m)
-            times[label].append(time.perf_counter() - t0)
-            state[label] = (m, s)
-    ms = {label: 1e3 * statistics.median(t) for label, t in times.items()}
+    compile_s, times, ms = time_steps({c[0]: c[1] for c in configs}, model0, opt, x, y, key, repeats)
 
     thr = matmul_throughput(batch * 2, repeats)
     flops_per_s = thr["small_gflops"] * 1e9
@@ -501,24 +509,7 @@ def cnn_main(args) -> dict:
     bp = make_estimator("bp", cnn_modes["fixed"])
     configs.append(("bp", make_train_step(bp, opt, solver=cnn_modes["fixed"].free), None))
 
-    state, compile_s = {}, {}
-    for label, step, _ in configs:
-        m, s = model0, init_optimizer(opt, model0)
-        t0 = time.perf_counter()
-        m, s, _ = step(m, s, x, y, key)
-        jax.block_until_ready(m)
-        compile_s[label] = time.perf_counter() - t0
-        state[label] = (m, s)
-    times = {label: [] for label, *_ in configs}
-    for _ in range(repeats):  # interleaved
-        for label, step, _ in configs:
-            m, s = state[label]
-            t0 = time.perf_counter()
-            m, s, _ = step(m, s, x, y, key)
-            jax.block_until_ready(m)
-            times[label].append(time.perf_counter() - t0)
-            state[label] = (m, s)
-    ms = {label: 1e3 * statistics.median(t) for label, t in times.items()}
+    compile_s, times, ms = time_steps({c[0]: c[1] for c in configs}, model0, opt, x, y, key, repeats)
 
     ops = cnn_ops(model0, batch)
     thr = {n: op_throughput(op, model0.compute_dtype, repeats) for n, op in ops.items()}
