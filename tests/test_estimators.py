@@ -281,3 +281,42 @@ def test_linear_solve_falls_back_to_gmres_where_the_iteration_diverges():
     for solver in ("auto", "gmres"):
         w, _ = solve_linear(matvec, rhs, make_linear_solver(solver, **dyn))
         assert rel(w["h"], exact) < 1e-8
+
+
+def test_auto_linear_solve_under_vmap_runs_gmres_only_when_a_lane_needs_it():
+    """Several seeds in one program vmap the linear solve: the "auto" solver's fallback
+    must stay lazy (a lax.cond on a batched predicate becomes a select that ran GMRES on
+    every step, 20x the cost). Lanes whose damped iteration converges cost what the
+    damped iteration costs (counted matvecs); a lane that needs GMRES gets its answer
+    and the others keep theirs."""
+    from eqprop.linear import make_linear_solver, solve_linear
+
+    calls = []
+
+    def solve(a, rhs, solver):
+        def matvec(w):
+            jax.debug.callback(lambda: calls.append(1))
+            return {"h": w["h"] @ a.T - w["h"]}
+        return solve_linear(matvec, {"h": rhs}, make_linear_solver(solver, max_steps=200, rtol=1e-10))[0]["h"]
+
+    def exact(a, rhs):
+        return -rhs @ jnp.linalg.inv(a - jnp.eye(4)).T
+
+    contracting = jnp.stack([jnp.diag(jnp.array([0.2, -0.4, 0.3, 0.5])),
+                             jnp.diag(jnp.array([0.1, 0.4, -0.3, 0.6]))])
+    rhs = jnp.array([[[1.0, -2.0, 0.5, 3.0]], [[0.3, 0.0, -1.0, 2.0]]], F64)
+    counts = {}
+    for solver in ("fixed-point", "auto"):
+        calls.clear()
+        w = jax.jit(jax.vmap(lambda a, r, s=solver: solve(a, r, s)))(contracting, rhs)
+        jax.block_until_ready(w)
+        counts[solver] = len(calls)
+        for i in range(2):
+            assert rel(w[i], exact(contracting[i], rhs[i])) < 1e-8
+    assert counts["auto"] == counts["fixed-point"] > 0, counts
+
+    # one lane needs GMRES (eigenvalue 2.5: the damped iteration diverges): both lanes right
+    mixed = contracting.at[1, 2, 2].set(2.5)
+    w = jax.jit(jax.vmap(lambda a, r: solve(a, r, "auto")))(mixed, rhs)
+    for i in range(2):
+        assert rel(w[i], exact(mixed[i], rhs[i])) < 1e-8
