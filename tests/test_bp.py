@@ -207,8 +207,14 @@ def test_gradcheck_refuses_bp_in_one_line(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"^estimator SPEC 'bp': 'bp' is not an estimate of the "
                                          r"recurrent network's gradient"):
         gradcheck(m, x, y, {"bp": BackProp()}, dyn)
-    assert main(["gradcheck", str(ROOT / "configs" / "digits-quick.toml"), "--set",
-                 'estimator.name="bp"']) == 2
+    quick = str(ROOT / "configs" / "digits-quick.toml")
+    # no -e: the config's estimator is bp; the error names the config key, not a SPEC never given
+    assert main(["gradcheck", quick, "--set", 'estimator.name="bp"']) == 2
     err = capsys.readouterr().err
-    assert "not an estimate of the recurrent network's gradient" in err
+    assert "estimator.name = 'bp' trains the feed-forward pass" in err and "SPEC" not in err
+    assert len(err.strip().splitlines()) == 1
+    # -e bp given: the error quotes that SPEC
+    assert main(["gradcheck", quick, "-e", "bp"]) == 2
+    err = capsys.readouterr().err
+    assert "estimator SPEC 'bp'" in err and "not an estimate of the recurrent network's gradient" in err
     assert len(err.strip().splitlines()) == 1

@@ -174,6 +174,13 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     if program.seeds > 1:
         model = unstack(model, 0)  # gradcheck looks at the first seed's network
     solvers = build.build_solvers(config)
+    if not args.estimator:
+        from .estimate import Estimator
+        if type(build.build_estimator(config)).inference is not Estimator.inference:
+            raise ValueError(
+                f"estimator.name = {config.estimator.name!r} trains the feed-forward pass, which has no "
+                "fixed point to check against; name the recurrent estimators to compare with -e "
+                "(e.g. -e hep -e exact-nudge)")
     specs = args.estimator or [config.estimator.name]
     estimators = build_specs(specs, solvers, build.estimator_settings(config))
     ds = program.dataset
