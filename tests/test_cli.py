@@ -350,3 +350,23 @@ def test_json_outputs_are_strict_json():
     tree = {"a": float("-inf"), "b": [1.0, float("nan"), {"c": float("inf")}], "d": 2, "e": "x"}
     text = json.dumps(strict_json(tree), allow_nan=False)
     assert json.loads(text) == {"a": None, "b": [1.0, None, {"c": None}], "d": 2, "e": "x"}
+
+
+@pytest.mark.parametrize("command", [["config"], ["datasets"]])
+def test_a_closed_output_pipe_stops_quietly(command):
+    """``eqprop config | head``: the reader has gone, so the command stops with SIGPIPE's
+    status (141) and no traceback or "error: Broken pipe" line, for every command."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-c", "import sys; from eqprop.cli import main; "
+                               "sys.exit(main(sys.argv[1:]))", *command],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141

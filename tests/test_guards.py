@@ -329,3 +329,23 @@ def test_a_circle_beyond_the_radius_is_flagged_although_every_phase_converged(po
     assert smaller < 0.6 * 5.0
     if points == 4:
         assert _hep_case(smaller, points)[0] < error
+
+
+def test_estimate_warnings_print_as_one_line_each_time(capsys):
+    """Inside ``estimate_warnings_as_lines`` an EstimateWarning is one prefixed line every
+    time it is raised (a failing epoch each epoch, not once per source line); other
+    warnings and the state after the block are untouched."""
+    from eqprop.guards import EstimateWarning, estimate_warnings_as_lines
+
+    others = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, *a, **k: others.append(str(message))
+        before = (warnings.showwarning, list(warnings.filters))
+        with estimate_warnings_as_lines("[run] warning: "):
+            for epoch in (1, 2):
+                warnings.warn("nudged phases did not converge", EstimateWarning)
+            warnings.warn("something else", UserWarning)
+        assert (warnings.showwarning, list(warnings.filters)) == before
+    assert capsys.readouterr().err.splitlines() == ["[run] warning: nudged phases did not converge"] * 2
+    assert others == ["something else"]

@@ -15,11 +15,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .guards import EstimateWarning
+from .guards import EstimateWarning, estimate_warnings_as_lines
 
 __all__ = ["main", "build_parser"]
 
-EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PIPE = 0, 2, 3, 130, 141
 
 
 # ---------------------------------------------------------------------------
@@ -448,19 +448,6 @@ def _load_plugins(args: argparse.Namespace) -> None:
     load_plugins(given)
 
 
-def _show_warning(original):
-    """``warnings.showwarning`` that prints an :class:`~eqprop.guards.EstimateWarning` as
-    one ``eqprop: warning: ...`` line on stderr (others as ``original`` does)."""
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, EstimateWarning):
-            print(f"eqprop: warning: {message}", file=sys.stderr)
-        else:
-            original(message, category, filename, lineno, file, line)
-
-    return show
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (``--help`` and usage errors too)."""
     parser = build_parser()
@@ -476,13 +463,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("train", "resume"):
             _join(args)
         _load_plugins(args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", EstimateWarning)
-            warnings.showwarning = _show_warning(warnings.showwarning)
+        with estimate_warnings_as_lines():
             return args.func(args)
     except TrainingDiverged as e:
         print(f"eqprop: {_one_line(e)}", file=sys.stderr)
         return EXIT_DIVERGED
+    except BrokenPipeError:
+        # the reader went away (`eqprop config | head`): stop quietly, as a program killed by
+        # SIGPIPE does, and keep the interpreter's final flush from failing on the same pipe
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
     except KeyboardInterrupt as e:
         print(f"\neqprop: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -26,8 +26,11 @@ decay); :func:`estimate_problems` says which figures of a record are beyond thei
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import equinox as eqx
 import jax
@@ -205,6 +208,27 @@ def _as_dict(u: PyTree) -> dict[str, Array]:
 class EstimateWarning(UserWarning):
     """An estimate whose assumptions fail: nudged phases or linear solves that did not
     converge, or hEP Fourier coefficients that do not decay around the circle."""
+
+
+@contextlib.contextmanager
+def estimate_warnings_as_lines(prefix: str = "eqprop: warning: ") -> Iterator[None]:
+    """Within the block, every :class:`EstimateWarning` is shown, each time it is raised (one
+    per epoch that fails, not once per source line), as one ``prefix + message`` line on
+    stderr instead of Python's two-line ``file:line: EstimateWarning: ...`` form; other
+    warnings are shown as before. The CLI runs every command inside it; scripts that call
+    :func:`eqprop.train.train` can do the same. Restores the warning state on exit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EstimateWarning)
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, EstimateWarning):
+                print(f"{prefix}{message}", file=sys.stderr, flush=True)
+            else:
+                original(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) -> list[str]:
