@@ -392,6 +392,18 @@ def test_non_utf8_file(tmp_path):
         load_config(path)
 
 
+def test_an_oversized_config_is_refused_without_reading_it_all(tmp_path):
+    """A config file is a few KB: one over 1 MiB is a one-line error, read no further."""
+    from eqprop.config import MAX_TOML_BYTES
+
+    path = tmp_path / "big.toml"
+    path.write_bytes(b"# " + b"x" * MAX_TOML_BYTES + b"\n[train]\nepochs = 1\n")
+    with pytest.raises(ConfigError, match=r"big.toml: more than 1 MiB, too large for a config file$"):
+        load_config(path)
+    path.write_bytes(b"[train]\nepochs = 3\n# " + b"x" * (MAX_TOML_BYTES - 40) + b"\n")
+    assert load_config(path).train.epochs == 3
+
+
 def test_directory_is_error(tmp_path):
     with pytest.raises(ConfigError):
         load_config(tmp_path)

@@ -818,12 +818,20 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
 # ---------------------------------------------------------------------------
 
 
+MAX_TOML_BYTES = 1 << 20  # a config or run config is a few KB; more is not a config
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a missing/unreadable file or bad TOML raises ConfigError."""
+    """Read a TOML file; a missing/unreadable file, one over ``MAX_TOML_BYTES`` (1 MiB: read
+    no further than that) or bad TOML raises ConfigError."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
-            return tomllib.load(fh)
+            text = fh.read(MAX_TOML_BYTES + 1)
+        if len(text) > MAX_TOML_BYTES:
+            raise ConfigError(f"{p}: more than {MAX_TOML_BYTES >> 20} MiB, too large for a "
+                              "config file")
+        return tomllib.loads(text.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
