@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from eqprop.build import phase_solvers
+from eqprop.build import build_model, phase_solvers
 from eqprop.config import ConfigError, parse_config
 from eqprop.estimate import free_phase, make_estimator
 from eqprop.network import DeepNetwork, RateNetwork, TiedRateNetwork, directed, layered
@@ -269,6 +269,40 @@ def test_deep_rule_matches_the_papers_rule():
     # the error vector is the one-sided estimate of da*/dbeta in eqprop's sign
     np.testing.assert_allclose(np.asarray(model.flat(info.error_vector)),
                                (traj[-1, :, FREE0:] - s0[:, FREE0:]) / -10.0, atol=1e-12)
+
+
+def test_binary_readout_is_the_notebooks_single_output_neuron():
+    """readout = "binary" (the binary XOR notebook): one output neuron, target y in {0, 1},
+    nudge beta (y - s_out), prediction s_out > 0.5; the DEEP rule on it equals the
+    notebook's rule with a one-column target, and the config sizes the output from it."""
+    model = directed(2, 5, 1, key=jax.random.PRNGKey(0), dynamics="deep", dtype=F64,
+                     init_scale=4.0, n_classes=2, readout="binary")
+    a = jnp.array([[0.7], [0.3], [0.51], [0.0]], F64)
+    y = jnp.array([1, 1, 0, 0])
+    np.testing.assert_array_equal(np.asarray(model.readout.logits(a).argmax(-1)), [1, 0, 1, 0])
+    np.testing.assert_allclose(np.asarray(model.readout.loss(a, y)), 0.5 * (np.asarray(a[:, 0]) - [1, 1, 0, 0]) ** 2)
+    np.testing.assert_allclose(np.asarray(model.readout.loss_grad(a, y)), np.asarray(a) - np.array([[1], [1], [0], [0]]))
+    w = _notebook_weights(model)
+    solvers = PhaseSolvers(free=FixedPoint(steps=200, dt=0.05), nudged=FixedPoint(steps=150, dt=0.05))
+    free = free_phase(model, XOR_X, solvers.free)
+    s0 = np.concatenate([np.asarray(XOR_X), np.ones((4, 1)), np.asarray(model.flat(free.u))], axis=1)
+    traj = _numpy_deep_phase(w, s0, np.asarray(XOR_Y, float)[:, None], 10.0, 0.05, 150)
+    dw = sum(np.outer(traj[t, b], traj[t, b] - traj[t - 1, b]) for t in range(1, 151) for b in range(4))
+    g, _ = make_estimator("deep-rule", solvers, beta=10.0, l1=0.0)(model, XOR_X, XOR_Y, free, None)
+    np.testing.assert_allclose(np.asarray(g.W), -dw / (4 * 150) * np.asarray(model.mask), rtol=1e-10, atol=1e-13)
+    assert np.abs(np.asarray(g.W)[:, -1]).max() > 1e-3  # the output column learns
+    cfg = parse_config({"data": {"name": "xor", "batch_size": 4},
+                        "model": {"kind": "directed", "hidden": 5, "dynamics": "deep", "readout": "binary"}})
+    built = build_model(cfg, input_size=2, n_classes=2, key=jax.random.PRNGKey(0))
+    assert built.sizes == (2, 5, 1)
+    with pytest.raises(ConfigError, match=r"^model.readout: readout 'binary' reads two classes, the data has 10$"):
+        build_model(cfg, input_size=2, n_classes=10, key=jax.random.PRNGKey(0))
+    layered_cfg = parse_config({"model": {"sizes": [2, 5, 2], "readout": "binary"}})
+    with pytest.raises(ConfigError, match=r"^model.sizes: the last size must be 1, the output units "
+                       r"of readout 'binary' for 2 classes, got 2$"):
+        build_model(layered_cfg, input_size=2, n_classes=2, key=jax.random.PRNGKey(0))
+    one = parse_config({"model": {"sizes": [2, 5, 1], "readout": "binary"}})
+    assert build_model(one, input_size=2, n_classes=2, key=jax.random.PRNGKey(0)).readout.n_classes == 2
 
 
 def test_xor_is_learned_by_the_deep_rule_and_not_against_it():

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..activations import get_activation
+from ..registry import READOUTS
 from .base import (BipartiteModel, EnergyModel, FeedbackModel, FeedForwardModel, InteractionModel,
                    MixedPrecisionModel)
 from .ops import matmul
@@ -541,7 +542,8 @@ def layered(
 
     **Returns:** the :class:`DenseNetwork` (via :func:`graph`).
 
-    **Raises:** ``ValueError`` for too few sizes, ``n_classes != sizes[-1]``, or any
+    **Raises:** ``ValueError`` for too few sizes, a last size that is not ``n_classes``
+    (softmax) or the readout's output units for ``n_classes`` (``"binary"``: 1), or any
     error of :func:`graph`.
     """
     if readout == "softmax":
@@ -554,8 +556,12 @@ def layered(
     else:
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least an input and an output size, got {list(sizes)}")
-        pop_sizes, classes = list(sizes[1:]), sizes[-1]
+        pop_sizes, classes = list(sizes[1:]), sizes[-1] if n_classes is None else n_classes
         names = [INPUT] + [f"h{i}" for i in range(1, len(pop_sizes))] + ["out"]
+        units = READOUTS.get(readout).output_units(classes)
+        if sizes[-1] != units:
+            raise ValueError(f"the last size {sizes[-1]} must be {units}, the output units of "
+                             f"readout {readout!r} for {classes} classes")
     if n_classes is not None and n_classes != classes:
         raise ValueError(f"the last size {classes} must be the number of classes {n_classes}")
     pops = dict(zip(names[1:], pop_sizes))

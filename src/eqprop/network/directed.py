@@ -499,7 +499,8 @@ class Directed(ModelKind):
                             choices=("untied", "tied"))
     activation: str = setting("sigmoid4", "Neuron activation (rate dynamics).",
                               choices=ACTIVATIONS)
-    readout: str = setting("mse", "Output cost (one output neuron per class for mse).",
+    readout: str = setting("mse", "Output cost: mse (one output neuron per class), binary (one "
+                           "output neuron, two classes, target 0 or 1) or softmax.",
                            choices=READOUTS)
     dtype: str = setting("float32", "Floating-point precision.", choices=DTYPES)
     init_scale: float = setting(1.0, "Scale of the weight initialisation (deep: std 0.05 "
@@ -525,19 +526,22 @@ class Directed(ModelKind):
             raise SettingError("layers", f"{list(self.layers)} must sum to hidden = {self.hidden}")
 
     def build(self, *, input_size: int, n_classes: int, key: jax.Array) -> DirectedNetwork:
-        """:func:`directed` with ``input_size`` inputs and ``n_classes`` output neurons.
+        """:func:`directed` with ``input_size`` inputs and one output neuron per class (one
+        in all for ``readout = "binary"``).
 
         **Raises:** :class:`~eqprop.config.ConfigError` (``model.connectivity``) when an
         output neuron is unreachable from every input, or (``model``) another rejection
         of :func:`directed`.
         """
         try:
-            return directed(input_size, self.hidden, n_classes, key=key, n_classes=n_classes,
+            n_out = READOUTS.get(self.readout).output_units(n_classes)
+            return directed(input_size, self.hidden, n_out, key=key, n_classes=n_classes,
                             connectivity=self.connectivity, layers=self.layers,
                             density=self.density, dynamics=self.dynamics, feedback=self.feedback,
                             activation=self.activation, readout=self.readout,
                             dtype=jnp.dtype(self.dtype), init_scale=self.init_scale,
                             asymmetry_angle=self.asymmetry_angle)
         except ValueError as err:
-            key_ = "model.connectivity" if "unreachable" in str(err) else "model"
+            key_ = ("model.connectivity" if "unreachable" in str(err) else
+                    "model.readout" if "readout" in str(err) else "model")
             raise ConfigError(f"{key_}: {err}") from None

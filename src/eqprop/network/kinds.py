@@ -126,9 +126,14 @@ class Layered(DenseKind):
         if self.sizes[0] != input_size:
             raise ConfigError(f"model.sizes: the first size must be the input size {input_size} "
                               f"of the data, got {self.sizes[0]}")
-        if self.sizes[-1] != n_classes:
-            raise ConfigError(f"model.sizes: the last size must be the number of classes "
-                              f"{n_classes} of the data, got {self.sizes[-1]}")
+        try:
+            last = READOUTS.get(self.readout).output_units(n_classes)
+        except ValueError as err:
+            raise ConfigError(f"model.readout: {err}") from None
+        if self.sizes[-1] != last:
+            what = (f"the number of classes {n_classes} of the data" if last == n_classes else
+                    f"{last}, the output units of readout {self.readout!r} for {n_classes} classes")
+            raise ConfigError(f"model.sizes: the last size must be {what}, got {self.sizes[-1]}")
         try:
             return layered(list(self.sizes), key=key, n_classes=n_classes, **self.network_kwargs())
         except ValueError as err:

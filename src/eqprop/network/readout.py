@@ -28,6 +28,15 @@ class Readout(eqx.Module):
 
     n_classes: int = eqx.field(static=True)
 
+    @classmethod
+    def output_units(cls, n_classes: int) -> int:
+        """Units the output population has for ``n_classes`` classes (the model kinds that
+        size their output from the data, e.g. ``directed``, ask this): ``n_classes`` unless
+        a readout says otherwise.
+
+        **Raises:** ``ValueError`` when the readout cannot read ``n_classes`` classes."""
+        return n_classes
+
     @abc.abstractmethod
     def logits(self, a_out: Array) -> Array:
         """Scores ``(B, n_classes)`` from ``a_out`` ``(B, n_out)``, used for the
@@ -122,6 +131,44 @@ class MSEReadout(Readout):
         return a_out - self._target(a_out, y)
 
 
+@READOUTS.register("binary")
+class BinaryReadout(Readout):
+    """One output unit read as a binary target: ``l = 0.5 (a_out - y)^2`` with ``y`` in
+    {0, 1}, ``dl/da_out = a_out - y``, predicted class 1 where ``a_out > 0.5`` (Farinha et
+    al. 2020, the XOR notebook's single output neuron thresholded at 0.5). No parameters.
+
+    **Raises:** ``ValueError`` unless ``n_out == 1`` and ``n_classes == 2``.
+    """
+
+    def __init__(self, n_out: int, n_classes: int, *, key: Array | None = None, dtype=None):
+        self.output_units(n_classes)
+        if n_out != 1:
+            raise ValueError(f"readout 'binary' needs one output unit, got {n_out}")
+        self.n_classes = n_classes
+
+    @classmethod
+    def output_units(cls, n_classes: int) -> int:
+        """1; two classes only."""
+        if n_classes != 2:
+            raise ValueError(f"readout 'binary' reads two classes, the data has {n_classes}")
+        return 1
+
+    def logits(self, a_out: Array) -> Array:
+        """``[1 - a_out, a_out]``, ``(B, 2)``: class 1 where ``a_out > 0.5``."""
+        return jnp.concatenate([1 - a_out, a_out], axis=-1)
+
+    def _target(self, a_out: Array, y: Array) -> Array:
+        return y[:, None].astype(a_out.real.dtype)
+
+    def loss(self, a_out: Array, y: Array) -> Array:
+        """``0.5 (a_out - y)^2`` per example, ``(B,)``."""
+        return 0.5 * jnp.sum((a_out - self._target(a_out, y)) ** 2, axis=-1)
+
+    def loss_grad(self, a_out: Array, y: Array) -> Array:
+        """``a_out - y``, ``(B, 1)``."""
+        return a_out - self._target(a_out, y)
+
+
 def make_readout(name: str, n_out: int, n_classes: int, *, key: Array, dtype=jnp.float32) -> Readout:
     """The registered readout ``name`` for an output population of ``n_out`` units.
 
@@ -132,6 +179,7 @@ def make_readout(name: str, n_out: int, n_classes: int, *, key: Array, dtype=jnp
     **Returns:** the :class:`Readout`.
 
     **Raises:** ``ValueError`` for an unknown name (listing the registered ones) or a
-    readout that does not fit (``"mse"`` needs ``n_out == n_classes``).
+    readout that does not fit (``"mse"`` needs ``n_out == n_classes``, ``"binary"`` one unit
+    and two classes).
     """
     return READOUTS.get(name)(n_out, n_classes, key=key, dtype=dtype)
