@@ -305,7 +305,7 @@ def test_an_unstable_fixed_point_is_not_certified():
     u = m.fixed_point(X2)
     assert np.max(st.per_example_residual(m, X2, u, dt=1.0)) < 1e-12  # a true fixed point
     r = st.certify(m, X2, u, dt=1.0)
-    assert not r["certified"] and "rho(I + dt J) = 1.5" in r["reason"]
+    assert not r["certified"] and "rho(I + dt J) = 1.5" in r["reason"] and r["why"] == "rho >= 1"
     assert r["lyapunov"]["certified_fraction"] == 0.0
     np.testing.assert_array_equal(_returned(m, X2, u, 1.0), 0.0)
     # an oscillating step: stable flow (Hurwitz), unstable iteration at dt = 1
@@ -324,6 +324,15 @@ def test_a_state_off_its_fixed_point_is_not_certified():
     m2 = Bent(C=m.C, U=m.U, readout=m.readout)  # no contraction bound to fall back on
     r = st.certify(m2, X2, u, dt=1.0)
     assert not r["certified"] and "not at a fixed point" in r["reason"]
+    assert r["why"] == "3/3 not settled"
+    # the table says why on the seed's own row, and the long reason below it
+    table = st.format_table({"target": "t", "model": "Bent", "dt": 1.0, "examples": 3,
+                             "per_seed": [{**r, "seed": 0}, {**st.certify(m, X2, m.fixed_point(X2), dt=1.0), "seed": 1}]})
+    rows = table.splitlines()
+    assert rows[1].endswith("why not")
+    assert rows[2].split()[:2] == ["0", "NO"] and rows[2].endswith("3/3 not settled")
+    assert rows[3].split()[:2] == ["1", "yes"] and rows[3].endswith("-")
+    assert any(line.startswith("seed 0: 3 of 3 examples not at a fixed point") for line in rows)
 
 
 # -- the projected certificate ----------------------------------------------------------------
@@ -352,7 +361,7 @@ def test_projected_certificate_of_a_clipped_model():
     bad = Clipped(A=jnp.asarray([[0.5]], F64), U=jnp.asarray([[-0.25]], F64), readout=_readout(1))
     u = {"s": jnp.full((1, 1), 0.5, F64)}
     r = st.certify(bad, x, u, dt=0.5)
-    assert not r["certified"] and "J_free" in r["reason"]
+    assert not r["certified"] and "J_free" in r["reason"] and r["why"] == "rho(free) >= 1"
     np.testing.assert_array_equal(_returned(bad, x, u, 0.5), 0.0)
 
     # a neuron held on a bound by a zero field: degenerate, not certified

@@ -472,7 +472,8 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
     point), ``margins`` (each positive when its certificate holds: ``contraction`` =
     ``1 - bound``, ``spectral`` = ``1 - max rho``, ``lyapunov`` = least eigenvalue of
     ``P``, ``outward`` and ``projected_radius`` = ``1 - max rho(I + dt J_ff)``),
-    ``reason`` (why not, or ``None``), and the figures: ``spectral_radius`` (``method``,
+    ``reason`` (why not, or ``None``), ``why`` (the same in a few words, for the table), and
+    the figures: ``spectral_radius`` (``method``,
     ``max``, ``mean`` over the examples), ``contraction_bound`` (``None`` when it does
     not apply), ``lyapunov``, ``gershgorin`` (the whole ``J``), ``projected``,
     ``examples``, ``neurons``, ``dt``, ``residual_max``, ``converged_fraction``.
@@ -508,11 +509,13 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
     out["projected"] = None
     unsettled = (f"{int((~at_fp).sum())} of {batch} examples not at a fixed point (residual "
                  f"{_fmt(float(np.max(res)))} > residual_tol {s.residual_tol:g})")
+    short_unsettled = f"{int((~at_fp).sum())}/{batch} not settled"
     if isinstance(model, BoxProjectedModel):
         method = "projected"
         if not exact:
             certified, reason = False, (f"the projected certificate needs the dense Jacobian: {n} "
                                         f"state variables > exact_max {s.exact_max}")
+            why = "too large"
         else:
             pc = projected_certificate(model, u, j, f, flat, dt=dt)
             out["projected"] = {
@@ -529,30 +532,33 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
             ok = pc["certified"] & at_fp
             certified = bool(ok.all())
             if certified:
-                reason = None
+                reason = why = None
             elif not at_fp.all():
-                reason = unsettled
+                reason, why = unsettled, short_unsettled
             elif margins["outward"] <= 0:
                 reason = (f"a saturated neuron's field does not point out of the box (least "
                           f"outward field {_fmt(margins['outward'])})")
+                why = "field not outward"
             else:
                 reason = (f"rho(I + dt J_free) = {_fmt(out['projected']['radius_max'])} >= 1 over "
                           f"the unsaturated neurons")
+                why = "rho(free) >= 1"
     elif bound is not None and bound < 1:
-        method, certified, reason = "contraction", True, None
+        method, certified, reason, why = "contraction", True, None, None
     else:
         method = "spectral-exact" if exact else "spectral-power"
         certified = bool(np.all((rho < 1) & at_fp))
         if certified:
-            reason = None
+            reason = why = None
         elif not at_fp.all():
-            reason = unsettled
+            reason, why = unsettled, short_unsettled
         else:
             reason = (f"rho(I + dt J) = {_fmt(float(np.max(rho)))} >= 1 at {int((rho >= 1).sum())} "
                       f"of {batch} examples")
+            why = "rho >= 1"
         if bound is not None and not certified:
             reason += f"; contraction bound {_fmt(bound)} >= 1"
-    out.update(certified=certified, method=method, margins=margins, reason=reason)
+    out.update(certified=certified, method=method, margins=margins, reason=reason, why=why)
     return out
 
 
@@ -726,9 +732,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{result['target']}: {result['model']}, dt {result['dt']:g}, "
              f"{result['examples']} examples per seed"]
     head = (f"{'seed':<6}{'certified':<11}{'method':<16}{'margin':>9}{'rho(I+dtJ)':>12}"
-            f"{'contraction':>13}{'lyapunov P>0':>14}{'projected':>11}{'returned':>10}")
+            f"{'contraction':>13}{'lyapunov P>0':>14}{'projected':>11}{'returned':>10}  why not")
     lines.append(head)
-    notes = []
+    notes, papers = [], []
     for r in result["per_seed"]:
         key = {"projected": "projected_radius", "contraction": "contraction"}.get(r["method"], "spectral")
         margin = r["margins"].get(key)
@@ -742,17 +748,27 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['seed']:<6}{'yes' if r['certified'] else 'NO':<11}{r['method']:<16}"
             f"{_cell(margin):>9}{_cell(r['spectral_radius']['max']):>12}"
             f"{_cell(r['contraction_bound']):>13}{pct(ly, 'certified_fraction'):>14}"
-            f"{pct(pr, 'certified_fraction'):>11}{pct(pt, 'returned_fraction_min'):>10}")
+            f"{pct(pr, 'certified_fraction'):>11}{pct(pt, 'returned_fraction_min'):>10}"
+            f"  {r.get('why') or ('-' if r['certified'] else 'see below')}".rstrip())
         if r["reason"]:
             notes.append(f"seed {r['seed']}: {r['reason']}")
         g = r.get("gershgorin")
         if pr is not None and g is not None:
-            notes.append(f"seed {r['seed']}: {100 * pr['saturated_fraction_mean']:.0f}% of the neurons on "
-                         f"a bound; whole-J Gershgorin (the paper's test) "
-                         f"{'holds' if g['holds'] else 'fails'}: row margin "
+            papers.append(f"seed {r['seed']}: {100 * pr['saturated_fraction_mean']:.0f}% of the neurons on "
+                         f"a bound; {'holds' if g['holds'] else 'fails'}: row margin "
                          f"{g['row_margin_min']:.3g}, column margin {g['column_margin_min']:.3g}, "
                          f"largest column sum {g['column_sum_max']:.3g}")
+    lines.append("margin: of the method's certificate (> 0: it holds); rho(I+dtJ): over every "
+                 "neuron; lyapunov P>0, projected: the examples whose certificate holds at their "
+                 "state; returned: perturbations that came back")
+    if any(r["method"] == "projected" for r in result["per_seed"]):
+        lines.append("a projected (clipped) model is certified by the projected certificate alone: "
+                     "rho(I+dtJ) >= 1 over every neuron is expected there (docs/stability.md)")
     lines += notes
+    if papers:
+        lines.append("the paper's Gershgorin test on the whole J, for comparison (on the DEEP "
+                     "dynamics it cannot hold: J has a zero eigenvalue):")
+        lines += papers
     return "\n".join(lines)
 
 
