@@ -22,6 +22,7 @@ import pytest
 
 import eqprop
 from eqprop import stability as st
+from eqprop.stability.certificates import _flat_bounds, _relax
 from eqprop.cli import main
 from eqprop.config import ConfigError, load_config
 from eqprop.network import InteractionModel, make_readout
@@ -164,7 +165,7 @@ def net():
     """A tied layered network (float64) at its free fixed points of a batch of 5."""
     m = eqprop.layered([4, 6, 5, 3], key=jax.random.PRNGKey(0), dtype=F64, init_scale=2.0)
     x = jax.random.uniform(jax.random.PRNGKey(1), (5, 4), F64)
-    u = st._relax(m, x, SOLVER)  # jitted free phase, shared with st.stability
+    u = _relax(m, x, SOLVER)  # jitted free phase, shared with st.stability
     return m, x, u
 
 
@@ -259,7 +260,7 @@ def test_contraction_bound_is_the_weights_norm_and_bounds_lipschitz_ratios(net):
 
 def test_a_nonlinear_interaction_has_no_contraction_bound():
     m = Bent(C=0.1 * jnp.eye(3, dtype=F64), U=jnp.eye(2, 3, dtype=F64), readout=_readout(3))
-    u = st._relax(m, X2, SOLVER)
+    u = _relax(m, X2, SOLVER)
     assert not st.linear_interaction(m, X2[:1])
     gated = Gated(C=m.C, U=m.U, readout=m.readout)
     assert not st.linear_interaction(gated, X2[:1]) and st.linear_interaction(linear(m.C), X2[:1])
@@ -506,7 +507,7 @@ def test_one_line_errors(enforced_run, tmp_path, capsys):
     # the box of a BoxProjectedModel must name every population
     m = Clipped(A=-jnp.eye(2, dtype=F64), U=jnp.ones((1, 2), F64), readout=_readout(2))
     with pytest.raises(st.StabilityError, match="no bounds for population"):
-        st._flat_bounds(m, {"s": jnp.zeros((1, 2)), "t": jnp.zeros((1, 1))})
+        _flat_bounds(m, {"s": jnp.zeros((1, 2)), "t": jnp.zeros((1, 1))})
 
 
 def test_docs_stability_md_explains_the_deep_gershgorin():

@@ -1,4 +1,4 @@
-"""Stability certificates of the free fixed point, for every model (docs/stability.md).
+"""The certificates of the free fixed point, for every model (docs/stability.md).
 
 The solvers iterate the step map ``u <- P(u + dt F(u))`` (``P`` the model's projection).
 At a fixed point ``u*`` of one example, with ``J = dF/du(u*)`` (the Jacobian of the field
@@ -49,8 +49,8 @@ from jax import Array
 from jax.extend import core as jcore
 from jax.flatten_util import ravel_pytree
 
-from .network.base import BoxProjectedModel, EquilibriumModel, InteractionModel
-from .solvers import FixedPoint
+from ..network.base import BoxProjectedModel, EquilibriumModel, InteractionModel
+from ..solvers import FixedPoint
 
 PyTree = Any
 
@@ -58,8 +58,7 @@ __all__ = ["StabilitySettings", "StabilityError", "state_jacobian", "iteration_r
            "spectral_radius_power", "lyapunov", "gershgorin", "activation_lipschitz",
            "linear_interaction", "coupling_norm", "contraction_bound", "projected_certificate",
            "per_example_residual", "certify", "stability", "perturbation_check",
-           "perturbation_steps", "format_table", "coupling_leaves", "coupling_scale",
-           "make_enforcer", "epoch_figures", "program_enforcer", "program_figures"]
+           "perturbation_steps"]
 
 
 class StabilityError(ValueError):
@@ -563,14 +562,14 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
 
 
 def _free_solver(solver: Any) -> Any:
-    from .solvers import PhaseSolvers
+    from ..solvers import PhaseSolvers
 
     return solver.free if isinstance(solver, PhaseSolvers) else solver
 
 
 @eqx.filter_jit
 def _relax(model, x, solver):
-    from .estimate.base import free_phase
+    from ..estimate.base import free_phase
 
     return free_phase(model, x, solver).u
 
@@ -633,180 +632,3 @@ def _perturbed(model, x, ur, noise, shrink, solver, trials):
     d0, d1 = _inf_norms(u0, ur, batch * trials), _inf_norms(ut, ur, batch * trials)
     ok = jnp.isfinite(d1) & (d1 <= shrink * d0 + 1e-12)
     return ok.reshape(batch, trials).mean(axis=1)
-
-
-# ---------------------------------------------------------------------------
-# Enforcement during training, and the per-epoch figures
-# ---------------------------------------------------------------------------
-
-
-def coupling_leaves(model: InteractionModel, x1: Array) -> list[bool]:
-    """Which inexact leaves of ``model`` (in ``jax.tree.leaves`` order of
-    ``eqx.filter(model, eqx.is_inexact_array)``) the coupling ``C = dh/da`` depends on,
-    read from the jaxpr of ``C v`` (for the dense networks: the internal weights)."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    leaves, tdef = jax.tree.flatten(params)
-
-    def cv(leaves, v):
-        m = eqx.combine(jax.tree.unflatten(tdef, leaves), static)
-        drive, a0 = _start_activity(m, x1)
-        return jax.linearize(lambda b: m.interaction(b, drive), a0)[1](v)
-
-    _, a0 = _start_activity(model, x1)
-    jaxpr = jax.make_jaxpr(cv)(leaves, a0)
-    nv = len(jax.tree.leaves(a0))
-    flags = []
-    for i in range(len(leaves)):
-        mask = [k == i for k in range(len(leaves))] + [False] * nv
-        flags.append(any(_depends(jaxpr, mask)))
-    return flags
-
-
-def coupling_scale(bound: Array, target: float) -> Array:
-    """The factor ``min(1, target / bound)`` applied to the coupling's leaves."""
-    return jnp.minimum(1.0, target / jnp.maximum(bound, 1e-300))
-
-
-def make_enforcer(model: EquilibriumModel, x1: Array, *, settings: StabilitySettings = StabilitySettings(),
-                  seeds: int = 1) -> Callable[[PyTree], PyTree]:
-    """``enforce(model) -> model`` (jitted): the projection of ``[stability] enforce =
-    "contraction"``, applied after each optimizer step. It rescales every leaf the coupling
-    ``C`` depends on (:func:`coupling_leaves`) by ``min(1, target / (L ||C||_2))``: ``C``
-    is linear in them for the dense networks, so the contraction bound becomes at most
-    ``target``; other leaves (biases, input weights, readout) are untouched.
-
-    **Arguments:** ``model``: one network (for the structure); ``x1``: one input
-    ``(1, ...)``; ``settings``: ``target``, ``exact_max``, ``power_iters``; ``seeds``:
-    ``K``, the model given to ``enforce`` is stacked (vmapped) when ``K > 1``.
-
-    **Raises:** :class:`StabilityError` when the model has no linear interaction (the
-    contraction bound does not exist for it).
-    """
-    if not linear_interaction(model, x1):
-        raise StabilityError(
-            f"stability.enforce: 'contraction' needs a model whose interaction h(a) is linear in "
-            f"the activity (rate dynamics, e.g. the dense networks); {type(model).__name__} has "
-            + ("a nonlinear one" if isinstance(model, InteractionModel) else "no interaction h(a)"))
-    flags = coupling_leaves(model, x1)
-    lip = activation_lipschitz(model, model.init_state(model.prepare(x1)))
-    s = settings
-
-    def one(m):
-        bound = lip * coupling_norm(m, x1, exact_max=s.exact_max, iters=s.power_iters)
-        k = coupling_scale(bound, s.target)
-        params, static = eqx.partition(m, eqx.is_inexact_array)
-        leaves, tdef = jax.tree.flatten(params)
-        leaves = [t * k.astype(t.dtype) if f else t for t, f in zip(leaves, flags)]
-        return eqx.combine(jax.tree.unflatten(tdef, leaves), static)
-
-    return eqx.filter_jit(one if seeds == 1 else eqx.filter_vmap(one))
-
-
-def epoch_figures(model: EquilibriumModel, x: Array, solver: Any, *, settings: StabilitySettings
-                  = StabilitySettings(), seed: int = 0) -> dict[str, float]:
-    """The cheap per-epoch figures of one network on the batch ``x``: ``spectral_radius``
-    (max over the examples, power iteration) and, where it applies, ``contraction_bound``.
-    ``solver``: the free phase's solver (its ``dt``)."""
-    free = _free_solver(solver)
-    u = _relax(model, x, free)
-    rho = spectral_radius_power(model, x, u, dt=free.dt, iters=settings.power_iters, seed=seed)
-    out = {"spectral_radius": float(np.max(rho))}
-    bound = contraction_bound(model, x, u, exact_max=settings.exact_max, iters=settings.power_iters)
-    if bound is not None:
-        out["contraction_bound"] = bound
-    return out
-
-
-def _cell(v: float | None, fmt: str = "{:.4f}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The table ``eqprop stability`` prints: one row per seed (certified, method, the
-    margin of that method, ``max rho(I + dt J)``, the contraction bound, the Lyapunov and
-    projected figures, the perturbation test), then why a seed is not certified.
-
-    **Arguments:** ``result``: ``{"target", "model", "dt", "examples", "per_seed": [...]}``
-    with one :func:`certify` dict (plus ``seed``) per seed.
-    """
-    lines = [f"{result['target']}: {result['model']}, dt {result['dt']:g}, "
-             f"{result['examples']} examples per seed"]
-    head = (f"{'seed':<6}{'certified':<11}{'method':<16}{'margin':>9}{'rho(I+dtJ)':>12}"
-            f"{'contraction':>13}{'lyapunov P>0':>14}{'projected':>11}{'returned':>10}  why not")
-    lines.append(head)
-    notes, papers = [], []
-    for r in result["per_seed"]:
-        key = {"projected": "projected_radius", "contraction": "contraction"}.get(r["method"], "spectral")
-        margin = r["margins"].get(key)
-        if r["method"] == "projected" and r["margins"].get("outward") is not None:
-            margin = min(margin, r["margins"]["outward"])
-        ly = r.get("lyapunov")
-        pr = r.get("projected")
-        pt = r.get("perturbation")
-        pct = lambda d, k: "-" if d is None else f"{100 * d[k]:.0f}%"  # noqa: E731
-        lines.append(
-            f"{r['seed']:<6}{'yes' if r['certified'] else 'NO':<11}{r['method']:<16}"
-            f"{_cell(margin):>9}{_cell(r['spectral_radius']['max']):>12}"
-            f"{_cell(r['contraction_bound']):>13}{pct(ly, 'certified_fraction'):>14}"
-            f"{pct(pr, 'certified_fraction'):>11}{pct(pt, 'returned_fraction_min'):>10}"
-            f"  {r.get('why') or ('-' if r['certified'] else 'see below')}".rstrip())
-        if r["reason"]:
-            notes.append(f"seed {r['seed']}: {r['reason']}")
-        g = r.get("gershgorin")
-        if pr is not None and g is not None:
-            papers.append(f"seed {r['seed']}: {100 * pr['saturated_fraction_mean']:.0f}% of the neurons on "
-                         f"a bound; {'holds' if g['holds'] else 'fails'}: row margin "
-                         f"{g['row_margin_min']:.3g}, column margin {g['column_margin_min']:.3g}, "
-                         f"largest column sum {g['column_sum_max']:.3g}")
-    lines.append("margin: of the method's certificate (> 0: it holds); rho(I+dtJ): over every "
-                 "neuron; lyapunov P>0, projected: the examples whose certificate holds at their "
-                 "state; returned: perturbations that came back")
-    if any(r["method"] == "projected" for r in result["per_seed"]):
-        lines.append("a projected (clipped) model is certified by the projected certificate alone: "
-                     "rho(I+dtJ) >= 1 over every neuron is expected there (docs/stability.md)")
-    lines += notes
-    if papers:
-        lines.append("the paper's Gershgorin test on the whole J, for comparison (on the DEEP "
-                     "dynamics it cannot hold: J has a zero eigenvalue):")
-        lines += papers
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------
-# The trainer's hooks ([stability] every, enforce)
-# ---------------------------------------------------------------------------
-
-
-def _seed(tree: PyTree, i: int) -> PyTree:
-    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, tree)
-
-
-def program_enforcer(program: Any) -> Callable[[PyTree], PyTree] | None:
-    """The trainer's ``enforce(model) -> model`` for ``[stability] enforce`` (``None`` when
-    ``"none"``): :func:`make_enforcer` on the program's first training example, vmapped
-    over the ``K`` seeds of a stacked model.
-
-    **Raises:** :class:`StabilityError` as :func:`make_enforcer`.
-    """
-    section = program.config.stability
-    if section.enforce == "none":
-        return None
-    one = program.model if program.seeds == 1 else _seed(program.model, 0)
-    x1 = jnp.asarray(program.dataset.x_train[:1])
-    return make_enforcer(one, x1, settings=StabilitySettings.of(section), seeds=program.seeds)
-
-
-def program_figures(program: Any, model: PyTree, epoch: int) -> tuple[dict[str, float], dict[str, list]]:
-    """The per-epoch figures (:func:`epoch_figures`) of ``model`` (stacked when ``K > 1``)
-    on the first ``[stability] examples`` training examples, with the free solver of the
-    run; the power iteration starts from NumPy's seed ``100_003 train.seed + epoch``.
-
-    **Returns:** ``(means over seeds, {key: [value per seed]})``.
-    """
-    settings = StabilitySettings.of(program.config.stability)
-    x = jnp.asarray(program.dataset.x_train[:settings.examples])
-    seed = program.config.train.seed * 100_003 + epoch
-    models = [model] if program.seeds == 1 else [_seed(model, i) for i in range(program.seeds)]
-    rows = [epoch_figures(m, x, program.solvers.free, settings=settings, seed=seed) for m in models]
-    per = {k: [r[k] for r in rows] for k in rows[0]}
-    return {k: float(np.mean(v)) for k, v in per.items()}, per
