@@ -150,16 +150,34 @@ def test_missing_lists_every_searched_place(tmp_path, monkeypatch):
     if FASHION_SYSTEM.is_dir():
         pytest.skip("fashion-mnist is installed system-wide")
     monkeypatch.setenv("EQPROP_DATA", str(tmp_path / "root"))
-    (tmp_path / "given").mkdir()
+    (tmp_path / "root" / "fashion-mnist").mkdir(parents=True)
     with pytest.raises(DataError) as e:
-        load("fashion-mnist", path=tmp_path / "given")
+        load("fashion-mnist")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("fashion-mnist not found")
-    for place in (tmp_path / "given", tmp_path / "root" / "fashion-mnist", FASHION_SYSTEM):
+    for place in (tmp_path / "root" / "fashion-mnist", FASHION_SYSTEM):
         assert str(place) in msg
-    assert msg.index(str(tmp_path / "given")) < msg.index(str(tmp_path / "root"))
+    assert msg.index(str(tmp_path / "root")) < msg.index(str(FASHION_SYSTEM))
     assert "apt-get install" in msg and "dataset-fashion-mnist" in msg and "EQPROP_DATA" in msg
     assert "train-images-idx3-ubyte" in msg  # says what is missing in the existing dir
+
+
+def test_a_given_path_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    """data.path names the user's directory: a wrong one is a one-line error naming it
+    (and any copy elsewhere), never a silent fallback to that copy (a user review trained
+    on /usr/share/... with data.path = "/nonexistent")."""
+    make_idx_dir(tmp_path / "env" / "mnist", n_train=7)
+    monkeypatch.setenv("EQPROP_DATA", str(tmp_path / "env"))
+    for given, why in ((tmp_path / "nonexistent", "no such directory"), (tmp_path / "empty", "missing")):
+        given.mkdir(exist_ok=True) if why == "missing" else None
+        with pytest.raises(DataError) as e:
+            load("mnist", path=given)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(f"data.path: mnist not found in {given} ({why}")
+        assert msg.endswith(f"a copy is in {tmp_path / 'env' / 'mnist'}: remove data.path to use it")
+    monkeypatch.delenv("EQPROP_DATA")
+    with pytest.raises(DataError, match=r"Get it with"):
+        load("mnist", path=tmp_path / "nonexistent")
 
 
 def test_missing_with_nothing_to_search():
@@ -556,11 +574,13 @@ def test_imagenet32_not_found_names_every_place(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         load("imagenet32", path=tmp_path / "given")
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("imagenet32 not found")
+    assert "\n" not in msg and msg.startswith("data.path: imagenet32 not found in")
     assert f"{tmp_path / 'given'} (missing val_data[.npz] (in ./ or Imagenet32_val/ or " \
            "Imagenet32_val_npz/))" in msg
-    assert f"{tmp_path / 'root' / 'imagenet32'} (no such directory)" in msg
     assert "Imagenet32_train.zip" in msg and "Imagenet32_val_npz.zip" in msg
+    with pytest.raises(DataError) as e:  # no path: $EQPROP_DATA and the system places
+        load("imagenet32")
+    assert f"{tmp_path / 'root' / 'imagenet32'} (no such directory)" in str(e.value)
 
 
 @pytest.mark.parametrize("case, pattern", [

@@ -268,9 +268,12 @@ def _check_name(name: str) -> None:
 
 def _locate(name: str, path: str | os.PathLike | None) -> tuple[Path | None, list[str]]:
     """First directory holding every needed file, and a note per directory searched."""
-    spec = _spec(name)
+    return _locate_in(_spec(name), search_paths(name, path))
+
+
+def _locate_in(spec: _FileSpec, dirs: list[Path]) -> tuple[Path | None, list[str]]:
     notes = []
-    for d in search_paths(name, path):
+    for d in dirs:
         if not d.is_dir():
             notes.append(f"{d} (no such directory)")
             continue
@@ -308,8 +311,10 @@ def load(name: str, *, path: str | os.PathLike | None = None, validation: float 
          seed: int = 0) -> Dataset:
     """Load the registered data set ``name`` (one of :data:`~eqprop.registry.DATASETS`).
 
-    ``path`` is the data set's own directory and is searched first (built-in sets
-    ignore it). With ``validation`` in ``(0, 1)`` that fraction of the training set,
+    ``path`` is the data set's own directory: when given, the only place searched (its
+    standard subdirectory too), so that a wrong path is an error rather than a silent
+    fallback to another copy; else ``$EQPROP_DATA`` and the system locations (built-in
+    sets ignore it). With ``validation`` in ``(0, 1)`` that fraction of the training set,
     chosen by a ``seed``-ed shuffle, becomes the *test* split: the returned test split
     is then the held-out validation set and the true test set is not returned.
     Raises :class:`DataError` if the name is unknown, the files are not found, or
@@ -324,7 +329,17 @@ def load(name: str, *, path: str | os.PathLike | None = None, validation: float 
 
 def _load_files(spec: _FileSpec, path: str | os.PathLike | None) -> Dataset:
     name = spec.name
-    where, notes = _locate(name, path)
+    if path is not None:
+        # a directory the user named is the only place looked at: falling back to another
+        # copy would train on data the user did not ask for, and say nothing
+        where, notes = _locate_in(spec, [Path(path)] + ([Path(path) / spec.subdir] if spec.subdir else []))
+        if where is None:
+            elsewhere, _ = _locate(name, None)
+            hint = (f"; a copy is in {elsewhere}: remove data.path to use it" if elsewhere
+                    else f". Get it with: {spec.how}")
+            raise DataError(f"data.path: {name} not found in {'; '.join(notes)}{hint}")
+    else:
+        where, notes = _locate(name, None)
     if where is None:
         searched = "; ".join(notes) or f"nothing (no path given and ${ENV_VAR} not set)"
         raise DataError(f"{name} not found; searched: {searched}. Get it with: {spec.how}")
