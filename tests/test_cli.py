@@ -370,3 +370,25 @@ def test_a_closed_output_pipe_stops_quietly(command):
         os.close(write_end)
     assert proc.stderr == ""
     assert proc.returncode == 141
+
+
+@pytest.mark.parametrize("delay", [0.5, 3.0])
+def test_sigterm_at_any_point_exits_130_not_a_crash(tiny_config, tmp_path, delay):
+    """SIGTERM (a scheduler's preemption) while JAX compiles or while it trains: the
+    ``eqprop`` command exits 130 with its one line. Before, an interrupt during the first
+    compile saved and then died in the interpreter's teardown (segmentation fault, 139)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from eqprop.cli import run; run()", "train", str(tiny_config),
+         "--out", str(tmp_path / "run"), "-q", "--epochs", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("run directory:")  # JAX is about to start
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "terminated (SIGTERM)" in err and "Fatal Python error" not in err

@@ -483,5 +483,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def run() -> None:
+    """The ``eqprop`` command: :func:`main`, then exit with its status. An interrupted
+    command (Ctrl-C, SIGTERM: exit 130) leaves at once, after flushing its output, without
+    the interpreter's teardown: an interrupt that lands while XLA compiles in its own
+    threads otherwise ends in a segmentation fault (exit 139) after the checkpoint was
+    saved."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        import os
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
