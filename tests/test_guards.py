@@ -331,21 +331,25 @@ def test_a_circle_beyond_the_radius_is_flagged_although_every_phase_converged(po
         assert _hep_case(smaller, points)[0] < error
 
 
-def test_estimate_warnings_print_as_one_line_each_time(capsys):
-    """Inside ``estimate_warnings_as_lines`` an EstimateWarning is one prefixed line every
-    time it is raised (a failing epoch each epoch, not once per source line); other
-    warnings and the state after the block are untouched."""
-    from eqprop.guards import EstimateWarning, estimate_warnings_as_lines
+def test_eqprop_warnings_print_as_one_line_each_time(capsys):
+    """Inside ``warnings_as_lines`` an eqprop warning (estimates, checkpoints) is one
+    prefixed line every time it is raised (a failing epoch each epoch, not once per source
+    line); other warnings and the state after the block are untouched."""
+    from eqprop.guards import EstimateWarning, warnings_as_lines
+    from eqprop.train.checkpoint import CheckpointWarning
 
     others = []
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, category, *a, **k: others.append(str(message))
         before = (warnings.showwarning, list(warnings.filters))
-        with estimate_warnings_as_lines("[run] warning: "):
+        with warnings_as_lines("[run] warning: "):
             for epoch in (1, 2):
                 warnings.warn("nudged phases did not converge", EstimateWarning)
+            warnings.warn("latest: payload corrupt, used the previous entry", CheckpointWarning)
             warnings.warn("something else", UserWarning)
         assert (warnings.showwarning, list(warnings.filters)) == before
-    assert capsys.readouterr().err.splitlines() == ["[run] warning: nudged phases did not converge"] * 2
+    assert capsys.readouterr().err.splitlines() == (
+        ["[run] warning: nudged phases did not converge"] * 2
+        + ["[run] warning: latest: payload corrupt, used the previous entry"])
     assert others == ["something else"]

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .guards import EstimateWarning, estimate_warnings_as_lines
+from .guards import EstimateWarning, warnings_as_lines
 
 __all__ = ["main", "build_parser"]
 
@@ -463,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("train", "resume"):
             _join(args)
         _load_plugins(args)
-        with estimate_warnings_as_lines():
+        with warnings_as_lines():
             return args.func(args)
     except TrainingDiverged as e:
         print(f"eqprop: {_one_line(e)}", file=sys.stderr)

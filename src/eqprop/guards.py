@@ -205,24 +205,29 @@ def _as_dict(u: PyTree) -> dict[str, Array]:
     return {str(i): v for i, v in enumerate(jax.tree.leaves(u))}
 
 
-class EstimateWarning(UserWarning):
+class EqpropWarning(UserWarning):
+    """Base of eqprop's warnings (what :func:`warnings_as_lines` prints as one line)."""
+
+
+class EstimateWarning(EqpropWarning):
     """An estimate whose assumptions fail: nudged phases or linear solves that did not
     converge, or hEP Fourier coefficients that do not decay around the circle."""
 
 
 @contextlib.contextmanager
-def estimate_warnings_as_lines(prefix: str = "eqprop: warning: ") -> Iterator[None]:
-    """Within the block, every :class:`EstimateWarning` is shown, each time it is raised (one
-    per epoch that fails, not once per source line), as one ``prefix + message`` line on
-    stderr instead of Python's two-line ``file:line: EstimateWarning: ...`` form; other
-    warnings are shown as before. The CLI runs every command inside it; scripts that call
-    :func:`eqprop.train.train` can do the same. Restores the warning state on exit."""
+def warnings_as_lines(prefix: str = "eqprop: warning: ") -> Iterator[None]:
+    """Within the block, every :class:`EqpropWarning` (estimates, checkpoints, data) is
+    shown, each time it is raised (an estimate warning once per epoch that fails, not once
+    per source line), as one ``prefix + message`` line on stderr instead of Python's
+    two-line ``file:line: Category: ...`` form; other warnings are shown as before. The CLI
+    runs every command inside it; scripts that call :func:`eqprop.train.train` can do the
+    same. Restores the warning state on exit."""
     with warnings.catch_warnings():
-        warnings.simplefilter("always", EstimateWarning)
+        warnings.simplefilter("always", EqpropWarning)
         original = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if issubclass(category, EstimateWarning):
+            if issubclass(category, EqpropWarning):
                 print(f"{prefix}{message}", file=sys.stderr, flush=True)
             else:
                 original(message, category, filename, lineno, file, line)

@@ -61,6 +61,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..guards import EqpropWarning
+
 __all__ = ["CheckpointError", "CheckpointWarning", "Snapshot", "atomic_write", "atomic_write_text",
            "append", "remove_stale_temps", "save", "load", "read", "read_meta", "decode",
            "serialise", "manifest_path", "meta_path", "collect_garbage", "FORMAT",
@@ -98,7 +100,7 @@ class CheckpointError(ValueError):
     """
 
 
-class CheckpointWarning(UserWarning):
+class CheckpointWarning(EqpropWarning):
     """A checkpoint's payload was missing or corrupt and its previous entry was used."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from .. import build
 from ..config import Config, ConfigError
 from ..data import Dataset, batches, flip_crop, load, num_batches
+from ..guards import EqpropWarning
 from ..parallel import Layout, configure, make_layout
 from ..pruning import NoPruning, Pruner
 from ..update import init_optimizer, make_train_step
@@ -127,7 +128,7 @@ def augmentation(config: Config, ds: Dataset) -> Callable | None:
         warnings.warn(f"data.augment: the pad-4 random crop moves '{ds.name}' images of "
                       f"{side}x{side} pixels by up to 4 in each direction and flips them; it "
                       f"is meant for images of {SMALL_IMAGE}x{SMALL_IMAGE} and larger "
-                      "(CIFAR, ImageNet 32x32) and can stop learning here", UserWarning,
+                      "(CIFAR, ImageNet 32x32) and can stop learning here", EqpropWarning,
                       stacklevel=2)
     return flip_crop
 
