@@ -336,6 +336,23 @@ def test_a_state_off_its_fixed_point_is_not_certified():
     assert any(line.startswith("seed 0: 3 of 3 examples not at a fixed point") for line in rows)
 
 
+def test_a_settled_state_near_a_slow_fixed_point_returns():
+    """A state settled to within residual_tol next to a fixed point with rho near 1 (the
+    user review's DEEP seeds): it is certified, and perturbations of it return to where
+    the unperturbed state goes, not to the slightly-off state itself (before, the check
+    said 0% returned)."""
+    m = Clipped(A=jnp.asarray([[-0.01]], F64), U=jnp.asarray([[0.005]], F64), readout=_readout(1))
+    x = jnp.ones((1, 1), F64)
+    u = {"s": jnp.full((1, 1), 0.501, F64)}  # the fixed point is 0.5; residual 1e-5
+    r = st.certify(m, x, u, dt=0.5)
+    assert r["certified"] and r["projected"]["radius_max"] == pytest.approx(0.995)
+    np.testing.assert_array_equal(_returned(m, x, u, 0.5, steps=3000), 1.0)
+    # an unstable neuron, settled as closely, still does not return
+    bad = Clipped(A=jnp.asarray([[0.01]], F64), U=jnp.asarray([[-0.005]], F64), readout=_readout(1))
+    assert not st.certify(bad, x, u, dt=0.5)["certified"]
+    np.testing.assert_array_equal(_returned(bad, x, u, 0.5, steps=3000), 0.0)
+
+
 # -- the projected certificate ----------------------------------------------------------------
 
 
