@@ -392,3 +392,22 @@ def test_sigterm_at_any_point_exits_130_not_a_crash(tiny_config, tmp_path, delay
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "terminated (SIGTERM)" in err and "Fatal Python error" not in err
+
+
+def test_resume_with_other_epochs_warns_when_a_schedule_spans_the_run(tiny_config, tmp_path, capsys):
+    """resume --epochs N re-lays a cosine schedule (or a magnitude-pruning schedule ending
+    at the last epoch) over N epochs: it says so in one line; a constant one is silent."""
+    for schedule, warned in (("cosine", True), ("constant", False)):
+        out = tmp_path / schedule
+        assert main(["train", str(tiny_config), "--out", str(out), "-q", "--epochs", "1",
+                     "--set", f"optim.schedule='{schedule}'"]) == 0
+        capsys.readouterr()
+        assert main(["resume", str(out), "-q", "--epochs", "2"]) == 0
+        err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+        if warned:
+            assert err == ["eqprop: warning: resume --epochs 2 (the run was planned for 1): "
+                           "optim.schedule = 'cosine' (the learning rate decays to 0 at the last "
+                           "epoch) now spans 2 epochs from here on, so the result equals neither "
+                           "the planned run nor an uninterrupted 2-epoch run"]
+        else:
+            assert err == []

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .guards import EstimateWarning, warnings_as_lines
+from .guards import EqpropWarning, EstimateWarning, warnings_as_lines
 
 __all__ = ["main", "build_parser"]
 
@@ -74,6 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .train import RunDir, train, with_epochs
+    from .train.resume import spans_the_run
 
     bad = [o for o in args.set if not o.strip().startswith("parallel.")]
     if bad:
@@ -82,7 +83,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir)
     if not run.is_run():
         raise ValueError(f"{run.path}: not a run directory (no config.toml)")
-    config = with_epochs(load_run_config(run.config, args.set), args.epochs)
+    before = load_run_config(run.config, args.set)
+    config = with_epochs(before, args.epochs)
+    spans = spans_the_run(before)
+    if config.train.epochs != before.train.epochs and spans:
+        warnings.warn(f"resume --epochs {config.train.epochs} (the run was planned for "
+                      f"{before.train.epochs}): {' and '.join(spans)} now spans "
+                      f"{config.train.epochs} epochs from here on, so the result equals "
+                      "neither the planned run nor an uninterrupted "
+                      f"{config.train.epochs}-epoch run", EqpropWarning, stacklevel=2)
     _interrupt_on_sigterm()
     train(config, run.path, resume=True, progress=not args.quiet)
     return EXIT_OK

@@ -228,6 +228,19 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     return config, program, model, meta
 
 
+def spans_the_run(config: Config) -> list[str]:
+    """The settings of ``config`` whose schedule is laid out over ``train.epochs`` (so that
+    changing the epochs of a run part-way changes what the remaining epochs do): a cosine
+    learning rate, magnitude pruning that ends at the last epoch."""
+    out = []
+    if config.optim.schedule == "cosine":
+        out.append("optim.schedule = 'cosine' (the learning rate decays to 0 at the last epoch)")
+    pruning = config.pruning
+    if getattr(pruning, "method", "none") == "magnitude" and not pruning.end:
+        out.append("pruning.end = 0 (the target sparsity is reached at the last epoch)")
+    return out
+
+
 def with_epochs(config: Config, epochs: int | None) -> Config:
     """``config`` with ``train.epochs`` replaced (validated) when ``epochs`` is given."""
     if epochs is None:
