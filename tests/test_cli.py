@@ -157,6 +157,20 @@ def test_report(run_dir, tmp_path, capsys):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     md = (out / "report.md").read_text()
     assert "tiny" in md and "other" in md
+    # "other" has no summary (stopped, or running): its setting comes from its config
+    row = next(line for line in md.splitlines() if line.startswith("| other |"))
+    assert row.startswith("| other | synthetic | hep | 1 |") and row.endswith("| running or stopped |")
+    # a run killed before its first epoch ended is left out with one line, not fatal
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.toml").write_text((run_dir / "config.toml").read_text())
+    capsys.readouterr()
+    assert main(["report", str(run_dir), str(empty), "--out", str(tmp_path / "rep2")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"eqprop: warning: report: {empty} has no metrics.jsonl records yet; left out"]
+    assert "Left out, no epoch recorded yet: empty." in (tmp_path / "rep2" / "report.md").read_text()
+    assert main(["report", str(empty)]) == 2
+    assert capsys.readouterr().err.strip() == f"eqprop: error: {empty}: no metrics.jsonl records yet"
 
 
 def test_bad_config_value(tiny_config, tmp_path, capsys):

@@ -15,10 +15,11 @@ runs are overlaid, labelled by their directory name.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ..guards import NONCONVERGED_TOL, estimate_problems
+from ..guards import NONCONVERGED_TOL, EqpropWarning, estimate_problems
 from .records import ESTIMATE_KEYS
 from .rundir import RunDir
 
@@ -134,19 +135,39 @@ def _estimate_cell(rec: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
+def _from_config(run: RunDir) -> dict[str, Any]:
+    """What a run's summary says of its setting, read from its config.toml (a run stopped
+    before its summary was written, or still running, has none)."""
+    from ..config import ConfigError, load_run_config
+
+    try:
+        c = load_run_config(run.config)
+    except (ConfigError, ValueError, OSError):  # a config from another version: the summary's or '-'
+        return {}
+    return {"data": c.data.name, "estimator": c.estimator.name, "seeds": c.train.seeds}
+
+
 def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """Write the plots and ``report.md`` for ``run_dirs`` into ``out_dir``; return report.md."""
     runs = []
     summaries = []
+    empty = []
     for d in run_dirs:
         run = RunDir(d)
         if not run.is_run():
             raise ValueError(f"{run.path}: not a run directory (no config.toml)")
         records = run.read_metrics()
-        if not records:
-            raise ValueError(f"{run.path}: no metrics.jsonl records yet")
+        if not records:  # killed before its first epoch ended: left out, said below
+            empty.append(run)
+            continue
         runs.append((run.name, records))
-        summaries.append((run, records, run.read_summary() or {}))
+        summaries.append((run, records, {**_from_config(run), **(run.read_summary() or {})}))
+    if not runs:
+        raise ValueError(f"{empty[0].path}: no metrics.jsonl records yet" if len(empty) == 1 else
+                         f"no run has metrics.jsonl records yet ({', '.join(str(r.path) for r in empty)})")
+    for run in empty:
+        warnings.warn(f"report: {run.path} has no metrics.jsonl records yet; left out",
+                      EqpropWarning, stacklevel=2)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = {
@@ -182,10 +203,12 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
             f"| {_fmt(last.get('train_acc'), True)} | {_estimate_cell(last)} "
             f"| {_fmt(last.get('sparsity'), True) if last.get('sparsity') is not None else '-'} "
             f"| {_fmt(float(time_s))} "
-            f"| {_fmt(s.get('ms_per_batch'))} | {s.get('status', 'running/unknown')} |")
+            f"| {_fmt(s.get('ms_per_batch'))} | {s.get('status', 'running or stopped')} |")
         for r in records:
             for problem in estimate_problems(r):
                 warned.append(f"- {run.name}, epoch {r['epoch']}: {problem}")
+    if empty:
+        lines += ["", "Left out, no epoch recorded yet: " + ", ".join(r.name for r in empty) + "."]
     if warned:
         lines += ["", "## Estimates whose assumptions failed", "", *warned]
     lines += ["", *(f"![{n[:-4]}]({n})" for n in plots), ""]
