@@ -112,6 +112,8 @@ def test_gradcheck_bad_spec(tiny_config, capsys):
     assert main(["gradcheck", str(tiny_config), "--estimator", "nope"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and len(err.strip().splitlines()) == 1
+    # the allowed list is what gradcheck compares: not bp, which it refuses
+    assert err.strip().endswith("allowed: ep, hep, online-hep, exact-nudge, implicit, bptt, contrast, deep-rule")
 
 
 def test_gradcheck_table_composes_the_diagnostics():

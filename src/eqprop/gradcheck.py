@@ -37,6 +37,7 @@ from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_
 from .guards import NONCONVERGED_TOL, RelaxStats, estimate_problems
 from .metrics import compare, cosine
 from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionModel
+from .registry import ESTIMATORS
 from .settings import SettingError
 from .solvers import PhaseSolvers
 
@@ -222,8 +223,13 @@ def build_specs(specs: Sequence[str], solvers: PhaseSolvers,
     **Raises:** ``ValueError`` for an unknown estimator name or setting, or a value out
     of its bounds (one line quoting the SPEC and naming the key).
     """
+    comparable = [n for n, cls in ESTIMATORS.items() if cls.inference is Estimator.inference]
     out = {}
     for spec in specs:
+        name = spec.split(":")[0]
+        if name not in ESTIMATORS:  # name only those gradcheck can compare (not bp)
+            raise ValueError(f"estimator SPEC {spec!r}: unknown estimator {name!r}; allowed: "
+                             f"{', '.join(comparable)}")
         try:
             out[spec] = parse_spec(spec, solvers, defaults)
         except SettingError as err:
