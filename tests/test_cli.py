@@ -137,6 +137,13 @@ def test_gradcheck_table_composes_the_diagnostics():
     assert "jacobian_symmetry" in table.split("asymmetry diagnostics")[1]
     merged = to_json({**result, **diag})
     assert merged["jacobian_symmetry"] == 0.75 and "cosine" in merged["ep"]["total"]
+    # every column heading keeps a gap, also the 12-character "cos a/hidden" (a review
+    # read "rel.errcos a/hidden"), and the per-parameter rows line up under their headings
+    wide = {**result, "ep": {**result["ep"], "error_vectors": {"hidden": 0.5}}}
+    head = next(line for line in format_table(wide).splitlines() if line.startswith("estimator"))
+    assert "rel.err  cos a/hidden" in head
+    rows = plain.split("per parameter (cosine / relative error):\n")[1].splitlines()
+    assert rows[0].startswith("parameter ") and len({len(r) for r in rows[:3]}) == 1
 
 
 def test_datasets(capsys):

@@ -271,23 +271,26 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
                   "example) pairs unsettled" if result[s].get("phases") else f"{s}: (no nudged phases)"
                   for s in specs]
         return "\n".join(lines)
-    head = f"{'estimator':<{width}}{'cosine':>10}{'rel.err':>10}" + "".join(f"{'cos a/' + p:>12}" for p in pops)
+    cw = {p: max(12, len("cos a/" + p) + 2) for p in pops}  # every header keeps a gap
+    head = f"{'estimator':<{width}}{'cosine':>10}{'rel.err':>10}" + "".join(
+        f"{'cos a/' + p:>{cw[p]}}" for p in pops)
     lines += [head, "-" * len(head)]
     for s in specs:
         t = result[s]["total"]
         ev = result[s]["error_vectors"]
         lines.append(
             f"{s:<{width}}{t['cosine']:>10.6f}{t['relative_error']:>10.2e}"
-            + "".join(f"{ev[p]:>12.6f}" if p in ev else f"{'-':>12}" for p in pops)
+            + "".join(f"{ev[p]:>{cw[p]}.6f}" if p in ev else f"{'-':>{cw[p]}}" for p in pops)
         )
     lines += ["", "per parameter (cosine / relative error):"]
-    pw = max(len(p) for p in params) + 2
-    lines.append(f"{'parameter':<{pw}}" + "".join(f"{s:>{max(len(s), 20) + 2}}" for s in specs))
+    pw = max(len("parameter"), *(len(p) for p in params)) + 2
+    sw = {s: max(len(s), 17) + 2 for s in specs}  # "0.98203 / 1.9e-01" is 17 wide
+    lines.append(f"{'parameter':<{pw}}" + "".join(f"{s:>{sw[s]}}" for s in specs))
     for p in params:
         row = f"{p:<{pw}}"
         for s in specs:
             q = result[s]["parameters"][p]
-            row += f"{q['cosine']:>{max(len(s), 20) - 8}.5f} / {q['relative_error']:.1e}"
+            row += f"{q['cosine']:.5f} / {q['relative_error']:.1e}".rjust(sw[s])
         lines.append(row)
     free = result["relaxation"]["free"]
     lines += ["", f"free phase: {free['steps']} steps, residual max {free['residual_max']:.2e} "
