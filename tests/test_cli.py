@@ -221,6 +221,25 @@ def test_interrupt_exit_code(tiny_config, tmp_path, monkeypatch):
     assert (tmp_path / "i" / "checkpoints" / "latest.json").is_file()
 
 
+def test_eval_says_a_checkpoint_was_saved_part_way_through_an_epoch(tiny_config, tmp_path,
+                                                                    monkeypatch, capsys):
+    real, calls = loop._call_step, []
+
+    def interrupt_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(loop, "_call_step", interrupt_third)
+    assert main(["train", str(tiny_config), "--out", str(tmp_path / "i"), "-q"]) == 130
+    monkeypatch.setattr(loop, "_call_step", real)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "i")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "checkpoint latest (epoch 0 and 2 batches of epoch 1)" in first
+
+
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_help(command, capsys):
     assert main([command, "--help"]) == 0

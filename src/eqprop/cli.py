@@ -110,7 +110,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
     m = evaluate(program, model, x, y, estimate=True)
     top5 = ds.n_classes > 10
-    print(f"{args.run_dir}: checkpoint {args.checkpoint} (epoch {meta.get('epoch')}), "
+    at = f"epoch {meta.get('epoch')}"
+    if meta.get("batch"):  # saved part-way through the next epoch (Ctrl-C, SIGTERM)
+        at += f" and {meta['batch']} batches of epoch {meta.get('epoch', 0) + 1}"
+    print(f"{args.run_dir}: checkpoint {args.checkpoint} ({at}), "
           f"{ds.name} {args.split} split, {len(y)} examples")
     rows = [("mean", {k: float(np.mean(v)) for k, v in m.items()})]
     if program.seeds > 1:
