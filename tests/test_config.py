@@ -353,6 +353,16 @@ def test_malformed_override(bad):
     assert "section.key=value" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("value", ["[64, 32,", "{a = 1", '"unclosed', "'unclosed"])
+def test_an_unclosed_override_value_is_a_toml_error(value):
+    """What opens as an array, a table or a quoted string must be TOML: a truncated
+    ``model.sizes=[64,32,`` said "expected an array, got '[64,32,' (string)"."""
+    with pytest.raises(ConfigError) as info:
+        apply_overrides({}, [f"model.sizes={value}"])
+    msg = str(info.value)
+    assert msg.startswith(f"override 'model.sizes={value}': not valid TOML: {value!r} (") and "\n" not in msg
+
+
 def test_override_into_non_table():
     with pytest.raises(ConfigError, match=r"^model: expected a table"):
         apply_overrides({"model": 3}, ["model.sizes=[1,2]"])

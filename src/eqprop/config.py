@@ -891,13 +891,18 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 
 def _parse_override_value(text: str) -> Any:
-    """Parse ``text`` as a TOML value; anything that is not valid TOML is a plain string."""
+    """Parse ``text`` as a TOML value; anything else is a plain string, except what opens
+    as an array, a table or a quoted string (``[64, 32,``): that is a TOML error.
+
+    **Raises:** :class:`ConfigError` for an unclosed array, table or string."""
     text = text.strip()
     if "\n" in text or "\r" in text:
         return text
     try:
         parsed = tomllib.loads(f"v = {text}")
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as err:
+        if text[:1] in ("[", "{", '"', "'"):
+            raise ConfigError(f"not valid TOML: {text!r} ({err})") from None
         return text
     return parsed["v"] if list(parsed) == ["v"] else text
 
@@ -909,7 +914,10 @@ def _split_override(override: str) -> tuple[list[str], Any]:
     parts = [p.strip() for p in key.split(".")]
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override '{_brief(override)}': expected section.key=value")
-    return parts, _parse_override_value(value)
+    try:
+        return parts, _parse_override_value(value)
+    except ConfigError as err:
+        raise ConfigError(f"override '{_brief(override)}': {err}") from None
 
 
 def _switch_variant(section: str, table: Mapping[str, Any], name: Any,
