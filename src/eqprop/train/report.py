@@ -86,6 +86,7 @@ def _plot(path: Path, runs, panels: list[tuple[str, list[tuple[str, str]], bool]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
@@ -103,6 +104,7 @@ def _plot(path: Path, runs, panels: list[tuple[str, list[tuple[str, str]], bool]
                             marker="o", markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
         if log_y and any(_series(r, k)[1] and min(_series(r, k)[1]) > 0
                          for _, r in runs for k, _ in keys):
             ax.set_yscale("log")
