@@ -395,15 +395,16 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
         if writer:
             run.write_summary(tr.summary("diverged", str(e)))
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         pos = tr.pos
+        how = str(interrupt) or "interrupted"  # "terminated (SIGTERM)" from the CLI's handler
         if jax.process_count() > 1:  # the others may be elsewhere: no collective save
             raise TrainingInterrupted(
-                f"interrupted in epoch {pos.epoch + 1}; continue from the last epoch's "
+                f"{how} in epoch {pos.epoch + 1}; continue from the last epoch's "
                 f"checkpoint with `eqprop resume {run.path}`", epoch=pos.epoch + 1,
                 batch=pos.batch) from None
         tr.save("latest", pos)
-        msg = (f"interrupted in epoch {pos.epoch + 1} after {pos.batch} batch(es); checkpoint "
+        msg = (f"{how} in epoch {pos.epoch + 1} after {pos.batch} batch(es); checkpoint "
                f"saved to {run.checkpoint('latest')}; continue with `eqprop resume {run.path}`")
         raise TrainingInterrupted(msg, epoch=pos.epoch + 1, batch=pos.batch) from None
     finally:
