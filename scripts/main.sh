@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: install everything, then train the Fashion-MNIST reference MLP
-# (784-256-256-10, hEP N = 2, beta 0.5; configs/fmnist-mlp-hep.toml).
+# (784-256-256-10, hEP N = 2, beta 0.05; configs/fmnist-mlp-hep.toml).
 #   EPOCHS=1 bash scripts/main.sh     # a first look: one epoch (~40 s on 2 cores, ~80% test accuracy)
 #   bash scripts/main.sh              # the full 50-epoch reference run
 set -euo pipefail
