@@ -301,16 +301,16 @@ def main(argv=None) -> int:
     data = args.data or "each configuration's own data"
     lines = [f"# {args.experiment} ({data})", "",
              "Mean ± standard deviation over seeds; test accuracy after the last epoch, "
-             f"diagnostics from the last epoch that recorded them (see eqprop.diagnostics).", "",
-             "| setting | seeds | epochs | test acc (%) | " + " | ".join(cols) + " | ms/batch |",
+             "diagnostics from the last epoch that recorded them (see eqprop.diagnostics).", "",
+             "| " + " | ".join(["setting", "seeds", "epochs", "test acc (%)", *cols, "ms/batch"]) + " |",
              "|---" * (len(cols) + 5) + "|"]
     for r in rows:
         s = r["summary"] or {}
         ms = s.get("ms_per_batch")
-        lines.append(f"| {r['name']} | {s.get('seeds', '-')} | {s.get('epochs', '-')} | "
-                     f"{fmt(r['acc'], 100, 2)} | "
-                     + " | ".join(fmt(r["diag"][c], 1, 1 if c == 'angle' else 3) for c in cols)
-                     + f" | {'-' if ms is None else f'{ms:.1f}'} |")
+        cells = [r["name"], s.get("seeds", "-"), s.get("epochs", "-"), fmt(r["acc"], 100, 2),
+                 *(fmt(r["diag"][c], 1, 1 if c == "angle" else 3) for c in cols),
+                 "-" if ms is None else f"{ms:.1f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")  # no empty cell without diagnostics
     if args.experiment == "homeostasis":
         lines += ["", *gap_closed(rows)]
     if args.experiment == "shipped-hep":
