@@ -132,10 +132,11 @@ class MSEReadout(Readout):
 
 
 @READOUTS.register("binary")
-class BinaryReadout(Readout):
-    """One output unit read as a binary target: ``l = 0.5 (a_out - y)^2`` with ``y`` in
-    {0, 1}, ``dl/da_out = a_out - y``, predicted class 1 where ``a_out > 0.5`` (Farinha et
-    al. 2020, the XOR notebook's single output neuron thresholded at 0.5). No parameters.
+class BinaryReadout(MSEReadout):
+    """One output unit read as a binary target: the mean squared error of
+    :class:`MSEReadout` against ``y`` in {0, 1} itself, ``l = 0.5 (a_out - y)^2``,
+    ``dl/da_out = a_out - y``, predicted class 1 where ``a_out > 0.5`` (Farinha et al. 2020,
+    the XOR notebook's single output neuron thresholded at 0.5). No parameters.
 
     **Raises:** ``ValueError`` unless ``n_out == 1`` and ``n_classes == 2``.
     """
@@ -159,14 +160,6 @@ class BinaryReadout(Readout):
 
     def _target(self, a_out: Array, y: Array) -> Array:
         return y[:, None].astype(a_out.real.dtype)
-
-    def loss(self, a_out: Array, y: Array) -> Array:
-        """``0.5 (a_out - y)^2`` per example, ``(B,)``."""
-        return 0.5 * jnp.sum((a_out - self._target(a_out, y)) ** 2, axis=-1)
-
-    def loss_grad(self, a_out: Array, y: Array) -> Array:
-        """``a_out - y``, ``(B, 1)``."""
-        return a_out - self._target(a_out, y)
 
 
 def make_readout(name: str, n_out: int, n_classes: int, *, key: Array, dtype=jnp.float32) -> Readout:
