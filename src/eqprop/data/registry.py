@@ -247,6 +247,11 @@ def search_paths(name: str, path: str | os.PathLike | None = None) -> list[Path]
     if os.environ.get(ENV_VAR):
         bases.append(Path(os.environ[ENV_VAR]) / name)
     bases += [Path(p) for p in spec.system_dirs]
+    return _with_subdir(spec, bases)
+
+
+def _with_subdir(spec: _FileSpec, bases: list[Path]) -> list[Path]:
+    """Each base directory, then its standard subdirectory (when the data set has one)."""
     dirs: list[Path] = []
     for b in bases:
         dirs += [b] + ([b / spec.subdir] if spec.subdir else [])
@@ -266,12 +271,14 @@ def _check_name(name: str) -> None:
         raise DataError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
 
 
-def _locate(name: str, path: str | os.PathLike | None) -> tuple[Path | None, list[str]]:
-    """First directory holding every needed file, and a note per directory searched."""
-    return _locate_in(_spec(name), search_paths(name, path))
+def _locate(name: str) -> tuple[Path | None, list[str]]:
+    """First directory of ``$EQPROP_DATA`` and the system places holding every needed
+    file, and a note per directory searched."""
+    return _locate_in(_spec(name), search_paths(name))
 
 
 def _locate_in(spec: _FileSpec, dirs: list[Path]) -> tuple[Path | None, list[str]]:
+    """First of ``dirs`` holding every needed file, and a note per directory searched."""
     notes = []
     for d in dirs:
         if not d.is_dir():
@@ -299,7 +306,7 @@ def available() -> list[dict]:
             out.append({"name": name, "available": True, "where": where, "searched": [],
                         "how": how})
             continue
-        where, _ = _locate(name, None)
+        where, _ = _locate(name)
         out.append({"name": name, "available": where is not None,
                     "where": None if where is None else str(where),
                     "searched": [str(p) for p in search_paths(name)],
@@ -332,14 +339,14 @@ def _load_files(spec: _FileSpec, path: str | os.PathLike | None) -> Dataset:
     if path is not None:
         # a directory the user named is the only place looked at: falling back to another
         # copy would train on data the user did not ask for, and say nothing
-        where, notes = _locate_in(spec, [Path(path)] + ([Path(path) / spec.subdir] if spec.subdir else []))
+        where, notes = _locate_in(spec, _with_subdir(spec, [Path(path)]))
         if where is None:
-            elsewhere, _ = _locate(name, None)
+            elsewhere, _ = _locate(name)
             hint = (f"; a copy is in {elsewhere}: remove data.path to use it" if elsewhere
                     else f". Get it with: {spec.how}")
             raise DataError(f"data.path: {name} not found in {'; '.join(notes)}{hint}")
     else:
-        where, notes = _locate(name, None)
+        where, notes = _locate(name)
     if where is None:
         searched = "; ".join(notes) or f"nothing (no path given and ${ENV_VAR} not set)"
         raise DataError(f"{name} not found; searched: {searched}. Get it with: {spec.how}")
