@@ -604,7 +604,7 @@ def perturbation_check(model: EquilibriumModel, x: Array, u: PyTree, *, dt: floa
     **Returns:** ``(B,)``: the fraction of the trials that returned, per example.
     """
     ur = jax.tree.map(lambda t: jnp.repeat(t, trials, axis=0), u)
-    back = _perturbed(model, x, ur, _gaussian_like(ur, seed, scale), jnp.asarray(shrink),
+    back = _perturbed(model, x, u, _gaussian_like(ur, seed, scale), jnp.asarray(shrink),
                       jnp.asarray(scale), FixedPoint(steps=steps, dt=dt), trials)
     return np.asarray(back, np.float64)
 
@@ -623,20 +623,24 @@ def perturbation_steps(result: dict[str, Any], least: int, *, shrink: float = 1e
 
 
 @eqx.filter_jit
-def _perturbed(model, x, ur, noise, shrink, scale, solver, trials):
+def _perturbed(model, x, u, noise, shrink, scale, solver, trials):
     batch = x.shape[0]
-    xr = jnp.repeat(x, trials, axis=0)
+    repeat = lambda t: jnp.repeat(t, trials, axis=0)  # noqa: E731
+    ur = jax.tree.map(repeat, u)
     u0 = jax.tree.map(jnp.add, ur, noise)
     proj = model.projector()
     u0 = u0 if proj is None else proj(u0)
-    drive = model.prepare(xr)
+    drive = model.prepare(repeat(x))
     ut, _ = solver.relax(model, lambda w: model.field(w, drive), u0)
     # where the unperturbed state goes in as many steps: a state that settled to within the
     # residual tolerance still moves a little towards the exact fixed point (slowly where
     # rho is near 1), and a return is measured against that, not against the given u; the
     # unperturbed state must itself stay within the perturbations' scale of u (else u was
     # no fixed point at this resolution: an unstable one that the state leaves)
-    uref, _ = solver.relax(model, lambda w: model.field(w, drive), ur)
+    # (relaxed once per example, not once per trial)
+    drive1 = model.prepare(x)
+    uref, _ = solver.relax(model, lambda w: model.field(w, drive1), u)
+    uref = jax.tree.map(repeat, uref)
     d0, d1 = _inf_norms(u0, ur, batch * trials), _inf_norms(ut, uref, batch * trials)
     drift = _inf_norms(uref, ur, batch * trials)
     ok = jnp.isfinite(d1) & (d1 <= shrink * d0 + 1e-12) & (drift <= scale)
