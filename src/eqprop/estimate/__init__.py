@@ -10,7 +10,7 @@ estimator is itself ``ep``/``contrast`` says otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..registry import ESTIMATORS
 from ..settings import settings_of
@@ -69,7 +69,8 @@ def make_estimator(name: str, solvers: PhaseSolvers | None = None, **settings: A
 
 
 def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
-               defaults: Mapping[str, Any] | None = None) -> Estimator:
+               defaults: Mapping[str, Any] | None = None, *,
+               offer: Sequence[str] | None = None) -> Estimator:
     """Build an estimator from a SPEC string such as ``"hep:points=6:beta=0.5"``.
 
     Settings not in the SPEC come from ``defaults`` (the configuration's
@@ -79,7 +80,8 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
     ignored.
 
     **Arguments:** ``spec``: ``"<name>[:<setting>=<value>]..."``; ``solvers``: as
-    :func:`make_estimator`; ``defaults``: ``{"name": ..., setting: value, ...}``.
+    :func:`make_estimator`; ``defaults``: ``{"name": ..., setting: value, ...}``;
+    ``offer``: the names an unknown-estimator error lists (default: every registered one).
 
     **Returns:** the :class:`Estimator`.
 
@@ -91,7 +93,7 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
     name, *parts = spec.split(":")
     if name not in ESTIMATORS:
         raise ValueError(f"estimator SPEC {spec!r}: unknown estimator {name!r}; allowed: "
-                         f"{', '.join(ESTIMATORS)}")
+                         f"{', '.join(ESTIMATORS if offer is None else offer)}")
     allowed = settings_types(name)
     given: dict[str, Any] = {}
     for part in parts:
