@@ -22,6 +22,7 @@ from typing import Any
 from ..guards import NONCONVERGED_TOL, EqpropWarning, estimate_problems
 from .records import ESTIMATE_KEYS
 from .rundir import RunDir
+from .summary import setting_fields
 
 __all__ = ["report", "KNOWN_KEYS"]
 
@@ -146,7 +147,7 @@ def _from_config(run: RunDir) -> dict[str, Any]:
         c = load_run_config(run.config)
     except (ConfigError, ValueError, OSError):  # a config from another version: the summary's or '-'
         return {}
-    return {"data": c.data.name, "estimator": c.estimator.name, "seeds": c.train.seeds}
+    return setting_fields(c)
 
 
 def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:

@@ -235,8 +235,7 @@ def spans_the_run(config: Config) -> list[str]:
     out = []
     if config.optim.schedule == "cosine":
         out.append("optim.schedule = 'cosine' (the learning rate decays to 0 at the last epoch)")
-    pruning = config.pruning
-    if getattr(pruning, "method", "none") == "magnitude" and not pruning.end:
+    if config.pruning.method == "magnitude" and not config.pruning.end:
         out.append("pruning.end = 0 (the target sparsity is reached at the last epoch)")
     return out
 

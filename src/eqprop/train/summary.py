@@ -9,7 +9,13 @@ import numpy as np
 from ..config import Config
 from .rundir import RunDir
 
-__all__ = ["summarize", "format_summary"]
+__all__ = ["summarize", "format_summary", "setting_fields"]
+
+
+def setting_fields(config: Config) -> dict[str, Any]:
+    """What a summary says of a run's setting: ``seeds``, ``data``, ``estimator``."""
+    return {"seeds": config.train.seeds, "data": config.data.name,
+            "estimator": config.estimator.name}
 
 
 def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | None,
@@ -36,8 +42,7 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
     out: dict[str, Any] = {
         "run_dir": str(run.path), "status": status,
         "epochs": records[-1]["epoch"] if records else 0,
-        "epochs_planned": config.train.epochs, "seeds": config.train.seeds,
-        "data": config.data.name, "estimator": config.estimator.name,
+        "epochs_planned": config.train.epochs, **setting_fields(config),
         "final_test_acc": final["test_acc"] if final else None,
         "final_test_loss": final["test_loss"] if final else None,
         "final_train_acc": records[-1]["train_acc"] if records else None,
