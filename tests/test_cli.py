@@ -453,3 +453,7 @@ def test_resume_with_other_epochs_warns_when_a_schedule_spans_the_run(tiny_confi
                            "the planned run nor an uninterrupted 2-epoch run"]
         else:
             assert err == []
+    # a total the run has already reached is refused, and not warned about first
+    assert main(["resume", str(tmp_path / "cosine"), "-q", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("eqprop: error:") and "already trained 2 epochs" in err[0]

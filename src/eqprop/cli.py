@@ -86,7 +86,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     before = load_run_config(run.config, args.set)
     config = with_epochs(before, args.epochs)
     spans = spans_the_run(before)
-    if config.train.epochs != before.train.epochs and spans:
+    records = run.read_metrics()
+    done = records[-1]["epoch"] if records else 0  # at or past it, resume refuses: no warning
+    if config.train.epochs != before.train.epochs and config.train.epochs > done and spans:
         warnings.warn(f"resume --epochs {config.train.epochs} (the run was planned for "
                       f"{before.train.epochs}): {' and '.join(spans)} now spans "
                       f"{config.train.epochs} epochs from here on, so the result equals "
