@@ -401,7 +401,7 @@ def bp_op_counts(ops: dict) -> dict[str, int]:
     return {name: 2 if name == first else 3 for name in ops}
 
 
-def op_throughput(op: dict, compute_dtype: str, repeats: int) -> dict:
+def op_throughput(op: dict, compute_dtype: str, repeats: int, model=None) -> dict:
     """FLOP/s of ``op`` followed by its transpose (operands in ``compute_dtype``,
     accumulated in float32), chained :data:`CONV_ITERS` times in a ``fori_loop`` with a
     ``tanh`` after each, minus the same loop of the ``tanh`` alone (medians).
@@ -410,9 +410,10 @@ def op_throughput(op: dict, compute_dtype: str, repeats: int) -> dict:
     convolutions, the transpose being the convolution ``(B, H, W, C_out) -> (B, H, W,
     C_in)`` with the kernel flipped and its channel axes swapped (materialised outside the
     loop), i.e. this machine's convolution throughput at the shapes of the step;
-    ``model_gflops``: the transpose as the conv network applies it (``jax.linear_transpose``
-    of the forward convolution, whose kernel XLA receives in ``HWOI`` order). For the
-    dense op both are ``(z W) W^T`` with ``W^T`` materialised, as the network does."""
+    ``model_gflops``: the transpose as the conv network applies it, through ``model``'s
+    own ``_conv_transpose`` (so the figure follows the network's code), or, without a
+    ``model``, ``jax.linear_transpose`` of the plain HWIO convolution. For the dense op both
+    are ``(z W) W^T`` with ``W^T`` materialised, as the network does."""
     k = jax.random.PRNGKey(5)
     f32 = jnp.float32
     cd = f32 if compute_dtype == "float32" else jnp.dtype(compute_dtype)
@@ -429,6 +430,8 @@ def op_throughput(op: dict, compute_dtype: str, repeats: int) -> dict:
                                preferred_element_type=f32)
 
     def as_model(z, w):  # ConvNetwork._conv + _conv_transpose
+        if model is not None:
+            return model._conv_transpose(jnp.tanh(conv(z, w)), w, z.shape[1:])
         wc = w.astype(cd)
         fwd = lambda v: lax.conv_general_dilated(v, wc, (1, 1), "SAME", dimension_numbers=dims)  # noqa: E731
         adjoint = jax.linear_transpose(fwd, jax.ShapeDtypeStruct(z.shape, cd))
@@ -512,7 +515,7 @@ def cnn_main(args) -> dict:
     compile_s, times, ms = time_steps({c[0]: c[1] for c in configs}, model0, opt, x, y, key, repeats)
 
     ops = cnn_ops(model0, batch)
-    thr = {n: op_throughput(op, model0.compute_dtype, repeats) for n, op in ops.items()}
+    thr = {n: op_throughput(op, model0.compute_dtype, repeats, model0) for n, op in ops.items()}
 
     out = {"model": "cnn", "device": jax.devices()[0].device_kind, "jax": jax.__version__,
            "cpus": os.cpu_count(), "machine": platform.machine(),

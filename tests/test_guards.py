@@ -261,6 +261,38 @@ def test_linear_solve_figures_are_logged_and_a_converged_run_is_not_warned(tmp_p
     assert "linear res" in capsys.readouterr().out  # the epoch line
 
 
+def test_unconverged_free_phases_are_warned_in_train_eval_report_and_gradcheck(tmp_path, capsys):
+    """The free phase is where every estimate is taken: one step of it leaves every
+    example unsettled, and training (once per epoch), eval, the report and gradcheck each
+    say so; the nudged phases (20 steps from there) are not what is blamed."""
+    config = {**TINY, "model": {"sizes": [16, 8, 8, 4]},  # two coupled populations
+              "dynamics": {"free_steps": 1, "nudged_steps": 20, "update": "synchronous"},
+              "estimator": {"name": "hep", "points": 2, "beta": 0.05}}
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(parse_config(config), out, progress=False)
+    caught = [str(w.message) for w in caught if issubclass(w.category, EstimateWarning)]
+    assert [m.split(":")[0] for m in caught] == ["epoch 1", "epoch 2"]
+    assert all(m.split(": ", 1)[1].startswith("free phases did not converge: residual_mean")
+               and "dynamics.free_steps" in m for m in caught)
+    for r in _records(out):
+        assert r["residual_mean"] > NONCONVERGED_TOL and r["nonconverged_fraction"] == 1.0
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    assert "eqprop: warning: free phases did not converge" in capsys.readouterr().err
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "run, epoch 2: free phases did not converge" in (tmp_path / "rep" / "report.md").read_text()
+    (tmp_path / "c.toml").write_text(_toml(config))
+    assert main(["gradcheck", str(tmp_path / "c.toml")]) == 0
+    assert "free phase: WARNING: free phases did not converge" in capsys.readouterr().out
+    # relaxed 60 steps, the same network is settled and nothing is said of its free phase
+    config["dynamics"]["free_steps"] = 60
+    (tmp_path / "c.toml").write_text(_toml(config))
+    assert main(["gradcheck", str(tmp_path / "c.toml")]) == 0
+    assert "free phase: WARNING" not in capsys.readouterr().out
+
+
 # -- hEP: the Fourier coefficients around the circle ------------------------------------
 
 

@@ -138,6 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"hEP circle: Fourier coefficients fall at rate {mean['hep_decay']:.3f} per order, "
               f"estimated error {100 * mean['hep_error']:.1f}%")
     figures = {name: mean[key] for key, name in ESTIMATE_KEYS.items() if key in mean}
+    figures.update(residual_mean=mean["residual"], nonconverged_fraction=mean["nonconverged"])
     problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None))
     if problems:
         warnings.warn("; ".join(problems), EstimateWarning, stacklevel=2)

@@ -112,7 +112,8 @@ def gradcheck(
     {"cosine", "relative_error"}}, "error_vectors": {population: cosine}, "phases":
     STATS | None, "linear": STATS | None, "circle": CIRCLE | None, "problems": [str]},
     ..., "relaxation": {"free": STATS, "implicit_solve": STATS, "clipped_fraction": float |
-    None}, "reference": "implicit" | None}``, Python floats, ints, bools and strings.
+    None, "problems": [str] (the free phase beyond the tolerance)}, "reference": "implicit" |
+    None}``, Python floats, ints, bools and strings.
     With a mixed-precision model the result also has ``"precision": {"estimates":
     compute_dtype, "reference": "float32"}`` (absent otherwise) and
     ``relaxation["reference_free"]``, the float32 free phase of the reference.
@@ -179,8 +180,11 @@ def gradcheck(
             out[spec]["parameters"] = {n: {"cosine": None, "relative_error": None}
                                        for n in out[spec]["parameters"]}
             out[spec]["error_vectors"] = {}
-    out["relaxation"] = {"free": _stats(free.stats), "implicit_solve": _stats(info_ref.linear),
-                         "clipped_fraction": clipped}
+    free_stats = _stats(free.stats)
+    out["relaxation"] = {"free": free_stats, "implicit_solve": _stats(info_ref.linear),
+                         "clipped_fraction": clipped,
+                         "problems": estimate_problems(
+                             {k: free_stats[k] for k in ("residual_mean", "nonconverged_fraction")})}
     if precision is not None:
         out["relaxation"]["reference_free"] = _stats(ref_free.stats)
     out["reference"] = "implicit" if not clipped else None
@@ -291,6 +295,7 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     free = result["relaxation"]["free"]
     lines += ["", f"free phase: {free['steps']} steps, residual max {free['residual_max']:.2e} "
               f"mean {free['residual_mean']:.2e}, finite: {free['finite']}"]
+    lines += [f"free phase: WARNING: {p}" for p in result["relaxation"].get("problems", [])]
     ref_free = result["relaxation"].get("reference_free")
     if ref_free:
         lines.append(f"reference's free phase ({precision['reference']}): {ref_free['steps']} steps, "

@@ -240,13 +240,16 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
     """Which estimate figures of a record (an epoch record, an evaluation, a gradcheck
     entry) are beyond their limit, each as a short sentence.
 
-    **Arguments:** ``figures``: a mapping that may hold ``nudged_residual_mean``,
+    **Arguments:** ``figures``: a mapping that may hold ``residual_mean`` and
+    ``nonconverged_fraction`` (the free phase), ``nudged_residual_mean``,
     ``nudged_nonconverged_fraction``, ``linear_residual_mean``, ``hep_decay_mean``,
     ``hep_error_mean`` and ``hep_beta_suggested`` (missing or ``None``: not applicable);
     ``beta``: the circle's radius, named in the hEP sentence.
 
     **Returns:** ``[]`` when every figure is within its limit:
 
+    - the free phase: ``residual_mean > NONCONVERGED_TOL`` (every estimate is taken at
+      the free state, so an unsettled one makes any estimator's gradient wrong);
     - nudged phases: ``nudged_residual_mean > NONCONVERGED_TOL``;
     - linear solves: ``linear_residual_mean > NONCONVERGED_TOL``;
     - hEP: ``hep_error_mean > HEP_ERROR_LIMIT`` (the Fourier coefficients around the
@@ -254,6 +257,12 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
       the radius of convergence), naming ``hep_beta_suggested``.
     """
     out = []
+    r = figures.get("residual_mean")
+    if r is not None and not r <= NONCONVERGED_TOL:
+        frac = figures.get("nonconverged_fraction")
+        out.append(f"free phases did not converge: residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
+                   + (f" ({100 * frac:.0f}% of examples above it)" if frac is not None else "")
+                   + "; raise dynamics.free_steps (or check eqprop stability)")
     r = figures.get("nudged_residual_mean")
     if r is not None and not r <= NONCONVERGED_TOL:
         frac = figures.get("nudged_nonconverged_fraction")
