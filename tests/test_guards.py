@@ -276,6 +276,10 @@ def test_unconverged_free_phases_are_warned_in_train_eval_report_and_gradcheck(t
     assert [m.split(":")[0] for m in caught] == ["epoch 1", "epoch 2"]
     assert all(m.split(": ", 1)[1].startswith("free phases did not converge: residual_mean")
                and "dynamics.free_steps" in m for m in caught)
+    # hEP's circle, relaxed from that unsettled state, does not decay; its sentence says
+    # why and suggests no radius (the beta it would compute is meaningless here)
+    assert all("measured from an unsettled free state" in m and "try estimator.beta" not in m
+               for m in caught)
     for r in _records(out):
         assert r["residual_mean"] > NONCONVERGED_TOL and r["nonconverged_fraction"] == 1.0
     capsys.readouterr()

@@ -254,11 +254,14 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
     - linear solves: ``linear_residual_mean > NONCONVERGED_TOL``;
     - hEP: ``hep_error_mean > HEP_ERROR_LIMIT`` (the Fourier coefficients around the
       circle do not fall by a factor 10 over ``N`` orders: the circle is not well inside
-      the radius of convergence), naming ``hep_beta_suggested``.
+      the radius of convergence), naming ``hep_beta_suggested``; when the free phase is
+      unsettled too, the sentence says the circle was measured from an unsettled state
+      and names no radius (the drift of the free state, not the radius, may be at fault).
     """
     out = []
     r = figures.get("residual_mean")
-    if r is not None and not r <= NONCONVERGED_TOL:
+    unsettled = r is not None and not r <= NONCONVERGED_TOL
+    if unsettled:
         frac = figures.get("nonconverged_fraction")
         out.append(f"free phases did not converge: residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
                    + (f" ({100 * frac:.0f}% of examples above it)" if frac is not None else "")
@@ -281,7 +284,10 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
         out.append(
             "hEP Fourier coefficients of a*(beta) do not decay around the circle"
             + (f" (rate {rate:.3g} per order" if rate is not None else " (")
-            + f", estimated error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%): {radius} is not well "
-            "inside the radius of convergence, and more points help little or not at all; "
-            + (f"try estimator.beta = {smaller:.3g}" if smaller is not None else "lower estimator.beta"))
+            + f", estimated error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%)"
+            + (": measured from an unsettled free state, which also moves a*(beta); settle the "
+               "free phase before changing estimator.beta" if unsettled else
+               f": {radius} is not well inside the radius of convergence, and more points help "
+               "little or not at all; "
+               + (f"try estimator.beta = {smaller:.3g}" if smaller is not None else "lower estimator.beta")))
     return out
