@@ -33,6 +33,7 @@ from eqprop.network import (BipartiteModel, ConvNetwork, EnergyModel, FeedbackMo
 from eqprop.network.conv import convnet
 from eqprop.network.kinds import Conv
 from eqprop.registry import MODELS
+from eqprop.solvers import FixedPoint
 
 F64 = jnp.float64
 SHAPE = (8, 8, 1)
@@ -193,7 +194,9 @@ def test_capabilities_and_shapes():
     x, _ = batch()
     u = m.init_state(prepare(m, x))
     assert {k: v.shape for k, v in u.items()} == {"c1": (3, 4, 4, 3), "c2": (3, 2, 2, 4), "out": (3, 5)}
-    assert m.partition() is None  # softmax pooling couples a population to itself
+    # even and odd populations, pooled or not (a pooled population depends on itself
+    # through its pooling's Jacobian, never on another of its group: below)
+    assert m.partition() == (("c1", "out"), ("c2",))
     lin = make(pool=(False, False))
     assert lin.partition() == (("c1", "out"), ("c2",))
     d = prepare(lin, x)
@@ -209,6 +212,55 @@ def test_capabilities_and_shapes():
         part = interaction(lin, other, d, group)
         for p in group:
             np.testing.assert_allclose(part[p], h[p], rtol=1e-13)
+
+
+def test_pooled_groups_depend_on_no_other_member_of_their_group():
+    """With softmax pooling h_c1 depends on a_c1 (the pooling's Jacobian at conv(a_c1)),
+    but no population of a group depends on another of its group: zeroing the others
+    leaves each one's h unchanged, zeroing itself does not (c1)."""
+    m = make()
+    x, _ = batch()
+    d = prepare(m, x)
+    a = activity(m, random_state(m, x))
+    h = interaction(m, a, d)
+    for group in m.partition():
+        for p in group:
+            others = {q: (0 * v if q in group and q != p else v) for q, v in a.items()}
+            np.testing.assert_allclose(interaction(m, others, d, group)[p], h[p], rtol=1e-13)
+    itself = {q: (0 * v if q == "c1" else v) for q, v in a.items()}
+    assert float(jnp.max(jnp.abs(interaction(m, itself, d, ("c1",))["c1"] - h["c1"]))) > 1e-3
+
+
+def _settle(m, x, update, steps):
+    d = prepare(m, x)
+    solver = FixedPoint(steps=steps, update=update)
+    u, stats = solver.relax(m, lambda u: m.field(u, d), m.init_state(d),
+                            field_on=lambda u, g: m.field_on(u, d, g))
+    return d, u, stats.residual
+
+
+def test_alternating_sweeps_reach_the_synchronous_fixed_point_and_settle_its_2_cycle():
+    """On a pooled net the alternating sweep (block Gauss-Seidel, self-dependence at the
+    previous state) has the synchronous iteration's fixed points: the same state to 1e-12
+    where both settle. With weights 6x the default, one example's synchronous update ends
+    in a 2-cycle (u_{t+2} = u_t, residual > 0.5); the alternating sweep settles it."""
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1), F64)
+    for scale, cycles in ((3.0, False), (6.0, True)):
+        m = convnet((8, 8, 1), (6, 8), n_classes=3, key=jax.random.PRNGKey(0), output_size=5,
+                    dtype=F64, init_scale=scale)
+        d, us, rs = _settle(m, x, "synchronous", 1000)
+        _, ua, ra = _settle(m, x, "alternating", 1000)
+        assert float(jnp.max(ra)) < 1e-10
+        f = m.field(ua, d)
+        assert max(float(jnp.max(jnp.abs(v))) for v in f.values()) < 1e-10  # a fixed point
+        if not cycles:
+            assert float(jnp.max(rs)) < 1e-10
+            for p in us:
+                np.testing.assert_allclose(ua[p], us[p], atol=1e-12)
+        else:
+            assert float(jnp.max(rs)) > 0.5
+            u2 = FixedPoint(steps=2).relax(m, lambda u: m.field(u, d), us)[0]
+            assert max(float(jnp.max(jnp.abs(u2[p] - us[p]))) for p in us) < 1e-3
 
 
 def test_field_is_the_gradient_of_the_primitive():

@@ -265,7 +265,9 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
         frac = figures.get("nonconverged_fraction")
         out.append(f"free phases did not converge: residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
                    + (f" ({100 * frac:.0f}% of examples above it)" if frac is not None else "")
-                   + "; raise dynamics.free_steps (or check eqprop stability)")
+                   + "; raise dynamics.free_steps, or, where the synchronous update oscillates "
+                   "(a 2-cycle: see eqprop stability), lower dynamics.dt or use dynamics.update = "
+                   "'alternating'")
     r = figures.get("nudged_residual_mean")
     if r is not None and not r <= NONCONVERGED_TOL:
         frac = figures.get("nudged_nonconverged_fraction")

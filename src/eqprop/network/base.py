@@ -213,10 +213,12 @@ class BipartiteModel(EquilibriumModel):
 
     @abc.abstractmethod
     def partition(self) -> tuple[tuple[str, ...], ...] | None:
-        """Groups of population names with no coupling inside a group, or ``None`` when
-        the coupling graph is not bipartite. One group when no population is coupled to
-        another (one hidden population): the alternating sweep is then the synchronous
-        step."""
+        """Groups of population names with no coupling between two populations of a
+        group, or ``None`` when the coupling graph is not bipartite. One group when no
+        population is coupled to another (one hidden population): the alternating sweep
+        is then the synchronous step. A population may depend on its own activity (the
+        conv network's softmax pooling); the sweep then takes that dependence at its state
+        before its update."""
 
     def field_on(self, u: PyTree, drive: PyTree, group: tuple[str, ...]) -> PyTree:
         """``F`` restricted to the populations in ``group``.
