@@ -596,7 +596,7 @@ def cnn_main(args) -> dict:
           f"EP {PAPER_EPOCH_S['ep']:.0f} s, BP {PAPER_EPOCH_S['bp']:.0f} s "
           f"({PAPER_EPOCH_S['ep'] / PAPER_EPOCH_S['bp']:.0f}x); only the ratio compares across machines, "
           f"and the absolute figure only with their architecture, batch and steps on a GPU")
-    print(f"\n| free steps | EP temp MiB | BPTT temp MiB |\n|---|---|---|")
+    print("\n| free steps | EP temp MiB | BPTT temp MiB |\n|---|---|---|")
     fmt = lambda d: (f"{d['temp_bytes'] / 2**20:.2f}" if d and "temp_bytes" in d  # noqa: E731
                      else (d or {}).get("error", "n/a"))
     for s, e, t in zip(mem_steps, mem["ep"], mem["bptt"]):
