@@ -499,11 +499,18 @@ def test_cli_json_of_a_run_and_of_a_config(enforced_run, tmp_path, capsys):
     assert main(["stability", str(cfg), "--json", str(js), "--set", "train.seeds=2",
                  "--set", "stability.enforce='none'"]) == 0
     res = json.loads(js.read_text())
+    assert res["update"] == "synchronous" and "alternates its groups" not in capsys.readouterr().out
     assert [r["seed"] for r in res["per_seed"]] == [0, 1]
     for r in res["per_seed"]:
         assert isinstance(r["certified"], bool) and r["method"] in ("contraction", "spectral-exact")
         assert r["contraction_bound"] > 1 and r["margins"]["contraction"] < 0
         assert set(r["margins"]) >= {"contraction", "spectral", "lyapunov"}
+    # relaxed by alternating sweeps: the same fixed point, and the table says which map
+    # its certificate is of
+    assert main(["stability", str(cfg), "--json", str(js), "--set", "dynamics.update='alternating'",
+                 "--set", "stability.enforce='none'"]) == 0
+    assert "certify the synchronous map, not the alternating sweep" in capsys.readouterr().out
+    assert json.loads(js.read_text())["update"] == "alternating"
 
 
 def test_one_line_errors(enforced_run, tmp_path, capsys):

@@ -251,9 +251,13 @@ def _cmd_stability(args: argparse.Namespace) -> int:
                                  "returned_fraction_mean": float(back.mean())}
         rows.append({"seed": i, **r})
     result = {"target": str(args.target), "model": type(model).__name__, "dt": free.dt,
-              "examples": int(x.shape[0]), "certified": all(r["certified"] for r in rows),
-              "per_seed": rows}
+              "update": free.update, "examples": int(x.shape[0]),
+              "certified": all(r["certified"] for r in rows), "per_seed": rows}
     print(format_table(result))
+    if free.update == "alternating":
+        print("note: the relaxation alternates its groups (dynamics.update = 'alternating'); "
+              "the fixed point is the one it reaches, but rho(I+dtJ) and the contraction bound "
+              "certify the synchronous map, not the alternating sweep")
     if args.json:
         out = Path(args.json)
         if out.parent != Path(""):
