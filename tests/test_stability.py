@@ -505,8 +505,8 @@ def test_cli_json_of_a_run_and_of_a_config(enforced_run, tmp_path, capsys):
         assert isinstance(r["certified"], bool) and r["method"] in ("contraction", "spectral-exact")
         assert r["contraction_bound"] > 1 and r["margins"]["contraction"] < 0
         assert set(r["margins"]) >= {"contraction", "spectral", "lyapunov"}
-    # relaxed by alternating sweeps: the same fixed point, and the table says which map
-    # its certificate is of
+    # relaxed by alternating sweeps: the table and the JSON say which map the certificate
+    # is of
     assert main(["stability", str(cfg), "--json", str(js), "--set", "dynamics.update='alternating'",
                  "--set", "stability.enforce='none'"]) == 0
     assert "certify the synchronous map, not the alternating sweep" in capsys.readouterr().out

@@ -183,8 +183,7 @@ def gradcheck(
     free_stats = _stats(free.stats)
     out["relaxation"] = {"free": free_stats, "implicit_solve": _stats(info_ref.linear),
                          "clipped_fraction": clipped,
-                         "problems": estimate_problems(
-                             {k: free_stats[k] for k in ("residual_mean", "nonconverged_fraction")})}
+                         "problems": estimate_problems(free_stats)}
     if precision is not None:
         out["relaxation"]["reference_free"] = _stats(ref_free.stats)
     out["reference"] = "implicit" if not clipped else None
