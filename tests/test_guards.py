@@ -389,3 +389,22 @@ def test_eqprop_warnings_print_as_one_line_each_time(capsys):
         ["[run] warning: nudged phases did not converge"] * 2
         + ["[run] warning: latest: payload corrupt, used the previous entry"])
     assert others == ["something else"]
+
+
+def test_the_epoch_line_shows_the_median_rate_which_one_outlier_does_not_move(unsettled):
+    """One outlier example's rate (into the hundreds on a trained CNN) dominates the batch
+    mean; the record keeps both, and the epoch line and the report show the median."""
+    from eqprop.estimate.nudge import CircleDecay
+    from eqprop.train.loop import _estimate_text
+    from eqprop.train.report import _estimate_cell as report_text
+
+    circle = CircleDecay(norms=jnp.ones((2, 4)), rate=jnp.array([0.2, 0.3, 0.25, 300.0]),
+                         beta=0.5, points=2)
+    assert float(circle.rate_median()) == pytest.approx(0.275)
+    assert float(circle.rate_mean()) > 75
+    out, _ = unsettled
+    for r in _records(out):
+        assert r["hep_decay_median"] <= r["hep_decay_mean"] + 1e-12
+        rec = dict(r, hep_decay_mean=123.0)
+        assert f"hEP rate (median) {r['hep_decay_median']:.2f}" in _estimate_text(rec)
+        assert "123" not in _estimate_text(rec) and "123" not in report_text(rec)

@@ -135,8 +135,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if "linear_residual" in mean:
         print(f"linear solve ({estimator_name}): residual {mean['linear_residual']:.2e} (mean)")
     if "hep_error" in mean:
-        print(f"hEP circle: Fourier coefficients fall at rate {mean['hep_decay']:.3f} per order, "
-              f"estimated error {100 * mean['hep_error']:.1f}%")
+        print(f"hEP circle: Fourier coefficients fall at rate {mean['hep_decay_median']:.3f} per order "
+              f"(median; mean {mean['hep_decay']:.3f}), estimated error {100 * mean['hep_error']:.1f}%")
     figures = {name: mean[key] for key, name in ESTIMATE_KEYS.items() if key in mean}
     figures.update(residual_mean=mean["residual"], nonconverged_fraction=mean["nonconverged"])
     problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None))

@@ -76,8 +76,9 @@ def estimate_metrics(info: Estimate) -> dict[str, Array]:
       over every (phase, example), and the fraction of them above
       :data:`~eqprop.guards.NONCONVERGED_TOL`;
     - ``linear_residual``: the mean residual of the linear solve over the batch;
-    - ``hep_decay``, ``hep_error``, ``hep_beta_suggested``: the mean fitted rate per
-      order of hEP's Fourier coefficients around the circle, the mean estimated relative
+    - ``hep_decay``, ``hep_decay_median``, ``hep_error``, ``hep_beta_suggested``: the mean
+      and the median over the batch of the fitted rate per order of hEP's Fourier
+      coefficients around the circle, the mean estimated relative
       error of the Cauchy estimate (``min(rate^N, 1)``), and a smaller radius to try
       (:class:`~eqprop.estimate.nudge.CircleDecay`).
     """
@@ -89,6 +90,7 @@ def estimate_metrics(info: Estimate) -> dict[str, Array]:
         out["linear_residual"] = info.linear.residual_mean()
     if info.circle is not None:
         out["hep_decay"] = info.circle.rate_mean()
+        out["hep_decay_median"] = info.circle.rate_median()
         out["hep_error"] = info.circle.error_mean()
         out["hep_beta_suggested"] = info.circle.beta_suggested()
     return out

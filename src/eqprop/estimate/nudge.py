@@ -188,6 +188,11 @@ class CircleDecay(eqx.Module):
         """The mean rate over the batch (a real scalar)."""
         return jnp.mean(self.rate)
 
+    def rate_median(self) -> Array:
+        """The median rate over the batch (a real scalar): what the typical example sees,
+        where one outlier's rate (into the hundreds) dominates :meth:`rate_mean`."""
+        return jnp.median(self.rate)
+
     def error(self) -> Array:
         """``(B,)``: the estimated relative error of each example's Cauchy estimate,
         ``min(rate^N, 1)`` (its first alias, ``||c_{1+N}|| / ||c_1||`` under geometric

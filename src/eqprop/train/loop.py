@@ -335,7 +335,9 @@ def _estimate_text(rec: dict[str, Any]) -> str:
     if rec.get("linear_residual_mean") is not None:
         parts.append(f"linear res {rec['linear_residual_mean']:.1e}")
     if rec.get("hep_error_mean") is not None:
-        parts.append(f"hEP rate {rec['hep_decay_mean']:.2f} err {rec['hep_error_mean']:.2f}")
+        rate = rec.get("hep_decay_median")  # the typical example's: one outlier dominates the mean
+        rate = rec["hep_decay_mean"] if rate is None else rate
+        parts.append(f"hEP rate (median) {rate:.2f} err {rec['hep_error_mean']:.2f}")
     return (" | " + ", ".join(parts)) if parts else ""
 
 

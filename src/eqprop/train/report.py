@@ -37,8 +37,8 @@ _ESTIMATE_PANELS = (
     ("nudged residual (mean)", [("nudged_residual_mean", "-")], True),
     (f"nudged phases above {NONCONVERGED_TOL:g} (fraction)", [("nudged_nonconverged_fraction", "-")], False),
     ("linear-solve residual (mean)", [("linear_residual_mean", "-")], True),
-    ("hEP coefficients: decay rate, estimated error",
-     [("hep_decay_mean", "-"), ("hep_error_mean", "--")], False),
+    ("hEP coefficients: decay rate (mean, median), estimated error",
+     [("hep_decay_mean", "-"), ("hep_decay_median", ":"), ("hep_error_mean", "--")], False),
 )
 
 _STYLES = ("-", "--", ":", "-.")
@@ -134,7 +134,9 @@ def _estimate_cell(rec: dict[str, Any]) -> str:
     if rec.get("linear_residual_mean") is not None:
         parts.append(f"linear residual {rec['linear_residual_mean']:.1e}")
     if rec.get("hep_error_mean") is not None:
-        parts.append(f"hEP rate {rec['hep_decay_mean']:.2f}, error {100 * rec['hep_error_mean']:.0f}%")
+        rate = rec.get("hep_decay_median")
+        rate = rec["hep_decay_mean"] if rate is None else rate  # a run recorded before the median
+        parts.append(f"hEP rate (median) {rate:.2f}, error {100 * rec['hep_error_mean']:.0f}%")
     return "; ".join(parts) or "-"
 
 
