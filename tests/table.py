@@ -8,7 +8,8 @@ estimator or solver joins every test by one entry here:
   untied graph one (asymmetric, not bipartite), and a model that is *not* a
   DenseNetwork, written in ``tests/plugins/hopfield.py`` the way a user writes a plugin
   and loaded through the public API (:func:`eqprop.load_plugin`, then the registered
-  model kind's ``build``);
+  model kind's ``build``), a directed network (Farinha et al. 2020) and a small tied
+  convolutional network whose softmax pooling couples a population to itself;
 - :data:`ESTIMATORS_UNDER_TEST`: every registered estimator with the settings and the
   tolerance at which it must match its reference gradient;
 - :data:`SOLVERS_UNDER_TEST`: the fixed-point solvers: the plain iteration, synchronous
@@ -81,6 +82,11 @@ MODELS_UNDER_TEST = (
                                                            hidden=8)),
     ModelCase("directed-rate", lambda key: eqprop.network.directed(6, 5, 3, key=key, dtype=F64,
                                                                     readout="softmax")),
+    # a conv net (NHWC feature maps, softmax pooling inside the tied feedback): 4x4x1 images
+    # (flattened, as the table's batches are) -> c1 2 ch pooled to 2x2 -> c2 3 ch -> out 4
+    ModelCase("conv-pooled", lambda key: eqprop.network.convnet(
+        (4, 4, 1), (2, 3), n_classes=3, key=key, pool=(True, False), output_size=4, dtype=F64,
+        init_scale=1.5), n_in=16),
 )
 MODEL_IDS = {m.id: m for m in MODELS_UNDER_TEST}
 

@@ -63,9 +63,14 @@ def activity(m, u):
 
 
 def make(feedback="tied", angle=0.0, pool=None, dtype=F64, compute="float32", seed=0):
-    return convnet(SHAPE, (3, 4), n_classes=3, key=jax.random.PRNGKey(seed), output_size=5,
-                   pool=pool, feedback=feedback, asymmetry_angle=angle, dtype=dtype,
-                   compute_dtype=compute)
+    """The test net, with biases drawn away from their zero initialisation (a bias counted
+    twice in the field does not show at zero)."""
+    m = convnet(SHAPE, (3, 4), n_classes=3, key=jax.random.PRNGKey(seed), output_size=5,
+                pool=pool, feedback=feedback, asymmetry_angle=angle, dtype=dtype,
+                compute_dtype=compute)
+    keys = jax.random.split(jax.random.PRNGKey(100 + seed), len(m.biases))
+    biases = {p: 0.1 * jax.random.normal(k, b.shape, b.dtype) for k, (p, b) in zip(keys, sorted(m.biases.items()))}
+    return eqx.tree_at(lambda n: n.biases, m, biases)
 
 
 def batch(dtype=F64):

@@ -97,8 +97,8 @@ def pooled_size(n: int) -> int:
 class ConvDrive(eqx.Module):
     """What a conv network hoists out of the relaxation loop for a batch.
 
-    ``inputs``: ``{"c1": f_c1(x) (B, H1, W1, C1), "out": b_out (B, n_out)}``, the drive of
-    the populations that depend on the clamped input or on a bias alone;
+    ``inputs``: ``{"c1": f_c1(x) (B, H1, W1, C1)}``, the drive of the population fed by
+    the clamped input (every other population's bias is added by its forward map);
     ``transposed``: ``W_out^T`` ``(n_out, n_flat)`` of a tied dense output projection,
     materialised once (in the compute dtype), or ``None``.
     """
@@ -287,14 +287,12 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
         **Arguments:** ``x``: images ``(B, H, W, C)`` (or flattened ``(B, H W C)``), cast
         to the parameters' dtype.
 
-        **Returns:** ``ConvDrive(inputs={"c1": (B, H1, W1, C1), "out": (B, n_out)},
-        transposed=(n_out, n_flat) or None)``.
+        **Returns:** ``ConvDrive(inputs={"c1": (B, H1, W1, C1)}, transposed=(n_out,
+        n_flat) or None)``.
         """
         x = self._image(x)
         first = self.names[0]
         inputs = {first: self.forward_map(INPUT, first, x)}
-        b = self.biases[self.output]
-        inputs[self.output] = jnp.broadcast_to(b, (x.shape[0],) + b.shape)
         transposed = None
         if self.tied:
             transposed = self._cast(jnp.transpose(self.weights[f"{self.names[-2]}->{self.output}"]))
@@ -302,8 +300,8 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
 
     def init_state(self, drive: ConvDrive) -> dict[str, Array]:
         """Zeros ``{p: (B, *shape_p)}`` (the dtype of the drive)."""
-        ref = drive.inputs[self.output]
-        batch = ref.shape[:-1]
+        ref = drive.inputs[self.names[0]]
+        batch = ref.shape[:-3]
         return {p: jnp.zeros(batch + self.populations[p], ref.dtype) for p in self.names}
 
     def activity(self, u: dict[str, Array]) -> dict[str, Array]:
