@@ -236,3 +236,20 @@ def test_the_command_line_creates_the_host_devices_itself(tmp_path):
     out = cli("resume", run, "--epochs", "2", "--set", "parallel.devices=2", "--quiet")
     assert "on 2 devices (seed 1 x data 2)" in out
     cli("eval", run, "--set", "parallel.devices=2")
+
+
+def test_more_host_devices_than_cores_run_and_say_so(tmp_path):
+    """Allowed (the batch is split as asked) but never faster: one warning line; as many
+    devices as cores say nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    cores = os.cpu_count() or 1
+    for n, warned in ((cores + 1, True), (min(cores, 2), False)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "eqprop.cli", "train", str(ROOT / "configs" / "digits-quick.toml"),
+             "--set", f"parallel.devices={n}", "--set", f"data.batch_size={4 * n}",
+             "--set", "train.max_batches=1", "--epochs", "1", "--out", str(tmp_path / str(n)), "--quiet"],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        line = f"eqprop: warning: parallel.devices: {n} host devices share {cores} cores"
+        assert (line in proc.stderr) == warned, proc.stderr[-2000:]

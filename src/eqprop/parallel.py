@@ -24,6 +24,7 @@ state through :class:`Layout` (:mod:`eqprop.train.placement`).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ import equinox as eqx
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .guards import EqpropWarning
 
 __all__ = ["SEED", "DATA", "Layout", "configure", "initialize", "make_layout", "is_writer",
            "backends_initialized"]
@@ -251,7 +254,8 @@ def make_layout(devices: int | str, seed_devices: int, *, seeds: int, batch_size
 
     **Raises:** ``ValueError`` (one line naming the ``[parallel]`` or ``[data]`` key)
     when fewer devices exist than asked for, ``seed_devices`` divides neither, or the
-    batch does not split over the data axis.
+    batch does not split over the data axis. **Warns** (:class:`~eqprop.guards.EqpropWarning`)
+    when more host devices than cores are used in one process (allowed, never faster).
     """
     available = jax.devices()
     n = len(available) if devices == "all" else int(devices)
@@ -272,5 +276,10 @@ def make_layout(devices: int | str, seed_devices: int, *, seeds: int, batch_size
                          f"axis ([parallel] devices / seed_devices), got {batch_size}")
     if n == 1:
         return Layout(None, seeds)
+    cores = os.cpu_count() or 1
+    if available[0].platform == "cpu" and jax.process_count() == 1 and n > cores:
+        warnings.warn(EqpropWarning(
+            f"parallel.devices: {n} host devices share {cores} cores: the run is split as asked "
+            f"but is no faster than on {cores} (devices = \"all\" gives one per core)"), stacklevel=2)
     grid = np.asarray(available[:n]).reshape(seed_devices, data)
     return Layout(Mesh(grid, (SEED, DATA)), seeds)
