@@ -199,6 +199,17 @@ def test_bad_input_files(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("eqprop: error:") for line in err)
 
 
+@pytest.mark.parametrize("command", ["resume", "eval", "report", "stability", "gradcheck"])
+def test_a_run_directory_argument_that_is_missing_or_not_a_run_says_which(command, tmp_path, capsys):
+    """Every command that takes a run directory: a path that does not exist is named as
+    such, an existing directory without config.toml as not a run (one line each)."""
+    assert main([command, str(tmp_path / "nope")]) == 2
+    assert main([command, str(tmp_path)]) == 2
+    missing, empty = capsys.readouterr().err.strip().splitlines()
+    assert missing.startswith(f"eqprop: error: {tmp_path / 'nope'}: no such ")
+    assert empty == f"eqprop: error: {tmp_path}: not a run directory (no config.toml)"
+
+
 def test_divergence_exit_code(tiny_config, tmp_path, monkeypatch, capsys):
     real = loop._call_step
 

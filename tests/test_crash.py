@@ -228,6 +228,41 @@ def test_ctrl_c_then_resume_and_a_run_written_before_resumes_exactly(recorded, t
     assert_like(run, ref, "format 1")
 
 
+def test_a_kill_while_the_run_builds_leaves_a_run_that_resume_restarts(recorded, tmp_path,
+                                                                       monkeypatch):
+    """Killed while its data loads or its model builds (before any step): config.toml is
+    already there, so `eqprop resume` restarts it (a fresh user's Ctrl-C at 9 s had left no
+    directory, while the guide promised a resumable run at any instant)."""
+    ref, _ = recorded
+    run = tmp_path / "run"
+
+    def interrupted(config, dataset=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "build_program", interrupted)
+    with pytest.raises(TrainingInterrupted, match=r"^interrupted while the run was being built .* "
+                                                  r"continue with `eqprop resume "):
+        train(CONFIG, run, progress=False)
+    assert RunDir(run).is_run() and not RunDir(run).has_checkpoint()
+    monkeypatch.setattr(loop, "build_program", _cached_build)
+    train(CONFIG, run, resume=True, progress=False)
+    assert_like(run, ref, "killed while building")
+
+
+def test_a_run_that_cannot_build_leaves_no_run_directory(tmp_path, monkeypatch):
+    def broken(config, dataset=None):
+        raise ValueError("data.path: /nowhere: not found")
+
+    monkeypatch.setattr(loop, "build_program", broken)
+    with pytest.raises(ValueError, match="data.path"):
+        train(CONFIG, tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "given").mkdir()
+    with pytest.raises(ValueError, match="data.path"):
+        train(CONFIG, tmp_path / "given", progress=False)
+    assert list((tmp_path / "given").iterdir()) == []  # the user's directory stays, empty
+
+
 def to_format_1(run: Path) -> None:
     """Rewrite ``run``'s checkpoints as eqprop 0.1 wrote them (``checkpoint.save`` then:
     ``NAME.eqx`` = Equinox leaves, ``NAME.json`` = meta + sha256, ``states-E-B.npz``)."""

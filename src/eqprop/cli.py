@@ -80,9 +80,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"resume --set: only [parallel] keys may change when a run resumes "
                          f"(the others define the run), got {bad[0]!r}")
-    run = RunDir(args.run_dir)
-    if not run.is_run():
-        raise ValueError(f"{run.path}: not a run directory (no config.toml)")
+    run = RunDir(args.run_dir).require()
     before = load_run_config(run.config, args.set)
     config = with_epochs(before, args.epochs)
     spans = spans_the_run(before)
@@ -161,14 +159,16 @@ def _config_or_run(target: str, overrides) -> tuple[Any, Any, Any]:
     """``(config, program, model)`` of a CONFIG_OR_RUN_DIR argument: a run directory's
     latest checkpoint (stacked when it has several seeds), or a config's fresh model.
 
-    **Raises:** ``ValueError`` for a directory that is not a run."""
+    **Raises:** ``ValueError`` for a path that does not exist or a directory that is not a
+    run."""
     from .config import load_config
     from .train import RunDir, build_program, load_run
 
     path = Path(target)
+    if not path.exists():
+        raise ValueError(f"{path}: no such config file or run directory")
     if path.is_dir():
-        if not RunDir(path).is_run():
-            raise ValueError(f"{path}: not a run directory (no config.toml)")
+        RunDir(path).require()
         config, program, model, _ = load_run(path, "latest", overrides)
         return config, program, model
     config = load_config(path, overrides)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -370,7 +371,27 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     if writer and not resume and (run.has_checkpoint() or run.metrics.exists()):
         raise ValueError(f"{run.path}: already holds a run; resume it with `eqprop resume "
                          f"{run.path}` or choose another --out")
-    program = build_program(config)
+    # config.toml first, so that a run killed at any instant after this line, even while
+    # its data loads or its step compiles, is a run directory that `eqprop resume` restarts
+    fresh = writer and not resume and not run.is_run()
+    if fresh:
+        existed = run.path.exists()
+        run.write_config(config)
+    try:
+        program = build_program(config)
+    except KeyboardInterrupt as interrupt:
+        if not run.is_run():
+            raise
+        how = str(interrupt) or "interrupted"
+        raise TrainingInterrupted(f"{how} while the run was being built (data, model), before its "
+                                  f"first step; continue with `eqprop resume {run.path}`",
+                                  epoch=1, batch=0) from None
+    except Exception:  # not an interrupt: a run killed here must stay resumable
+        if fresh:  # nothing ran: leave no run directory behind a config that cannot build
+            run.config.unlink(missing_ok=True)
+            if not existed:
+                shutil.rmtree(run.path, ignore_errors=True)
+        raise
     tr = _Trainer(run, program, loggers, progress)
     if resume:
         tr.pos, meta = restore(run, program)

@@ -158,9 +158,7 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
     summaries = []
     empty = []
     for d in run_dirs:
-        run = RunDir(d)
-        if not run.is_run():
-            raise ValueError(f"{run.path}: not a run directory (no config.toml)")
+        run = RunDir(d).require()
         records = run.read_metrics()
         if not records:  # killed before its first epoch ended: left out, said below
             empty.append(run)

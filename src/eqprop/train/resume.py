@@ -217,9 +217,7 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     """
     from ..config import load_run_config
 
-    run = RunDir(run_dir)
-    if not run.is_run():
-        raise ValueError(f"{run.path}: not a run directory (no config.toml)")
+    run = RunDir(run_dir).require()
     if not run.checkpoint(which).is_file():
         raise ValueError(f"{run.path}: no {which} checkpoint ({run.checkpoint(which)} not found)")
     config = load_run_config(run.config, overrides)

@@ -67,6 +67,17 @@ class RunDir:
     def is_run(self) -> bool:
         return self.config.is_file()
 
+    def require(self) -> "RunDir":
+        """This run directory, checked: ``self``.
+
+        **Raises:** ``ValueError`` (one line) when the path does not exist, or holds no
+        ``config.toml``."""
+        if not self.path.exists():
+            raise ValueError(f"{self.path}: no such run directory")
+        if not self.is_run():
+            raise ValueError(f"{self.path}: not a run directory (no config.toml)")
+        return self
+
     def has_checkpoint(self) -> bool:
         return self.checkpoint("latest").is_file()
 
