@@ -468,3 +468,15 @@ def test_resume_with_other_epochs_warns_when_a_schedule_spans_the_run(tiny_confi
     assert main(["resume", str(tmp_path / "cosine"), "-q", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("eqprop: error:") and "already trained 2 epochs" in err[0]
+
+
+@pytest.mark.parametrize("command", ["eval", "gradcheck", "stability"])
+@pytest.mark.parametrize("override", ["optim.lr=0.5", "model.sizes=[64, 10]", "train.epochs=9"])
+def test_set_on_a_trained_run_may_not_change_the_network_or_its_training(run_dir, command, override,
+                                                                         capsys):
+    """A user's `eval RUN --set optim.lr=0.5` was silently ignored, and `--set model....`
+    failed on the checkpoint's shapes without naming the key: both are one line naming it."""
+    assert main([command, str(run_dir), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eqprop: error: --set on a run: only [dynamics], [estimator], [data], "
+                          "[parallel] keys") and err.endswith(f"got {override!r}") and "\n" not in err

@@ -202,6 +202,11 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     return Position(state, done, batch, sums, states), meta
 
 
+#: the config sections whose keys ``--set`` may change on a trained run (eval, gradcheck,
+#: stability): not the network's shape, nor its training
+RUN_OVERRIDABLE = ("dynamics", "estimator", "data", "parallel")
+
+
 def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, ...] | list[str] = ()
              ) -> tuple[Config, Program, PyTree, dict]:
     """A run directory's configuration, program and checkpointed model.
@@ -213,10 +218,16 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     ``meta`` the checkpoint's meta.
 
     **Raises:** ``ValueError`` when ``run_dir`` is not a run or lacks the checkpoint
-    (:class:`~eqprop.train.checkpoint.CheckpointError` when it is broken).
+    (:class:`~eqprop.train.checkpoint.CheckpointError` when it is broken);
+    :class:`~eqprop.config.ConfigError` for an override outside :data:`RUN_OVERRIDABLE`.
     """
-    from ..config import load_run_config
+    from ..config import ConfigError, load_run_config
 
+    bad = [o for o in overrides if o.strip().split(".", 1)[0].strip() not in RUN_OVERRIDABLE]
+    if bad:
+        raise ConfigError(f"--set on a run: only [{'], ['.join(RUN_OVERRIDABLE)}] keys change how a "
+                          f"trained network is relaxed, estimated or fed (the others define the "
+                          f"network and its training), got {bad[0]!r}")
     run = RunDir(run_dir).require()
     if not run.checkpoint(which).is_file():
         raise ValueError(f"{run.path}: no {which} checkpoint ({run.checkpoint(which)} not found)")
