@@ -218,3 +218,27 @@ def test_gradcheck_refuses_bp_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "estimator SPEC 'bp'" in err and "not an estimate of the recurrent network's gradient" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_bp_baseline_refuses_homeostasis_and_says_untied_feedback_is_unused(recwarn):
+    """A fresh user's `--set homeostasis.coef=1 --set estimator.name=bp` ran 15x slower
+    for a penalty BP never feels; untied feedback under BP stays at its initialisation."""
+    from eqprop.guards import EqpropWarning
+
+    base = ROOT / "configs" / "digits-quick.toml"
+    with pytest.raises(ConfigError, match=r"^homeostasis\.coef: .*estimator 'bp' never runs"):
+        build_program(load_config(base, ["estimator.name=\"bp\"", "homeostasis.coef=1.0"]))
+    build_program(load_config(base, ["estimator.name=\"bp\"", "model.feedback=\"untied\""]))
+    (w,) = [w for w in recwarn.list if issubclass(w.category, EqpropWarning)]
+    assert str(w.message).startswith("model.feedback: estimator 'bp' never uses the untied feedback")
+    recwarn.clear()
+    build_program(load_config(base, ["estimator.name=\"bp\""]))  # tied: nothing to say
+    assert not [w for w in recwarn.list if issubclass(w.category, EqpropWarning)]
+
+
+def test_complex_nudges_on_a_real_only_activation_name_both_keys():
+    base = ROOT / "configs" / "digits-quick.toml"
+    with pytest.raises(ConfigError, match=r"^estimator\.name, model\.activation: estimator 'hep' "
+                                          r"needs complex nudges"):
+        build_program(load_config(base, ["estimator.name=\"hep\"", "estimator.points=3",
+                                         "model.activation=\"hard-sigmoid\""]))

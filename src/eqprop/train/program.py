@@ -25,6 +25,7 @@ from .. import build
 from ..config import Config, ConfigError
 from ..data import Dataset, batches, flip_crop, load, num_batches
 from ..guards import EqpropWarning
+from ..network import FeedbackModel
 from ..parallel import Layout, configure, make_layout
 from ..pruning import NoPruning, Pruner
 from ..update import init_optimizer, make_train_step
@@ -193,8 +194,12 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
             homeostasis.check(models[0])
     except ValueError as e:
         msg = str(e)  # messages that name their own key keep it; the rest are the estimator's
+        # (or, for complex nudges on a non-holomorphic model, the activation's as much)
+        keys = ("estimator.name, model.activation" if estimator.needs_complex() and not models[0].holomorphic
+                else "estimator.name")
         raise ConfigError(msg if msg.startswith(("dynamics.", "homeostasis."))
-                          else f"estimator.name: {msg}") from None
+                          else f"{keys}: {msg}") from None
+    _check_baseline(config, models[0], homeostasis)
     optimizer = build.build_optimizer(config, models[0], config.train.epochs * n_batches)
     pruner = build.build_pruner(config)
     probe_steps = config.diagnostics.free_steps or None
@@ -241,6 +246,23 @@ def _replicated_output(f: Callable, layout: Layout) -> Callable:
         return layout.constrain(f(*args), ())
 
     return g
+
+
+def _check_baseline(config: Config, model, homeostasis) -> None:
+    """The BP baseline trains the feed-forward counterpart (no relaxation, no feedback):
+    Jacobian homeostasis, a penalty on the relaxation's Jacobian, is a one-line error
+    (it would cost a relaxation per step for nothing); untied feedback weights, which BP
+    leaves at their initialisation, a one-line warning."""
+    if config.estimator.name != "bp":
+        return
+    if homeostasis is not None:
+        raise ConfigError("homeostasis.coef: Jacobian homeostasis shapes the recurrent network's "
+                          "relaxation, which estimator 'bp' never runs (it trains the feed-forward "
+                          "counterpart); set homeostasis.coef = 0 for the BP baseline")
+    if isinstance(model, FeedbackModel) and not model.symmetric:
+        warnings.warn(EqpropWarning(
+            "model.feedback: estimator 'bp' never uses the untied feedback weights: they keep "
+            "their initialisation (the BP baseline is the forward projections alone)"), stacklevel=3)
 
 
 def _check_multiprocess(config: Config) -> None:
