@@ -7,8 +7,8 @@ The package reads like the algorithm: ``network`` (the vector field) -> ``relax`
 
 from . import activations, estimate, network, solvers
 from .estimate import free_phase, make_estimator, parse_spec
-from .network import (BipartiteModel, DenseNetwork, EnergyModel, EquilibriumModel, FeedbackModel, InteractionModel,
-                      graph, layered)
+from .network import (BipartiteModel, ConvNetwork, DenseNetwork, EnergyModel, EquilibriumModel, FeedbackModel,
+                      InteractionModel, convnet, graph, layered)
 from .plugins import load_plugin, register_model
 from .relax import RelaxStats, relax
 from .solvers import Anderson, FixedPoint, FixedPointSolver, PhaseSolvers
@@ -33,7 +33,7 @@ __all__ = [
     "activations", "estimate", "network", "solvers", "RelaxStats", "relax",
     "FixedPointSolver", "FixedPoint", "Anderson", "PhaseSolvers",
     "EquilibriumModel", "InteractionModel", "EnergyModel", "BipartiteModel", "FeedbackModel",
-    "DenseNetwork", "graph", "layered",
+    "DenseNetwork", "graph", "layered", "ConvNetwork", "convnet",
     "free_phase", "make_estimator", "parse_spec",
     "make_train_step", "init_optimizer",
 ]
