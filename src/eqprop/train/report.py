@@ -96,16 +96,23 @@ def _plot(path: Path, runs, panels: list[tuple[str, list[tuple[str, str]], bool]
         ax.set_visible(False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, keys, log_y) in zip(axes.ravel(), panels):
+        epochs = set()
         for i, (name, records) in enumerate(runs):
-            for key, style in keys:
+            for j, (key, style) in enumerate(keys):
                 xs, ys = _series(records, key)
                 if xs:
+                    epochs.update(xs)
                     label = f"{name} {key}" if len(keys) > 1 else name
+                    # a marker per series too: at one epoch the line styles do not show
                     ax.plot(xs, ys, style, color=colours[i % len(colours)], label=label,
-                            marker="o", markersize=3)
+                            marker="os^vD"[j % 5], markersize=3 if len(xs) > 1 else 5)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
+        if len(epochs) == 1:  # one epoch: its own tick, not 0.95 .. 1.05
+            (e,) = epochs
+            ax.set_xlim(e - 1, e + 1)
+            ax.set_xticks([e])
         if log_y and any(_series(r, k)[1] and min(_series(r, k)[1]) > 0
                          for _, r in runs for k, _ in keys):
             ax.set_yscale("log")
