@@ -7,11 +7,12 @@ complex states); the others raise a clear error when asked to.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import jax.numpy as jnp
-from jax import Array
+from jax import Array, lax
 
 from .registry import ACTIVATIONS
 
@@ -32,11 +33,41 @@ def sigmoid4(u: Array) -> Array:
     return _sigmoid(4.0 * u - 2.0)
 
 
+_E2 = math.exp(2.0)
+#: ``Re(u)`` below which :func:`dsilu`'s complex form clamps ``exp(-u)`` (its square and its
+#: derivative stay finite in float32; there |dsilu| < 2e-16)
+_DSILU_FLOOR = -40.0
+
+
 def dsilu(u: Array) -> Array:
     """``0.5 u sigmoid(u) + (1 - 0.5 u) sigmoid(u - 2)``: the CNN activation of hEP
     (Laborieux and Zenke 2022, arXiv 2209.00530). Holomorphic; ``u``: any shape, real or
-    complex; returns the same shape."""
-    return 0.5 * u * _sigmoid(u) + (1.0 - 0.5 * u) * _sigmoid(u - 2.0)
+    complex; returns the same shape.
+
+    Real ``u``: two sigmoids in the ``tanh`` form. Complex ``u = x + iy``: in real
+    arithmetic from one shared ``exp(-u) = exp(-x) (cos y - i sin y)`` (``sigmoid(u - 2)
+    = 1 / (1 + e^2 exp(-u))``), 2.6x faster on this CPU than two complex ``tanh`` and the
+    same holomorphic function (its JAX derivative is multiplication by ``dsilu'(u)``);
+    ``exp(-x)`` is clamped at ``x = -40`` (there ``|dsilu(u)| < 2e-16``), so that neither
+    the value nor its derivative overflows in float32.
+    """
+    if not jnp.iscomplexobj(u):
+        return 0.5 * u * _sigmoid(u) + (1.0 - 0.5 * u) * _sigmoid(u - 2.0)
+    x, y = jnp.real(u), jnp.imag(u)
+    m = jnp.exp(-jnp.maximum(x, _DSILU_FLOOR))
+    er, ei = m * jnp.cos(y), -m * jnp.sin(y)  # exp(-u)
+
+    def inverse_one_plus(k):  # 1 / (1 + k exp(-u)), real and imaginary parts
+        dr, di = 1.0 + k * er, k * ei
+        q = 1.0 / (dr * dr + di * di)
+        return dr * q, -di * q
+
+    s1r, s1i = inverse_one_plus(1.0)
+    s2r, s2i = inverse_one_plus(_E2)
+    hr, hi = 0.5 * x, 0.5 * y  # 0.5 u; then 0.5 u s1 + (1 - 0.5 u) s2
+    re = hr * s1r - hi * s1i + (1.0 - hr) * s2r + hi * s2i
+    im = hr * s1i + hi * s1r + (1.0 - hr) * s2i - hi * s2r
+    return lax.complex(re, im)
 
 
 def tanh(u: Array) -> Array:
