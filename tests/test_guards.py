@@ -408,3 +408,13 @@ def test_the_epoch_line_shows_the_median_rate_which_one_outlier_does_not_move(un
         rec = dict(r, hep_decay_mean=123.0)
         assert f"hEP rate (median) {r['hep_decay_median']:.2f}" in _estimate_text(rec)
         assert "123" not in _estimate_text(rec) and "123" not in report_text(rec)
+
+
+def test_the_hep_warning_quotes_the_median_rate():
+    figures = {"hep_decay_mean": 612.0, "hep_decay_median": 1.5, "hep_error_mean": 0.89,
+               "hep_beta_suggested": 0.01}
+    (problem,) = estimate_problems(figures, beta=0.5)
+    assert "(rate 1.5 per order (median), estimated error 89%" in problem and "612" not in problem
+    del figures["hep_decay_median"]  # a record written before the median: the mean, unlabelled
+    (problem,) = estimate_problems(figures, beta=0.5)
+    assert "(rate 612 per order, estimated error 89%" in problem

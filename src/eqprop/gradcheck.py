@@ -63,6 +63,7 @@ def _circle(decay: CircleDecay | None) -> dict[str, Any] | None:
         "points": decay.points,
         "beta": decay.beta,
         "decay_rate_mean": float(decay.rate_mean()),
+        "decay_rate_median": float(decay.rate_median()),
         "decay_rate_max": float(jnp.max(decay.rate)),
         "error_mean": float(decay.error_mean()),
         "beta_suggested": float(decay.beta_suggested()),
@@ -78,6 +79,7 @@ def _problems(entry: Mapping[str, Any]) -> list[str]:
         "nudged_nonconverged_fraction": ph and ph["nonconverged_fraction"],
         "linear_residual_mean": lin and lin["residual_mean"],
         "hep_decay_mean": circ and circ["decay_rate_mean"],
+        "hep_decay_median": circ and circ["decay_rate_median"],
         "hep_error_mean": circ and circ["error_mean"],
         "hep_beta_suggested": circ and circ["beta_suggested"],
     }
@@ -127,9 +129,10 @@ def gradcheck(
     "nonconverged_fraction", "finite"}`` (the fraction of (phase, example) residuals above
     :data:`~eqprop.guards.NONCONVERGED_TOL`). ``CIRCLE`` (hEP and symmetric EP, ``N >=
     2``; :class:`~eqprop.estimate.CircleDecay`) is ``{"points", "beta",
-    "decay_rate_mean", "decay_rate_max", "error_mean", "beta_suggested",
-    "coefficients"}``: the fitted geometric rate per order of the Fourier coefficients
-    of ``a*(beta_k)`` around the circle (mean and largest over the batch), the estimated
+    "decay_rate_mean", "decay_rate_median", "decay_rate_max", "error_mean",
+    "beta_suggested", "coefficients"}``: the fitted geometric rate per order of the Fourier
+    coefficients of ``a*(beta_k)`` around the circle (mean, median and largest over the
+    batch), the estimated
     relative error ``min(rate^N, 1)`` (batch mean), a smaller radius to try, and the
     batch-mean ``||c_m||`` for ``m = 1 .. N``. ``problems``: the sentences of
     :func:`~eqprop.guards.estimate_problems` (nudged phases or linear solve above the
@@ -313,8 +316,8 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
         if circ:
             coef = " ".join(f"{c:.1e}" for c in circ["coefficients"])
             lines.append(f"{s}: circle |beta| = {circ['beta']:g}, N = {circ['points']}: Fourier coefficients "
-                         f"||c_1..c_N|| {coef}; decay rate {circ['decay_rate_mean']:.3f} per order (max "
-                         f"{circ['decay_rate_max']:.3f}), estimated error {100 * circ['error_mean']:.1f}%")
+                         f"||c_1..c_N|| {coef}; decay rate {circ['decay_rate_median']:.3f} per order (median; "
+                         f"mean {circ['decay_rate_mean']:.3f}, max {circ['decay_rate_max']:.3f}), estimated error {100 * circ['error_mean']:.1f}%")
         for problem in result[s].get("problems", []):
             lines.append(f"{s}: WARNING: {problem}")
     diag = {k: v for k, v in (diagnostics or {}).items() if isinstance(v, float)}

@@ -243,7 +243,8 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
     **Arguments:** ``figures``: a mapping that may hold ``residual_mean`` and
     ``nonconverged_fraction`` (the free phase), ``nudged_residual_mean``,
     ``nudged_nonconverged_fraction``, ``linear_residual_mean``, ``hep_decay_mean``,
-    ``hep_error_mean`` and ``hep_beta_suggested`` (missing or ``None``: not applicable);
+    ``hep_decay_median``, ``hep_error_mean`` and ``hep_beta_suggested`` (missing or ``None``:
+    not applicable; the message quotes the median rate where there is one);
     ``beta``: the circle's radius, named in the hEP sentence.
 
     **Returns:** ``[]`` when every figure is within its limit:
@@ -280,12 +281,14 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
                    "raise dynamics.linear_steps or use dynamics.linear_solver = 'gmres'")
     err = figures.get("hep_error_mean")
     if err is not None and not err <= HEP_ERROR_LIMIT:
-        rate = figures.get("hep_decay_mean")
+        median = figures.get("hep_decay_median")  # the typical example's: outliers set the mean
+        rate = median if median is not None else figures.get("hep_decay_mean")
         smaller = figures.get("hep_beta_suggested")
         radius = f"|beta| = {beta:g}" if beta is not None else "the nudge circle"
         out.append(
             "hEP Fourier coefficients of a*(beta) do not decay around the circle"
-            + (f" (rate {rate:.3g} per order" if rate is not None else " (")
+            + (f" (rate {rate:.3g} per order{' (median)' if median is not None else ''}"
+               if rate is not None else " (")
             + f", estimated error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%)"
             + (": measured from an unsettled free state, which also moves a*(beta); settle the "
                "free phase before changing estimator.beta" if unsettled else
