@@ -162,13 +162,12 @@ def _config_or_run(target: str, overrides) -> tuple[Any, Any, Any]:
     **Raises:** ``ValueError`` for a path that does not exist or a directory that is not a
     run."""
     from .config import load_config
-    from .train import RunDir, build_program, load_run
+    from .train import build_program, load_run
 
     path = Path(target)
     if not path.exists():
         raise ValueError(f"{path}: no such config file or run directory")
-    if path.is_dir():
-        RunDir(path).require()
+    if path.is_dir():  # load_run checks that it is a run
         config, program, model, _ = load_run(path, "latest", overrides)
         return config, program, model
     config = load_config(path, overrides)

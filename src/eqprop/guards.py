@@ -41,7 +41,7 @@ PyTree = Any
 
 __all__ = ["NONCONVERGED_TOL", "HEP_ERROR_LIMIT", "HEP_ERROR_TARGET", "RelaxStats", "Guards",
            "residual_norm", "nonfinite_populations", "stop_test", "EstimateWarning",
-           "estimate_problems"]
+           "estimate_problems", "hep_rate"]
 
 #: residual above which an example (or a (phase, example) pair) counts as not settled, in
 #: the metrics and the warnings (the solvers stop at their own ``tol``)
@@ -236,6 +236,17 @@ def warnings_as_lines(prefix: str = "eqprop: warning: ") -> Iterator[None]:
         yield
 
 
+def hep_rate(figures: Mapping[str, Any]) -> tuple[float | None, bool]:
+    """``(rate, is_median)``: hEP's circle rate as a record shows it, the median
+    (``hep_decay_median``: the typical example's, where one outlier's rate can reach the
+    hundreds and set the mean), or the mean of a record written before the median
+    (``hep_decay_mean``); ``(None, False)`` without either."""
+    median = figures.get("hep_decay_median")
+    if median is not None:
+        return median, True
+    return figures.get("hep_decay_mean"), False
+
+
 def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) -> list[str]:
     """Which estimate figures of a record (an epoch record, an evaluation, a gradcheck
     entry) are beyond their limit, each as a short sentence.
@@ -281,13 +292,12 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
                    "raise dynamics.linear_steps or use dynamics.linear_solver = 'gmres'")
     err = figures.get("hep_error_mean")
     if err is not None and not err <= HEP_ERROR_LIMIT:
-        median = figures.get("hep_decay_median")  # the typical example's: outliers set the mean
-        rate = median if median is not None else figures.get("hep_decay_mean")
+        rate, median = hep_rate(figures)
         smaller = figures.get("hep_beta_suggested")
         radius = f"|beta| = {beta:g}" if beta is not None else "the nudge circle"
         out.append(
             "hEP Fourier coefficients of a*(beta) do not decay around the circle"
-            + (f" (rate {rate:.3g} per order{' (median)' if median is not None else ''}"
+            + (f" (rate {rate:.3g} per order{' (median)' if median else ''}"
                if rate is not None else " (")
             + f", estimated error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%)"
             + (": measured from an unsettled free state, which also moves a*(beta); settle the "

@@ -51,7 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
-from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems
+from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems, hep_rate
 from ..pruning import connections, masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
 from ..parallel import configure, is_writer
@@ -336,8 +336,7 @@ def _estimate_text(rec: dict[str, Any]) -> str:
     if rec.get("linear_residual_mean") is not None:
         parts.append(f"linear res {rec['linear_residual_mean']:.1e}")
     if rec.get("hep_error_mean") is not None:
-        rate = rec.get("hep_decay_median")  # the typical example's: one outlier dominates the mean
-        rate = rec["hep_decay_mean"] if rate is None else rate
+        rate, _ = hep_rate(rec)
         parts.append(f"hEP rate (median) {rate:.2f} err {rec['hep_error_mean']:.2f}")
     return (" | " + ", ".join(parts)) if parts else ""
 

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..guards import NONCONVERGED_TOL, EqpropWarning, estimate_problems
+from ..guards import NONCONVERGED_TOL, EqpropWarning, estimate_problems, hep_rate
 from .records import ESTIMATE_KEYS
 from .rundir import RunDir
 from .summary import setting_fields
@@ -141,8 +141,7 @@ def _estimate_cell(rec: dict[str, Any]) -> str:
     if rec.get("linear_residual_mean") is not None:
         parts.append(f"linear residual {rec['linear_residual_mean']:.1e}")
     if rec.get("hep_error_mean") is not None:
-        rate = rec.get("hep_decay_median")
-        rate = rec["hep_decay_mean"] if rate is None else rate  # a run recorded before the median
+        rate, _ = hep_rate(rec)
         parts.append(f"hEP rate (median) {rate:.2f}, error {100 * rec['hep_error_mean']:.0f}%")
     return "; ".join(parts) or "-"
 
