@@ -306,9 +306,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (TOML syntax; repeatable), e.g. optim.lr=0.05")
+def _add_set(p: argparse.ArgumentParser, on_run: bool = False) -> None:
+    if on_run:
+        from .config import RUN_OVERRIDABLE
+
+        sections = ", ".join(f"[{s}]" for s in RUN_OVERRIDABLE)
+        text = (f"override a config value (TOML syntax; repeatable); on a run directory only "
+                f"{sections} keys, e.g. dynamics.free_steps=400")
+    else:
+        text = "override a config value (TOML syntax; repeatable), e.g. optim.lr=0.05"
+    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE", help=text)
 
 
 def _add_processes(p: argparse.ArgumentParser) -> None:
@@ -377,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "--set dynamics.tol=0.0 --set dynamics.free_steps=400 to check a run "
                        "trained with early stopping or warm starts against converged fixed points.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    _add_set(p)
+    _add_set(p, on_run=True)
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     _add_plugin(p, _RECORDED)
@@ -390,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "estimator. With a RUN_DIR, uses its config.toml "
                        "and latest checkpoint (first seed when seeds > 1).")
     p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
-    _add_set(p)
+    _add_set(p, on_run=True)
     p.add_argument("--estimator", "-e", action="append", metavar="SPEC",
                    help="estimator SPEC, e.g. hep:points=6:beta=0.5 (repeatable; default: the "
                    "config's estimator)")
@@ -406,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "certificate of a clipped model (docs/stability.md). With a RUN_DIR, its "
                        "config.toml and latest checkpoint; with a CONFIG, the initial networks.")
     p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
-    _add_set(p)
+    _add_set(p, on_run=True)
     p.add_argument("--perturb", type=int, default=0, metavar="N",
                    help="also check the local certificates against the dynamics: N random "
                    "perturbations of each fixed point, relaxed back for as many steps as the "

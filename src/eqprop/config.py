@@ -884,6 +884,11 @@ def upgrade_run_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the config sections whose keys ``--set`` may change on a trained run (eval, gradcheck,
+#: stability): not the network's shape, nor its training
+RUN_OVERRIDABLE = ("dynamics", "estimator", "data", "parallel")
+
+
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """:func:`load_config` for a run directory's ``config.toml``, through
     :func:`upgrade_run_config` (runs written by earlier versions resume)."""

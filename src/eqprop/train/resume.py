@@ -202,11 +202,6 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     return Position(state, done, batch, sums, states), meta
 
 
-#: the config sections whose keys ``--set`` may change on a trained run (eval, gradcheck,
-#: stability): not the network's shape, nor its training
-RUN_OVERRIDABLE = ("dynamics", "estimator", "data", "parallel")
-
-
 def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, ...] | list[str] = ()
              ) -> tuple[Config, Program, PyTree, dict]:
     """A run directory's configuration, program and checkpointed model.
@@ -219,9 +214,10 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
 
     **Raises:** ``ValueError`` when ``run_dir`` is not a run or lacks the checkpoint
     (:class:`~eqprop.train.checkpoint.CheckpointError` when it is broken);
-    :class:`~eqprop.config.ConfigError` for an override outside :data:`RUN_OVERRIDABLE`.
+    :class:`~eqprop.config.ConfigError` for an override outside
+    :data:`~eqprop.config.RUN_OVERRIDABLE`.
     """
-    from ..config import ConfigError, load_run_config
+    from ..config import RUN_OVERRIDABLE, ConfigError, load_run_config
 
     bad = [o for o in overrides if o.strip().split(".", 1)[0].strip() not in RUN_OVERRIDABLE]
     if bad:
