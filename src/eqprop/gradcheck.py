@@ -71,8 +71,10 @@ def _circle(decay: CircleDecay | None) -> dict[str, Any] | None:
     }
 
 
-def _problems(entry: Mapping[str, Any]) -> list[str]:
-    """:func:`~eqprop.guards.estimate_problems` of one estimator's entry."""
+def _problems(entry: Mapping[str, Any], free: Mapping[str, Any]) -> list[str]:
+    """:func:`~eqprop.guards.estimate_problems` of one estimator's entry, taken from the
+    free phase ``free`` (its STATS: reported once, apart, but an unsettled free state
+    also moves hEP's circle, and no radius is then suggested)."""
     ph, lin, circ = entry.get("phases"), entry.get("linear"), entry.get("circle")
     figures = {
         "nudged_residual_mean": ph and ph["residual_mean"],
@@ -83,7 +85,7 @@ def _problems(entry: Mapping[str, Any]) -> list[str]:
         "hep_error_mean": circ and circ["error_mean"],
         "hep_beta_suggested": circ and circ["beta_suggested"],
     }
-    return estimate_problems(figures, beta=circ and circ["beta"])
+    return estimate_problems(figures, beta=circ and circ["beta"], free_residual=free["residual_mean"])
 
 
 def gradcheck(
@@ -163,6 +165,7 @@ def gradcheck(
         precision = {"estimates": model.compute_dtype, "reference": "float32"}
     g_ref, info_ref = eqx.filter_jit(reference)(ref_model, x, y, ref_free, key)
     delta = info_ref.error_vector
+    free_stats = _stats(free.stats)
     out: dict[str, Any] = {}
     for spec, est in estimators.items():
         g, info = eqx.filter_jit(est)(model, x, y, free, key)
@@ -174,7 +177,7 @@ def gradcheck(
         entry["phases"] = _stats(info.phases)
         entry["linear"] = _stats(info.linear)
         entry["circle"] = _circle(info.circle)
-        entry["problems"] = _problems(entry)
+        entry["problems"] = _problems(entry, free_stats)
         out[spec] = entry
     clipped = clipped_fraction(model, free.u)
     if clipped:  # no reference: no comparison in the result either, only the phases' figures
@@ -183,7 +186,6 @@ def gradcheck(
             out[spec]["parameters"] = {n: {"cosine": None, "relative_error": None}
                                        for n in out[spec]["parameters"]}
             out[spec]["error_vectors"] = {}
-    free_stats = _stats(free.stats)
     out["relaxation"] = {"free": free_stats, "implicit_solve": _stats(info_ref.linear),
                          "clipped_fraction": clipped,
                          "problems": estimate_problems(free_stats)}

@@ -247,7 +247,8 @@ def hep_rate(figures: Mapping[str, Any]) -> tuple[float | None, bool]:
     return figures.get("hep_decay_mean"), False
 
 
-def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) -> list[str]:
+def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
+                      free_residual: float | None = None) -> list[str]:
     """Which estimate figures of a record (an epoch record, an evaluation, a gradcheck
     entry) are beyond their limit, each as a short sentence.
 
@@ -256,7 +257,10 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
     ``nudged_nonconverged_fraction``, ``linear_residual_mean``, ``hep_decay_mean``,
     ``hep_decay_median``, ``hep_error_mean`` and ``hep_beta_suggested`` (missing or ``None``:
     not applicable; the message quotes the median rate where there is one);
-    ``beta``: the circle's radius, named in the hEP sentence.
+    ``beta``: the circle's radius, named in the hEP sentence; ``free_residual``: the free
+    phase's ``residual_mean`` where the caller reports the free phase apart (gradcheck's
+    table, once for all estimators): no sentence of its own, it only tells the hEP sentence
+    that the circle was measured from an unsettled state.
 
     **Returns:** ``[]`` when every figure is within its limit:
 
@@ -273,6 +277,7 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
     out = []
     r = figures.get("residual_mean")
     unsettled = r is not None and not r <= NONCONVERGED_TOL
+    drifting = unsettled or (free_residual is not None and not free_residual <= NONCONVERGED_TOL)
     if unsettled:
         frac = figures.get("nonconverged_fraction")
         out.append(f"free phases did not converge: residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
@@ -301,7 +306,7 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None) 
                if rate is not None else " (")
             + f", estimated error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%)"
             + (": measured from an unsettled free state, which also moves a*(beta); settle the "
-               "free phase before changing estimator.beta" if unsettled else
+               "free phase before changing estimator.beta" if drifting else
                f": {radius} is not well inside the radius of convergence, and more points help "
                "little or not at all; "
                + (f"try estimator.beta = {smaller:.3g}" if smaller is not None else "lower estimator.beta")))
