@@ -197,7 +197,10 @@ def test_digits_quick_with_bp_trains_and_evaluates_by_the_forward_pass(tmp_path,
     # eval of the checkpoint: the same figure, from the forward pass
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0
-    assert f"{100 * last['test_acc']:.2f}%" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"{100 * last['test_acc']:.2f}%" in shown
+    # no relaxation to report (it said "free phase: 1.0 steps, residual 0")
+    assert "inference (bp): one feed-forward pass, no relaxation" in shown and "free phase" not in shown
 
 
 def test_gradcheck_refuses_bp_in_one_line(tmp_path, capsys):

@@ -125,6 +125,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{name:<8}{100 * r['acc']:>8.2f}%" + (f"{100 * r['top5']:>8.2f}%" if top5 else "")
               + f"{r['loss']:>10.4f}")
     mean = rows[-1][1]
+    if not program.estimator.at_fixed_point():  # bp: predicts by the forward pass
+        print(f"inference ({estimator_name}): one feed-forward pass, no relaxation ([dynamics] is "
+              "not used)")
+        return EXIT_OK
     print(f"free phase: {mean['free_steps']:.1f} steps, residual {mean['residual']:.2e} (mean over "
           f"batches), {100 * mean['nonconverged']:.1f}% of examples above {NONCONVERGED_TOL:g}")
     if "nudged_residual" in mean:
@@ -189,8 +193,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         model = unstack(model, 0)  # gradcheck looks at the first seed's network
     solvers = build.build_solvers(config)
     if not args.estimator:
-        from .estimate import Estimator
-        if type(build.build_estimator(config)).inference is not Estimator.inference:
+        if not build.build_estimator(config).at_fixed_point():
             raise ValueError(
                 f"estimator.name = {config.estimator.name!r} trains the feed-forward pass, which has no "
                 "fixed point to check against; name the recurrent estimators to compare with -e "

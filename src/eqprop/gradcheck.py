@@ -147,7 +147,7 @@ def gradcheck(
     """
     key = jax.random.PRNGKey(0) if key is None else key
     for spec, est in estimators.items():
-        if type(est).inference is not Estimator.inference:
+        if not est.at_fixed_point():
             raise ValueError(
                 f"estimator SPEC {spec!r}: {est.name!r} is not an estimate of the recurrent network's "
                 "gradient at its free fixed point (it differentiates its own inference map: for 'bp' "
@@ -231,7 +231,7 @@ def build_specs(specs: Sequence[str], solvers: PhaseSolvers,
     **Raises:** ``ValueError`` for an unknown estimator name or setting, or a value out
     of its bounds (one line quoting the SPEC and naming the key).
     """
-    comparable = [n for n, cls in ESTIMATORS.items() if cls.inference is Estimator.inference]
+    comparable = [n for n, cls in ESTIMATORS.items() if cls.at_fixed_point()]
     out = {}
     for spec in specs:
         try:  # an unknown name is offered only what gradcheck compares (not bp)

@@ -133,6 +133,15 @@ class Estimator(eqx.Module):
         """Whether this estimator relaxes complex states (needs a holomorphic model)."""
         return False
 
+    @classmethod
+    def at_fixed_point(cls) -> bool:
+        """Whether this estimator estimates the recurrent network's gradient at its free
+        fixed point, where a model it trains predicts (the default :meth:`inference`);
+        ``False`` for one that differentiates another map of the same parameters (``bp``:
+        the forward pass), which has no relaxation to report and nothing for
+        :func:`eqprop.gradcheck.gradcheck` to compare with."""
+        return cls.inference is Estimator.inference
+
     @abc.abstractmethod
     def __call__(
         self, model: EquilibriumModel, x: Array, y: Array, free: FreePhase, key: Array
