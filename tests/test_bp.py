@@ -221,6 +221,13 @@ def test_gradcheck_refuses_bp_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "estimator SPEC 'bp'" in err and "not an estimate of the recurrent network's gradient" in err
     assert len(err.strip().splitlines()) == 1
+    # a bp config checked with -e: the asymmetry diagnostics are the first SPEC's, and say so
+    assert main(["gradcheck", quick, "--set", 'estimator.name="bp"', "-e", "ep", "-e", "exact-nudge",
+                 "--json", str(tmp_path / "g.json")]) == 0
+    table = capsys.readouterr().out
+    assert "asymmetry diagnostics (ep: the config's 'bp' has no fixed point" in table
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert doc["alignment"] < 1 - 1e-6  # ep's finite nudge, not the exact one's (1 by definition)
 
 
 def test_the_bp_baseline_refuses_homeostasis_and_says_untied_feedback_is_unused(recwarn):

@@ -205,10 +205,14 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
                           seed=config.train.seed, epoch=0, drop_last=False))
     key = jax.random.PRNGKey(config.train.seed)
     result = gradcheck(model, xb, yb, estimators, solvers, key=key)
-    # the asymmetry diagnostics of the config's estimator, on the same batch and key
-    diag = diagnostics(model, xb, yb, build.build_estimator(config), solvers, key,
+    # the asymmetry diagnostics of the config's estimator, on the same batch and key; of
+    # the first SPEC when the config's has no fixed point (a bp run checked with -e)
+    subject, source = build.build_estimator(config), f"{config.estimator.name}, the config's estimator"
+    if not subject.at_fixed_point():
+        subject, source = estimators[specs[0]], f"{specs[0]}: the config's {config.estimator.name!r} has no fixed point"
+    diag = diagnostics(model, xb, yb, subject, solvers, key,
                        free_steps=config.diagnostics.free_steps or None)
-    print(format_table(result, diag))
+    print(format_table(result, diag, source=source))
     if args.json:
         out = Path(args.json)
         if out.parent != Path(""):

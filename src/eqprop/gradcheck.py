@@ -241,14 +241,16 @@ def build_specs(specs: Sequence[str], solvers: PhaseSolvers,
     return out
 
 
-def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | None = None) -> str:
+def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | None = None, *,
+                 source: str = "the configured estimator") -> str:
     """A human-readable table of a :func:`gradcheck` result.
 
     **Arguments:**
 
     - ``result``: what :func:`gradcheck` returns;
     - ``diagnostics``: the ``{key: float}`` of :func:`eqprop.diagnostics.diagnostics` on
-      the same batch, listed after the table (default: none).
+      the same batch, listed after the table (default: none);
+    - ``source``: which estimator the diagnostics are of, named in their heading.
 
     **Returns:** the table as one string (no trailing newline).
     """
@@ -324,7 +326,7 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
             lines.append(f"{s}: WARNING: {problem}")
     diag = {k: v for k, v in (diagnostics or {}).items() if isinstance(v, float)}
     if diag:
-        lines += ["", "asymmetry diagnostics (configured estimator; see eqprop.diagnostics):"]
+        lines += ["", f"asymmetry diagnostics ({source}; see eqprop.diagnostics):"]
         kw = max(len(k) for k in diag) + 2
         lines += [f"  {k:<{kw}}{v:.6g}" for k, v in diag.items()]
     return "\n".join(lines)
