@@ -30,6 +30,15 @@ over that example's flattened state, ``N x N``):
   Gershgorin test on the whole ``J`` (Farinha et al. 2020, arXiv 2006.08798) is reported
   too; for the DEEP dynamics it can never pass strictly (docs/stability.md).
 
+With alternating updates (``dynamics.update = "alternating"``: the two groups of a
+bipartite network in turn, each from the latest state of the other) the solver iterates
+the **sweep** ``S = S_B o S_A``, ``S_g(u) = u + dt F_g(u)`` on group ``g`` only; its
+fixed points are the same, its linear stability is not: the spectral certificate is then
+``rho(dS/du) < 1`` (exact from the dense ``dS/du``, or by power iteration with JVPs of
+``S``), which may hold where ``rho(I + dt J) >= 1`` (a synchronous 2-cycle), and the
+global contraction bound, a property of the synchronous map, is reported but certifies
+nothing. Lyapunov and Gershgorin are properties of ``J`` (the flow) and are unchanged.
+
 Local certificates are taken at a fixed point: an example whose projected residual
 ``max |P(u + dt F(u)) - u| / dt`` is above ``residual_tol`` is not at one and is not
 certified. :func:`perturbation_check` is the truth the certificates are tested against.
@@ -55,7 +64,7 @@ from ..solvers import FixedPoint
 PyTree = Any
 
 __all__ = ["StabilitySettings", "StabilityError", "state_jacobian", "iteration_radius",
-           "spectral_radius_power", "lyapunov", "gershgorin", "activation_lipschitz",
+           "spectral_radius_power", "iteration_map", "sweep_radius", "lyapunov", "gershgorin", "activation_lipschitz",
            "linear_interaction", "coupling_norm", "contraction_bound", "projected_certificate",
            "per_example_residual", "certify", "stability", "perturbation_check",
            "perturbation_steps"]
@@ -132,6 +141,49 @@ def state_jacobian(model: EquilibriumModel, x: Array, u: PyTree) -> tuple[np.nda
     return tuple(np.asarray(t, np.float64) for t in (j, f, flat))
 
 
+def iteration_map(model: EquilibriumModel, drive: PyTree, dt: Any,
+                  groups: tuple[tuple[str, ...], ...] | None = None) -> Callable[[PyTree], PyTree]:
+    """The map the solver iterates, before any projection, as linearised by the spectral
+    certificate: ``u -> u + dt F(u)`` (synchronous, ``groups=None``), or one alternating
+    sweep, each group ``g`` of ``groups`` in turn updated ``u_g <- u_g + dt F_g(u)`` from
+    the latest state (:func:`eqprop.relax.sweep_map`'s order). ``F`` is the field before
+    a box model's projection; ``drive`` is ``model.prepare(x)``."""
+    raw = _raw_field(model)
+
+    def add(w, f, names):
+        return {**w, **{p: w[p] + jnp.asarray(dt, w[p].dtype) * f[p] for p in names}}
+
+    if groups is None:
+        return lambda w: jax.tree.map(lambda a, b: a + jnp.asarray(dt, a.dtype) * b, w, raw(w, drive))
+
+    def sweep(w):
+        for group in groups:
+            w = add(w, raw(w, drive), group)
+        return w
+    return sweep
+
+
+@eqx.filter_jit
+def _sweep_jacobians(model, x, u, dt, groups):
+    def one(xi, ui):
+        flat, unravel = ravel_pytree(_example(ui))
+        step = iteration_map(model, model.prepare(xi[None]), dt, groups)
+        return jax.jacfwd(lambda v: ravel_pytree(step(unravel(v)))[0])(flat)
+
+    return jax.vmap(one)(x, u)
+
+
+def sweep_radius(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
+                 groups: tuple[tuple[str, ...], ...]) -> np.ndarray:
+    """``rho(dS/du)`` per example ``(B,)`` of the alternating sweep ``S`` over ``groups``
+    (:func:`iteration_map`) at the states ``u``, from the dense ``(N, N)`` ``dS/du``
+    (``jax.jacfwd`` of the sweep); float64."""
+    m = np.asarray(_sweep_jacobians(model, x, u, jnp.asarray(dt), groups), np.float64)
+    if m.shape[-1] == 0:
+        return np.zeros(m.shape[:-2])
+    return np.max(np.abs(np.linalg.eigvals(m)), axis=-1)
+
+
 def iteration_radius(j: np.ndarray, dt: float) -> np.ndarray:
     """``rho(I + dt J)`` of each matrix of ``j`` ``(B, N, N)`` (``(B,)``; 0 when ``N = 0``)."""
     if j.shape[-1] == 0:
@@ -141,10 +193,8 @@ def iteration_radius(j: np.ndarray, dt: float) -> np.ndarray:
 
 
 @eqx.filter_jit
-def _power(model, x, u, dt, iters, v0):  # dt traced, iters static
-    drive = model.prepare(x)
-    raw = _raw_field(model)
-    field = lambda w: raw(w, drive)  # noqa: E731
+def _power(model, x, u, dt, iters, v0, groups):  # dt traced, iters and groups static
+    step = iteration_map(model, model.prepare(x), dt, groups)
     batch = x.shape[0]
 
     def norms(v):
@@ -159,8 +209,7 @@ def _power(model, x, u, dt, iters, v0):  # dt traced, iters static
 
     def body(t, carry):
         v, logsum = carry
-        _, jv = jax.jvp(field, (u,), (v,))
-        mv = jax.tree.map(lambda a, b: a + dt.astype(a.dtype) * b, v, jv)
+        _, mv = jax.jvp(step, (u,), (v,))
         n = norms(mv)
         logsum = logsum + jnp.where(t >= half, jnp.log(jnp.maximum(n, 1e-300)), 0.0)
         return scale(mv, jnp.where(n > 0, n, 1.0)), logsum
@@ -170,21 +219,27 @@ def _power(model, x, u, dt, iters, v0):  # dt traced, iters static
 
 
 def spectral_radius_power(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
-                          iters: int = 200, seed: int = 0) -> np.ndarray:
-    """``rho(I + dt J)`` per example by power iteration with JVPs (no Jacobian is formed).
+                          iters: int = 200, seed: int = 0,
+                          groups: tuple[tuple[str, ...], ...] | None = None) -> np.ndarray:
+    """``rho(I + dt J)`` per example by power iteration with JVPs (no Jacobian is formed),
+    or with ``groups`` ``rho(dS/du)`` of the alternating sweep ``S`` (:func:`iteration_map`).
 
-    ``v <- M v / ||M v||`` from a Gaussian start, ``M = I + dt dF/du(u)``; the estimate is
+    ``v <- M v / ||M v||`` from a Gaussian start, ``M = I + dt dF/du(u)`` (or ``dS/du``,
+    a JVP of the sweep); the estimate is
     the geometric mean of ``||M v_t||`` over the last ``iters - iters // 2`` iterations
     (exact in the limit, also for a dominant complex pair; a slow transient biases it by
     ``O(1 / iters)`` in the logarithm).
 
     **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``u``: states, leaves
-    ``(B, ...)``; ``dt``: the solver's step; ``iters``: at least 2; ``seed``: of the Gaussian start (NumPy).
+    ``(B, ...)``; ``dt``: the solver's step; ``iters``: at least 2; ``seed``: of the
+    Gaussian start (NumPy); ``groups``: the alternating sweep's groups
+    (``model.partition()``), or ``None`` for the synchronous map.
 
     **Returns:** ``(B,)`` float64.
     """
     v0 = _gaussian_like(u, seed)
-    return np.asarray(_power(model, x, u, jnp.asarray(dt), max(int(iters), 2), v0), np.float64)
+    return np.asarray(_power(model, x, u, jnp.asarray(dt), max(int(iters), 2), v0,
+                             None if groups is None else tuple(map(tuple, groups))), np.float64)
 
 
 def _gaussian_like(u: PyTree, seed: int, scale: float = 1.0) -> PyTree:
@@ -457,23 +512,28 @@ def _fmt(v: float) -> str:
 
 
 def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
-            settings: StabilitySettings = StabilitySettings(), seed: int = 0) -> dict[str, Any]:
+            settings: StabilitySettings = StabilitySettings(), seed: int = 0,
+            groups: tuple[tuple[str, ...], ...] | None = None) -> dict[str, Any]:
     """Every certificate that applies to ``model`` at the states ``u`` of the batch ``x``.
 
     **Arguments:** ``model`` (one network, not stacked); ``x``: inputs ``(B, ...)``;
     ``u``: its free fixed points, leaves ``(B, ...)``; ``dt``: the free solver's step;
-    ``settings``: :class:`StabilitySettings`; ``seed``: the power iteration's start.
+    ``settings``: :class:`StabilitySettings`; ``seed``: the power iteration's start;
+    ``groups``: the groups of an alternating solver (``model.partition()``): the spectral
+    certificate is then the sweep's ``rho(dS/du)``, and the contraction bound is reported
+    without certifying (``None``: the synchronous map).
 
     **Returns:** a JSON-ready dict: ``certified`` (bool, every example), ``method``
     (``"projected"`` for a :class:`~eqprop.network.base.BoxProjectedModel`, else
-    ``"contraction"`` when the global bound is below 1, else ``"spectral-exact"`` or
-    ``"spectral-power"``: ``rho(I + dt J) < 1`` at every example, each at its fixed
-    point), ``margins`` (each positive when its certificate holds: ``contraction`` =
+    ``"contraction"`` when the global bound is below 1 (synchronous only), else
+    ``"spectral-exact"`` or ``"spectral-power"``: ``rho(I + dt J) < 1``, or the sweep's
+    ``rho(dS/du) < 1``, at every example, each at its fixed point), ``margins`` (each positive when its certificate holds: ``contraction`` =
     ``1 - bound``, ``spectral`` = ``1 - max rho``, ``lyapunov`` = least eigenvalue of
     ``P``, ``outward`` and ``projected_radius`` = ``1 - max rho(I + dt J_ff)``),
     ``reason`` (why not, or ``None``), ``why`` (the same in a few words, for the table), and
     the figures: ``spectral_radius`` (``method``,
-    ``max``, ``mean`` over the examples), ``contraction_bound`` (``None`` when it does
+    ``max``, ``mean`` over the examples, ``map``: ``"synchronous"`` or ``"alternating"``,
+    the iteration it is the radius of), ``contraction_bound`` (``None`` when it does
     not apply), ``lyapunov``, ``gershgorin`` (the whole ``J``), ``projected``,
     ``examples``, ``neurons``, ``dt``, ``residual_max``, ``converged_fraction``.
     """
@@ -487,9 +547,14 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
     out["contraction_bound"] = bound
     exact = n <= s.exact_max
     margins: dict[str, float | None] = {"contraction": None if bound is None else 1.0 - bound}
+    if groups is not None:
+        if isinstance(model, BoxProjectedModel):
+            raise StabilityError("the alternating sweep's certificate is not defined for a projected "
+                                 "(clipped) model; certify it with dynamics.update = 'synchronous'")
+        groups = tuple(map(tuple, groups))
     if exact:
         j, f, flat = state_jacobian(model, x, u)
-        rho = iteration_radius(j, dt)
+        rho = iteration_radius(j, dt) if groups is None else sweep_radius(model, x, u, dt=dt, groups=groups)
         ly, ge = lyapunov(j), gershgorin(j)
         out["lyapunov"] = {"certified_fraction": float(ly["certified"].mean()),
                            "p_min_eig_min": float(np.min(ly["p_min_eig"])),
@@ -500,10 +565,12 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
                              "column_sum_max": float(np.max(ge["column_sum_max"]))}
         margins["lyapunov"] = out["lyapunov"]["p_min_eig_min"]
     else:
-        rho = spectral_radius_power(model, x, u, dt=dt, iters=s.power_iters, seed=seed)
+        rho = spectral_radius_power(model, x, u, dt=dt, iters=s.power_iters, seed=seed, groups=groups)
         out["lyapunov"] = out["gershgorin"] = None
     out["spectral_radius"] = {"method": "exact" if exact else "power", "max": float(np.max(rho)),
-                              "mean": float(np.mean(rho))}
+                              "mean": float(np.mean(rho)),
+                              "map": "synchronous" if groups is None else "alternating"}
+    radius = "rho(I + dt J)" if groups is None else "rho(dS/du) of the alternating sweep"
     margins["spectral"] = 1.0 - float(np.max(rho))
     out["projected"] = None
     unsettled = (f"{int((~at_fp).sum())} of {batch} examples not at a fixed point (residual "
@@ -542,7 +609,7 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
                 reason = (f"rho(I + dt J_free) = {_fmt(out['projected']['radius_max'])} >= 1 over "
                           f"the unsaturated neurons")
                 why = "rho(free) >= 1"
-    elif bound is not None and bound < 1:
+    elif bound is not None and bound < 1 and groups is None:
         method, certified, reason, why = "contraction", True, None, None
     else:
         method = "spectral-exact" if exact else "spectral-power"
@@ -552,10 +619,10 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
         elif not at_fp.all():
             reason, why = unsettled, short_unsettled
         else:
-            reason = (f"rho(I + dt J) = {_fmt(float(np.max(rho)))} >= 1 at {int((rho >= 1).sum())} "
+            reason = (f"{radius} = {_fmt(float(np.max(rho)))} >= 1 at {int((rho >= 1).sum())} "
                       f"of {batch} examples")
             why = "rho >= 1"
-        if bound is not None and not certified:
+        if bound is not None and not certified and groups is None:
             reason += f"; contraction bound {_fmt(bound)} >= 1"
     out.update(certified=certified, method=method, margins=margins, reason=reason, why=why)
     return out
@@ -579,22 +646,25 @@ def stability(model: EquilibriumModel, x: Array, solver: Any, *,
               ) -> tuple[dict[str, Any], PyTree]:
     """Relax the free phase of ``x`` with ``solver`` (a
     :class:`~eqprop.solvers.FixedPointSolver` or :class:`~eqprop.solvers.PhaseSolvers`) and
-    :func:`certify` its fixed points with the solver's ``dt``.
+    :func:`certify` its fixed points with the solver's ``dt`` and its map (the alternating
+    sweep over ``model.partition()`` when ``solver.update == "alternating"``).
 
     **Returns:** ``(certify's dict, the fixed points u)``.
     """
     free = _free_solver(solver)
     u = _relax(model, x, free)
-    return certify(model, x, u, dt=free.dt, settings=settings, seed=seed), u
+    groups = model.partition() if free.update == "alternating" else None
+    return certify(model, x, u, dt=free.dt, settings=settings, seed=seed, groups=groups), u
 
 
 def perturbation_check(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float, trials: int = 100,
                        scale: float = 1e-2, steps: int = 2000, shrink: float = 1e-2,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, update: str = "synchronous") -> np.ndarray:
     """The truth the local certificates are tested against: from ``trials`` random
     perturbations ``P(u + scale * N(0, 1))`` of each fixed point, iterate the step map
     ``steps`` times and see whether the state came back: to where ``u`` itself goes in
-    those steps (the exact fixed point near a settled ``u``).
+    those steps (the exact fixed point near a settled ``u``). With ``update =
+    "alternating"`` the map is the alternating sweep and ``steps`` counts sweeps.
 
     **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``u``: fixed points, leaves
     ``(B, ...)``; ``dt``: the step; ``shrink``: a trial returned when its final distance
@@ -604,8 +674,9 @@ def perturbation_check(model: EquilibriumModel, x: Array, u: PyTree, *, dt: floa
     **Returns:** ``(B,)``: the fraction of the trials that returned, per example.
     """
     ur = jax.tree.map(lambda t: jnp.repeat(t, trials, axis=0), u)
+    per_sweep = len(model.partition()) if update == "alternating" else 1
     back = _perturbed(model, x, u, _gaussian_like(ur, seed, scale), jnp.asarray(shrink),
-                      jnp.asarray(scale), FixedPoint(steps=steps, dt=dt), trials)
+                      jnp.asarray(scale), FixedPoint(steps=steps * per_sweep, dt=dt, update=update), trials)
     return np.asarray(back, np.float64)
 
 
@@ -631,7 +702,8 @@ def _perturbed(model, x, u, noise, shrink, scale, solver, trials):
     proj = model.projector()
     u0 = u0 if proj is None else proj(u0)
     drive = model.prepare(repeat(x))
-    ut, _ = solver.relax(model, lambda w: model.field(w, drive), u0)
+    ut, _ = solver.relax(model, lambda w: model.field(w, drive), u0,
+                         field_on=lambda w, g: model.field_on(w, drive, g))
     # where the unperturbed state goes in as many steps: a state that settled to within the
     # residual tolerance still moves a little towards the exact fixed point (slowly where
     # rho is near 1), and a return is measured against that, not against the given u; the
@@ -639,7 +711,8 @@ def _perturbed(model, x, u, noise, shrink, scale, solver, trials):
     # no fixed point at this resolution: an unstable one that the state leaves)
     # (relaxed once per example, not once per trial)
     drive1 = model.prepare(x)
-    uref, _ = solver.relax(model, lambda w: model.field(w, drive1), u)
+    uref, _ = solver.relax(model, lambda w: model.field(w, drive1), u,
+                           field_on=lambda w, g: model.field_on(w, drive1, g))
     uref = jax.tree.map(repeat, uref)
     d0, d1 = _inf_norms(u0, ur, batch * trials), _inf_norms(ut, uref, batch * trials)
     drift = _inf_norms(uref, ur, batch * trials)

@@ -88,11 +88,14 @@ def make_enforcer(model: EquilibriumModel, x1: Array, *, settings: StabilitySett
 def epoch_figures(model: EquilibriumModel, x: Array, solver: Any, *, settings: StabilitySettings
                   = StabilitySettings(), seed: int = 0) -> dict[str, float]:
     """The cheap per-epoch figures of one network on the batch ``x``: ``spectral_radius``
-    (max over the examples, power iteration) and, where it applies, ``contraction_bound``.
-    ``solver``: the free phase's solver (its ``dt``)."""
+    (max over the examples, power iteration, of the map the solver iterates: ``I + dt J``,
+    or the alternating sweep's ``dS/du``) and, where it applies, ``contraction_bound``.
+    ``solver``: the free phase's solver (its ``dt`` and ``update``)."""
     free = _free_solver(solver)
     u = _relax(model, x, free)
-    rho = spectral_radius_power(model, x, u, dt=free.dt, iters=settings.power_iters, seed=seed)
+    groups = model.partition() if free.update == "alternating" else None
+    rho = spectral_radius_power(model, x, u, dt=free.dt, iters=settings.power_iters, seed=seed,
+                                groups=groups)
     out = {"spectral_radius": float(np.max(rho))}
     bound = contraction_bound(model, x, u, exact_max=settings.exact_max, iters=settings.power_iters)
     if bound is not None:

@@ -13,15 +13,19 @@ def _cell(v: float | None, fmt: str = "{:.4f}") -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The table ``eqprop stability`` prints: one row per seed (certified, method, the
-    margin of that method, ``max rho(I + dt J)``, the contraction bound, the Lyapunov and
+    margin of that method, the largest spectral radius of the map the solver iterates
+    (``I + dt J``, or the alternating sweep's ``dS/du`` when ``result["update"]`` is
+    ``"alternating"``), the contraction bound, the Lyapunov and
     projected figures, the perturbation test), then why a seed is not certified.
 
-    **Arguments:** ``result``: ``{"target", "model", "dt", "examples", "per_seed": [...]}``
+    **Arguments:** ``result``: ``{"target", "model", "dt", "update", "examples", "per_seed": [...]}``
     with one :func:`certify` dict (plus ``seed``) per seed.
     """
     lines = [f"{result['target']}: {result['model']}, dt {result['dt']:g}, "
              f"{result['examples']} examples per seed"]
-    head = (f"{'seed':<6}{'certified':<11}{'method':<16}{'margin':>9}{'rho(I+dtJ)':>12}"
+    alternating = result.get("update") == "alternating"
+    rho = "rho(sweep)" if alternating else "rho(I+dtJ)"
+    head = (f"{'seed':<6}{'certified':<11}{'method':<16}{'margin':>9}{rho:>12}"
             f"{'contraction':>13}{'lyapunov P>0':>14}{'projected':>11}{'returned':>10}  why not")
     lines.append(head)
     notes, papers = [], []
@@ -48,8 +52,11 @@ def format_table(result: dict[str, Any]) -> str:
                          f"a bound; {'holds' if g['holds'] else 'fails'}: row margin "
                          f"{g['row_margin_min']:.3g}, column margin {g['column_margin_min']:.3g}, "
                          f"largest column sum {g['column_sum_max']:.3g}")
-    lines.append("margin: of the method's certificate (> 0: it holds); rho(I+dtJ): over every "
-                 "neuron; lyapunov P>0, projected: the examples whose certificate holds at their "
+    lines.append("margin: of the method's certificate (> 0: it holds); " + (
+                 "rho(sweep): of the alternating sweep the solver runs (dynamics.update = "
+                 "'alternating'; the contraction bound, of the synchronous map, certifies nothing "
+                 "here)" if alternating else "rho(I+dtJ): over every neuron")
+                 + "; lyapunov P>0, projected: the examples whose certificate holds at their "
                  "state; returned: perturbations that came back")
     if any(r["method"] == "projected" for r in result["per_seed"]):
         lines.append("a projected (clipped) model is certified by the projected certificate alone: "
