@@ -479,4 +479,22 @@ def test_set_on_a_trained_run_may_not_change_the_network_or_its_training(run_dir
     assert main([command, str(run_dir), "--set", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("eqprop: error: --set on a run: only [dynamics], [estimator], [data], "
-                          "[parallel] keys") and err.endswith(f"got {override!r}") and "\n" not in err
+                          "[parallel]") and err.endswith(f"got {override!r}") and "\n" not in err
+
+
+def test_set_on_a_trained_run_may_change_the_section_its_command_reads(run_dir, capsys, tmp_path):
+    """A fresh user's `stability RUN --set stability.examples=4` was refused although
+    [stability] changes nothing of the network; each command's own section is allowed on a
+    run (and named in the error and the help), the other commands' are not."""
+    js = tmp_path / "s.json"
+    assert main(["stability", str(run_dir), "--set", "stability.examples=3", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["examples"] == 3
+    capsys.readouterr()
+    for command, other in (("eval", "stability.examples=3"), ("stability", "diagnostics.free_steps=5"),
+                           ("gradcheck", "stability.examples=3")):
+        assert main([command, str(run_dir), "--set", other]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--set on a run" in err and err.endswith(f"got {other!r}")
+    for command, own in (("stability", "[stability]"), ("gradcheck", "[diagnostics]")):
+        assert main([command, "--help"]) == 0
+        assert own in " ".join(capsys.readouterr().out.split())

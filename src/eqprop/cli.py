@@ -159,9 +159,11 @@ def strict_json(tree: Any) -> Any:
     return tree
 
 
-def _config_or_run(target: str, overrides) -> tuple[Any, Any, Any]:
+def _config_or_run(target: str, overrides, readers: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
     """``(config, program, model)`` of a CONFIG_OR_RUN_DIR argument: a run directory's
-    latest checkpoint (stacked when it has several seeds), or a config's fresh model.
+    latest checkpoint (stacked when it has several seeds), or a config's fresh model;
+    ``readers``: the sections the command reads for itself, which ``--set`` may change on a
+    run too (:func:`eqprop.train.load_run`).
 
     **Raises:** ``ValueError`` for a path that does not exist or a directory that is not a
     run."""
@@ -172,7 +174,7 @@ def _config_or_run(target: str, overrides) -> tuple[Any, Any, Any]:
     if not path.exists():
         raise ValueError(f"{path}: no such config file or run directory")
     if path.is_dir():  # load_run checks that it is a run
-        config, program, model, _ = load_run(path, "latest", overrides)
+        config, program, model, _ = load_run(path, "latest", overrides, readers=readers)
         return config, program, model
     config = load_config(path, overrides)
     program = build_program(config)
@@ -188,7 +190,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from .gradcheck import build_specs, format_table, gradcheck, to_json
     from .train import unstack
 
-    config, program, model = _config_or_run(args.target, args.set)
+    config, program, model = _config_or_run(args.target, args.set, readers=("diagnostics",))
     if program.seeds > 1:
         model = unstack(model, 0)  # gradcheck looks at the first seed's network
     solvers = build.build_solvers(config)
@@ -235,7 +237,7 @@ def _cmd_stability(args: argparse.Namespace) -> int:
         raise ValueError(f"--perturb: must be >= 0, got {args.perturb}")
     if args.perturb_scale is not None and not args.perturb_scale > 0:
         raise ValueError(f"--perturb-scale: must be > 0, got {args.perturb_scale}")
-    config, program, model = _config_or_run(args.target, args.set)
+    config, program, model = _config_or_run(args.target, args.set, readers=("stability",))
     settings = StabilitySettings.of(config.stability)
     free = build.build_solvers(config).free
     ds = program.dataset
@@ -309,11 +311,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _add_set(p: argparse.ArgumentParser, on_run: bool = False) -> None:
+def _add_set(p: argparse.ArgumentParser, on_run: bool = False, readers: tuple[str, ...] = ()) -> None:
     if on_run:
         from .config import RUN_OVERRIDABLE
 
-        sections = ", ".join(f"[{s}]" for s in RUN_OVERRIDABLE)
+        sections = ", ".join(f"[{s}]" for s in RUN_OVERRIDABLE + readers)
         text = (f"override a config value (TOML syntax; repeatable); on a run directory only "
                 f"{sections} keys, e.g. dynamics.free_steps=400")
     else:
@@ -400,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "estimator. With a RUN_DIR, uses its config.toml "
                        "and latest checkpoint (first seed when seeds > 1).")
     p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
-    _add_set(p, on_run=True)
+    _add_set(p, on_run=True, readers=("diagnostics",))
     p.add_argument("--estimator", "-e", action="append", metavar="SPEC",
                    help="estimator SPEC, e.g. hep:points=6:beta=0.5 (repeatable; default: the "
                    "config's estimator)")
@@ -411,12 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stability", help="certify the stability of the free fixed points",
                        description="Stability certificates of the free fixed points of the first "
                        "[stability] examples training examples, for every seed: the spectral "
-                       "radius of the iteration Jacobian I + dt J (exact or by power iteration), "
+                       "radius of the map the solver iterates (I + dt J, or the alternating "
+                       "sweep's Jacobian; exact or by power iteration), "
                        "the global contraction bound, the Lyapunov certificate, and the projected "
                        "certificate of a clipped model (docs/stability.md). With a RUN_DIR, its "
                        "config.toml and latest checkpoint; with a CONFIG, the initial networks.")
     p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
-    _add_set(p, on_run=True)
+    _add_set(p, on_run=True, readers=("stability",))
     p.add_argument("--perturb", type=int, default=0, metavar="N",
                    help="also check the local certificates against the dynamics: N random "
                    "perturbations of each fixed point, relaxed back for as many steps as the "

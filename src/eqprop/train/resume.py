@@ -202,12 +202,14 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     return Position(state, done, batch, sums, states), meta
 
 
-def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, ...] | list[str] = ()
-             ) -> tuple[Config, Program, PyTree, dict]:
+def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, ...] | list[str] = (),
+             *, readers: tuple[str, ...] = ()) -> tuple[Config, Program, PyTree, dict]:
     """A run directory's configuration, program and checkpointed model.
 
     **Arguments:** ``run_dir``; ``which``: ``"latest"`` or ``"best"``; ``overrides``:
-    ``--set``-style ``"section.key=value"`` changes to the stored configuration.
+    ``--set``-style ``"section.key=value"`` changes to the stored configuration;
+    ``readers``: further sections the caller reads for itself and that change nothing of
+    the network (``eqprop stability``: ``"stability"``; ``gradcheck``: ``"diagnostics"``).
 
     **Returns:** ``(config, program, model, meta)``: ``model`` stacked when K > 1,
     ``meta`` the checkpoint's meta.
@@ -215,15 +217,16 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     **Raises:** ``ValueError`` when ``run_dir`` is not a run or lacks the checkpoint
     (:class:`~eqprop.train.checkpoint.CheckpointError` when it is broken);
     :class:`~eqprop.config.ConfigError` for an override outside
-    :data:`~eqprop.config.RUN_OVERRIDABLE`.
+    :data:`~eqprop.config.RUN_OVERRIDABLE` and ``readers``.
     """
     from ..config import RUN_OVERRIDABLE, ConfigError, load_run_config
 
-    bad = [o for o in overrides if o.strip().split(".", 1)[0].strip() not in RUN_OVERRIDABLE]
+    allowed = RUN_OVERRIDABLE + tuple(readers)
+    bad = [o for o in overrides if o.strip().split(".", 1)[0].strip() not in allowed]
     if bad:
-        raise ConfigError(f"--set on a run: only [{'], ['.join(RUN_OVERRIDABLE)}] keys change how a "
-                          f"trained network is relaxed, estimated or fed (the others define the "
-                          f"network and its training), got {bad[0]!r}")
+        raise ConfigError(f"--set on a run: only [{'], ['.join(allowed)}] keys change how a "
+                          f"trained network is relaxed, estimated, fed or examined (the others "
+                          f"define the network and its training), got {bad[0]!r}")
     run = RunDir(run_dir).require()
     if not run.checkpoint(which).is_file():
         raise ValueError(f"{run.path}: no {which} checkpoint ({run.checkpoint(which)} not found)")
