@@ -613,3 +613,26 @@ def test_complex_dsilu_in_real_arithmetic_is_the_holomorphic_function():
     val, der = jax.jvp(dsilu, (far,), (jnp.ones_like(far),))
     assert bool(jnp.all(jnp.isfinite(val))) and bool(jnp.all(jnp.isfinite(der)))
     np.testing.assert_allclose(val, ref(far), atol=1e-5)
+
+
+def test_an_input_batch_of_another_shape_or_layout_is_a_one_line_error():
+    """A fresh user's channels-first (B, C, H, W) batch was reshaped to NHWC without a word,
+    scrambling pixels and channels; a wrong image size failed deep inside a reshape. Each is
+    one line naming both shapes, for the conv net and (a wrong size) the dense networks."""
+    import re
+
+    k = jax.random.PRNGKey(0)
+    net = convnet((8, 8, 3), (3, 4), n_classes=3, key=k, output_size=5)
+    for shape, hint in (((4, 3, 8, 8), True), ((4, 28, 28, 1), False), ((4, 191), False)):
+        with pytest.raises(ValueError, match=re.escape(f"ConvNetwork: input batch of shape {shape}, "
+                                                       "expected (B, 8, 8, 3) or (B, 192)")) as err:
+            net.prepare(jnp.ones(shape))
+        assert ("channels-first" in str(err.value)) == hint and "\n" not in str(err.value)
+    for shape in ((4, 8, 8, 3), (4, 192)):  # NHWC or flattened
+        assert net.prepare(jnp.ones(shape)).inputs["c1"].shape == (4, 4, 4, 3)
+    from eqprop import layered
+
+    dense = layered([12, 5, 3], key=k)
+    with pytest.raises(ValueError, match=re.escape("DenseNetwork: input batch of shape (4, 13), expected (B, 12)")):
+        dense.prepare(jnp.ones((4, 13)))
+    assert all(v.shape[0] == 4 for v in dense.prepare(jnp.ones((4, 3, 4))).inputs.values())  # any layout flattens

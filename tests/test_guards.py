@@ -426,3 +426,21 @@ def test_the_hep_warning_quotes_the_median_rate():
     del figures["hep_decay_median"]  # a record written before the median: the mean, unlabelled
     (problem,) = estimate_problems(figures, beta=0.5)
     assert "(rate 612 per order, estimated error 89%" in problem
+
+
+def test_the_free_phase_advice_fits_the_update_and_the_epoch_line_shows_its_residual(unsettled):
+    """A fresh user running alternating updates was told to 'use dynamics.update =
+    "alternating"', and the epoch line showed the nudged residual but not the free one."""
+    from eqprop.train.loop import _estimate_text
+
+    figures = {"residual_mean": 0.2, "nonconverged_fraction": 0.9}
+    (sync,) = estimate_problems(figures, update="synchronous")
+    (alt,) = estimate_problems(figures, update="alternating")
+    assert "use dynamics.update = 'alternating'" in sync and "lower dynamics.dt" in sync
+    assert "alternating'" not in alt and "dt" not in alt and "raise dynamics.free_steps" in alt
+    out, _ = unsettled
+    for r in _records(out):
+        line = _estimate_text(r)
+        assert line.startswith(f" | free res {r['residual_mean']:.1e} "
+                               f"({100 * r['nonconverged_fraction']:.0f}% > {NONCONVERGED_TOL:g})")
+        assert "free res" not in _estimate_text(r, relaxes=False)  # bp: a forward pass

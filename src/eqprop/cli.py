@@ -141,7 +141,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               f"(median; mean {mean['hep_decay']:.3f}), estimated error {100 * mean['hep_error']:.1f}%")
     figures = {name: mean[key] for key, name in ESTIMATE_KEYS.items() if key in mean}
     figures.update(residual_mean=mean["residual"], nonconverged_fraction=mean["nonconverged"])
-    problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None))
+    problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None),
+                                 update=program.solvers.free.update)
     if problems:
         warnings.warn("; ".join(problems), EstimateWarning, stacklevel=2)
     return EXIT_OK

@@ -188,7 +188,7 @@ def gradcheck(
             out[spec]["error_vectors"] = {}
     out["relaxation"] = {"free": free_stats, "implicit_solve": _stats(info_ref.linear),
                          "clipped_fraction": clipped,
-                         "problems": estimate_problems(free_stats)}
+                         "problems": estimate_problems(free_stats, update=solvers.free.update)}
     if precision is not None:
         out["relaxation"]["reference_free"] = _stats(ref_free.stats)
     out["reference"] = "implicit" if not clipped else None

@@ -248,7 +248,7 @@ def hep_rate(figures: Mapping[str, Any]) -> tuple[float | None, bool]:
 
 
 def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
-                      free_residual: float | None = None) -> list[str]:
+                      free_residual: float | None = None, update: str | None = None) -> list[str]:
     """Which estimate figures of a record (an epoch record, an evaluation, a gradcheck
     entry) are beyond their limit, each as a short sentence.
 
@@ -260,7 +260,9 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
     ``beta``: the circle's radius, named in the hEP sentence; ``free_residual``: the free
     phase's ``residual_mean`` where the caller reports the free phase apart (gradcheck's
     table, once for all estimators): no sentence of its own, it only tells the hEP sentence
-    that the circle was measured from an unsettled state.
+    that the circle was measured from an unsettled state; ``update``: the free solver's
+    update (``dynamics.update``), so that the free sentence's advice fits it (under
+    ``"alternating"`` it does not suggest the alternating update; ``None``: both advices).
 
     **Returns:** ``[]`` when every figure is within its limit:
 
@@ -282,9 +284,11 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
         frac = figures.get("nonconverged_fraction")
         out.append(f"free phases did not converge: residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
                    + (f" ({100 * frac:.0f}% of examples above it)" if frac is not None else "")
-                   + "; raise dynamics.free_steps, or, where the synchronous update oscillates "
-                   "(a 2-cycle: see eqprop stability), lower dynamics.dt or use dynamics.update = "
-                   "'alternating'")
+                   + ("; raise dynamics.free_steps (group updates: two make a sweep; eqprop "
+                      "stability gives the sweep's rate)" if update == "alternating" else
+                      "; raise dynamics.free_steps, or, where the synchronous update oscillates "
+                      "(a 2-cycle: see eqprop stability), lower dynamics.dt or use dynamics.update = "
+                      "'alternating'"))
     r = figures.get("nudged_residual_mean")
     if r is not None and not r <= NONCONVERGED_TOL:
         frac = figures.get("nudged_nonconverged_fraction")

@@ -49,6 +49,7 @@ from ..activations import get_activation
 from .base import (BipartiteModel, EnergyModel, FeedbackModel, FeedForwardModel, InteractionModel,
                    MixedPrecisionModel)
 from .dense import COMPUTE_DTYPES, INPUT, feedback_at_angle
+from .ops import input_batch
 from .readout import Readout, make_readout
 
 OUTPUT = "out"
@@ -278,8 +279,7 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
     # -- dynamics ----------------------------------------------------------------------
 
     def _image(self, x: Array) -> Array:
-        shape = self.populations[INPUT]
-        return x.reshape(x.shape[0], *shape).astype(self._dtype)
+        return input_batch(x, self.populations[INPUT], type(self).__name__).astype(self._dtype)
 
     def prepare(self, x: Array) -> ConvDrive:
         """The :class:`ConvDrive` of a batch.

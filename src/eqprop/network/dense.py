@@ -29,7 +29,7 @@ from ..activations import get_activation
 from ..registry import READOUTS
 from .base import (BipartiteModel, EnergyModel, FeedbackModel, FeedForwardModel, InteractionModel,
                    MixedPrecisionModel)
-from .ops import matmul
+from .ops import input_batch, matmul
 from .readout import Readout, make_readout
 
 INPUT = "input"
@@ -159,7 +159,8 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel,
         n_src)}, weights={e.name: (n_src, n_dst)})`` (``weights``: empty in float32
         compute).
         """
-        x = x.reshape(x.shape[0], -1).astype(self.biases[self.output].dtype)
+        x = input_batch(x, (self.populations[INPUT],), type(self).__name__,
+                        any_layout=True).astype(self.biases[self.output].dtype)
         drive = {p: jnp.broadcast_to(b, (x.shape[0],) + b.shape) for p, b in self.biases.items()}
         for e in self.projections:
             if e.src == INPUT:
@@ -350,7 +351,8 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel,
         """
         if not self.symmetric:
             raise ValueError("the primitive (energy) exists for tied networks only")
-        x = x.reshape(x.shape[0], -1).astype(self.biases[self.output].dtype)
+        x = input_batch(x, (self.populations[INPUT],), type(self).__name__,
+                        any_layout=True).astype(self.biases[self.output].dtype)
         src = dict(a, **{INPUT: x})
         phi = sum(jnp.sum(a[p] * b, axis=-1) for p, b in self.biases.items())
         for e in self.projections:

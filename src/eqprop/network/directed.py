@@ -43,7 +43,7 @@ from ..registry import ACTIVATIONS, MODELS, READOUTS
 from ..settings import POSITIVE, POSITIVE_INT, Bounds, SettingError, setting
 from .base import BoxProjectedModel, ConnectedModel, EnergyModel, FeedbackModel, InteractionModel
 from .kinds import DTYPES, ModelKind
-from .ops import matmul
+from .ops import input_batch, matmul
 from .readout import Readout, make_readout
 
 __all__ = ["CONNECTIVITIES", "DYNAMICS", "DirectedDrive", "DirectedNetwork", "DeepNetwork",
@@ -183,7 +183,7 @@ class DirectedNetwork(FeedbackModel, ConnectedModel):
     def clamped(self, x: Array) -> Array:
         """The clamped neurons' states ``(B, n_in + 1)``: ``x`` flattened and a column of
         ones (the bias neuron), in the weights' dtype."""
-        x = x.reshape(x.shape[0], -1).astype(self.W.dtype)
+        x = input_batch(x, (self.sizes[0],), type(self).__name__, any_layout=True).astype(self.W.dtype)
         return jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=-1)
 
     def init_state(self, drive: DirectedDrive) -> dict[str, Array]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import Array
@@ -19,3 +21,31 @@ def matmul(a: Array, w: Array) -> Array:
     if jnp.iscomplexobj(a) and not jnp.iscomplexobj(w):
         return jax.lax.complex(a.real @ w, a.imag @ w)
     return a @ w
+
+
+def input_batch(x: Array, shape: tuple[int, ...], model: str, *, any_layout: bool = False) -> Array:
+    """The input batch ``x`` as ``(B, *shape)``, checked: a wrong size, or an image batch in
+    another layout, is a one-line ``ValueError`` naming both shapes (not an error from deep
+    inside a matmul, nor, for a permuted layout such as channels-first ``(B, C, H, W)``, a
+    silent reshape that scrambles pixels and channels).
+
+    **Arguments:** ``x``: ``(B, ...)``; ``shape``: one example's input shape;
+    ``model``: the model's name, for the message; ``any_layout``: accept any trailing shape
+    with ``prod(shape)`` entries (a dense network flattens whatever it is given), else
+    exactly ``shape`` or flattened ``(prod(shape),)``.
+
+    **Returns:** ``x`` reshaped to ``(B, *shape)``.
+
+    **Raises:** ``ValueError`` as above.
+    """
+    n = math.prod(shape)
+    got = tuple(x.shape[1:])
+    ok = (math.prod(got) == n) if any_layout else got in (tuple(shape), (n,))
+    if x.ndim < 1 or not ok:
+        hint = ""
+        if len(got) == len(shape) == 3 and sorted(got) == sorted(shape):
+            hint = ("; the images are NHWC (B, H, W, C): a channels-first batch needs "
+                    "x.transpose(0, 2, 3, 1)")
+        want = f"(B, {', '.join(map(str, shape))})" + ("" if len(shape) == 1 else f" or (B, {n})")
+        raise ValueError(f"{model}: input batch of shape {tuple(x.shape)}, expected {want}{hint}")
+    return x.reshape(x.shape[0], *shape)

@@ -238,11 +238,12 @@ class _Trainer:
                                             f"acc {rec['test_acc']:.4f}")
         ms = rec["ms_per_batch"]
         self.echo(f"epoch {epoch}/{self.config.train.epochs}  train loss {rec['train_loss']:.4f} "
-                  f"acc {rec['train_acc']:.4f}{test_txt}{_estimate_text(rec)}"
+                  f"acc {rec['train_acc']:.4f}{test_txt}{_estimate_text(rec, p.estimator.at_fixed_point())}"
                   + (f" | sparsity {rec['sparsity']:.3f}" if "sparsity" in rec else "")
                   + f" | {seconds:.1f} s"
                   + (f", {ms:.1f} ms/batch" if ms is not None else ""))
-        problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None))
+        problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None),
+                                     update=p.solvers.free.update)
         if problems:  # once per epoch, every figure at fault in one message
             warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
 
@@ -327,9 +328,15 @@ def _estimate_postfix(m: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _estimate_text(rec: dict[str, Any]) -> str:
-    """The estimator's figures of an epoch record for the epoch line ("" if none)."""
+def _estimate_text(rec: dict[str, Any], relaxes: bool = True) -> str:
+    """The relaxation's and the estimator's figures of an epoch record for the epoch line
+    ("" if none): the free phase's residual first (every estimate is taken there), unless
+    the estimator does not relax (``relaxes=False``: ``bp``'s forward pass)."""
     parts = []
+    if relaxes and rec.get("residual_mean") is not None:
+        frac = rec.get("nonconverged_fraction")
+        parts.append(f"free res {rec['residual_mean']:.1e}"
+                     + (f" ({100 * frac:.0f}% > {NONCONVERGED_TOL:g})" if frac is not None else ""))
     if rec.get("nudged_residual_mean") is not None:
         parts.append(f"nudged res {rec['nudged_residual_mean']:.1e} "
                      f"({100 * rec['nudged_nonconverged_fraction']:.0f}% > {NONCONVERGED_TOL:g})")
