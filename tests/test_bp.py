@@ -252,3 +252,33 @@ def test_complex_nudges_on_a_real_only_activation_name_both_keys():
                                           r"needs complex nudges"):
         build_program(load_config(base, ["estimator.name=\"hep\"", "estimator.points=3",
                                          "model.activation=\"hard-sigmoid\""]))
+
+
+def test_homeostasis_on_tied_feedback_is_warned_as_a_penalty_that_is_zero(recwarn):
+    """A fresh user's `--set homeostasis.coef=1` on a tied net ran 3x slower for a penalty
+    that is identically zero (the Jacobian of an energy-based net is symmetric)."""
+    from eqprop.guards import EqpropWarning
+
+    base = ROOT / "configs" / "digits-quick.toml"
+
+    def said():
+        out = [str(w.message) for w in recwarn.list if issubclass(w.category, EqpropWarning)]
+        recwarn.clear()
+        return out
+
+    build_program(load_config(base, ["homeostasis.coef=1.0"]))
+    (msg,) = said()
+    assert msg.startswith("homeostasis.coef: the network's feedback is tied") and "identically zero" in msg
+    build_program(load_config(base, ["homeostasis.coef=1.0", "model.feedback=\"untied\""]))
+    assert said() == []  # untied: the penalty is what homeostasis is for
+    # and the claim itself: the penalty of the tied net is zero to rounding
+    from eqprop.homeostasis import probe_loss
+
+    def loss(extra):
+        p = build_program(load_config(base, ["homeostasis.coef=1.0", *extra]))
+        m = p.model
+        d = m.prepare(jnp.asarray(p.dataset.x_train[:8]))
+        a = jax.tree.map(lambda t: t + 0.3, m.activity(m.init_state(d)))
+        return abs(float(probe_loss(m, a, d, jax.random.PRNGKey(0), 4)))
+
+    assert loss([]) < 1e-5 * loss(["model.feedback=\"untied\"", "model.asymmetry_angle=90.0"])  # rounding

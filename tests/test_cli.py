@@ -114,6 +114,10 @@ def test_gradcheck_bad_spec(tiny_config, capsys):
     assert "nope" in err and len(err.strip().splitlines()) == 1
     # the allowed list is what gradcheck compares: not bp, which it refuses
     assert err.strip().endswith("allowed: ep, hep, online-hep, exact-nudge, implicit, bptt, contrast, deep-rule")
+    # a setting given twice: the last one won without a word (a fresh user's hep:beta=0.5:beta=0.1)
+    assert main(["gradcheck", str(tiny_config), "-e", "hep:beta=0.5:beta=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "eqprop: error: estimator SPEC 'hep:beta=0.5:beta=0.1': beta is given twice"
 
 
 def test_gradcheck_table_composes_the_diagnostics():

@@ -99,8 +99,10 @@ class DynamicsSettings:
     stopping, the linear solves (the solver's own keys come from its class)."""
 
     dt: float = setting(1.0, "Relaxation step size.", bounds=Bounds(lo=0, hi=1, lo_open=True))
-    free_steps: int = setting(150, "Steps of the free phase.", bounds=POSITIVE_INT)
-    nudged_steps: int = setting(20, "Steps of each nudged phase.", bounds=POSITIVE_INT)
+    free_steps: int = setting(150, "Steps of the free phase (with update = 'alternating', group "
+                              "updates: two make a sweep).", bounds=POSITIVE_INT)
+    nudged_steps: int = setting(20, "Steps of each nudged phase (group updates, as free_steps).",
+                                bounds=POSITIVE_INT)
     tol: float = setting(0.0, "Early-stop tolerance (0: run all steps).", bounds=NONNEGATIVE)
     tol_fraction: float = setting(
         0.0, "Free phase: stop once at most this fraction of the batch is above tol (0: every "

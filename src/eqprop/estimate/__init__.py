@@ -86,7 +86,7 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
     **Returns:** the :class:`Estimator`.
 
     **Raises:** ``ValueError`` (one line quoting the SPEC) for an unknown estimator, a
-    part without ``=``, an unknown setting, a value of the wrong type, or an invalid
+    part without ``=``, an unknown setting, a setting given twice, a value of the wrong type, or an invalid
     value.
     """
     defaults = dict(defaults or {})
@@ -103,6 +103,8 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
                 f"estimator SPEC {spec!r}: bad setting {part!r}; {name!r} takes "
                 + (", ".join(f"{k}=<{t.__name__}>" for k, t in allowed.items()) or "no settings")
             )
+        if key in given:  # the last would win without a word
+            raise ValueError(f"estimator SPEC {spec!r}: {key} is given twice")
         try:
             given[key] = allowed[key](value)
         except ValueError:

@@ -200,6 +200,7 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
         raise ConfigError(msg if msg.startswith(("dynamics.", "homeostasis."))
                           else f"{keys}: {msg}") from None
     _check_baseline(config, models[0], homeostasis)
+    _check_homeostasis(config, models[0], homeostasis)
     optimizer = build.build_optimizer(config, models[0], config.train.epochs * n_batches)
     pruner = build.build_pruner(config)
     probe_steps = config.diagnostics.free_steps or None
@@ -246,6 +247,17 @@ def _replicated_output(f: Callable, layout: Layout) -> Callable:
         return layout.constrain(f(*args), ())
 
     return g
+
+
+def _check_homeostasis(config: Config, model, homeostasis) -> None:
+    """Jacobian homeostasis on a tied (energy-based) network: its Jacobian is the Hessian
+    of the primitive, symmetric, so the penalty is identically zero and only costs its
+    probes (about 3x per step, measured by a fresh user): a one-line warning."""
+    if homeostasis is not None and config.estimator.name != "bp" and getattr(model, "symmetric", False):
+        warnings.warn(EqpropWarning(
+            "homeostasis.coef: the network's feedback is tied, so its Jacobian is symmetric and "
+            "the homeostasis penalty is identically zero: it costs its probes every step for "
+            "nothing (use it with model.feedback = 'untied')"), stacklevel=3)
 
 
 def _check_baseline(config: Config, model, homeostasis) -> None:
