@@ -102,7 +102,9 @@ class _Trainer:
         self.schedule = Schedule.from_config(program.config)
         self.best_acc: float | None = None
         self.best_epoch: int | None = None
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # wall seconds of the completed epochs
+        self.partial_before = 0.0  # of the epoch a resume continues, spent before it
+        self.epoch_t0: float | None = None  # perf_counter() at which the current epoch began
         self.compiled = False
         self.compile_seconds: float | None = None
         self.t_flush = 0.0
@@ -121,8 +123,10 @@ class _Trainer:
         if not self.writer:
             return
         pos = dataclasses.replace(pos, state=TrainState(model, opt_state, st.step, st.key))
-        meta = checkpoint_meta(self.config, pos, best_acc=self.best_acc,
-                               best_epoch=self.best_epoch, elapsed=self.elapsed)
+        # a partial epoch (Ctrl-C, SIGTERM) keeps the time it has run, for its epoch record
+        partial = (time.perf_counter() - self.epoch_t0) if pos.batch and self.epoch_t0 is not None else 0.0
+        meta = checkpoint_meta(self.config, pos, best_acc=self.best_acc, best_epoch=self.best_epoch,
+                               elapsed=self.elapsed + partial, partial_seconds=partial)
         save_position(self.run, which, pos, meta)
 
     def summary(self, status: str, message: str | None = None) -> dict[str, Any]:
@@ -147,7 +151,8 @@ class _Trainer:
         p = self.p
         pos = self.pos
         assert pos is not None and pos.epoch == epoch - 1
-        t0 = time.perf_counter()
+        t0 = self.epoch_t0 = time.perf_counter() - self.partial_before
+        self.partial_before = 0.0
         bar = progress_bar(p.n_batches, pos.batch, f"epoch {epoch}/{self.config.train.epochs}",
                            enabled=self.progress and sys.stderr.isatty())
         self.compile_seconds = None
@@ -402,7 +407,8 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     if resume:
         tr.pos, meta = restore(run, program)
         tr.best_acc, tr.best_epoch = meta.get("best_test_acc"), meta.get("best_epoch")
-        tr.elapsed = float(meta.get("elapsed_seconds", 0.0))
+        tr.partial_before = float(meta.get("partial_seconds", 0.0)) if tr.pos.batch else 0.0
+        tr.elapsed = float(meta.get("elapsed_seconds", 0.0)) - tr.partial_before
         tr.echo(f"resuming {run.path} at epoch {tr.pos.epoch + 1}"
                 + (f", batch {tr.pos.batch}" if tr.pos.batch else ""))
     else:

@@ -7,7 +7,8 @@ opt_state)`` of the :class:`~eqprop.train.step.TrainState`, with warm starts
 the position:
 
 * ``epoch`` = completed epochs, ``batch`` = batches already done in the next epoch
-  (non-zero only after Ctrl-C), ``partial`` = that epoch's running sums;
+  (non-zero only after Ctrl-C), ``partial`` = that epoch's running sums,
+  ``partial_seconds`` = the wall time it has run (its epoch record counts it on resume);
 * ``best_test_acc``, ``best_epoch``, ``elapsed_seconds``, ``seed``, ``seeds``, the RNG
   scheme in words, ``saved_at``, and ``config_sha256``, the SHA-256 of the
   configuration (``dumps_toml``) it was written under (recorded, not enforced: ``--epochs``
@@ -75,14 +76,16 @@ def start(program: Program) -> Position:
 
 
 def checkpoint_meta(config: Config, pos: Position, *, best_acc: float | None,
-                    best_epoch: int | None, elapsed: float) -> dict[str, Any]:
-    """The meta of a checkpoint of ``pos`` (see the module docstring)."""
+                    best_epoch: int | None, elapsed: float, partial_seconds: float = 0.0) -> dict[str, Any]:
+    """The meta of a checkpoint of ``pos`` (see the module docstring); ``elapsed``
+    includes ``partial_seconds``, the wall time already spent in a partial epoch."""
     t = config.train
     return {
         "epoch": pos.epoch, "batch": pos.batch,
         "partial": sums_to_json(pos.sums) if pos.batch else None,
         "best_test_acc": best_acc, "best_epoch": best_epoch,
         "seed": t.seed, "seeds": t.seeds, "elapsed_seconds": elapsed,
+        "partial_seconds": partial_seconds if pos.batch else 0.0,
         "rng": RNG_SCHEME,
         "config_sha256": hashlib.sha256(dumps_toml(config).encode("utf-8")).hexdigest(),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -136,6 +139,9 @@ def _checked_meta(meta: dict[str, Any], source: Path) -> dict[str, Any]:
     out["best_epoch"] = count("best_epoch", None, optional=True)
     out["best_test_acc"] = number("best_test_acc", None, optional=True)
     out["elapsed_seconds"] = number("elapsed_seconds", 0.0)
+    out["partial_seconds"] = number("partial_seconds", 0.0)
+    if out["partial_seconds"] > out["elapsed_seconds"]:
+        raise CheckpointError(f"{source}: partial_seconds exceeds elapsed_seconds")
     partial = meta.get("partial")
     if partial is not None and not isinstance(partial, dict):
         raise CheckpointError(f"{source}: partial must be a JSON object or null")
