@@ -113,8 +113,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     at = f"epoch {meta.get('epoch')}"
     if meta.get("batch"):  # saved part-way through the next epoch (Ctrl-C, SIGTERM)
         at += f" and {meta['batch']} batches of epoch {meta.get('epoch', 0) + 1}"
-    print(f"{args.run_dir}: checkpoint {args.checkpoint} ({at}), "
-          f"{ds.name} {args.split} split, {len(y)} examples")
+    split = f"{args.split} split"
+    if args.split == "test" and config.data.validation > 0:
+        split = (f"validation split (held out of the training set, data.validation = "
+                 f"{config.data.validation:g}; --set data.validation=0 for the test set)")
+    print(f"{args.run_dir}: checkpoint {args.checkpoint} ({at}), {ds.name} {split}, {len(y)} examples")
     rows = [("mean", {k: float(np.mean(v)) for k, v in m.items()})]
     if program.seeds > 1:
         rows = [(f"seed {i}", {k: float(v[i]) for k, v in m.items()})

@@ -239,7 +239,8 @@ class _Trainer:
         self.pos = boundary
         if schedule.checkpoints(epoch):
             self.save("latest", boundary)
-        test_txt = "" if test is None else (f" | test loss {rec['test_loss']:.4f} "
+        split = "val" if self.config.data.validation > 0 else "test"  # held out of train
+        test_txt = "" if test is None else (f" | {split} loss {rec['test_loss']:.4f} "
                                             f"acc {rec['test_acc']:.4f}")
         ms = rec["ms_per_batch"]
         self.echo(f"epoch {epoch}/{self.config.train.epochs}  train loss {rec['train_loss']:.4f} "

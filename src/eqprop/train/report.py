@@ -207,7 +207,9 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         final_txt = _fmt(final, True) + (f" ± {_fmt(std, True)}" if std is not None else "")
         time_s = s.get("train_seconds") or sum(r.get("epoch_seconds") or 0 for r in records)
         lines.append(
-            f"| {run.name} | {s.get('data', '-')} | {s.get('estimator', '-')} "
+            f"| {run.name} | {s.get('data', '-')}"
+            + (" (validation split)" if s.get("evaluated_on") == "validation" else "")
+            + f" | {s.get('estimator', '-')} "
             f"| {s.get('seeds', '-')} | {last['epoch']} | {final_txt} | {_fmt(best, True)} "
             f"| {_fmt(last.get('train_acc'), True)} | {_estimate_cell(last)} "
             f"| {_fmt(last.get('sparsity'), True) if last.get('sparsity') is not None else '-'} "

@@ -13,9 +13,12 @@ __all__ = ["summarize", "format_summary", "setting_fields"]
 
 
 def setting_fields(config: Config) -> dict[str, Any]:
-    """What a summary says of a run's setting: ``seeds``, ``data``, ``estimator``."""
+    """What a summary says of a run's setting: ``seeds``, ``data``, ``estimator``, and
+    ``evaluated_on``: ``"validation"`` when ``data.validation > 0`` (the "test" figures are
+    then of the part held out of the training set), else ``"test"``."""
     return {"seeds": config.train.seeds, "data": config.data.name,
-            "estimator": config.estimator.name}
+            "estimator": config.estimator.name,
+            "evaluated_on": "validation" if config.data.validation > 0 else "test"}
 
 
 def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | None,
@@ -57,6 +60,8 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
         out["final_test_acc_per_seed"] = per
         out["final_test_acc_mean"] = float(np.mean(per))
         out["final_test_acc_std"] = float(np.std(per))
+    if records and (records[-1].get("per_seed") or {}).get("train_acc"):
+        out["final_train_acc_std"] = float(np.std(records[-1]["per_seed"]["train_acc"]))
     if message:
         out["message"] = message
     return out
@@ -70,12 +75,15 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"run        {s['run_dir']}  ({s['status']})",
              f"data       {s['data']}, estimator {s['estimator']}, seeds {s['seeds']}",
              f"epochs     {s['epochs']}/{s['epochs_planned']}",
-             f"test acc   final {pct(s['final_test_acc'])}"
+             ("val acc    final " if s.get("evaluated_on") == "validation" else "test acc   final ")
+             + pct(s['final_test_acc'])
              + (f" ± {pct(s.get('final_test_acc_std'))} over {s['seeds']} seeds"
                 if s["seeds"] > 1 and s.get("final_test_acc_std") is not None else "")
              + f", best {pct(s['best_test_acc'])}"
              + (f" (epoch {s['best_epoch']})" if s["best_epoch"] else ""),
-             f"train acc  final {pct(s['final_train_acc'])}",
+             f"train acc  final {pct(s['final_train_acc'])}"
+             + (f" ± {pct(s['final_train_acc_std'])} over {s['seeds']} seeds"
+                if s["seeds"] > 1 and s.get("final_train_acc_std") is not None else ""),
              f"time       {s['train_seconds']:.1f} s"
              + (f", {s['ms_per_batch']:.1f} ms/batch" if s["ms_per_batch"] else "")
              + (f" on {s['layout']}" if s.get("layout") else "")]
