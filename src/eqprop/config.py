@@ -160,7 +160,10 @@ class TrainConfig:
                          bounds=POSITIVE_INT)
     eval_every: int = setting(1, "Evaluate every this many epochs.", bounds=POSITIVE_INT)
     checkpoint_every: int = setting(1, "Checkpoint every this many epochs.", bounds=POSITIVE_INT)
-    max_batches: int | None = setting(None, "Cap on batches per epoch (absent: no cap).",
+    max_batches: int | None = setting(None, "Cap on batches per epoch, the first of each epoch's "
+                                      "shuffle (a different subset every epoch; the evaluation "
+                                      "still reads the whole test split: raise eval_every to "
+                                      "evaluate less often; absent: no cap).",
                                       bounds=POSITIVE_INT, optional=True)
     warm_start: bool = setting(
         False, "Start each training example's free phase from its fixed point at the previous "
