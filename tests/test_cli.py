@@ -118,6 +118,11 @@ def test_gradcheck_bad_spec(tiny_config, capsys):
     assert main(["gradcheck", str(tiny_config), "-e", "hep:beta=0.5:beta=0.1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "eqprop: error: estimator SPEC 'hep:beta=0.5:beta=0.1': beta is given twice"
+    # an estimator that cannot run on the model: the error says which of the -e it was
+    assert main(["gradcheck", str(tiny_config), "--set", 'model.feedback="untied"', "-e", "hep",
+                 "-e", "contrast"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eqprop: error: estimator SPEC 'contrast': ") and "\n" not in err
 
 
 def test_gradcheck_table_composes_the_diagnostics():

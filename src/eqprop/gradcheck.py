@@ -140,8 +140,8 @@ def gradcheck(
     :func:`~eqprop.guards.estimate_problems` (nudged phases or linear solve above the
     tolerance, hEP's coefficients not decaying), ``[]`` when none.
 
-    **Raises:** ``ValueError`` (from ``Estimator.check``) when an estimator cannot handle
-    ``model``, before anything is computed, or when ``solvers.free`` cannot relax it;
+    **Raises:** ``ValueError`` (from ``Estimator.check``, prefixed with the SPEC) when an
+    estimator cannot handle ``model``, before anything is computed, or when ``solvers.free`` cannot relax it;
     ``ValueError`` (one line quoting the SPEC) for an estimator that is not an estimate
     of the recurrent network's gradient at its free fixed point (``bp``).
     """
@@ -154,7 +154,10 @@ def gradcheck(
                 "the feed-forward pass), so a cosine with implicit differentiation would compare two "
                 "different networks; pass the recurrent estimators to compare with -e (e.g. "
                 "-e hep -e exact-nudge)")
-        est.check(model)
+        try:
+            est.check(model)
+        except ValueError as err:  # which of several -e it was
+            raise ValueError(f"estimator SPEC {spec!r}: {err}") from None
     free = eqx.filter_jit(free_phase)(model, x, solvers.free)
     reference = make_estimator("implicit", solvers)
     ref_model, ref_free, precision = model, free, None
