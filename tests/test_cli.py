@@ -200,6 +200,19 @@ def test_bad_config_value(tiny_config, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_model_the_enforcer_refuses_leaves_no_run_directory(tmp_path, capsys):
+    """A config error raised after the program is built (stability.enforce on a conv net,
+    refused by the trainer's enforcer) left a config.toml behind, unlike every other one."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[data]\nname = "digits"\nbatch_size = 16\n[model]\nkind = "conv"\n'
+                   'channels = [2, 3]\noutput_size = 4\nactivation = "dsilu"\n'
+                   '[stability]\nenforce = "contraction"\n[train]\nepochs = 1\nmax_batches = 2\n')
+    assert main(["train", str(cfg), "--out", str(tmp_path / "x"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eqprop: error: stability.enforce: 'contraction' needs") and "\n" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_input_files(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.toml")]) == 2
     assert main(["eval", str(tmp_path)]) == 2

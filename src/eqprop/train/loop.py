@@ -391,6 +391,7 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
         run.write_config(config)
     try:
         program = build_program(config)
+        tr = _Trainer(run, program, loggers, progress)  # its enforcer can refuse the model
     except KeyboardInterrupt as interrupt:
         if not run.is_run():
             raise
@@ -404,7 +405,6 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
             if not existed:
                 shutil.rmtree(run.path, ignore_errors=True)
         raise
-    tr = _Trainer(run, program, loggers, progress)
     if resume:
         tr.pos, meta = restore(run, program)
         tr.best_acc, tr.best_epoch = meta.get("best_test_acc"), meta.get("best_epoch")
