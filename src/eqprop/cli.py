@@ -198,8 +198,9 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     if program.seeds > 1:
         model = unstack(model, 0)  # gradcheck looks at the first seed's network
     solvers = build.build_solvers(config)
+    configured = build.build_estimator(config)
     if not args.estimator:
-        if not build.build_estimator(config).at_fixed_point():
+        if not configured.at_fixed_point():
             raise ValueError(
                 f"estimator.name = {config.estimator.name!r} trains the feed-forward pass, which has no "
                 "fixed point to check against; name the recurrent estimators to compare with -e "
@@ -213,9 +214,10 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     result = gradcheck(model, xb, yb, estimators, solvers, key=key)
     # the asymmetry diagnostics of the config's estimator, on the same batch and key; of
     # the first SPEC when the config's has no fixed point (a bp run checked with -e)
-    subject, source = build.build_estimator(config), f"{config.estimator.name}, the config's estimator"
+    subject, source = configured, f"{config.estimator.name}, the config's estimator"
     if not subject.at_fixed_point():
-        subject, source = estimators[specs[0]], f"{specs[0]}: the config's {config.estimator.name!r} has no fixed point"
+        subject = estimators[specs[0]]
+        source = f"{specs[0]}: the config's {config.estimator.name!r} has no fixed point"
     diag = diagnostics(model, xb, yb, subject, solvers, key,
                        free_steps=config.diagnostics.free_steps or None)
     print(format_table(result, diag, source=source))

@@ -141,7 +141,8 @@ def gradcheck(
     tolerance, hEP's coefficients not decaying), ``[]`` when none.
 
     **Raises:** ``ValueError`` (from ``Estimator.check``, prefixed with the SPEC) when an
-    estimator cannot handle ``model``, before anything is computed, or when ``solvers.free`` cannot relax it;
+    estimator cannot handle ``model``, before anything is computed, or when
+    ``solvers.free`` cannot relax it;
     ``ValueError`` (one line quoting the SPEC) for an estimator that is not an estimate
     of the recurrent network's gradient at its free fixed point (``bp``).
     """
@@ -323,8 +324,9 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
         if circ:
             coef = " ".join(f"{c:.1e}" for c in circ["coefficients"])
             lines.append(f"{s}: circle |beta| = {circ['beta']:g}, N = {circ['points']}: Fourier coefficients "
-                         f"||c_1..c_N|| {coef}; decay rate {circ['decay_rate_median']:.3f} per order (median; "
-                         f"mean {circ['decay_rate_mean']:.3f}, max {circ['decay_rate_max']:.3f}), estimated error {100 * circ['error_mean']:.1f}%")
+                         f"||c_1..c_N|| {coef}; decay rate {circ['decay_rate_median']:.3f} per order "
+                         f"(median; mean {circ['decay_rate_mean']:.3f}, max {circ['decay_rate_max']:.3f}), "
+                         f"estimated error {100 * circ['error_mean']:.1f}%")
         for problem in result[s].get("problems", []):
             lines.append(f"{s}: WARNING: {problem}")
     diag = {k: v for k, v in (diagnostics or {}).items() if isinstance(v, float)}

@@ -86,8 +86,8 @@ def parse_spec(spec: str, solvers: PhaseSolvers | None = None,
     **Returns:** the :class:`Estimator`.
 
     **Raises:** ``ValueError`` (one line quoting the SPEC) for an unknown estimator, a
-    part without ``=``, an unknown setting, a setting given twice, a value of the wrong type, or an invalid
-    value.
+    part without ``=``, an unknown setting, a setting given twice, a value of the wrong
+    type, or an invalid value.
     """
     defaults = dict(defaults or {})
     name, *parts = spec.split(":")

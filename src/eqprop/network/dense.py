@@ -149,6 +149,12 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel,
 
     # -- dynamics ----------------------------------------------------------------------
 
+    def _input(self, x: Array) -> Array:
+        """``x`` ``(B, ...)`` flattened to ``(B, n_in)`` in the parameters' dtype
+        (:func:`~eqprop.network.ops.input_batch`: a wrong size is a one-line error)."""
+        return input_batch(x, (self.populations[INPUT],), type(self).__name__,
+                           any_layout=True).astype(self.biases[self.output].dtype)
+
     def prepare(self, x: Array) -> DenseDrive:
         """The :class:`DenseDrive` of a batch.
 
@@ -159,8 +165,7 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel,
         n_src)}, weights={e.name: (n_src, n_dst)})`` (``weights``: empty in float32
         compute).
         """
-        x = input_batch(x, (self.populations[INPUT],), type(self).__name__,
-                        any_layout=True).astype(self.biases[self.output].dtype)
+        x = self._input(x)
         drive = {p: jnp.broadcast_to(b, (x.shape[0],) + b.shape) for p, b in self.biases.items()}
         for e in self.projections:
             if e.src == INPUT:
@@ -351,8 +356,7 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel,
         """
         if not self.symmetric:
             raise ValueError("the primitive (energy) exists for tied networks only")
-        x = input_batch(x, (self.populations[INPUT],), type(self).__name__,
-                        any_layout=True).astype(self.biases[self.output].dtype)
+        x = self._input(x)
         src = dict(a, **{INPUT: x})
         phi = sum(jnp.sum(a[p] * b, axis=-1) for p, b in self.biases.items())
         for e in self.projections:

@@ -11,13 +11,15 @@ from .certificates import (StabilityError, StabilitySettings, activation_lipschi
                            contraction_bound, coupling_norm, gershgorin, iteration_radius,
                            linear_interaction, lyapunov, per_example_residual, perturbation_check,
                            perturbation_steps, projected_certificate, spectral_radius_power,
-                           iteration_map, stability, state_jacobian, sweep_radius)
+                           iteration_map, solver_groups, stability, state_jacobian,
+                           sweep_radius)
 from .enforce import (coupling_leaves, coupling_scale, epoch_figures, make_enforcer,
                       program_enforcer, program_figures)
 from .table import format_table
 
 __all__ = ["StabilitySettings", "StabilityError", "state_jacobian", "iteration_radius",
-           "spectral_radius_power", "iteration_map", "sweep_radius", "lyapunov", "gershgorin", "activation_lipschitz",
+           "spectral_radius_power", "iteration_map", "solver_groups", "sweep_radius", "lyapunov",
+           "gershgorin", "activation_lipschitz",
            "linear_interaction", "coupling_norm", "contraction_bound", "projected_certificate",
            "per_example_residual", "certify", "stability", "perturbation_check",
            "perturbation_steps", "format_table", "coupling_leaves", "coupling_scale",

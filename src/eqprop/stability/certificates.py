@@ -59,12 +59,14 @@ from jax.extend import core as jcore
 from jax.flatten_util import ravel_pytree
 
 from ..network.base import BoxProjectedModel, EquilibriumModel, InteractionModel
+from ..relax import sweep_map
 from ..solvers import FixedPoint
 
 PyTree = Any
 
 __all__ = ["StabilitySettings", "StabilityError", "state_jacobian", "iteration_radius",
-           "spectral_radius_power", "iteration_map", "sweep_radius", "lyapunov", "gershgorin", "activation_lipschitz",
+           "spectral_radius_power", "iteration_map", "solver_groups", "sweep_radius", "lyapunov",
+           "gershgorin", "activation_lipschitz",
            "linear_interaction", "coupling_norm", "contraction_bound", "projected_certificate",
            "per_example_residual", "certify", "stability", "perturbation_check",
            "perturbation_steps"]
@@ -144,30 +146,35 @@ def state_jacobian(model: EquilibriumModel, x: Array, u: PyTree) -> tuple[np.nda
 def iteration_map(model: EquilibriumModel, drive: PyTree, dt: Any,
                   groups: tuple[tuple[str, ...], ...] | None = None) -> Callable[[PyTree], PyTree]:
     """The map the solver iterates, before any projection, as linearised by the spectral
-    certificate: ``u -> u + dt F(u)`` (synchronous, ``groups=None``), or one alternating
-    sweep, each group ``g`` of ``groups`` in turn updated ``u_g <- u_g + dt F_g(u)`` from
-    the latest state (:func:`eqprop.relax.sweep_map`'s order). ``F`` is the field before
-    a box model's projection; ``drive`` is ``model.prepare(x)``."""
+    certificate: the solvers' own step (:func:`eqprop.relax.sweep_map`), ``u -> u + dt
+    F(u)`` (synchronous, ``groups=None``) or one alternating sweep, each group ``g`` of
+    ``groups`` in turn updated ``u_g <- u_g + dt F_g(u)`` from the latest state. ``F`` is
+    the field before a box model's projection; ``drive`` is ``model.prepare(x)``; ``dt``
+    in the state's dtype."""
     raw = _raw_field(model)
 
-    def add(w, f, names):
-        return {**w, **{p: w[p] + jnp.asarray(dt, w[p].dtype) * f[p] for p in names}}
+    def field(w):
+        return raw(w, drive)
 
-    if groups is None:
-        return lambda w: jax.tree.map(lambda a, b: a + jnp.asarray(dt, a.dtype) * b, w, raw(w, drive))
+    def field_on(w, group):
+        f = field(w)
+        return {p: f[p] for p in group}
 
-    def sweep(w):
-        for group in groups:
-            w = add(w, raw(w, drive), group)
-        return w
-    return sweep
+    step, _ = sweep_map(field, dt, groups, None if groups is None else field_on)
+    return lambda w: step(w)[1]
+
+
+def solver_groups(model: EquilibriumModel, solver: Any) -> tuple[tuple[str, ...], ...] | None:
+    """The groups of the sweep ``solver`` iterates (``model.partition()`` when its
+    ``update`` is ``"alternating"``), or ``None`` for the synchronous map."""
+    return model.partition() if _free_solver(solver).update == "alternating" else None
 
 
 @eqx.filter_jit
 def _sweep_jacobians(model, x, u, dt, groups):
     def one(xi, ui):
         flat, unravel = ravel_pytree(_example(ui))
-        step = iteration_map(model, model.prepare(xi[None]), dt, groups)
+        step = iteration_map(model, model.prepare(xi[None]), dt.astype(flat.dtype), groups)
         return jax.jacfwd(lambda v: ravel_pytree(step(unravel(v)))[0])(flat)
 
     return jax.vmap(one)(x, u)
@@ -194,7 +201,7 @@ def iteration_radius(j: np.ndarray, dt: float) -> np.ndarray:
 
 @eqx.filter_jit
 def _power(model, x, u, dt, iters, v0, groups):  # dt traced, iters and groups static
-    step = iteration_map(model, model.prepare(x), dt, groups)
+    step = iteration_map(model, model.prepare(x), dt.astype(jax.tree.leaves(u)[0].dtype), groups)
     batch = x.shape[0]
 
     def norms(v):
@@ -527,7 +534,8 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
     (``"projected"`` for a :class:`~eqprop.network.base.BoxProjectedModel`, else
     ``"contraction"`` when the global bound is below 1 (synchronous only), else
     ``"spectral-exact"`` or ``"spectral-power"``: ``rho(I + dt J) < 1``, or the sweep's
-    ``rho(dS/du) < 1``, at every example, each at its fixed point), ``margins`` (each positive when its certificate holds: ``contraction`` =
+    ``rho(dS/du) < 1``, at every example, each at its fixed point), ``margins`` (each
+    positive when its certificate holds: ``contraction`` =
     ``1 - bound``, ``spectral`` = ``1 - max rho``, ``lyapunov`` = least eigenvalue of
     ``P``, ``outward`` and ``projected_radius`` = ``1 - max rho(I + dt J_ff)``),
     ``reason`` (why not, or ``None``), ``why`` (the same in a few words, for the table), and
@@ -554,7 +562,8 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
         groups = tuple(map(tuple, groups))
     if exact:
         j, f, flat = state_jacobian(model, x, u)
-        rho = iteration_radius(j, dt) if groups is None else sweep_radius(model, x, u, dt=dt, groups=groups)
+        rho = (iteration_radius(j, dt) if groups is None
+               else sweep_radius(model, x, u, dt=dt, groups=groups))
         ly, ge = lyapunov(j), gershgorin(j)
         out["lyapunov"] = {"certified_fraction": float(ly["certified"].mean()),
                            "p_min_eig_min": float(np.min(ly["p_min_eig"])),
@@ -653,7 +662,7 @@ def stability(model: EquilibriumModel, x: Array, solver: Any, *,
     """
     free = _free_solver(solver)
     u = _relax(model, x, free)
-    groups = model.partition() if free.update == "alternating" else None
+    groups = solver_groups(model, free)
     return certify(model, x, u, dt=free.dt, settings=settings, seed=seed, groups=groups), u
 
 
@@ -676,7 +685,8 @@ def perturbation_check(model: EquilibriumModel, x: Array, u: PyTree, *, dt: floa
     ur = jax.tree.map(lambda t: jnp.repeat(t, trials, axis=0), u)
     per_sweep = len(model.partition()) if update == "alternating" else 1
     back = _perturbed(model, x, u, _gaussian_like(ur, seed, scale), jnp.asarray(shrink),
-                      jnp.asarray(scale), FixedPoint(steps=steps * per_sweep, dt=dt, update=update), trials)
+                      jnp.asarray(scale), FixedPoint(steps=steps * per_sweep, dt=dt, update=update),
+                      trials)
     return np.asarray(back, np.float64)
 
 

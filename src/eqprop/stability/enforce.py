@@ -15,7 +15,7 @@ from jax import Array
 from ..network.base import EquilibriumModel, InteractionModel
 from .certificates import (StabilityError, StabilitySettings, _depends, _free_solver, _relax,
                            _start_activity, activation_lipschitz, contraction_bound, coupling_norm,
-                           linear_interaction, spectral_radius_power)
+                           linear_interaction, solver_groups, spectral_radius_power)
 
 PyTree = Any
 
@@ -93,9 +93,8 @@ def epoch_figures(model: EquilibriumModel, x: Array, solver: Any, *, settings: S
     ``solver``: the free phase's solver (its ``dt`` and ``update``)."""
     free = _free_solver(solver)
     u = _relax(model, x, free)
-    groups = model.partition() if free.update == "alternating" else None
     rho = spectral_radius_power(model, x, u, dt=free.dt, iters=settings.power_iters, seed=seed,
-                                groups=groups)
+                                groups=solver_groups(model, free))
     out = {"spectral_radius": float(np.max(rho))}
     bound = contraction_bound(model, x, u, exact_max=settings.exact_max, iters=settings.power_iters)
     if bound is not None:

@@ -12,7 +12,8 @@ residual over every (phase, example), and the fraction above
 :data:`~eqprop.guards.NONCONVERGED_TOL`), ``linear_residual_mean`` (exact estimators),
 ``hep_decay_mean``, ``hep_decay_median`` (the mean over batches of each batch's
 median rate), ``hep_error_mean`` and ``hep_beta_suggested`` (hEP's circle, ``N >= 2``);
-with homeostasis ``train_homeo_loss`` (mean over the batches where it was applied); the first epoch after a start ``compile_seconds``; with ``K > 1`` seeds the
+with homeostasis ``train_homeo_loss`` (mean over the batches where it was applied); the
+first epoch after a start ``compile_seconds``; with ``K > 1`` seeds the
 means over seeds, ``test_acc_std`` and ``per_seed`` (each key's ``K`` values).
 """
 

@@ -76,7 +76,8 @@ def start(program: Program) -> Position:
 
 
 def checkpoint_meta(config: Config, pos: Position, *, best_acc: float | None,
-                    best_epoch: int | None, elapsed: float, partial_seconds: float = 0.0) -> dict[str, Any]:
+                    best_epoch: int | None, elapsed: float,
+                    partial_seconds: float = 0.0) -> dict[str, Any]:
     """The meta of a checkpoint of ``pos`` (see the module docstring); ``elapsed``
     includes ``partial_seconds``, the wall time already spent in a partial epoch."""
     t = config.train
