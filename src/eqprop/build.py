@@ -63,7 +63,7 @@ def phase_solvers(dynamics: Any = None, **keys: Any) -> PhaseSolvers:
                **{field: values[key] for key, field in own.items() if key in values})
     nudged = FixedPoint(steps=values["nudged_steps"], **common)
     linear = make_linear_solver(values["linear_solver"], dt=values["dt"], rtol=values["linear_tol"],
-                                max_steps=values["linear_steps"])
+                                max_steps=values["linear_steps"], update=values["update"])
     return PhaseSolvers(free=free, nudged=nudged, linear=linear, converged_tol=values["converged_tol"])
 
 

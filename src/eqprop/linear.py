@@ -7,7 +7,10 @@ such a system and reports :class:`~eqprop.relax.RelaxStats` like a relaxation.
 
 - :class:`DampedIteration`: the linearised relaxation ``w <- w + dt (J w - b)``. It
   converges exactly when the relaxation contracts and costs one JVP per step; it stops
-  once every example's residual is below ``rtol * max_examples ||b||``.
+  once every example's residual is below ``rtol * max_examples ||b||``. With ``update =
+  "alternating"`` it sweeps the model's groups in turn (block Gauss-Seidel), as the
+  alternating relaxation does: it then converges where that sweep contracts, also where
+  the synchronous iteration cannot (a trained conv net: docs/conv.md).
 - :class:`DampedThenGMRES` (``"auto"``): the damped iteration, falling back (only when
   needed, also under ``vmap``: see :func:`only_if`) to Lineax's restarted GMRES, which needs only a nonsingular ``J``,
   where it did not converge. Training drives networks toward the edge of contraction,
@@ -71,7 +74,15 @@ class DampedIteration(_Solver):
     ``rtol``: stop once every example's ``||A w - b||`` is below ``rtol * max_i ||b_i||``
     (``0``: run all ``max_steps``; the result then counts as converged only if its
     residual is below ``1e-30``);
-    ``max_steps``: budget of steps.
+    ``max_steps``: budget of steps (group updates when alternating, as the relaxation's);
+    ``update``: ``"synchronous"`` (every population at once) or ``"alternating"``: one
+    group of the model's :meth:`~eqprop.network.EquilibriumModel.partition` at a time,
+    each from the latest iterate of the others (block Gauss-Seidel; the groups come
+    from :func:`solve_linear`'s ``groups``, and without them the iteration is
+    synchronous). Its iteration matrix is the Jacobian of the relaxation's alternating
+    sweep at the fixed point (``dS/du``, :func:`eqprop.stability.iteration_map`), so
+    it converges where ``rho(dS/du) < 1``; on a trained conv net the synchronous one
+    has ``rho(I + dt J) > 1`` and cannot.
 
     Reports ``lx.RESULTS.max_steps_reached`` (no error: ``throw=False`` upstream) when the
     tolerance is not met or the iterate is not finite.
@@ -80,13 +91,26 @@ class DampedIteration(_Solver):
     dt: float = eqx.field(static=True, default=1.0)
     rtol: float = eqx.field(static=True, default=1e-5)
     max_steps: int = eqx.field(static=True, default=1000)
+    update: str = eqx.field(static=True, default="synchronous")
+
+    def __check_init__(self):
+        _check_update(self.update)
 
     def compute(self, state, vector, options):
-        """Lineax's ``compute``: ``(w, result, {"num_steps": int32})`` for ``state w = vector``."""
+        """Lineax's ``compute``: ``(w, result, {"num_steps": int32})`` for ``state w = vector``
+        (``options["groups"]``: the model's groups, used when alternating)."""
         scale = jnp.max(residual_norm(vector))
         tol = self.rtol * scale if self.rtol > 0 else 0.0
-        w, stats = relax(lambda w: jax.tree.map(jnp.subtract, state.mv(w), vector),
-                         jax.tree.map(jnp.zeros_like, vector), dt=self.dt, steps=self.max_steps, tol=tol)
+
+        def field(w):
+            return jax.tree.map(jnp.subtract, state.mv(w), vector)
+
+        groups = (options or {}).get("groups") if self.update == "alternating" else None
+        if groups is not None and not isinstance(vector, dict):
+            groups = None
+        w, stats = relax(field, jax.tree.map(jnp.zeros_like, vector), dt=self.dt, steps=self.max_steps,
+                         tol=tol, groups=groups,
+                         field_on=None if groups is None else lambda w, g: _select(field(w), g))
         converged = (jnp.max(stats.residual) <= jnp.maximum(tol, 1e-30) * 1.0001) & (stats.nonfinite_step < 0)
         result = lx.RESULTS.where(converged, lx.RESULTS.successful, lx.RESULTS.max_steps_reached)
         return w, result, {"num_steps": jnp.asarray(stats.steps, jnp.int32)}
@@ -130,15 +154,28 @@ class DampedThenGMRES(_Solver):
     rtol: float = eqx.field(static=True, default=1e-5)
     max_steps: int = eqx.field(static=True, default=1000)
     restart: int = eqx.field(static=True, default=20)
+    update: str = eqx.field(static=True, default="synchronous")
+
+    def __check_init__(self):
+        _check_update(self.update)
 
     def compute(self, state, vector, options):
         """Lineax's ``compute``: the damped iteration's answer if it converged, else GMRES's."""
-        damped = DampedIteration(dt=self.dt, rtol=self.rtol, max_steps=self.max_steps)
+        damped = DampedIteration(dt=self.dt, rtol=self.rtol, max_steps=self.max_steps, update=self.update)
         w, result, stats = damped.compute(state, vector, options)
         gmres = GMRES(rtol=self.rtol, max_steps=self.max_steps, restart=self.restart)
         return only_if(result != lx.RESULTS.successful,
                        lambda _, state, vector: gmres.compute(state, vector, options),
                        (w, result, stats), state, vector)
+
+
+def _check_update(update: str) -> None:
+    if update not in ("synchronous", "alternating"):
+        raise ValueError(f"update must be 'synchronous' or 'alternating', got {update!r}")
+
+
+def _select(tree: dict, group: tuple[str, ...]) -> dict:
+    return {p: tree[p] for p in group}
 
 
 def only_if(pred, fn: Callable[..., PyTree], operand: PyTree, *args: PyTree) -> PyTree:
@@ -177,13 +214,14 @@ def only_if(pred, fn: Callable[..., PyTree], operand: PyTree, *args: PyTree) -> 
 
 
 def make_linear_solver(name: str, *, dt: float = 1.0, rtol: float = 1e-5,
-                       max_steps: int = 1000) -> lx.AbstractLinearSolver:
+                       max_steps: int = 1000, update: str = "synchronous") -> lx.AbstractLinearSolver:
     """The registered linear solver ``name`` with the ``[dynamics]`` settings it takes.
 
     **Arguments:** ``name``: a name of :data:`~eqprop.registry.LINEAR_SOLVERS`
     (``"fixed-point"``, ``"gmres"``, ``"auto"``); ``dt``: step size of the damped
     iteration (relaxation-time units); ``rtol``: relative tolerance; ``max_steps``:
-    budget. Each is passed only when the class has a field of that name.
+    budget; ``update``: the damped iteration's order (``[dynamics] update``, as the
+    relaxation's). Each is passed only when the class has a field of that name.
 
     **Returns:** the Lineax solver object.
 
@@ -191,17 +229,20 @@ def make_linear_solver(name: str, *, dt: float = 1.0, rtol: float = 1e-5,
     """
     cls = LINEAR_SOLVERS.get(name)
     fields = {f.name for f in dataclasses.fields(cls)} if isinstance(cls, type) else set()
-    given = {"dt": dt, "rtol": rtol, "max_steps": max_steps}
+    given = {"dt": dt, "rtol": rtol, "max_steps": max_steps, "update": update}
     return cls(**{k: v for k, v in given.items() if k in fields})
 
 
 def solve_linear(matvec: Callable[[PyTree], PyTree], rhs: PyTree,
-                 solver: lx.AbstractLinearSolver) -> tuple[PyTree, RelaxStats]:
+                 solver: lx.AbstractLinearSolver,
+                 groups: tuple[tuple[str, ...], ...] | None = None) -> tuple[PyTree, RelaxStats]:
     """Solve ``matvec(w) + rhs = 0`` with a Lineax solver, matrix-free.
 
     **Arguments:** ``matvec``: a linear map on pytrees like ``rhs`` (e.g. a JVP or VJP of
     the field at the free fixed point), block diagonal over the batch; ``rhs``: pytree
-    with leaves ``(B, ...)``; ``solver``: a Lineax ``AbstractLinearSolver``.
+    with leaves ``(B, ...)``; ``solver``: a Lineax ``AbstractLinearSolver``; ``groups``:
+    the model's :meth:`~eqprop.network.EquilibriumModel.partition` (population names of
+    ``rhs``), which an alternating :class:`DampedIteration` sweeps (others ignore it).
 
     Never raises on non-convergence (``throw=False``): read the stats.
 
@@ -210,7 +251,8 @@ def solve_linear(matvec: Callable[[PyTree], PyTree], rhs: PyTree,
     when ``w`` is not finite, else ``-1``).
     """
     operator = lx.FunctionLinearOperator(matvec, jax.eval_shape(lambda: rhs))
-    sol = lx.linear_solve(operator, jax.tree.map(jnp.negative, rhs), solver, throw=False)
+    sol = lx.linear_solve(operator, jax.tree.map(jnp.negative, rhs), solver, throw=False,
+                          options={"groups": groups})
     w = sol.value
     steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
     guards = Guards()

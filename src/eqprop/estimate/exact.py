@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..linear import DampedThenGMRES, solve_linear
-from ..network.base import EquilibriumModel
+from ..network.base import BipartiteModel, EquilibriumModel
 from ..registry import ESTIMATORS
 from ..guards import RelaxStats
 from ..relax import euler_step
@@ -51,6 +51,12 @@ def converged_only(v: PyTree, free: FreePhase, converged_tol: float) -> PyTree:
     return jax.tree.map(lambda t: jnp.where(keep.reshape((-1,) + (1,) * (t.ndim - 1)), t, 0), v)
 
 
+def sweep_groups(model: EquilibriumModel) -> tuple[tuple[str, ...], ...] | None:
+    """The groups an alternating linear solve sweeps (:class:`~eqprop.linear.DampedIteration`):
+    ``model.partition()`` of a :class:`~eqprop.network.BipartiteModel`, else ``None``."""
+    return model.partition() if isinstance(model, BipartiteModel) else None
+
+
 def exact_nudge_derivative(
     model: EquilibriumModel, free: FreePhase, y: Array, linear: lx.AbstractLinearSolver,
     converged_tol: float = 0.0,
@@ -72,7 +78,7 @@ def exact_nudge_derivative(
     _, jvp = jax.linearize(lambda u: model.field(u, free.drive), free.u)
     # left-out examples get a zero right-hand side: their blocks stay 0 and cost the solve nothing
     e = converged_only(model.nudge(model.activity(free.u), y), free, converged_tol)
-    w, stats = solve_linear(jvp, e, linear)
+    w, stats = solve_linear(jvp, e, linear, groups=sweep_groups(model))
     _, v = jax.jvp(model.activity, (free.u,), (w,))
     return v, stats
 
@@ -96,7 +102,7 @@ def rbp_delta(
     _, vjp = jax.vjp(lambda u: model.field(u, free.drive), free.u)
     dl_du = jax.grad(lambda u: jnp.sum(model.loss(model.activity(u), y)))(free.u)
     dl_du = converged_only(dl_du, free, converged_tol)  # see exact_nudge_derivative
-    return solve_linear(lambda lam: vjp(lam)[0], dl_du, linear)
+    return solve_linear(lambda lam: vjp(lam)[0], dl_du, linear, groups=sweep_groups(model))
 
 
 class _Exact(Estimator):
