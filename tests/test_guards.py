@@ -305,6 +305,39 @@ def test_unconverged_free_phases_are_warned_in_train_eval_report_and_gradcheck(t
     assert "free phase: WARNING" not in capsys.readouterr().out
 
 
+def test_gradcheck_reference_settles_where_the_estimators_free_state_has_not():
+    """Implicit differentiation is the gradient only at a fixed point. Where the free
+    phase stops short (3 steps), gradcheck's reference relaxes on from that state and
+    the cosine of ``implicit`` itself is then its cosine with the implicit gradient at
+    the settled fixed point (not 1, as it was against itself: the trained CNN's 0.33
+    came from there); where the free phase settles, the reference is that state."""
+    from eqprop.gradcheck import SETTLE_TOL, format_table, gradcheck, settle
+    from eqprop.metrics import cosine
+    s = setup(MODEL)
+    short = dataclasses.replace(EXACT, free=FixedPoint(steps=3))
+    implicit = make_estimator("implicit", EXACT)
+    r = gradcheck(s.model, s.x, s.y, {"implicit": implicit}, short)
+    free = relax_free(s.model, s.x, short)
+    assert float(jnp.max(free.stats.residual)) > 10 * NONCONVERGED_TOL
+    at_short = flat_params(estimate(implicit, s.model, s.x, s.y, free))
+    on = relax_free(s.model, s.x, settle(short.free), free.u)  # what the reference does
+    at_fixed = flat_params(estimate(implicit, s.model, s.x, s.y, on))
+    assert rel(at_fixed, flat_params(estimate(implicit, s.model, s.x, s.y, s.free))) < 1e-4
+    expect = cosine(at_short, at_fixed)
+    assert expect < 0.9999  # the test has teeth: the two gradients differ
+    assert r["implicit"]["total"]["cosine"] == pytest.approx(expect, abs=1e-9)
+    assert r["relaxation"]["reference_settled"] is True
+    assert r["relaxation"]["reference_free"]["residual_max"] < SETTLE_TOL
+    table = format_table(r)
+    assert "settled on from the estimators' free state" in table and "reference: WARNING" not in table
+    settled = gradcheck(s.model, s.x, s.y, {"implicit": implicit}, EXACT)
+    assert "reference_free" not in settled["relaxation"]
+    assert settled["implicit"]["total"]["cosine"] == pytest.approx(1.0, abs=1e-12)
+    # a reference that cannot settle either (a budget of 3 more steps) is said to be untrusted
+    bad = gradcheck(s.model, s.x, s.y, {"implicit": implicit}, short, settle_steps=3)
+    assert "reference: WARNING: its free phase did not settle either" in format_table(bad)
+
+
 # -- hEP: the Fourier coefficients around the circle ------------------------------------
 
 
