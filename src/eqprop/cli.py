@@ -191,7 +191,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from . import build
     from .data import batches
     from .diagnostics import diagnostics
-    from .gradcheck import build_specs, format_table, gradcheck, to_json
+    from .gradcheck import build_specs, format_table, gradcheck, settle, to_json
     from .train import unstack
 
     config, program, model = _config_or_run(args.target, args.set, readers=("diagnostics",))
@@ -218,8 +218,14 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     if not subject.at_fixed_point():
         subject = estimators[specs[0]]
         source = f"{specs[0]}: the config's {config.estimator.name!r} has no fixed point"
-    diag = diagnostics(model, xb, yb, subject, solvers, key,
-                       free_steps=config.diagnostics.free_steps or None)
+    probe_steps = config.diagnostics.free_steps or None
+    if probe_steps is None and result["relaxation"].get("reference_settled"):
+        # the biases the diagnostics separate are defined at the fixed point, as the
+        # reference is: relax the batch as long as the reference's budget
+        probe_steps = settle(solvers.free).steps
+        source += (f"; taken at the fixed point, the batch relaxed {probe_steps} updates "
+                   "(diagnostics.free_steps), since the configured free phase does not settle")
+    diag = diagnostics(model, xb, yb, subject, solvers, key, free_steps=probe_steps)
     print(format_table(result, diag, source=source))
     if args.json:
         out = Path(args.json)
