@@ -73,22 +73,29 @@ def test_probe_figures_agree_with_the_exact_ones():
 def test_free_steps_takes_the_diagnostics_at_the_fixed_point():
     """``free_steps`` relaxes the probe batch further than training does: the figures are
     then those of the converged dynamics, and ``probe_nonconverged`` says how many examples
-    had not settled."""
+    had not settled (all, at an explicit budget of 2). Without ``free_steps`` a batch the
+    training budget leaves unsettled relaxes on (``probe_settled_on``), to the same
+    figures."""
     m = eqprop.layered([8, 10, 7, 4], key=jax.random.PRNGKey(0), feedback="untied",
                        asymmetry_angle=60.0, dtype=F64)
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8), F64)
     y = jnp.arange(4) % 4
     short = solvers(**{**SETTINGS, "free_steps": 2})
     est = make_estimator("hep", short, points=2, beta=0.01)
-    unsettled = diagnostics(m, x, y, est, short)
-    assert unsettled["probe_nonconverged"] == 1.0
+    unsettled = diagnostics(m, x, y, est, short, free_steps=2)
+    assert unsettled["probe_nonconverged"] == 1.0 and unsettled["probe_settled_on"] == 0.0
     settled = diagnostics(m, x, y, est, short, free_steps=200)
-    assert settled["probe_nonconverged"] == 0.0
+    assert settled["probe_nonconverged"] == 0.0 and settled["probe_settled_on"] == 0.0
     reference = diagnostics(m, x, y, make_estimator("hep", DYN, points=2, beta=0.01),
                             solvers(**{**SETTINGS, "free_steps": 200}))
     for k, v in reference.items():
         assert settled[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
     assert abs(unsettled["cos_asymmetry"] - settled["cos_asymmetry"]) > 1e-3
+    auto = diagnostics(m, x, y, est, short)  # the training budget of 2, relaxed on
+    assert auto["probe_settled_on"] == 1.0 and auto["probe_nonconverged"] == 0.0
+    for k, v in reference.items():
+        if k != "probe_settled_on":
+            assert auto[k] == pytest.approx(v, rel=1e-5, abs=1e-8), k
 
 
 TINY = {

@@ -300,7 +300,7 @@ def test_unconverged_free_phases_are_warned_in_train_eval_report_and_gradcheck(t
     assert not [line for line in hep if "free phases did not converge" in line]
     # the reference settles on, and the diagnostics are taken at that fixed point too
     assert "reference's free phase: " in table and "settled on from the estimators' free state" in table
-    assert "taken at the fixed point, the batch relaxed 1000 updates" in table
+    assert "taken at the fixed point: the batch relaxed on, up to 1000 updates" in table
     probe = [line for line in table.splitlines() if line.strip().startswith("probe_nonconverged")]
     assert probe and float(probe[0].split()[-1]) == 0.0
     # relaxed 60 steps, the same network is settled and nothing is said of its free phase

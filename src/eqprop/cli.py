@@ -218,14 +218,11 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     if not subject.at_fixed_point():
         subject = estimators[specs[0]]
         source = f"{specs[0]}: the config's {config.estimator.name!r} has no fixed point"
-    probe_steps = config.diagnostics.free_steps or None
-    if probe_steps is None and result["relaxation"].get("reference_settled"):
-        # the biases the diagnostics separate are defined at the fixed point, as the
-        # reference is: relax the batch as long as the reference's budget
-        probe_steps = settle(solvers.free).steps
-        source += (f"; taken at the fixed point, the batch relaxed {probe_steps} updates "
-                   "(diagnostics.free_steps), since the configured free phase does not settle")
-    diag = diagnostics(model, xb, yb, subject, solvers, key, free_steps=probe_steps)
+    diag = diagnostics(model, xb, yb, subject, solvers, key,
+                       free_steps=config.diagnostics.free_steps or None)
+    if diag.get("probe_settled_on"):  # the diagnostics' biases are defined at the fixed point
+        source += (f"; taken at the fixed point: the batch relaxed on, up to {settle(solvers.free).steps} "
+                   "updates, since the configured free phase does not settle")
     print(format_table(result, diag, source=source))
     if args.json:
         out = Path(args.json)

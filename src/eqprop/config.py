@@ -191,7 +191,8 @@ class DiagnosticsConfig:
                               bounds=POSITIVE_INT)
     every: int = setting(1, "Run diagnostics every this many epochs.", bounds=POSITIVE_INT)
     free_steps: int = setting(
-        0, "Free-phase steps for the probe batch; 0: the training `free_steps`. More steps take "
+        0, "Free-phase steps for the probe batch; 0: the training `free_steps`, relaxed on to the "
+        "fixed point where they leave the batch unsettled (`probe_settled_on`). More steps take "
         "the diagnostics at the fixed point: an example that has not settled can dominate the "
         "batch cosines (`probe_nonconverged` reports how many).", bounds=NONNEGATIVE)
 

@@ -40,7 +40,9 @@ arXiv 2309.02214), on one batch.
   from that free state, and the batch cosines above are sums over examples, so one
   example that has not settled (its nudged phases keep drifting) can dominate them:
   ``free_steps`` relaxes the probe batch longer than training does, so that the figures
-  are taken at the fixed point they are defined at.
+  are taken at the fixed point they are defined at. Without it, a probe batch that the
+  training budget leaves unsettled relaxes on from there (:func:`~eqprop.solvers.settle`)
+  and ``probe_settled_on`` is 1.
 
 In training (``[diagnostics] enabled = true``) they are computed at the end of every
 ``every``-th epoch on a fixed probe batch (the first ``batch_size`` training examples),
@@ -68,7 +70,7 @@ from .homeostasis import explicit_jacobian, neuron_count, probe_figures
 from .metrics import cosine, example_cosines
 from .network.base import EquilibriumModel, FeedbackModel, InteractionModel, named_parameters
 from .relax import NONCONVERGED_TOL
-from .solvers import PhaseSolvers
+from .solvers import PhaseSolvers, settle
 
 PyTree = Any
 
@@ -77,7 +79,7 @@ __all__ = ["diagnostics", "weight_angles", "jacobian_figures", "DIAGNOSTIC_KEYS"
 #: the top-level keys :func:`diagnostics` may return (besides the per-pair and
 #: per-population ``angle/...`` and ``alignment/...``)
 DIAGNOSTIC_KEYS = ("angle", "jacobian_symmetry", "homeo_loss", "alignment", "cos_finite_nudge",
-                   "cos_asymmetry", "cos_implicit", "probe_nonconverged")
+                   "cos_asymmetry", "cos_implicit", "probe_nonconverged", "probe_settled_on")
 
 
 def weight_angles(model: EquilibriumModel) -> dict[str, float]:
@@ -156,6 +158,11 @@ def jacobian_figures(model: EquilibriumModel, x: Array, a: PyTree, drive: PyTree
 def _raw(model, x, y, estimator, solvers, key, exact_max, exact_examples, probes, free_steps):
     free = free_phase(model, x, solvers.free if free_steps is None
                       else dataclasses.replace(solvers.free, steps=free_steps))
+    settled_on = jnp.asarray(False)
+    if free_steps is None:  # the training budget: relax on where it leaves the batch unsettled
+        settled_on = jnp.max(free.stats.residual) > NONCONVERGED_TOL
+        free = jax.lax.cond(settled_on, lambda f: free_phase(model, x, settle(solvers.free), f.u),
+                            lambda f: f, free)
     g_est, info = estimator(model, x, y, free, key)
     g_exact, _ = make_estimator("exact-nudge", solvers)(model, x, y, free, key)
     # implicit differentiation's error vector is the recurrent-backprop adjoint delta
@@ -166,7 +173,7 @@ def _raw(model, x, y, estimator, solvers, key, exact_max, exact_examples, probes
                                         jax.random.fold_in(key, 7), exact_max=exact_max,
                                         exact_examples=exact_examples, probes=probes)
     unsettled = jnp.mean(free.stats.residual > NONCONVERGED_TOL)
-    return g_est, g_exact, g_imp, info.error_vector, implicit.error_vector, sym, loss, unsettled
+    return g_est, g_exact, g_imp, info.error_vector, implicit.error_vector, sym, loss, unsettled, settled_on
 
 
 def _flat_network(grad: PyTree) -> Array:
@@ -196,16 +203,21 @@ def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimato
       carries, the rest :class:`~eqprop.solvers.PhaseSolvers`'s defaults);
     - ``key``: PRNG key of the estimators and the probes (default ``PRNGKey(0)``);
     - ``exact_max``, ``exact_examples``, ``probes``: see :func:`jacobian_figures`;
-    - ``free_steps``: free-phase budget for this batch (default: ``solvers.free.steps``),
-      so that the figures are taken at the fixed point they are defined at; the
-      estimators' nudged phases and linear solves are unchanged.
+    - ``free_steps``: free-phase budget for this batch, so that the figures are taken at
+      the fixed point they are defined at (the estimators' nudged phases and linear
+      solves are unchanged). Default: ``solvers.free``, and where it leaves an example
+      above :data:`~eqprop.guards.NONCONVERGED_TOL` the batch relaxes on from there
+      (:func:`~eqprop.solvers.settle`, as :func:`eqprop.gradcheck.gradcheck`'s reference:
+      the exact solves linearised at an unsettled state are not the gradient, and their
+      linear solves may not converge at all).
 
     **Returns:** a flat ``{key: float}``: ``angle`` and ``angle/<src>-<dst>`` (degrees,
     when the network has pairs), ``jacobian_symmetry`` (in ``[0, 1]``) and ``homeo_loss``
     (for an :class:`~eqprop.network.InteractionModel`),
     ``alignment`` and ``alignment/<population>`` (cosines, when the estimator has an
     error vector), ``cos_finite_nudge``, ``cos_asymmetry``, ``cos_implicit`` (cosines
-    over the recurrent parameters) and ``probe_nonconverged`` (a fraction of the batch).
+    over the recurrent parameters), ``probe_nonconverged`` (a fraction of the batch) and
+    ``probe_settled_on`` (1.0 where the batch relaxed on past ``solvers.free``, else 0.0).
 
     **Raises:** ``ValueError`` when a solver cannot relax ``model`` (e.g. alternating
     updates of a network that is not bipartite); the estimators' own errors pass through.
@@ -215,7 +227,7 @@ def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimato
                    if getattr(estimator, k, None) is not None}
         solvers = PhaseSolvers(**carried)
     key = jax.random.PRNGKey(0) if key is None else key
-    g_est, g_exact, g_imp, v, delta, sym, loss, unsettled = _raw(
+    g_est, g_exact, g_imp, v, delta, sym, loss, unsettled, settled_on = _raw(
         model, x, y, estimator, solvers, key, exact_max, exact_examples, probes, free_steps)
     out: dict[str, float] = dict(weight_angles(model))
     if sym is not None:
@@ -230,4 +242,5 @@ def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimato
     out["cos_asymmetry"] = cosine(fx, fi)
     out["cos_implicit"] = cosine(fe, fi)
     out["probe_nonconverged"] = float(unsettled)
+    out["probe_settled_on"] = float(settled_on)
     return out

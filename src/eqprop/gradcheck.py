@@ -26,7 +26,6 @@ argument, the JSON holds them at the top level); this module does not import
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Sequence
 
 import equinox as eqx
@@ -40,19 +39,9 @@ from .metrics import compare, cosine
 from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionModel
 from .registry import ESTIMATORS
 from .settings import SettingError
-from .solvers import FixedPointSolver, PhaseSolvers
+from .solvers import SETTLE_FACTOR, SETTLE_MIN_STEPS, SETTLE_TOL, PhaseSolvers, settle
 
 __all__ = ["gradcheck", "build_specs", "format_table", "to_json", "settle", "SETTLE_FACTOR", "SETTLE_MIN_STEPS", "SETTLE_TOL"]
-
-
-SETTLE_FACTOR = 10
-"""The settled reference's budget, in free budgets (:func:`settle`), and at least
-:data:`SETTLE_MIN_STEPS` updates."""
-
-SETTLE_MIN_STEPS = 1000
-
-SETTLE_TOL = 1e-6
-"""The residual ``||F(u)||`` at which the settled reference stops (every example)."""
 
 
 def _stats(stats: RelaxStats | None) -> dict[str, Any] | None:
@@ -231,18 +220,6 @@ def gradcheck(
     if precision is not None:
         out["precision"] = precision
     return out
-
-
-def settle(solver: FixedPointSolver, steps: int | None = None) -> FixedPointSolver:
-    """``solver`` with a budget of ``steps`` updates (default: :data:`SETTLE_FACTOR` times
-    its own, at least :data:`SETTLE_MIN_STEPS`), stopping once every example's residual
-    is below :data:`SETTLE_TOL` (its ``tol_fraction`` off: no straggler is left behind).
-    Started from an unsettled free state, it takes the batch to the fixed point the
-    exact references are defined at, by the same iteration (the same ``update``, the
-    same Anderson settings)."""
-    if steps is None:
-        steps = max(SETTLE_FACTOR * solver.steps, SETTLE_MIN_STEPS)
-    return dataclasses.replace(solver, steps=steps, tol=SETTLE_TOL, tol_fraction=0.0)
 
 
 def clipped_fraction(model: EquilibriumModel, u: Any) -> float | None:

@@ -40,7 +40,8 @@ PyTree = Any
 Field = Callable[[PyTree], PyTree]
 FieldOn = Callable[[PyTree, tuple[str, ...]], PyTree]
 
-__all__ = ["FixedPointSolver", "FixedPoint", "Anderson", "PhaseSolvers", "UPDATES", "anderson"]
+__all__ = ["FixedPointSolver", "FixedPoint", "Anderson", "PhaseSolvers", "UPDATES", "anderson", "settle",
+           "SETTLE_FACTOR", "SETTLE_MIN_STEPS", "SETTLE_TOL"]
 
 UPDATES = ("synchronous", "alternating")
 
@@ -202,3 +203,25 @@ class PhaseSolvers(eqx.Module):
         given = {"free": self.free, "nudged": self.nudged, "linear": self.linear,
                  "converged_tol": self.converged_tol}
         return {k: v for k, v in given.items() if k in names and v is not None}
+
+
+SETTLE_FACTOR = 10
+"""The settled reference's budget, in free budgets (:func:`settle`), and at least
+:data:`SETTLE_MIN_STEPS` updates."""
+
+SETTLE_MIN_STEPS = 1000
+
+SETTLE_TOL = 1e-6
+"""The residual ``||F(u)||`` at which the settled reference stops (every example)."""
+
+
+def settle(solver: FixedPointSolver, steps: int | None = None) -> FixedPointSolver:
+    """``solver`` with a budget of ``steps`` updates (default: :data:`SETTLE_FACTOR` times
+    its own, at least :data:`SETTLE_MIN_STEPS`), stopping once every example's residual
+    is below :data:`SETTLE_TOL` (its ``tol_fraction`` off: no straggler is left behind).
+    Started from an unsettled free state, it takes the batch to the fixed point the
+    exact references are defined at, by the same iteration (the same ``update``, the
+    same Anderson settings)."""
+    if steps is None:
+        steps = max(SETTLE_FACTOR * solver.steps, SETTLE_MIN_STEPS)
+    return dataclasses.replace(solver, steps=steps, tol=SETTLE_TOL, tol_fraction=0.0)
