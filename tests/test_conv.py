@@ -630,6 +630,14 @@ def test_an_input_batch_of_another_shape_or_layout_is_a_one_line_error():
         assert ("channels-first" in str(err.value)) == hint and "\n" not in str(err.value)
     for shape in ((4, 8, 8, 3), (4, 192)):  # NHWC or flattened
         assert net.prepare(jnp.ones(shape)).inputs["c1"].shape == (4, 4, 4, 3)
+    # one channel: (B, H, W) without its channel axis is the same batch (and only there)
+    gray = convnet((8, 8, 1), (3, 4), n_classes=3, key=k, output_size=5)
+    xg = jax.random.uniform(k, (4, 8, 8))
+    np.testing.assert_array_equal(gray.prepare(xg).inputs["c1"], gray.prepare(xg[..., None]).inputs["c1"])
+    with pytest.raises(ValueError, match=re.escape("input batch of shape (4, 8, 8), expected (B, 8, 8, 3)")):
+        net.prepare(jnp.ones((4, 8, 8)))
+    with pytest.raises(ValueError, match=re.escape("expected (B, 8, 8, 1) or (B, 64) or (B, 8, 8)")):
+        gray.prepare(jnp.ones((4, 7, 8)))
     from eqprop import layered
 
     dense = layered([12, 5, 3], key=k)

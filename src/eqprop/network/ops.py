@@ -32,7 +32,8 @@ def input_batch(x: Array, shape: tuple[int, ...], model: str, *, any_layout: boo
     **Arguments:** ``x``: ``(B, ...)``; ``shape``: one example's input shape;
     ``model``: the model's name, for the message; ``any_layout``: accept any trailing shape
     with ``prod(shape)`` entries (a dense network flattens whatever it is given), else
-    exactly ``shape`` or flattened ``(prod(shape),)``.
+    exactly ``shape``, flattened ``(prod(shape),)``, or, for one-channel images ``(H, W,
+    1)``, ``(H, W)`` without the channel axis.
 
     **Returns:** ``x`` reshaped to ``(B, *shape)``.
 
@@ -40,12 +41,15 @@ def input_batch(x: Array, shape: tuple[int, ...], model: str, *, any_layout: boo
     """
     n = math.prod(shape)
     got = tuple(x.shape[1:])
-    ok = (math.prod(got) == n) if any_layout else got in (tuple(shape), (n,))
+    # exactly the shape, flattened, or (an image of one channel) without its channel axis
+    bare = (tuple(shape[:-1]),) if len(shape) == 3 and shape[-1] == 1 else ()
+    ok = (math.prod(got) == n) if any_layout else got in (tuple(shape), (n,), *bare)
     if x.ndim < 1 or not ok:
         hint = ""
         if len(got) == len(shape) == 3 and sorted(got) == sorted(shape):
             hint = ("; the images are NHWC (B, H, W, C): a channels-first batch needs "
                     "x.transpose(0, 2, 3, 1)")
-        want = f"(B, {', '.join(map(str, shape))})" + ("" if len(shape) == 1 else f" or (B, {n})")
+        want = f"(B, {', '.join(map(str, shape))})" + ("" if len(shape) == 1 else f" or (B, {n})") + "".join(
+            f" or (B, {', '.join(map(str, b))})" for b in bare)
         raise ValueError(f"{model}: input batch of shape {tuple(x.shape)}, expected {want}{hint}")
     return x.reshape(x.shape[0], *shape)
