@@ -255,6 +255,11 @@ def _gaussian_like(u: PyTree, seed: int, scale: float = 1.0) -> PyTree:
     return jax.tree.map(lambda t: jnp.asarray(scale * rng.standard_normal(t.shape), t.dtype), u)
 
 
+PROGRESS_MIN_N = 512
+"""Dense certificates of at least this many state variables per example show a progress
+bar (on a terminal only)."""
+
+
 def lyapunov(j: np.ndarray) -> dict[str, np.ndarray]:
     """The Lyapunov certificate of each ``J`` of ``j`` ``(B, N, N)``: ``P`` with
     ``J^T P + P J = -I`` (``scipy.linalg.solve_continuous_lyapunov``).
@@ -265,9 +270,13 @@ def lyapunov(j: np.ndarray) -> dict[str, np.ndarray]:
     real part of an eigenvalue of ``J`` beside it.
     """
     from scipy.linalg import solve_continuous_lyapunov
+    from tqdm.auto import tqdm
 
     pmin, re = [], []
-    for jb in j:
+    # a bar on a terminal where the dense solves take a while (~17 s per example at N = 1192)
+    slow = j.ndim == 3 and j.shape[-1] >= PROGRESS_MIN_N
+    for jb in tqdm(j, desc="Lyapunov certificates", unit="example", leave=False,
+                   disable=None if slow else True):
         n = jb.shape[0]
         re.append(np.max(np.linalg.eigvals(jb).real) if n else -np.inf)
         if n == 0:
