@@ -121,8 +121,9 @@ class DynamicsSettings:
                                    "residual exceeds this (0: keep all).", bounds=NONNEGATIVE)
     update: str = setting(
         "synchronous", "Update every population at once, or the two halves of a bipartite "
-        "(layered or conv) network in turn (plain iteration and Anderson): same fixed points, "
-        "half the work per step.", choices=("synchronous", "alternating"))
+        "(layered or conv) network in turn (plain iteration, Anderson, and the exact estimators' "
+        "linear solves): same fixed points, half the work per step.",
+        choices=("synchronous", "alternating"))
     check_every: int = setting(
         1, "With tol > 0, test the tolerance and divergence once every this many sweeps of the "
         "plain iteration (free phase, Anderson's delay, nudged phases) instead of after each: "
