@@ -461,6 +461,43 @@ def op_throughput(op: dict, compute_dtype: str, repeats: int, model=None) -> dic
     return out
 
 
+def pool_cost(model, batch: int, repeats: int) -> dict:
+    """The softmax pooling's own cost in one relaxation step (elementwise work the floor
+    leaves out): for each internal pooled projection ``src -> dst``, the pooling of the
+    convolution's output ``(B, H_src, W_src, C_dst)`` and its VJP (what one relaxation step
+    evaluates per pooled projection with tied feedback), chained :data:`CONV_ITERS` times
+    in a ``fori_loop`` with a ``tanh``, minus the ``tanh`` loop alone (medians).
+
+    **Returns:** ``{"shapes": [[B, H, W, C], ...], "ms_per_relax_step": float}``."""
+    from eqprop.network.conv import softmax_pool
+
+    order = ("input",) + model.names
+    shapes = []
+    for src, dst in zip(order[:-1], order[1:]):
+        if src == "input" or dst == model.output or not model.pools[model.names.index(dst)]:
+            continue
+        h, w, _ = model.populations[src]
+        shapes.append((batch, h, w, model.populations[dst][-1]))
+    total = 0.0
+    for shape in shapes:
+        z = jax.random.normal(jax.random.PRNGKey(7), shape, jnp.float32)
+
+        def pooled(v):
+            p, vjp = jax.vjp(lambda t: softmax_pool(t, model.temperature), v)
+            return jnp.tanh(vjp(p)[0])
+
+        loop = jax.jit(lambda a: lax.fori_loop(0, CONV_ITERS, lambda i, v: pooled(v), a))
+        tanh = jax.jit(lambda a: lax.fori_loop(0, CONV_ITERS, lambda i, v: jnp.tanh(v) * 1.0001, a))
+        jax.block_until_ready(loop(z))
+        jax.block_until_ready(tanh(z))
+        t_loop, t_tanh = [], []
+        for _ in range(max(repeats, 5)):
+            t_loop.append(time_call(loop, z))
+            t_tanh.append(time_call(tanh, z))
+        total += max(statistics.median(t_loop) - statistics.median(t_tanh), 0.0) / CONV_ITERS
+    return {"shapes": [list(s) for s in shapes], "ms_per_relax_step": 1e3 * total}
+
+
 def floor_of(ops: dict, counts: dict, thr: dict) -> tuple[float, float]:
     """``(GFLOP, floor ms)`` of ``counts`` applications of ``ops`` at the measured ``thr``."""
     flop = sum(counts[n] * ops[n]["flop"] for n in ops)
@@ -516,6 +553,7 @@ def cnn_main(args) -> dict:
 
     ops = cnn_ops(model0, batch)
     thr = {n: op_throughput(op, model0.compute_dtype, repeats, model0) for n, op in ops.items()}
+    pooling = pool_cost(model0, batch, repeats)
 
     out = {"model": "cnn", "device": jax.devices()[0].device_kind, "jax": jax.__version__,
            "cpus": os.cpu_count(), "machine": platform.machine(),
@@ -536,15 +574,21 @@ def cnn_main(args) -> dict:
         if label == "alternating":  # steps count group updates: a sweep of both groups is one step's maps
             relax = -(-relax // 2)
         gflop, floor_ms = floor_of(ops, cnn_op_counts(ops, relax), thr)
+        # the pooling's elementwise work beside the floor: a forward and a VJP per relaxation
+        # step, and two steps' worth more in the update, as the convolutions (a sweep of the
+        # alternating update pools once more, forward only: about 1.5 units)
+        pool_ms = pooling["ms_per_relax_step"] * (relax + 2) * (1.5 if label == "alternating" else 1)
         r.update(ms_per_step=ms[label], s_per_epoch=ms[label] * steps_per_epoch / 1e3,
                  ms_min=1e3 * min(times[label]), gflop=gflop, floor_ms=floor_ms,
-                 over_floor=ms[label] / floor_ms, ep_over_bp=ms[label] / ms["bp"])
+                 over_floor=ms[label] / floor_ms, ep_over_bp=ms[label] / ms["bp"],
+                 pool_ms=pool_ms, over_floor_and_pool=ms[label] / (floor_ms + pool_ms))
         out["modes"][label] = r
     gflop, floor_ms = floor_of(ops, bp_op_counts(ops), thr)
     out["bp"] = {"ms_per_step": ms["bp"], "s_per_epoch": ms["bp"] * steps_per_epoch / 1e3,
                  "ms_min": 1e3 * min(times["bp"]), "gflop": gflop, "floor_ms": floor_ms,
                  "over_floor": ms["bp"] / floor_ms}
     out["floor_ms"] = out["modes"]["fixed"]["floor_ms"]
+    out["pooling"] = pooling
     out["ep_over_bp"] = out["modes"]["fixed"]["ep_over_bp"]
     out["ep_over_bp_tolerance"] = out["modes"]["tolerance"]["ep_over_bp"]
 
@@ -588,6 +632,10 @@ def cnn_main(args) -> dict:
           "brackets with the transpose as the model applies it, jax.linear_transpose): " + "; ".join(
               f"{n} {'x'.join(map(str, t['lhs']))} {t['gflops']:.1f} ({t['model_gflops']:.1f}) GFLOP/s"
               for n, t in thr.items()))
+    print(f"softmax pooling (forward and VJP, elementwise, not in the floor) at {pooling['shapes']}: "
+          f"{pooling['ms_per_relax_step']:.3f} ms per relaxation step, {fx['pool_ms']:.1f} ms of the fixed "
+          f"step ({100 * fx['pool_ms'] / fx['ms_per_step']:.0f}%); the fixed step is "
+          f"{fx['over_floor_and_pool']:.2f}x floor + pooling")
     print(f"EP over BP per step and per epoch: fixed {fx['ep_over_bp']:.1f}x, tolerance {tl['ep_over_bp']:.1f}x; "
           f"speed-up of tolerance over fixed: {fx['ms_per_step'] / tl['ms_per_step']:.2f}x")
     print(f"per epoch of {per_epoch} examples ({steps_per_epoch} steps of {batch}): EP fixed "

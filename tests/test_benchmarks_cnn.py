@@ -41,3 +41,16 @@ def test_cnn_flop_count(run):
     assert ops["c2->out"]["flop"] == 2 * 3 * (2 * 2 * 4) * 5
     counts = run.cnn_op_counts(ops, relax_steps_real=10)
     assert counts == {"input->c1": 3, "c1->c2": 2 * 12, "c2->out": 2 * 12}
+
+
+def test_pool_cost_times_the_pooled_internal_projections(run):
+    """The pooling's cost is taken where a relaxation step pools: the convolution output of
+    each internal pooled projection (c1 -> c2 at c1's resolution with c2's channels), not
+    the drive's (hoisted) nor the dense output's."""
+    import jax
+
+    import eqprop.network.conv as conv
+
+    model = conv.convnet((8, 8, 3), (2, 4), n_classes=10, key=jax.random.PRNGKey(0), output_size=5)
+    r = run.pool_cost(model, batch=3, repeats=1)
+    assert r["shapes"] == [[3, 4, 4, 4]] and r["ms_per_relax_step"] >= 0.0
