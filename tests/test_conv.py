@@ -698,6 +698,11 @@ def test_alternating_linear_solve_converges_where_the_synchronous_iteration_cycl
     solvers = phase_solvers(free_steps=1000, update="alternating", linear_solver="fixed-point",
                             linear_tol=1e-12, linear_steps=3000)
     assert solvers.linear.update == "alternating"
+    # solvers put together by hand, with no linear solver: the default sweeps as the free one
+    from eqprop.solvers import PhaseSolvers
+    bare = make_estimator("implicit", PhaseSolvers(free=FixedPoint(update="alternating")))
+    assert bare.linear.update == "alternating"
+    assert make_estimator("implicit", PhaseSolvers()).linear.update == "synchronous"
     key = jax.random.PRNGKey(0)
     g_i, info_i = make_estimator("implicit", solvers)(m, x, y, free, key)
     g_n, info_n = make_estimator("exact-nudge", solvers)(m, x, y, free, key)

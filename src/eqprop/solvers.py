@@ -186,7 +186,9 @@ class PhaseSolvers(eqx.Module):
     """The solvers of every phase of one estimate, as the trainer and the CLI wire them.
 
     ``free``: the free phase; ``nudged``: the nudged phases; ``linear``: the exact
-    estimators' linear solves (a Lineax solver); ``converged_tol``: the exact
+    estimators' linear solves (a Lineax solver; ``None``: the estimator's default,
+    :class:`~eqprop.linear.DampedThenGMRES`, in the free solver's ``update`` order, so that
+    it sweeps where the relaxation does); ``converged_tol``: the exact
     estimators leave out examples whose free-phase residual exceeds it (``0``: none).
     :func:`eqprop.build.phase_solvers` builds one from ``[dynamics]`` settings.
     """
@@ -200,7 +202,11 @@ class PhaseSolvers(eqx.Module):
         """The keyword arguments among ``free``, ``nudged``, ``linear``, ``converged_tol``
         that the estimator class ``cls`` declares as fields."""
         names = {f.name for f in dataclasses.fields(cls)}
-        given = {"free": self.free, "nudged": self.nudged, "linear": self.linear,
+        linear = self.linear
+        if linear is None and self.free.update != "synchronous":
+            from .linear import DampedThenGMRES
+            linear = DampedThenGMRES(update=self.free.update)
+        given = {"free": self.free, "nudged": self.nudged, "linear": linear,
                  "converged_tol": self.converged_tol}
         return {k: v for k, v in given.items() if k in names and v is not None}
 
