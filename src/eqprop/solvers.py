@@ -33,6 +33,7 @@ from .anderson import anderson
 from .network.base import BipartiteModel, EquilibriumModel
 from .registry import SOLVERS
 from .guards import RelaxStats
+from .linear import DampedThenGMRES
 from .relax import relax
 from .settings import NONNEGATIVE, Bounds, setting
 
@@ -204,7 +205,6 @@ class PhaseSolvers(eqx.Module):
         names = {f.name for f in dataclasses.fields(cls)}
         linear = self.linear
         if linear is None and self.free.update != "synchronous":
-            from .linear import DampedThenGMRES
             linear = DampedThenGMRES(update=self.free.update)
         given = {"free": self.free, "nudged": self.nudged, "linear": linear,
                  "converged_tol": self.converged_tol}
