@@ -253,7 +253,8 @@ def test_alternating_updates_give_the_same_gradients():
     y = jnp.arange(4) % 4
     out = {}
     for update in ("synchronous", "alternating"):
-        dyn = solvers(free_steps=200, nudged_steps=200, update=update)
+        # the linear solves sweep in the update order too: solve them to well below the 1e-8 asserted
+        dyn = solvers(free_steps=200, nudged_steps=200, linear_tol=1e-11, update=update)
         free = free_phase(m, x, dyn)
         out[update] = [flat_params(make_estimator(n, dyn, **kw)(m, x, y, free, None)[0])
                        for n, kw in (("hep", dict(beta=0.5, points=4)), ("implicit", {}))]
