@@ -482,3 +482,98 @@ def test_the_free_phase_advice_fits_the_update_and_the_epoch_line_shows_its_resi
         assert line.startswith(f" | free res {r['residual_mean']:.1e} "
                                f"({100 * r['nonconverged_fraction']:.0f}% > {NONCONVERGED_TOL:g})")
         assert "free res" not in _estimate_text(r, relaxes=False)  # bp: a forward pass
+
+
+def test_gradcheck_reports_a_diverged_gradient_as_not_finite_never_as_a_cosine():
+    """A linear solve that diverges (the damped iteration at dt = 5, beyond its stable
+    step) gives a NaN gradient: gradcheck says it is not finite (no cosine of 0.0, as
+    a NaN-safe cosine would print), names the cause, keeps the other estimators'
+    cosines, and advises GMRES only where the solver is not already using it; a reference
+    that diverges the same way leaves every cosine out."""
+    from eqprop.gradcheck import format_table, gradcheck, to_json
+    from eqprop.linear import DampedIteration
+    s = setup(MODEL)
+    diverging = dataclasses.replace(EXACT, linear=DampedIteration(dt=5.0, max_steps=400))
+    good = make_estimator("hep", EXACT)
+    r = gradcheck(s.model, s.x, s.y, {"exact-nudge": make_estimator("exact-nudge", diverging),
+                                      "hep": good}, EXACT)
+    bad = r["exact-nudge"]
+    assert bad["finite"] is False and bad["total"] == {"cosine": None, "relative_error": None}
+    assert all(q["cosine"] is None for q in bad["parameters"].values()) and bad["error_vectors"] == {}
+    assert bad["problems"][0].startswith("its gradient is not finite")
+    assert "linear_solver = 'auto'" in bad["problems"][1]  # fixed-point alone: GMRES is advice
+    assert r["hep"]["finite"] is True and r["hep"]["total"]["cosine"] > 0.99
+    table = format_table(r)
+    row = next(line for line in table.splitlines() if line.startswith("exact-nudge "))
+    assert "not finite" in row and "0.000000" not in row
+    from eqprop.cli import strict_json
+    assert strict_json(to_json(r))["exact-nudge"]["total"]["cosine"] is None  # JSON null, as the CLI writes
+    # the same solver as the reference: nothing is compared
+    r = gradcheck(s.model, s.x, s.y, {"hep": good}, diverging)
+    assert r["reference"] is None and r["relaxation"]["reference_finite"] is False
+    assert r["hep"]["total"]["cosine"] is None
+    assert "the reference (implicit differentiation) is not finite" in format_table(r)
+
+
+def test_linear_and_nudged_advice_blames_an_unsettled_free_state_first():
+    """The advice of a failed linear solve or nudged phase fits the settings in force:
+    no GMRES advice where GMRES runs; and when the free state they start from is not a
+    fixed point, that is named first (more steps or a smaller beta do not cure it)."""
+    figures = {"linear_residual_mean": 0.5, "nudged_residual_mean": 0.5}
+    assert "'auto'" in " ".join(estimate_problems(figures, linear_solver="fixed-point"))
+    for name in ("auto", "gmres"):
+        text = " ".join(estimate_problems(figures, linear_solver=name))
+        assert "linear_solver" not in text and "dynamics.linear_steps" in text
+    drifting = estimate_problems(figures, free_residual=0.1, linear_solver="fixed-point")
+    assert len(drifting) == 2 and all("settle the free phase first" in p for p in drifting)
+    assert not any("lower estimator.beta" in p or "linear_solver" in p for p in drifting)
+
+
+def test_gradcheck_names_each_stage_and_warns_on_a_spec_given_twice():
+    from eqprop.gradcheck import build_specs, gradcheck
+    from eqprop.guards import EqpropWarning
+    s = setup(MODEL)
+    with pytest.warns(EqpropWarning, match="given twice"):
+        specs = build_specs(["hep", "hep", "exact-nudge"], EXACT, {})
+    assert list(specs) == ["hep", "exact-nudge"]
+    stages = []
+    gradcheck(s.model, s.x, s.y, specs, EXACT, progress=stages.append)
+    assert stages == ["free phase", "reference (implicit)", "hep", "exact-nudge"]
+
+
+def test_gradcheck_flags_stragglers_when_the_mean_residual_is_within_the_tolerance():
+    """The reference settles on when any example is above the tolerance (the max); the
+    free phase's line then says so even where the mean is below it, so that the table
+    never reports a settled-on reference with no word on the free phase."""
+    from eqprop.gradcheck import gradcheck
+    s = setup(MODEL)
+    for steps in range(4, 60):
+        short = dataclasses.replace(EXACT, free=FixedPoint(steps=steps))
+        r = relax_free(s.model, s.x, short).stats.residual
+        if float(jnp.mean(r)) <= NONCONVERGED_TOL < float(jnp.max(r)):
+            break
+    else:
+        raise AssertionError("no budget leaves the mean within the tolerance and the max above it")
+    r = gradcheck(s.model, s.x, s.y, {"hep": make_estimator("hep", EXACT)}, short)
+    assert r["relaxation"]["reference_settled"] is True
+    assert any("did not converge (residual max" in p for p in r["relaxation"]["problems"])
+
+
+def test_gradcheck_states_the_diagnostics_budget_and_warns_when_it_leaves_the_batch_unsettled(tmp_path, capsys):
+    """With ``[diagnostics] free_steps`` set, the diagnostics heading states that budget
+    and, where it leaves examples unsettled, a warning says so (their bias cosines are
+    not taken at a fixed point); unset, the batch relaxes on and nothing is warned."""
+    config = {**TINY, "model": {"sizes": [16, 8, 8, 4]},
+              "dynamics": {"free_steps": 1, "nudged_steps": 20, "update": "synchronous"},
+              "estimator": {"name": "hep", "points": 2, "beta": 0.05},
+              "diagnostics": {"free_steps": 2}}
+    (tmp_path / "c.toml").write_text(_toml(config))
+    assert main(["gradcheck", str(tmp_path / "c.toml")]) == 0
+    table = capsys.readouterr().out
+    assert "taken after diagnostics.free_steps = 2 free updates" in table
+    assert "diagnostics: WARNING: 100% of the batch did not settle in diagnostics.free_steps = 2" in table
+    config["diagnostics"]["free_steps"] = 200
+    (tmp_path / "c.toml").write_text(_toml(config))
+    assert main(["gradcheck", str(tmp_path / "c.toml")]) == 0
+    table = capsys.readouterr().out
+    assert "free_steps = 200 free updates" in table and "diagnostics: WARNING" not in table

@@ -145,7 +145,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     figures = {name: mean[key] for key, name in ESTIMATE_KEYS.items() if key in mean}
     figures.update(residual_mean=mean["residual"], nonconverged_fraction=mean["nonconverged"])
     problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None),
-                                 update=program.solvers.free.update)
+                                 update=program.solvers.free.update,
+                                 linear_solver=config.dynamics.linear_solver)
     if problems:
         warnings.warn("; ".join(problems), EstimateWarning, stacklevel=2)
     return EXIT_OK
@@ -192,6 +193,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from .data import batches
     from .diagnostics import diagnostics
     from .gradcheck import build_specs, format_table, gradcheck, settle, to_json
+    from .guards import NONCONVERGED_TOL
     from .train import unstack
 
     config, program, model = _config_or_run(args.target, args.set, readers=("diagnostics",))
@@ -211,7 +213,18 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     xb, yb = next(batches(ds.x_train, ds.y_train, config.data.batch_size,
                           seed=config.train.seed, epoch=0, drop_last=False))
     key = jax.random.PRNGKey(config.train.seed)
-    result = gradcheck(model, xb, yb, estimators, solvers, key=key)
+    from tqdm.auto import tqdm
+    # the exact SPECs started from an unsettled free state can take minutes each: a bar on a
+    # terminal names the stage that runs (stages: free phase, reference, each SPEC, diagnostics)
+    bar = tqdm(total=len(estimators) + 3, desc="gradcheck", leave=False, file=sys.stderr,
+               disable=not sys.stderr.isatty(), bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}]")
+
+    def stage(name: str) -> None:
+        bar.set_description_str(f"gradcheck: {name}")
+        bar.update(0 if bar.n == 0 and name == "free phase" else 1)
+
+    result = gradcheck(model, xb, yb, estimators, solvers, key=key, progress=stage)
+    stage("diagnostics")
     # the asymmetry diagnostics of the config's estimator, on the same batch and key; of
     # the first SPEC when the config's has no fixed point (a bp run checked with -e)
     subject, source = configured, f"{config.estimator.name}, the config's estimator"
@@ -220,10 +233,19 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         source = f"{specs[0]}: the config's {config.estimator.name!r} has no fixed point"
     diag = diagnostics(model, xb, yb, subject, solvers, key,
                        free_steps=config.diagnostics.free_steps or None)
+    bar.close()
+    budget = config.diagnostics.free_steps
     if diag.get("probe_settled_on"):  # the diagnostics' biases are defined at the fixed point
         source += (f"; taken at the fixed point: the batch relaxed on, up to {settle(solvers.free).steps} "
                    "updates, since the configured free phase does not settle")
+    elif budget:
+        source += f"; taken after diagnostics.free_steps = {budget} free updates"
     print(format_table(result, diag, source=source))
+    if budget and diag.get("probe_nonconverged", 0.0) > 0:
+        print(f"diagnostics: WARNING: {100 * diag['probe_nonconverged']:.0f}% of the batch did not settle "
+              f"in diagnostics.free_steps = {budget} (residual above {NONCONVERGED_TOL:g}): the bias "
+              "cosines are not taken at a fixed point there; raise it, or leave it unset (the batch "
+              "then relaxes on until it settles)")
     if args.json:
         out = Path(args.json)
         if out.parent != Path(""):

@@ -100,7 +100,7 @@ class DynamicsSettings:
 
     dt: float = setting(1.0, "Relaxation step size.", bounds=Bounds(lo=0, hi=1, lo_open=True))
     free_steps: int = setting(150, "Steps of the free phase (with update = 'alternating', group "
-                              "updates: two make a sweep).", bounds=POSITIVE_INT)
+                              "updates: two make a sweep, an odd number is rounded up to whole sweeps).", bounds=POSITIVE_INT)
     nudged_steps: int = setting(20, "Steps of each nudged phase (group updates, as free_steps).",
                                 bounds=POSITIVE_INT)
     tol: float = setting(0.0, "Early-stop tolerance (0: run all steps).", bounds=NONNEGATIVE)

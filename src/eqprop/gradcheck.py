@@ -26,7 +26,8 @@ argument, the JSON holds them at the top level); this module does not import
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import warnings
+from typing import Any, Callable, Mapping, Sequence
 
 import equinox as eqx
 import jax
@@ -34,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_spec
-from .guards import NONCONVERGED_TOL, RelaxStats, estimate_problems
+from .guards import NONCONVERGED_TOL, EqpropWarning, RelaxStats, estimate_problems
+from .linear import linear_solver_name
 from .metrics import compare, cosine
 from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionModel
 from .registry import ESTIMATORS
@@ -71,10 +73,13 @@ def _circle(decay: CircleDecay | None) -> dict[str, Any] | None:
     }
 
 
-def _problems(entry: Mapping[str, Any], free: Mapping[str, Any]) -> list[str]:
+def _problems(entry: Mapping[str, Any], free: Mapping[str, Any], linear_solver: str | None) -> list[str]:
     """:func:`~eqprop.guards.estimate_problems` of one estimator's entry, taken from the
-    free phase ``free`` (its STATS: reported once, apart, but an unsettled free state
-    also moves hEP's circle, and no radius is then suggested)."""
+    free phase ``free`` (its STATS: reported once, apart; but a free state with any
+    example above :data:`~eqprop.guards.NONCONVERGED_TOL`, the test that makes the
+    reference settle on, also moves hEP's circle and the nudged phases and linear solves
+    started from it, and the advice then says so first), with ``linear_solver`` the
+    registered name of the estimator's linear solver."""
     ph, lin, circ = entry.get("phases"), entry.get("linear"), entry.get("circle")
     figures = {
         "nudged_residual_mean": ph and ph["residual_mean"],
@@ -85,7 +90,25 @@ def _problems(entry: Mapping[str, Any], free: Mapping[str, Any]) -> list[str]:
         "hep_error_mean": circ and circ["error_mean"],
         "hep_beta_suggested": circ and circ["beta_suggested"],
     }
-    return estimate_problems(figures, beta=circ and circ["beta"], free_residual=free["residual_mean"])
+    out = estimate_problems(figures, beta=circ and circ["beta"], free_residual=free["residual_max"],
+                            linear_solver=linear_solver)
+    if not entry["finite"]:
+        out.insert(0, "its gradient is not finite (a nudged phase or linear solve diverged"
+                   + (", started from a free state that is not a fixed point" if not free["residual_max"] <=
+                      NONCONVERGED_TOL else "") + "): no cosine")
+    return out
+
+
+def _finite(tree: Any) -> bool:
+    """Whether every inexact leaf of ``tree`` is finite."""
+    return all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array)))
+
+
+def _no_comparison(entry: dict[str, Any]) -> None:
+    """Blank the cosines of an entry that has nothing valid to compare (``None``)."""
+    entry["total"] = {"cosine": None, "relative_error": None}
+    entry["parameters"] = {n: {"cosine": None, "relative_error": None} for n in entry["parameters"]}
+    entry["error_vectors"] = {}
 
 
 def gradcheck(
@@ -97,6 +120,7 @@ def gradcheck(
     *,
     key: jax.Array | None = None,
     settle_steps: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Compare each estimator with the implicit gradient on the batch ``(x, y)``.
 
@@ -122,7 +146,10 @@ def gradcheck(
     - ``solvers``: the free phase's solver, and the linear solver and ``converged_tol``
       of the reference (the estimators carry their own solvers);
     - ``key``: PRNG key passed to every estimator (default ``PRNGKey(0)``);
-    - ``settle_steps``: the reference's budget when it settles (default: :func:`settle`'s).
+    - ``settle_steps``: the reference's budget when it settles (default: :func:`settle`'s);
+    - ``progress``: called with the name of each stage before it runs (``"free phase"``,
+      ``"reference (implicit)"``, then each SPEC), e.g. to drive a progress bar: the exact
+      SPECs started from an unsettled state can take minutes each.
 
     **Returns:** ``{spec: {"total": {"cosine", "relative_error"}, "parameters": {name:
     {"cosine", "relative_error"}}, "error_vectors": {population: cosine}, "phases":
@@ -132,9 +159,16 @@ def gradcheck(
     None}``, Python floats, ints, bools and strings.
     With a mixed-precision model the result also has ``"precision": {"estimates":
     compute_dtype, "reference": "float32"}`` (absent otherwise) and
-    ``relaxation["reference_free"]``, the float32 free phase of the reference, which is
+    ``relaxation["reference_free"]``, the float32 free phase of the reference (relaxed
+    from the start, not from the estimators' state), which is
     also there (STATS) when the reference settled on; ``relaxation["reference_settled"]``
-    (bool, with it) says whether it did.
+    (bool, with it) says whether it did. ``relaxation["update"]`` is the free solver's
+    update order (steps are group updates under ``"alternating"``).
+    Each entry has ``"finite"`` (bool): whether its gradient is finite; where it is not
+    (a diverged nudged phase or linear solve), its cosines and relative errors are
+    ``None`` and a problem says so. Where the reference's own gradient is not finite,
+    ``reference`` is ``None``, every cosine is ``None`` and
+    ``relaxation["reference_finite"]`` is ``False``.
     ``reference`` is ``None`` when the model clips its states to a box
     (:class:`~eqprop.network.BoxProjectedModel`) and some sit on its bounds at the free
     fixed point (:func:`clipped_fraction`): the cosines are then not comparisons with
@@ -173,7 +207,10 @@ def gradcheck(
             est.check(model)
         except ValueError as err:  # which of several -e it was
             raise ValueError(f"estimator SPEC {spec!r}: {err}") from None
+    say = progress or (lambda stage: None)
+    say("free phase")
     free = eqx.filter_jit(free_phase)(model, x, solvers.free)
+    say("reference (implicit)")
     reference = make_estimator("implicit", solvers)
     ref_model, ref_free, precision, settled = model, free, None, None
     if float(jnp.max(free.stats.residual)) > NONCONVERGED_TOL:
@@ -191,9 +228,12 @@ def gradcheck(
     delta = info_ref.error_vector
     free_stats = _stats(free.stats)
     out: dict[str, Any] = {}
+    ref_finite = _finite(g_ref)
     for spec, est in estimators.items():
+        say(spec)
         g, info = eqx.filter_jit(est)(model, x, y, free, key)
         entry = compare(g, g_ref)
+        entry["finite"] = _finite(g)
         entry["error_vectors"] = (
             {p: cosine(info.error_vector[p], delta[p]) for p in delta}
             if info.error_vector is not None else {}
@@ -201,22 +241,26 @@ def gradcheck(
         entry["phases"] = _stats(info.phases)
         entry["linear"] = _stats(info.linear)
         entry["circle"] = _circle(info.circle)
-        entry["problems"] = _problems(entry, free_stats)
+        entry["problems"] = _problems(entry, free_stats, linear_solver_name(getattr(est, "linear", None)))
+        if not entry["finite"]:
+            _no_comparison(entry)
         out[spec] = entry
     clipped = clipped_fraction(model, free.u)
-    if clipped:  # no reference: no comparison in the result either, only the phases' figures
+    if clipped or not ref_finite:  # no reference: no comparison either, only the phases' figures
         for spec in estimators:
-            out[spec]["total"] = {"cosine": None, "relative_error": None}
-            out[spec]["parameters"] = {n: {"cosine": None, "relative_error": None}
-                                       for n in out[spec]["parameters"]}
-            out[spec]["error_vectors"] = {}
+            _no_comparison(out[spec])
+    problems = estimate_problems(free_stats, update=solvers.free.update)
+    if not problems and settled is not None:  # the mean is within the tolerance, some examples are not
+        problems.append(f"{100 * free_stats['nonconverged_fraction']:.0f}% of the examples did not "
+                        f"converge (residual max {free_stats['residual_max']:.3g} > {NONCONVERGED_TOL:g}, "
+                        "though the mean is below it): every estimate of the batch is taken there")
     out["relaxation"] = {"free": free_stats, "implicit_solve": _stats(info_ref.linear),
-                         "clipped_fraction": clipped,
-                         "problems": estimate_problems(free_stats, update=solvers.free.update)}
+                         "clipped_fraction": clipped, "update": solvers.free.update,
+                         "reference_finite": ref_finite, "problems": problems}
     if precision is not None or settled is not None:
         out["relaxation"]["reference_free"] = _stats(ref_free.stats)
         out["relaxation"]["reference_settled"] = settled is not None
-    out["reference"] = "implicit" if not clipped else None
+    out["reference"] = "implicit" if not clipped and ref_finite else None
     if precision is not None:
         out["precision"] = precision
     return out
@@ -254,11 +298,16 @@ def build_specs(specs: Sequence[str], solvers: PhaseSolvers,
     refuses.
 
     **Raises:** ``ValueError`` for an unknown estimator name or setting, or a value out
-    of its bounds (one line quoting the SPEC and naming the key).
+    of its bounds (one line quoting the SPEC and naming the key). A SPEC given twice is
+    kept once, with an :class:`~eqprop.guards.EqpropWarning`.
     """
     comparable = [n for n, cls in ESTIMATORS.items() if cls.at_fixed_point()]
     out = {}
     for spec in specs:
+        if spec in out:
+            warnings.warn(f"estimator SPEC {spec!r} is given twice: it is checked once", EqpropWarning,
+                          stacklevel=2)
+            continue
         try:  # an unknown name is offered only what gradcheck compares (not bp)
             out[spec] = parse_spec(spec, solvers, defaults, offer=comparable)
         except SettingError as err:
@@ -293,11 +342,21 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
                       f"compute_dtype, from its own free phase), the reference in "
                       f"{precision['reference']} compute at its {precision['reference']} fixed point", ""]
     clipped = result["relaxation"].get("clipped_fraction")
-    if result.get("reference", "implicit") is None:  # units on the clip bounds: no exact reference
-        lines += [f"{100 * clipped:.1f}% of the state entries sit on the bounds of the model's box at the "
-                  "free fixed point: the implicit gradient of the unclipped field is not the gradient "
-                  "of the clipped fixed point there, so no cosine is reported (look for interior "
-                  "fixed points: smaller weights or inputs)", ""]
+    if result.get("reference", "implicit") is None:  # no exact reference to compare with
+        if clipped:  # units on the clip bounds
+            lines += [f"{100 * clipped:.1f}% of the state entries sit on the bounds of the model's box at the "
+                      "free fixed point: the implicit gradient of the unclipped field is not the gradient "
+                      "of the clipped fixed point there, so no cosine is reported (look for interior "
+                      "fixed points: smaller weights or inputs)", ""]
+        else:
+            solve = result["relaxation"].get("implicit_solve") or {}
+            lines += ["the reference (implicit differentiation) is not finite: its linear solve diverged "
+                      f"(residual max {solve.get('residual_max', float('nan')):.3g}), so no cosine is "
+                      "reported; " + ("its free state is not a fixed point either (below): settle the "
+                                      "free phase (dynamics.free_steps)" if result["relaxation"].get(
+                                          "reference_free", result["relaxation"]["free"])["residual_max"]
+                                      > NONCONVERGED_TOL else "the fixed point may be unstable: see eqprop "
+                                      "stability"), ""]
         lines += [f"{s}: {100 * result[s]['phases']['nonconverged_fraction']:.0f}% of nudged (phase, "
                   "example) pairs unsettled" if result[s].get("phases") else f"{s}: (no nudged phases)"
                   for s in specs]
@@ -309,6 +368,9 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     for s in specs:
         t = result[s]["total"]
         ev = result[s]["error_vectors"]
+        if t["cosine"] is None:  # a gradient that is not finite
+            lines.append(f"{s:<{width}}{'not finite':>20}" + "".join(f"{'-':>{cw[p]}}" for p in pops))
+            continue
         lines.append(
             f"{s:<{width}}{t['cosine']:>10.6f}{t['relative_error']:>10.2e}"
             + "".join(f"{ev[p]:>{cw[p]}.6f}" if p in ev else f"{'-':>{cw[p]}}" for p in pops)
@@ -321,34 +383,46 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
         row = f"{p:<{pw}}"
         for s in specs:
             q = result[s]["parameters"][p]
-            row += f"{q['cosine']:.5f} / {q['relative_error']:.1e}".rjust(sw[s])
+            row += ("not finite" if q["cosine"] is None else
+                    f"{q['cosine']:.5f} / {q['relative_error']:.1e}").rjust(sw[s])
         lines.append(row)
     free = result["relaxation"]["free"]
-    lines += ["", f"free phase: {free['steps']} steps, residual max {free['residual_max']:.2e} "
+    unit = "group updates" if result["relaxation"].get("update") == "alternating" else "steps"
+    lines += ["", f"free phase: {free['steps']} {unit}, residual max {free['residual_max']:.2e} "
               f"mean {free['residual_mean']:.2e}, finite: {free['finite']}"]
     lines += [f"free phase: WARNING: {p}" for p in result["relaxation"].get("problems", [])]
     ref_free = result["relaxation"].get("reference_free")
     if ref_free:
         kind = f" ({precision['reference']})" if precision else ""
-        how = (", settled on from the estimators' free state, which is not a fixed point: each cosine is "
-               "the estimate as it trains against the gradient at the fixed point"
-               if result["relaxation"].get("reference_settled") else "")
-        lines.append(f"reference's free phase{kind}: {ref_free['steps']} steps, residual max "
+        settled = result["relaxation"].get("reference_settled")
+        how = ("" if not settled else
+               f", relaxed from the start in {precision['reference']} with the settling budget, since the "
+               "estimators' free state is not a fixed point: each cosine is the estimate as it trains "
+               "against the gradient at the fixed point" if precision else
+               ", settled on from the estimators' free state, which is not a fixed point: each cosine is "
+               "the estimate as it trains against the gradient at the fixed point")
+        lines.append(f"reference's free phase{kind}: {ref_free['steps']} {unit}, residual max "
                      f"{ref_free['residual_max']:.2e} mean {ref_free['residual_mean']:.2e}{how}")
         if ref_free["residual_max"] > NONCONVERGED_TOL:
             lines.append("reference: WARNING: its free phase did not settle either "
                          f"({ref_free['nonconverged_fraction']:.0%} of the examples above {NONCONVERGED_TOL:g}): "
                          "the implicit gradient is not the gradient there, and no cosine above can be trusted")
+    solve = result["relaxation"].get("implicit_solve")
+    if solve:
+        lines.append(f"reference's linear solve: {solve['steps']} {'iterations' if unit == 'steps' else unit}, "
+                     f"residual max {solve['residual_max']:.2e} mean {solve['residual_mean']:.2e}"
+                     + ("" if solve["residual_mean"] <= NONCONVERGED_TOL else
+                        f" (WARNING: above {NONCONVERGED_TOL:g}: the reference itself is inexact)"))
     for s in specs:
         ph = result[s].get("phases")
         if ph:
-            lines.append(f"{s}: {ph['steps']} steps (max over phases), residual max {ph['residual_max']:.2e} "
+            lines.append(f"{s}: {ph['steps']} {unit} (max over phases), residual max {ph['residual_max']:.2e} "
                          f"mean {ph['residual_mean']:.2e}, {100 * ph['nonconverged_fraction']:.0f}% of "
                          f"(phase, example) above {NONCONVERGED_TOL:g}")
         lin = result[s].get("linear")
         if lin:
-            lines.append(f"{s}: linear solve {lin['steps']} steps, residual max {lin['residual_max']:.2e} "
-                         f"mean {lin['residual_mean']:.2e}")
+            lines.append(f"{s}: linear solve {lin['steps']} {'iterations' if unit == 'steps' else unit}, "
+                         f"residual max {lin['residual_max']:.2e} mean {lin['residual_mean']:.2e}")
         circ = result[s].get("circle")
         if circ:
             coef = " ".join(f"{c:.1e}" for c in circ["coefficients"])

@@ -248,7 +248,8 @@ def hep_rate(figures: Mapping[str, Any]) -> tuple[float | None, bool]:
 
 
 def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
-                      free_residual: float | None = None, update: str | None = None) -> list[str]:
+                      free_residual: float | None = None, update: str | None = None,
+                      linear_solver: str | None = None) -> list[str]:
     """Which estimate figures of a record (an epoch record, an evaluation, a gradcheck
     entry) are beyond their limit, each as a short sentence.
 
@@ -262,14 +263,20 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
     table, once for all estimators): no sentence of its own, it only tells the hEP sentence
     that the circle was measured from an unsettled state; ``update``: the free solver's
     update (``dynamics.update``), so that the free sentence's advice fits it (under
-    ``"alternating"`` it does not suggest the alternating update; ``None``: both advices).
+    ``"alternating"`` it does not suggest the alternating update; ``None``: both advices);
+    ``linear_solver``: the registered name of the linear solver (``dynamics.linear_solver``),
+    so that the linear sentence suggests GMRES only where it is not already used (``None``:
+    suggests it).
 
     **Returns:** ``[]`` when every figure is within its limit:
 
     - the free phase: ``residual_mean > NONCONVERGED_TOL`` (every estimate is taken at
       the free state, so an unsettled one makes any estimator's gradient wrong);
     - nudged phases: ``nudged_residual_mean > NONCONVERGED_TOL``;
-    - linear solves: ``linear_residual_mean > NONCONVERGED_TOL``;
+    - linear solves: ``linear_residual_mean > NONCONVERGED_TOL`` (or not finite);
+    - for both, when the free phase is unsettled, the sentence puts that first: a phase or
+      solve started from a state that is not a fixed point need not settle, whatever its
+      budget;
     - hEP: ``hep_error_mean > HEP_ERROR_LIMIT`` (the Fourier coefficients around the
       circle do not fall by a factor 10 over ``N`` orders: the circle is not well inside
       the radius of convergence), naming ``hep_beta_suggested``; when the free phase is
@@ -289,23 +296,27 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
                       "; raise dynamics.free_steps, or, where the synchronous update oscillates "
                       "(a 2-cycle: see eqprop stability), lower dynamics.dt or use dynamics.update = "
                       "'alternating'"))
+    first = ("; the free state they start from is not a fixed point: settle the free phase first "
+             "(dynamics.free_steps)") if drifting else ""
     r = figures.get("nudged_residual_mean")
     if r is not None and not r <= NONCONVERGED_TOL:
         frac = figures.get("nudged_nonconverged_fraction")
         out.append(f"nudged phases did not converge: nudged_residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
                    + (f" ({100 * frac:.0f}% of (phase, example) pairs above it)" if frac is not None else "")
-                   + "; raise dynamics.nudged_steps or lower estimator.beta")
+                   + (first or "; raise dynamics.nudged_steps or lower estimator.beta"))
     r = figures.get("linear_residual_mean")
     if r is not None and not r <= NONCONVERGED_TOL:
-        out.append(f"linear solves did not converge: linear_residual_mean {r:.3g} > {NONCONVERGED_TOL:g}; "
-                   "raise dynamics.linear_steps or use dynamics.linear_solver = 'gmres'")
+        out.append(f"linear solves did not converge: linear_residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
+                   + (first or "; raise dynamics.linear_steps"
+                      + (" or use dynamics.linear_solver = 'auto' (GMRES where the damped iteration "
+                         "stalls)" if linear_solver in (None, "fixed-point") else "")))
     err = figures.get("hep_error_mean")
     if err is not None and not err <= HEP_ERROR_LIMIT:
         rate, median = hep_rate(figures)
         smaller = figures.get("hep_beta_suggested")
         radius = f"|beta| = {beta:g}" if beta is not None else "the nudge circle"
         out.append(
-            "hEP Fourier coefficients of a*(beta) do not decay around the circle"
+            "the Fourier coefficients of a*(beta) do not decay around the nudge circle"
             + (f" (rate {rate:.3g} per order{' (median)' if median else ''}"
                if rate is not None else " (")
             + f", estimated error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%)"

@@ -37,7 +37,8 @@ from .relax import relax
 
 PyTree = Any
 
-__all__ = ["DampedIteration", "DampedThenGMRES", "GMRES", "solve_linear", "make_linear_solver"]
+__all__ = ["DampedIteration", "DampedThenGMRES", "GMRES", "solve_linear", "make_linear_solver",
+           "linear_solver_name"]
 
 
 class _Solver(lx.AbstractLinearSolver):
@@ -258,3 +259,13 @@ def solve_linear(matvec: Callable[[PyTree], PyTree], rhs: PyTree,
     guards = Guards()
     nonfinite_step = jnp.where(guards.within(w), jnp.asarray(-1, jnp.int32), steps)
     return w, guards.report(lambda w: jax.tree.map(jnp.add, matvec(w), rhs), w, steps, nonfinite_step)
+
+
+def linear_solver_name(solver: Any) -> str | None:
+    """The name under which ``solver``'s class is registered in
+    :data:`~eqprop.registry.LINEAR_SOLVERS` (``"fixed-point"``, ``"gmres"``, ``"auto"``), so
+    that advice can name the setting in force; ``"auto"`` for ``None`` (an estimator's
+    default, :class:`DampedThenGMRES`); ``None`` for an unregistered solver."""
+    if solver is None:
+        return "auto"
+    return next((name for name, cls in LINEAR_SOLVERS.items() if type(solver) is cls), None)

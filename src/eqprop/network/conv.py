@@ -284,7 +284,8 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
     def prepare(self, x: Array) -> ConvDrive:
         """The :class:`ConvDrive` of a batch.
 
-        **Arguments:** ``x``: images ``(B, H, W, C)`` (or flattened ``(B, H W C)``), cast
+        **Arguments:** ``x``: images ``(B, H, W, C)``, one-channel ``(B, H, W)``, or flattened
+        ``(B, H W C)``, cast
         to the parameters' dtype.
 
         **Returns:** ``ConvDrive(inputs={"c1": (B, H1, W1, C1)}, transposed=(n_out,

@@ -249,7 +249,8 @@ class _Trainer:
                   + f" | {seconds:.1f} s"
                   + (f", {ms:.1f} ms/batch" if ms is not None else ""))
         problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None),
-                                     update=p.solvers.free.update)
+                                     update=p.solvers.free.update,
+                                     linear_solver=self.config.dynamics.linear_solver)
         if problems:  # once per epoch, every figure at fault in one message
             warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
 
