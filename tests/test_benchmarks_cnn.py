@@ -54,3 +54,21 @@ def test_pool_cost_times_the_pooled_internal_projections(run):
     model = conv.convnet((8, 8, 3), (2, 4), n_classes=10, key=jax.random.PRNGKey(0), output_size=5)
     r = run.pool_cost(model, batch=3, repeats=1)
     assert r["shapes"] == [[3, 4, 4, 4]] and r["ms_per_relax_step"] >= 0.0
+
+
+def test_recomputed_share_follows_the_sweep_order(run):
+    """The benchmark's pooling estimate for the alternating sweep counts a second forward
+    pooling only where the sweep recomputes the convolution: none for the tied two-conv
+    net (c2 goes first), every one when untied or when the order is reversed."""
+    import jax
+
+    import eqprop.network.conv as conv
+
+    tied = conv.convnet((8, 8, 3), (2, 4), n_classes=10, key=jax.random.PRNGKey(0), output_size=5)
+    assert run.recomputed_share(tied) == 0.0
+    untied = conv.convnet((8, 8, 3), (2, 4), n_classes=10, key=jax.random.PRNGKey(0), output_size=5,
+                          feedback="untied")
+    assert run.recomputed_share(untied) == 1.0
+    deep = conv.convnet((16, 16, 3), (2, 4, 4), n_classes=10, key=jax.random.PRNGKey(0), output_size=5)
+    # c1 -> c2 and c2 -> c3 pool; c2's group (odd) goes first only if it wins: one of two shares
+    assert run.recomputed_share(deep) == 0.5

@@ -201,7 +201,8 @@ def test_capabilities_and_shapes():
     assert {k: v.shape for k, v in u.items()} == {"c1": (3, 4, 4, 3), "c2": (3, 2, 2, 4), "out": (3, 5)}
     # even and odd populations, pooled or not (a pooled population depends on itself
     # through its pooling's Jacobian, never on another of its group: below)
-    assert m.partition() == (("c1", "out"), ("c2",))
+    # (c2 first: the pooled c1 -> c2 convolution then serves c2's drive and c1's feedback)
+    assert m.partition() == (("c2",), ("c1", "out"))
     lin = make(pool=(False, False))
     assert lin.partition() == (("c1", "out"), ("c2",))
     d = prepare(lin, x)
@@ -709,3 +710,30 @@ def test_alternating_linear_solve_converges_where_the_synchronous_iteration_cycl
     assert float(jnp.max(info_i.linear.residual)) < 1e-9
     a, b = ravel_pytree(g_i)[0], ravel_pytree(g_n)[0]
     assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-7
+
+
+def test_the_sweep_order_lets_one_convolution_serve_a_drive_and_a_feedback(monkeypatch):
+    """An alternating sweep updates first the group holding the destination of the tied
+    pooled projection c1 -> c2: c1's feedback (the pooling's Jacobian at conv(a_c1)) then
+    reuses the convolution c2's drive computed from the same a_c1, and the compiled loop
+    has one convolution fewer than in the other order (a third of the sweep's work on
+    the Fashion-MNIST CNN). Untied, the feedback kernel differs and the order is even
+    first; the fixed points are the same either way (the alternating tests above)."""
+    from eqprop.build import phase_solvers
+    from eqprop.estimate import free_phase
+    m = make()
+    x, _ = batch()
+    solver = phase_solvers(free_steps=8, update="alternating").free
+
+    def convolutions(model):
+        hlo = jax.jit(lambda mm, xx: free_phase(mm, xx, solver).u).lower(model, x).compile().as_text()
+        return hlo.count("convolution(")
+
+    chosen = convolutions(m)
+    order = type(m).partition
+    monkeypatch.setattr(type(m), "partition", lambda self: order(self)[::-1])
+    other = convolutions(m)
+    monkeypatch.undo()
+    assert chosen == other - 1, (chosen, other)
+    assert make(feedback="untied").partition() == (("c1", "out"), ("c2",))
+

@@ -168,3 +168,16 @@ def test_alignment_is_the_mean_of_per_example_cosines():
     # the batch cosine is swamped by the outlier: it tends to -|b_1| / |b|, negative
     swamped = -np.linalg.norm(b[1]) / np.linalg.norm(b)
     assert cosine(jnp.asarray(outlier), jnp.asarray(b)) == pytest.approx(swamped, rel=1e-5)
+
+
+def test_cosine_of_a_non_finite_array_is_nan_never_a_number_that_reads_as_orthogonal():
+    """A diverged gradient has no direction: the cosine is NaN (written ``null``), not the
+    0.0 of a zero vector, which every table would read as 'orthogonal'."""
+    import math
+
+    from eqprop.metrics import cosine
+    a = jnp.asarray([1.0, 2.0, 3.0])
+    assert cosine(a, jnp.zeros(3)) == 0.0
+    assert cosine(a, 2 * a) == pytest.approx(1.0)
+    for bad in (jnp.nan, jnp.inf):
+        assert math.isnan(cosine(a, a.at[1].set(bad))) and math.isnan(cosine(a.at[0].set(bad), a))

@@ -35,15 +35,17 @@ def cosine(a: Array, b: Array) -> float:
     - ``a``, ``b``: real arrays of the same size (any shapes; both are flattened), e.g.
       two gradients of one parameter, or two error vectors ``(B, n)`` of a whole batch.
 
-    **Returns:** a Python float in ``[-1, 1]``; ``0.0`` when either array is zero (never
-    NaN).
+    **Returns:** a Python float in ``[-1, 1]``; ``0.0`` when either array is zero; NaN when
+    either has a NaN or infinite entry (a diverged gradient has no direction, and 0.0
+    would read as orthogonal; records and JSON write it as ``null``).
 
     **Raises:** ``TypeError`` when either array is complex (the complex ``jnp.vdot``
     does not convert to a float): take the real part first.
     """
     a, b = jnp.ravel(a), jnp.ravel(b)
     den = jnp.linalg.norm(a) * jnp.linalg.norm(b)
-    return float(jnp.where(den > 0, jnp.vdot(a, b) / jnp.where(den > 0, den, 1.0), 0.0))
+    c = jnp.where(den > 0, jnp.vdot(a, b) / jnp.where(den > 0, den, 1.0), 0.0)
+    return float(jnp.where(jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(b)), c, jnp.nan))
 
 
 def example_cosines(a: Array, b: Array) -> Array:

@@ -371,8 +371,22 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
         sweep takes that self-dependence at the population's state before its update
         (block Gauss-Seidel, Jacobi inside a block); its fixed points are the synchronous
         iteration's. Measured on a trained Fashion-MNIST CNN (docs/conv.md), where the
-        synchronous update ends in a 2-cycle, the alternating sweep settles."""
-        return self.names[0::2], self.names[1::2]
+        synchronous update ends in a 2-cycle, the alternating sweep settles.
+
+        The order of the two groups in a sweep: a tied pooled projection ``src -> dst``
+        evaluates ``conv(a_src)`` both for ``dst``'s drive and for the pooling's Jacobian
+        in ``src``'s feedback; when ``dst``'s group is updated first, ``a_src`` is the same
+        in both and XLA computes the convolution once (measured on the Fashion-MNIST CNN,
+        batch 50, 100 group updates: the loop body has 5 convolutions instead of 6 and
+        the free phase takes 0.72x the time). The group holding the ``dst`` of most such
+        projections goes first (the even group on a tie, and always when untied)."""
+        even, odd = self.names[0::2], self.names[1::2]
+        if not self.tied:
+            return even, odd
+        pooled = [src for src, dst in self._edges()
+                  if src != INPUT and dst != self.output and self.pools[self.names.index(dst)]]
+        odd_first = sum(src in even for src in pooled) > sum(src in odd for src in pooled)
+        return (odd, even) if odd_first else (even, odd)
 
     def feedback_pairs(self) -> dict[str, tuple[Array, Array | None]]:
         """``{"<src>-<dst>": (W, B)}`` for every internal projection: ``B = None`` when
