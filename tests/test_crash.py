@@ -555,3 +555,18 @@ def test_a_hostile_position_is_a_one_line_error(recorded, tmp_path, change, matc
     with pytest.raises(CheckpointError, match=match) as info:
         restore(RunDir(run), _cached_build(CONFIG))
     assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_a_truncated_latest_manifest_names_the_best_checkpoint_that_still_reads(recorded, tmp_path):
+    """A hostile or truncated ``latest.json`` is a one-line error; where the run also
+    holds a readable ``best.json``, the error says that ``--checkpoint best`` reads it."""
+    from eqprop.train import load_run
+
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    latest = run / "checkpoints" / "latest.json"
+    latest.write_bytes(latest.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match=r"unreadable checkpoint manifest .*--checkpoint best reads it"):
+        load_run(run, "latest")
+    load_run(run, "best")  # still reads

@@ -299,7 +299,7 @@ def test_unconverged_free_phases_are_warned_in_train_eval_report_and_gradcheck(t
                           and "try estimator.beta" not in line for line in circle)
     assert not [line for line in hep if "free phases did not converge" in line]
     # the reference settles on, and the diagnostics are taken at that fixed point too
-    assert "reference's free phase: " in table and "settled on from the estimators' free state" in table
+    assert "reference's free phase: " in table and "relaxed on from the estimators' free state" in table
     assert "taken at the fixed point: the batch relaxed on, up to 1000 updates" in table
     probe = [line for line in table.splitlines() if line.strip().startswith("probe_nonconverged")]
     assert probe and float(probe[0].split()[-1]) == 0.0
@@ -331,16 +331,19 @@ def test_gradcheck_reference_settles_where_the_estimators_free_state_has_not():
     expect = cosine(at_short, at_fixed)
     assert expect < 0.9999  # the test has teeth: the two gradients differ
     assert r["implicit"]["total"]["cosine"] == pytest.approx(expect, abs=1e-9)
-    assert r["relaxation"]["reference_settled"] is True
+    assert r["relaxation"]["reference_relaxed_on"] is True
     assert r["relaxation"]["reference_free"]["residual_max"] < SETTLE_TOL
     table = format_table(r)
-    assert "settled on from the estimators' free state" in table and "reference: WARNING" not in table
+    assert "relaxed on from the estimators' free state" in table and "reference: WARNING" not in table
     settled = gradcheck(s.model, s.x, s.y, {"implicit": implicit}, EXACT)
     assert "reference_free" not in settled["relaxation"]
     assert settled["implicit"]["total"]["cosine"] == pytest.approx(1.0, abs=1e-12)
     # a reference that cannot settle either (a budget of 3 more steps) is said to be untrusted
     bad = gradcheck(s.model, s.x, s.y, {"implicit": implicit}, short, settle_steps=3)
-    assert "reference: WARNING: its free phase did not settle either" in format_table(bad)
+    table = format_table(bad)
+    assert "reference: WARNING: its free phase did not settle" in table and bad["reference"] is None
+    assert bad["implicit"]["total"]["cosine"] is None and "no cosine is reported" in table
+    assert "free phase: 3 steps" in table  # the relaxation figures are still printed
 
 
 # -- hEP: the Fourier coefficients around the circle ------------------------------------
@@ -508,11 +511,25 @@ def test_gradcheck_reports_a_diverged_gradient_as_not_finite_never_as_a_cosine()
     assert "not finite" in row and "0.000000" not in row
     from eqprop.cli import strict_json
     assert strict_json(to_json(r))["exact-nudge"]["total"]["cosine"] is None  # JSON null, as the CLI writes
-    # the same solver as the reference: nothing is compared
+    # the reference does not use that solver: its own is damped with a GMRES fallback and
+    # the settling budget, so it stays the exact gradient
     r = gradcheck(s.model, s.x, s.y, {"hep": good}, diverging)
-    assert r["reference"] is None and r["relaxation"]["reference_finite"] is False
-    assert r["hep"]["total"]["cosine"] is None
-    assert "the reference (implicit differentiation) is not finite" in format_table(r)
+    assert r["reference"] == "implicit" and r["relaxation"]["reference_problem"] is None
+    assert r["hep"]["total"]["cosine"] > 0.99
+
+
+def test_a_reference_that_cannot_be_trusted_is_never_compared_with():
+    """Each reason the implicit reference is not the gradient withholds every cosine."""
+    from eqprop.gradcheck import reference_problem
+    ok = {"finite": True, "residual_max": 1e-7, "residual_mean": 1e-8, "nonconverged_fraction": 0.0,
+          "steps": 100}
+    assert reference_problem(ok, ok, True) is None
+    assert reference_problem(ok, ok, False) == "its gradient is not finite"
+    assert "diverged" in reference_problem(ok, {**ok, "finite": False, "residual_max": float("inf")}, True)
+    assert "stopped at residual mean" in reference_problem(ok, {**ok, "residual_mean": 0.5}, True)
+    assert "did not settle" in reference_problem({**ok, "residual_max": 0.5, "nonconverged_fraction": 0.5},
+                                                 ok, True)
+    assert "diverged" in reference_problem({**ok, "finite": False}, ok, True)
 
 
 def test_linear_and_nudged_advice_blames_an_unsettled_free_state_first():
@@ -555,7 +572,7 @@ def test_gradcheck_flags_stragglers_when_the_mean_residual_is_within_the_toleran
     else:
         raise AssertionError("no budget leaves the mean within the tolerance and the max above it")
     r = gradcheck(s.model, s.x, s.y, {"hep": make_estimator("hep", EXACT)}, short)
-    assert r["relaxation"]["reference_settled"] is True
+    assert r["relaxation"]["reference_relaxed_on"] is True
     assert any("did not converge (residual max" in p for p in r["relaxation"]["problems"])
 
 

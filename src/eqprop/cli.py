@@ -132,7 +132,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"inference ({estimator_name}): one feed-forward pass, no relaxation ([dynamics] is "
               "not used)")
         return EXIT_OK
-    print(f"free phase: {mean['free_steps']:.1f} steps, residual {mean['residual']:.2e} (mean over "
+    unit = "group updates" if program.solvers.free.update == "alternating" else "steps"
+    print(f"free phase: {mean['free_steps']:.1f} {unit}, residual {mean['residual']:.2e} (mean over "
           f"batches), {100 * mean['nonconverged']:.1f}% of examples above {NONCONVERGED_TOL:g}")
     if "nudged_residual" in mean:
         print(f"nudged phases ({estimator_name}): residual {mean['nudged_residual']:.2e} (mean), "
@@ -241,11 +242,14 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     elif budget:
         source += f"; taken after diagnostics.free_steps = {budget} free updates"
     print(format_table(result, diag, source=source))
-    if budget and diag.get("probe_nonconverged", 0.0) > 0:
+    if diag.get("probe_nonconverged", 0.0) > 0:  # the biases are defined at a fixed point only
+        where = (f"in diagnostics.free_steps = {budget}" if budget else
+                 f"even relaxed on, up to {settle(solvers.free).steps} updates")
+        advice = ("raise it, or leave it unset (the batch then relaxes on until it settles)" if budget else
+                  "the free phase's warning above says what may settle it")
         print(f"diagnostics: WARNING: {100 * diag['probe_nonconverged']:.0f}% of the batch did not settle "
-              f"in diagnostics.free_steps = {budget} (residual above {NONCONVERGED_TOL:g}): the bias "
-              "cosines are not taken at a fixed point there; raise it, or leave it unset (the batch "
-              "then relaxes on until it settles)")
+              f"{where} (residual above {NONCONVERGED_TOL:g}): the bias cosines (cos_*) are not taken at "
+              f"a fixed point there and cannot be trusted; {advice}")
     if args.json:
         out = Path(args.json)
         if out.parent != Path(""):

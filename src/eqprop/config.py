@@ -108,7 +108,9 @@ class DynamicsSettings:
         0.0, "Free phase: stop once at most this fraction of the batch is above tol (0: every "
         "example must be), so that a few stragglers do not keep the batch iterating.",
         bounds=Bounds(lo=0, hi=1, hi_open=True))
-    linear_steps: int = setting(1000, "Iteration budget of the exact estimators' linear solves.",
+    linear_steps: int = setting(1000, "Iteration budget of the exact estimators' linear solves "
+                                "(with update = 'alternating', group updates of the damped iteration, "
+                                "rounded up to whole sweeps).",
                                 bounds=POSITIVE_INT)
     linear_tol: float = setting(1e-5, "Relative tolerance of the linear solves (exact-nudge, "
                                 "implicit).", bounds=NONNEGATIVE)
@@ -195,7 +197,7 @@ class DiagnosticsConfig:
         0, "Free-phase steps for the probe batch; 0: the training `free_steps`, relaxed on to the "
         "fixed point where they leave the batch unsettled (`probe_settled_on`). More steps take "
         "the diagnostics at the fixed point: an example that has not settled can dominate the "
-        "batch cosines (`probe_nonconverged` reports how many).", bounds=NONNEGATIVE)
+        "batch cosines (`probe_nonconverged` reports the fraction of the batch left unsettled).", bounds=NONNEGATIVE)
 
 
 @dataclass(frozen=True)

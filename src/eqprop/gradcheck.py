@@ -26,6 +26,7 @@ argument, the JSON holds them at the top level); this module does not import
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_spec
 from .guards import NONCONVERGED_TOL, EqpropWarning, RelaxStats, estimate_problems
-from .linear import linear_solver_name
+from .linear import DampedThenGMRES, linear_solver_name
 from .metrics import compare, cosine
 from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionModel
 from .registry import ESTIMATORS
@@ -54,7 +55,8 @@ def _stats(stats: RelaxStats | None) -> dict[str, Any] | None:
         "residual_max": float(jnp.max(stats.residual)),
         "residual_mean": float(stats.residual_mean()),
         "nonconverged_fraction": float(stats.nonconverged_fraction()),
-        "finite": bool(jnp.all(stats.nonfinite_step < 0)),
+        # diverged: flagged by the guards, or a residual that is not finite at the end
+        "finite": bool(jnp.all(stats.nonfinite_step < 0) & jnp.all(jnp.isfinite(stats.residual))),
     }
 
 
@@ -160,15 +162,19 @@ def gradcheck(
     With a mixed-precision model the result also has ``"precision": {"estimates":
     compute_dtype, "reference": "float32"}`` (absent otherwise) and
     ``relaxation["reference_free"]``, the float32 free phase of the reference (relaxed
-    from the start, not from the estimators' state), which is
-    also there (STATS) when the reference settled on; ``relaxation["reference_settled"]``
-    (bool, with it) says whether it did. ``relaxation["update"]`` is the free solver's
-    update order (steps are group updates under ``"alternating"``).
+    from the start, with the settling budget, not from the estimators' state), which is
+    also there (STATS) when the reference relaxed on; ``relaxation["reference_relaxed_on"]``
+    (bool, with it) says whether it did (not whether it settled: ``reference_free`` says
+    that). ``relaxation["update"]`` is the free solver's update order (steps are group
+    updates under ``"alternating"``). The reference's linear solve
+    (``relaxation["implicit_solve"]``) is :func:`reference_solvers`' whatever the
+    configured one.
     Each entry has ``"finite"`` (bool): whether its gradient is finite; where it is not
     (a diverged nudged phase or linear solve), its cosines and relative errors are
-    ``None`` and a problem says so. Where the reference's own gradient is not finite,
-    ``reference`` is ``None``, every cosine is ``None`` and
-    ``relaxation["reference_finite"]`` is ``False``.
+    ``None`` and a problem says so. ``relaxation["reference_problem"]`` is ``None``, or
+    why the reference cannot be trusted (:func:`reference_problem`: not finite, its
+    linear solve diverged or stopped short, its free phase did not settle); then
+    ``reference`` is ``None`` and every cosine is ``None``.
     ``reference`` is ``None`` when the model clips its states to a box
     (:class:`~eqprop.network.BoxProjectedModel`) and some sit on its bounds at the free
     fixed point (:func:`clipped_fraction`): the cosines are then not comparisons with
@@ -211,7 +217,7 @@ def gradcheck(
     say("free phase")
     free = eqx.filter_jit(free_phase)(model, x, solvers.free)
     say("reference (implicit)")
-    reference = make_estimator("implicit", solvers)
+    reference = make_estimator("implicit", reference_solvers(solvers, settle_steps))
     ref_model, ref_free, precision, settled = model, free, None, None
     if float(jnp.max(free.stats.residual)) > NONCONVERGED_TOL:
         # implicit differentiation is the gradient only at a fixed point: the reference
@@ -220,7 +226,7 @@ def gradcheck(
     if isinstance(model, MixedPrecisionModel) and model.compute_dtype != "float32":
         # the reference in float32 compute, at its own (float32) fixed point
         ref_model = model.with_compute_dtype("float32")
-        ref_free = eqx.filter_jit(free_phase)(ref_model, x, settled or solvers.free)
+        ref_free = eqx.filter_jit(free_phase)(ref_model, x, settled or settle(solvers.free, settle_steps))
         precision = {"estimates": model.compute_dtype, "reference": "float32"}
     elif settled is not None:
         ref_free = eqx.filter_jit(free_phase)(model, x, settled, free.u)
@@ -228,7 +234,9 @@ def gradcheck(
     delta = info_ref.error_vector
     free_stats = _stats(free.stats)
     out: dict[str, Any] = {}
-    ref_finite = _finite(g_ref)
+    ref_stats = _stats(ref_free.stats)
+    solve_stats = _stats(info_ref.linear)
+    untrusted = reference_problem(ref_stats, solve_stats, _finite(g_ref))
     for spec, est in estimators.items():
         say(spec)
         g, info = eqx.filter_jit(est)(model, x, y, free, key)
@@ -246,7 +254,7 @@ def gradcheck(
             _no_comparison(entry)
         out[spec] = entry
     clipped = clipped_fraction(model, free.u)
-    if clipped or not ref_finite:  # no reference: no comparison either, only the phases' figures
+    if clipped or untrusted:  # no reference: no comparison either, only the phases' figures
         for spec in estimators:
             _no_comparison(out[spec])
     problems = estimate_problems(free_stats, update=solvers.free.update)
@@ -254,16 +262,53 @@ def gradcheck(
         problems.append(f"{100 * free_stats['nonconverged_fraction']:.0f}% of the examples did not "
                         f"converge (residual max {free_stats['residual_max']:.3g} > {NONCONVERGED_TOL:g}, "
                         "though the mean is below it): every estimate of the batch is taken there")
-    out["relaxation"] = {"free": free_stats, "implicit_solve": _stats(info_ref.linear),
+    out["relaxation"] = {"free": free_stats, "implicit_solve": solve_stats,
                          "clipped_fraction": clipped, "update": solvers.free.update,
-                         "reference_finite": ref_finite, "problems": problems}
+                         "reference_problem": untrusted, "problems": problems}
     if precision is not None or settled is not None:
-        out["relaxation"]["reference_free"] = _stats(ref_free.stats)
-        out["relaxation"]["reference_settled"] = settled is not None
-    out["reference"] = "implicit" if not clipped and ref_finite else None
+        out["relaxation"]["reference_free"] = ref_stats
+        out["relaxation"]["reference_relaxed_on"] = settled is not None
+    out["reference"] = "implicit" if not clipped and untrusted is None else None
     if precision is not None:
         out["precision"] = precision
     return out
+
+
+def reference_solvers(solvers: PhaseSolvers, steps: int | None = None) -> PhaseSolvers:
+    """The solvers of gradcheck's reference: ``solvers`` with a linear solve as robust as
+    the library has, whatever the configured one (the exact SPECs keep theirs): the damped
+    iteration in the free solver's update order with a GMRES fallback
+    (:class:`~eqprop.linear.DampedThenGMRES`), the configured ``dt``, a relative tolerance
+    of at most ``1e-5`` and a budget of ``steps`` (default: the configured one, at least
+    :data:`SETTLE_MIN_STEPS`)."""
+    linear = solvers.linear
+    dt = getattr(linear, "dt", solvers.free.dt)
+    rtol = min(getattr(linear, "rtol", 1e-5) or 1e-5, 1e-5)
+    budget = getattr(linear, "max_steps", 1000)
+    budget = steps if steps is not None else max(budget, SETTLE_MIN_STEPS)
+    robust = DampedThenGMRES(dt=dt, rtol=rtol, max_steps=budget, update=solvers.free.update)
+    return dataclasses.replace(solvers, linear=robust)
+
+
+def reference_problem(free: Mapping[str, Any], solve: Mapping[str, Any] | None, finite: bool) -> str | None:
+    """Why the reference cannot be compared with (a sentence), or ``None`` when it can:
+    its gradient is not finite, its linear solve diverged or stopped above
+    :data:`~eqprop.guards.NONCONVERGED_TOL`, or its free phase (``free``: STATS) did not
+    settle: implicit differentiation is the gradient only at a fixed point and with
+    the linear system solved."""
+    if not finite:
+        return "its gradient is not finite"
+    if solve is not None and not solve["finite"]:
+        return f"its linear solve diverged (residual max {solve['residual_max']:.3g})"
+    if solve is not None and not solve["residual_mean"] <= NONCONVERGED_TOL:
+        return (f"its linear solve stopped at residual mean {solve['residual_mean']:.3g} > "
+                f"{NONCONVERGED_TOL:g} after {solve['steps']} steps")
+    if not free["finite"]:
+        return "its free phase diverged"
+    if not free["residual_max"] <= NONCONVERGED_TOL:
+        return (f"its free phase did not settle ({100 * free['nonconverged_fraction']:.0f}% of the examples "
+                f"above {NONCONVERGED_TOL:g} after {free['steps']} steps)")
+    return None
 
 
 def clipped_fraction(model: EquilibriumModel, u: Any) -> float | None:
@@ -315,6 +360,38 @@ def build_specs(specs: Sequence[str], solvers: PhaseSolvers,
     return out
 
 
+def _comparison_lines(result: Mapping[str, Any], specs: list[str], params: list[str], pops: list[str],
+                      width: int) -> list[str]:
+    """The cosine tables of :func:`format_table`: totals and error vectors, per parameter."""
+    lines: list[str] = []
+    cw = {p: max(12, len("cos a/" + p) + 2) for p in pops}  # every header keeps a gap
+    head = f"{'estimator':<{width}}{'cosine':>10}{'rel.err':>10}" + "".join(
+        f"{'cos a/' + p:>{cw[p]}}" for p in pops)
+    lines += [head, "-" * len(head)]
+    for s in specs:
+        t = result[s]["total"]
+        ev = result[s]["error_vectors"]
+        if t["cosine"] is None:  # a gradient that is not finite
+            lines.append(f"{s:<{width}}{'not finite':>20}" + "".join(f"{'-':>{cw[p]}}" for p in pops))
+            continue
+        lines.append(
+            f"{s:<{width}}{t['cosine']:>10.6f}{t['relative_error']:>10.2e}"
+            + "".join(f"{ev[p]:>{cw[p]}.6f}" if p in ev else f"{'-':>{cw[p]}}" for p in pops)
+        )
+    lines += ["", "per parameter (cosine / relative error):"]
+    pw = max(len("parameter"), *(len(p) for p in params)) + 2
+    sw = {s: max(len(s), 17) + 2 for s in specs}  # "0.98203 / 1.9e-01" is 17 wide
+    lines.append(f"{'parameter':<{pw}}" + "".join(f"{s:>{sw[s]}}" for s in specs))
+    for p in params:
+        row = f"{p:<{pw}}"
+        for s in specs:
+            q = result[s]["parameters"][p]
+            row += ("not finite" if q["cosine"] is None else
+                    f"{q['cosine']:.5f} / {q['relative_error']:.1e}").rjust(sw[s])
+        lines.append(row)
+    return lines
+
+
 def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | None = None, *,
                  source: str = "the configured estimator") -> str:
     """A human-readable table of a :func:`gradcheck` result.
@@ -347,45 +424,12 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
             lines += [f"{100 * clipped:.1f}% of the state entries sit on the bounds of the model's box at the "
                       "free fixed point: the implicit gradient of the unclipped field is not the gradient "
                       "of the clipped fixed point there, so no cosine is reported (look for interior "
-                      "fixed points: smaller weights or inputs)", ""]
+                      "fixed points: smaller weights or inputs)"]
         else:
-            solve = result["relaxation"].get("implicit_solve") or {}
-            lines += ["the reference (implicit differentiation) is not finite: its linear solve diverged "
-                      f"(residual max {solve.get('residual_max', float('nan')):.3g}), so no cosine is "
-                      "reported; " + ("its free state is not a fixed point either (below): settle the "
-                                      "free phase (dynamics.free_steps)" if result["relaxation"].get(
-                                          "reference_free", result["relaxation"]["free"])["residual_max"]
-                                      > NONCONVERGED_TOL else "the fixed point may be unstable: see eqprop "
-                                      "stability"), ""]
-        lines += [f"{s}: {100 * result[s]['phases']['nonconverged_fraction']:.0f}% of nudged (phase, "
-                  "example) pairs unsettled" if result[s].get("phases") else f"{s}: (no nudged phases)"
-                  for s in specs]
-        return "\n".join(lines)
-    cw = {p: max(12, len("cos a/" + p) + 2) for p in pops}  # every header keeps a gap
-    head = f"{'estimator':<{width}}{'cosine':>10}{'rel.err':>10}" + "".join(
-        f"{'cos a/' + p:>{cw[p]}}" for p in pops)
-    lines += [head, "-" * len(head)]
-    for s in specs:
-        t = result[s]["total"]
-        ev = result[s]["error_vectors"]
-        if t["cosine"] is None:  # a gradient that is not finite
-            lines.append(f"{s:<{width}}{'not finite':>20}" + "".join(f"{'-':>{cw[p]}}" for p in pops))
-            continue
-        lines.append(
-            f"{s:<{width}}{t['cosine']:>10.6f}{t['relative_error']:>10.2e}"
-            + "".join(f"{ev[p]:>{cw[p]}.6f}" if p in ev else f"{'-':>{cw[p]}}" for p in pops)
-        )
-    lines += ["", "per parameter (cosine / relative error):"]
-    pw = max(len("parameter"), *(len(p) for p in params)) + 2
-    sw = {s: max(len(s), 17) + 2 for s in specs}  # "0.98203 / 1.9e-01" is 17 wide
-    lines.append(f"{'parameter':<{pw}}" + "".join(f"{s:>{sw[s]}}" for s in specs))
-    for p in params:
-        row = f"{p:<{pw}}"
-        for s in specs:
-            q = result[s]["parameters"][p]
-            row += ("not finite" if q["cosine"] is None else
-                    f"{q['cosine']:.5f} / {q['relative_error']:.1e}").rjust(sw[s])
-        lines.append(row)
+            lines += ["no cosine is reported: the reference (implicit differentiation) cannot be trusted, "
+                      f"{result['relaxation'].get('reference_problem')} (below)"]
+    else:
+        lines += _comparison_lines(result, specs, params, pops, width)
     free = result["relaxation"]["free"]
     unit = "group updates" if result["relaxation"].get("update") == "alternating" else "steps"
     lines += ["", f"free phase: {free['steps']} {unit}, residual max {free['residual_max']:.2e} "
@@ -394,25 +438,28 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     ref_free = result["relaxation"].get("reference_free")
     if ref_free:
         kind = f" ({precision['reference']})" if precision else ""
-        settled = result["relaxation"].get("reference_settled")
-        how = ("" if not settled else
+        on = result["relaxation"].get("reference_relaxed_on")
+        how = ("" if not on else
+               ", relaxed on from the estimators' free state, which is not a fixed point"
+               if result["relaxation"].get("reference_problem") else
                f", relaxed from the start in {precision['reference']} with the settling budget, since the "
                "estimators' free state is not a fixed point: each cosine is the estimate as it trains "
                "against the gradient at the fixed point" if precision else
-               ", settled on from the estimators' free state, which is not a fixed point: each cosine is "
+               ", relaxed on from the estimators' free state, which is not a fixed point: each cosine is "
                "the estimate as it trains against the gradient at the fixed point")
         lines.append(f"reference's free phase{kind}: {ref_free['steps']} {unit}, residual max "
                      f"{ref_free['residual_max']:.2e} mean {ref_free['residual_mean']:.2e}{how}")
-        if ref_free["residual_max"] > NONCONVERGED_TOL:
-            lines.append("reference: WARNING: its free phase did not settle either "
-                         f"({ref_free['nonconverged_fraction']:.0%} of the examples above {NONCONVERGED_TOL:g}): "
-                         "the implicit gradient is not the gradient there, and no cosine above can be trusted")
     solve = result["relaxation"].get("implicit_solve")
     if solve:
-        lines.append(f"reference's linear solve: {solve['steps']} {'iterations' if unit == 'steps' else unit}, "
-                     f"residual max {solve['residual_max']:.2e} mean {solve['residual_mean']:.2e}"
-                     + ("" if solve["residual_mean"] <= NONCONVERGED_TOL else
-                        f" (WARNING: above {NONCONVERGED_TOL:g}: the reference itself is inexact)"))
+        lines.append(f"reference's linear solve (damped, GMRES fallback): {solve['steps']} "
+                     f"{'iterations' if unit == 'steps' else unit}, residual max {solve['residual_max']:.2e} "
+                     f"mean {solve['residual_mean']:.2e}")
+    problem = result["relaxation"].get("reference_problem")
+    if problem:
+        lines.append(f"reference: WARNING: {problem}: implicit differentiation is the gradient only at a "
+                     "fixed point with its linear system solved, so no cosine is reported"
+                     + ("" if "free phase" not in problem else
+                        "; the free phase's own warning says what may settle it"))
     for s in specs:
         ph = result[s].get("phases")
         if ph:
@@ -429,7 +476,8 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
             lines.append(f"{s}: circle |beta| = {circ['beta']:g}, N = {circ['points']}: Fourier coefficients "
                          f"||c_1..c_N|| {coef}; decay rate {circ['decay_rate_median']:.3f} per order "
                          f"(median; mean {circ['decay_rate_mean']:.3f}, max {circ['decay_rate_max']:.3f}), "
-                         f"estimated error {100 * circ['error_mean']:.1f}%")
+                         f"estimated error {100 * circ['error_mean']:.1f}% (the circle's truncation alone; "
+                         "unsettled nudged phases add their own)")
         for problem in result[s].get("problems", []):
             lines.append(f"{s}: WARNING: {problem}")
     diag = {k: v for k, v in (diagnostics or {}).items() if isinstance(v, float)}

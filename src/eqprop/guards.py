@@ -297,7 +297,7 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
                       "(a 2-cycle: see eqprop stability), lower dynamics.dt or use dynamics.update = "
                       "'alternating'"))
     first = ("; the free state they start from is not a fixed point: settle the free phase first "
-             "(dynamics.free_steps)") if drifting else ""
+             "(the free phase's warning says how)") if drifting else ""
     r = figures.get("nudged_residual_mean")
     if r is not None and not r <= NONCONVERGED_TOL:
         frac = figures.get("nudged_nonconverged_fraction")

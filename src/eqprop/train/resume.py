@@ -239,7 +239,14 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
         raise ValueError(f"{run.path}: no {which} checkpoint ({run.checkpoint(which)} not found)")
     config = load_run_config(run.config, overrides)
     program = build_program(config)
-    model, _, meta = load_checkpoint(run, which, program)
+    try:
+        model, _, meta = load_checkpoint(run, which, program)
+    except checkpoint.CheckpointError as err:  # say what else the run holds
+        other = "best" if which == "latest" else "latest"
+        if run.checkpoint(other).is_file():
+            raise checkpoint.CheckpointError(f"{err} (the run also holds {run.checkpoint(other).name}: "
+                                  f"--checkpoint {other} reads it)") from None
+        raise
     return config, program, model, meta
 
 
