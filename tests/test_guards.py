@@ -594,3 +594,20 @@ def test_gradcheck_states_the_diagnostics_budget_and_warns_when_it_leaves_the_ba
     assert main(["gradcheck", str(tmp_path / "c.toml")]) == 0
     table = capsys.readouterr().out
     assert "free_steps = 200 free updates" in table and "diagnostics: WARNING" not in table
+
+
+def test_gradcheck_warns_when_the_probe_batch_does_not_settle_even_relaxed_on(tmp_path, capsys, monkeypatch):
+    """Without a diagnostics budget the probe batch relaxes on; where even that leaves it
+    unsettled (here a settling budget of 2 updates), the bias cosines are said to be
+    untrusted, and the reference withholds every cosine."""
+    import eqprop.solvers as solvers_module
+    monkeypatch.setattr(solvers_module, "SETTLE_FACTOR", 1)
+    monkeypatch.setattr(solvers_module, "SETTLE_MIN_STEPS", 2)
+    config = {**TINY, "model": {"sizes": [16, 8, 8, 4]},
+              "dynamics": {"free_steps": 1, "nudged_steps": 20, "update": "synchronous"},
+              "estimator": {"name": "hep", "points": 2, "beta": 0.05}}
+    (tmp_path / "c.toml").write_text(_toml(config))
+    assert main(["gradcheck", str(tmp_path / "c.toml")]) == 0
+    table = capsys.readouterr().out
+    assert "diagnostics: WARNING: 100% of the batch did not settle even relaxed on, up to 2 updates" in table
+    assert "reference: WARNING: its free phase did not settle" in table and "no cosine is reported" in table
