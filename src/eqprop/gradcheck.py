@@ -455,7 +455,7 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
                      f"{'iterations' if unit == 'steps' else unit}, residual max {solve['residual_max']:.2e} "
                      f"mean {solve['residual_mean']:.2e}")
     problem = result["relaxation"].get("reference_problem")
-    if problem:
+    if problem and not clipped:  # clipped: said above, the reference is void there anyway
         lines.append(f"reference: WARNING: {problem}: implicit differentiation is the gradient only at a "
                      "fixed point with its linear system solved, so no cosine is reported"
                      + ("" if "free phase" not in problem else
