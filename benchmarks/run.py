@@ -471,11 +471,8 @@ def pool_cost(model, batch: int, repeats: int) -> dict:
     **Returns:** ``{"shapes": [[B, H, W, C], ...], "ms_per_relax_step": float}``."""
     from eqprop.network.conv import softmax_pool
 
-    order = ("input",) + model.names
     shapes = []
-    for src, dst in zip(order[:-1], order[1:]):
-        if src == "input" or dst == model.output or not model.pools[model.names.index(dst)]:
-            continue
+    for src, dst in model.pooled_projections():
         h, w, _ = model.populations[src]
         shapes.append((batch, h, w, model.populations[dst][-1]))
     total = 0.0
@@ -505,9 +502,7 @@ def recomputed_share(model) -> float:
     others share one (:meth:`eqprop.network.ConvNetwork.partition`). ``0.0`` without a
     partition or pooled projection."""
     groups = model.partition()
-    order = ("input",) + model.names
-    pooled = [src for src, dst in zip(order[:-1], order[1:])
-              if src != "input" and dst != model.output and model.pools[model.names.index(dst)]]
+    pooled = [src for src, _ in model.pooled_projections()]
     if groups is None or not pooled:
         return 0.0
     if not model.tied:

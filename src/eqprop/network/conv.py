@@ -363,6 +363,13 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
             u[dst] = self.forward_map(src, dst, act(u[src]))
         return u
 
+    def pooled_projections(self) -> list[tuple[str, str]]:
+        """The internal projections ``(src, dst)`` that pool (softmax pooling into ``dst``),
+        in chain order: the ones whose feedback depends on ``a_src`` through the pooling's
+        Jacobian (the input's drive and the dense output's projection are not among them)."""
+        return [(src, dst) for src, dst in self._edges()
+                if src != INPUT and dst != self.output and self.pools[self.names.index(dst)]]
+
     def partition(self) -> tuple[tuple[str, ...], ...] | None:
         """Even and odd populations of the chain ``c1, ..., cK, out``: no population of a
         group is coupled to another of its group. Where a projection pools, the feedback
@@ -383,8 +390,7 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
         even, odd = self.names[0::2], self.names[1::2]
         if not self.tied:
             return even, odd
-        pooled = [src for src, dst in self._edges()
-                  if src != INPUT and dst != self.output and self.pools[self.names.index(dst)]]
+        pooled = [src for src, _ in self.pooled_projections()]
         odd_first = sum(src in even for src in pooled) > sum(src in odd for src in pooled)
         return (odd, even) if odd_first else (even, odd)
 
