@@ -43,6 +43,7 @@ from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionMod
 from .registry import ESTIMATORS
 from .settings import SettingError
 from .solvers import SETTLE_FACTOR, SETTLE_MIN_STEPS, SETTLE_TOL, PhaseSolvers, settle
+from .train.step import all_finite
 
 __all__ = ["gradcheck", "build_specs", "format_table", "to_json", "settle", "SETTLE_FACTOR", "SETTLE_MIN_STEPS", "SETTLE_TOL"]
 
@@ -99,11 +100,6 @@ def _problems(entry: Mapping[str, Any], free: Mapping[str, Any], linear_solver: 
                    + (", started from a free state that is not a fixed point" if not free["residual_max"] <=
                       NONCONVERGED_TOL else "") + "): no cosine")
     return out
-
-
-def _finite(tree: Any) -> bool:
-    """Whether every inexact leaf of ``tree`` is finite."""
-    return all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array)))
 
 
 def _no_comparison(entry: dict[str, Any]) -> None:
@@ -236,12 +232,12 @@ def gradcheck(
     out: dict[str, Any] = {}
     ref_stats = _stats(ref_free.stats)
     solve_stats = _stats(info_ref.linear)
-    untrusted = reference_problem(ref_stats, solve_stats, _finite(g_ref))
+    untrusted = reference_problem(ref_stats, solve_stats, bool(all_finite(g_ref)))
     for spec, est in estimators.items():
         say(spec)
         g, info = eqx.filter_jit(est)(model, x, y, free, key)
         entry = compare(g, g_ref)
-        entry["finite"] = _finite(g)
+        entry["finite"] = bool(all_finite(g))
         entry["error_vectors"] = (
             {p: cosine(info.error_vector[p], delta[p]) for p in delta}
             if info.error_vector is not None else {}
@@ -432,6 +428,7 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
         lines += _comparison_lines(result, specs, params, pops, width)
     free = result["relaxation"]["free"]
     unit = "group updates" if result["relaxation"].get("update") == "alternating" else "steps"
+    solve_unit = "iterations" if unit == "steps" else unit  # a linear solve's, in the same order
     lines += ["", f"free phase: {free['steps']} {unit}, residual max {free['residual_max']:.2e} "
               f"mean {free['residual_mean']:.2e}, finite: {free['finite']}"]
     lines += [f"free phase: WARNING: {p}" for p in result["relaxation"].get("problems", [])]
@@ -452,7 +449,7 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     solve = result["relaxation"].get("implicit_solve")
     if solve:
         lines.append(f"reference's linear solve (damped, GMRES fallback): {solve['steps']} "
-                     f"{'iterations' if unit == 'steps' else unit}, residual max {solve['residual_max']:.2e} "
+                     f"{solve_unit}, residual max {solve['residual_max']:.2e} "
                      f"mean {solve['residual_mean']:.2e}")
     problem = result["relaxation"].get("reference_problem")
     if problem and not clipped:  # clipped: said above, the reference is void there anyway
@@ -468,7 +465,7 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
                          f"(phase, example) above {NONCONVERGED_TOL:g}")
         lin = result[s].get("linear")
         if lin:
-            lines.append(f"{s}: linear solve {lin['steps']} {'iterations' if unit == 'steps' else unit}, "
+            lines.append(f"{s}: linear solve {lin['steps']} {solve_unit}, "
                          f"residual max {lin['residual_max']:.2e} mean {lin['residual_mean']:.2e}")
         circ = result[s].get("circle")
         if circ:
