@@ -153,6 +153,18 @@ def test_gradcheck_table_composes_the_diagnostics():
     assert "rel.err  cos a/hidden" in head
     rows = plain.split("per parameter (cosine / relative error):\n")[1].splitlines()
     assert rows[0].startswith("parameter ") and len({len(r) for r in rows[:3]}) == 1
+    # each diagnostic with six decimals (a review read a bare "1" for 0.9999995) and, with
+    # ``describe``, what it measures and what its ends mean
+    from eqprop.diagnostics import DIAGNOSTIC_KEYS, describe
+
+    diag = {"cos_implicit": 0.9999995, "angle/h1-h2": 90.0, "homeo_loss": 2.5e-7, "probe_settled_on": 1.0}
+    legend = format_table(result, diag, describe=describe).split("asymmetry diagnostics")[1]
+    line = {ln.split()[0]: ln.split()[1] for ln in legend.splitlines()[1:]}
+    assert line == {"cos_implicit": "0.9999995", "angle/h1-h2": "90.0000000", "homeo_loss": "2.500e-07",
+                    "probe_settled_on": "1.0000000"}
+    assert "both biases (1: none)" in legend and "pair h1-h2" in legend
+    assert "relaxed on past the training budget" in legend
+    assert all(describe(k) for k in DIAGNOSTIC_KEYS) and describe("alignment/h1").endswith("population h1")
 
 
 def test_datasets(capsys):
@@ -490,6 +502,14 @@ def test_resume_with_other_epochs_warns_when_a_schedule_spans_the_run(tiny_confi
     assert main(["resume", str(tmp_path / "cosine"), "-q", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("eqprop: error:") and "already trained 2 epochs" in err[0]
+    # a checkpoint cut short (an interrupted copy): one error line, and no advice on the
+    # schedule of a run that cannot resume (a review saw the warning printed first)
+    ck = tmp_path / "cosine" / "checkpoints"
+    for f in ck.glob("*.eqx"):
+        f.write_bytes(f.read_bytes()[:100])
+    assert main(["resume", str(tmp_path / "cosine"), "-q", "--epochs", "5"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("eqprop: error:") and "interrupted write?" in err[0]
 
 
 @pytest.mark.parametrize("command", ["eval", "gradcheck", "stability"])

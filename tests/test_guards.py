@@ -302,7 +302,7 @@ def test_unconverged_free_phases_are_warned_in_train_eval_report_and_gradcheck(t
     assert "reference's free phase: " in table and "relaxed on from the estimators' free state" in table
     assert "taken at the fixed point: the batch relaxed on, up to 1000 updates" in table
     probe = [line for line in table.splitlines() if line.strip().startswith("probe_nonconverged")]
-    assert probe and float(probe[0].split()[-1]) == 0.0
+    assert probe and float(probe[0].split()[1]) == 0.0
     # relaxed 60 steps, the same network is settled and nothing is said of its free phase
     config["dynamics"]["free_steps"] = 60
     (tmp_path / "c.toml").write_text(_toml(config))
@@ -463,10 +463,10 @@ def test_the_hep_warning_quotes_the_median_rate():
     figures = {"hep_decay_mean": 612.0, "hep_decay_median": 1.5, "hep_error_mean": 0.89,
                "hep_beta_suggested": 0.01}
     (problem,) = estimate_problems(figures, beta=0.5)
-    assert "(rate 1.5 per order (median), estimated error 89%" in problem and "612" not in problem
+    assert "(factor 1.5 per order (median), estimated truncation error 89%" in problem and "612" not in problem
     del figures["hep_decay_median"]  # a record written before the median: the mean, unlabelled
     (problem,) = estimate_problems(figures, beta=0.5)
-    assert "(rate 612 per order, estimated error 89%" in problem
+    assert "(factor 612 per order, estimated truncation error 89%" in problem
 
 
 def test_the_free_phase_advice_fits_the_update_and_the_epoch_line_shows_its_residual(unsettled):
@@ -613,3 +613,17 @@ def test_gradcheck_warns_when_the_probe_batch_does_not_settle_even_relaxed_on(tm
     table = capsys.readouterr().out
     assert "diagnostics: WARNING: 100% of the batch did not settle even relaxed on, up to 2 updates" in table
     assert "reference: WARNING: its free phase did not settle" in table and "no cosine is reported" in table
+
+
+def test_the_circle_summary_says_fall_or_grow_and_keeps_small_errors_visible():
+    from eqprop.guards import circle_summary
+
+    # a decay: the truncation error of N = 6 at factor 0.19 is ~5e-5, printed as such
+    # (a percentage with one decimal printed 0.0% beside a measured 1.5e-4)
+    text = circle_summary(0.19, 0.2, 0.19 ** 6, 0.21)
+    assert "fall by a factor 0.19 per order (median; mean 0.2, max 0.21)" in text
+    assert "estimated truncation error 4.7e-05" in text and "grow" not in text
+    # a growth: never called a "decay rate", no truncation error claimed
+    text = circle_summary(19.4, 201.6, 1.0)
+    assert "do not fall: they grow by a factor 19.4 per order (median; mean 202)" in text
+    assert "cannot be estimated" in text and "estimated truncation error" not in text

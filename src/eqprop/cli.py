@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .guards import EqpropWarning, EstimateWarning, warnings_as_lines
+from .guards import EqpropWarning, EstimateWarning, circle_summary, warnings_as_lines
 
 __all__ = ["main", "build_parser"]
 
@@ -86,6 +86,12 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     spans = spans_the_run(before)
     records = run.read_metrics()
     done = records[-1]["epoch"] if records else 0  # at or past it, resume refuses: no warning
+    if run.has_checkpoint():  # a broken checkpoint fails here, before any advice on the schedule
+        from .train import checkpoint
+
+        with warnings.catch_warnings():  # a fallback entry is reported once, by train
+            warnings.simplefilter("ignore", checkpoint.CheckpointWarning)
+            checkpoint.read(run.checkpoint("latest"))
     if config.train.epochs != before.train.epochs and config.train.epochs > done and spans:
         warnings.warn(f"resume --epochs {config.train.epochs} (the run was planned for "
                       f"{before.train.epochs}): {' and '.join(spans)} now spans "
@@ -141,8 +147,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if "linear_residual" in mean:
         print(f"linear solve ({estimator_name}): residual {mean['linear_residual']:.2e} (mean)")
     if "hep_error" in mean:
-        print(f"hEP circle: Fourier coefficients fall at rate {mean['hep_decay_median']:.3f} per order "
-              f"(median; mean {mean['hep_decay']:.3f}), estimated error {100 * mean['hep_error']:.1f}%")
+        print("hEP circle: " + circle_summary(mean["hep_decay_median"], mean["hep_decay"], mean["hep_error"]))
     figures = {name: mean[key] for key, name in ESTIMATE_KEYS.items() if key in mean}
     figures.update(residual_mean=mean["residual"], nonconverged_fraction=mean["nonconverged"])
     problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None),
@@ -192,7 +197,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
     from . import build
     from .data import batches
-    from .diagnostics import diagnostics
+    from .diagnostics import describe, diagnostics
     from .gradcheck import build_specs, format_table, gradcheck, settle, to_json
     from .guards import NONCONVERGED_TOL
     from .train import unstack
@@ -241,7 +246,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
                    "updates, since the configured free phase does not settle")
     elif budget:
         source += f"; taken after diagnostics.free_steps = {budget} free updates"
-    print(format_table(result, diag, source=source))
+    print(format_table(result, diag, source=source, describe=describe))
     if diag.get("probe_nonconverged", 0.0) > 0:  # the biases are defined at a fixed point only
         where = (f"in diagnostics.free_steps = {budget}" if budget else
                  f"even relaxed on, up to {settle(solvers.free).steps} updates")

@@ -74,12 +74,39 @@ from .solvers import PhaseSolvers, settle
 
 PyTree = Any
 
-__all__ = ["diagnostics", "weight_angles", "jacobian_figures", "DIAGNOSTIC_KEYS"]
+__all__ = ["diagnostics", "weight_angles", "jacobian_figures", "DIAGNOSTIC_KEYS", "DIAGNOSTIC_HELP",
+           "describe"]
 
 #: the top-level keys :func:`diagnostics` may return (besides the per-pair and
 #: per-population ``angle/...`` and ``alignment/...``)
 DIAGNOSTIC_KEYS = ("angle", "jacobian_symmetry", "homeo_loss", "alignment", "cos_finite_nudge",
                    "cos_asymmetry", "cos_implicit", "probe_nonconverged", "probe_settled_on")
+
+#: what each key of :func:`diagnostics` measures and what its ends mean, one line each, for
+#: printed tables (``eqprop gradcheck``); a per-pair ``angle/<src>-<dst>`` or per-population
+#: ``alignment/<p>`` key is described by its base key (:func:`describe`)
+DIAGNOSTIC_HELP = {
+    "angle": "degrees between W and the transposed feedback B^T, mean over pairs (0: tied)",
+    "jacobian_symmetry": "||J_sym|| / (||J_sym|| + ||J_anti||) at the free state (1: symmetric)",
+    "homeo_loss": "||J - J^T||_F^2 / (2 neurons), what homeostasis lowers (0: symmetric)",
+    "alignment": "cosine of the error vector with recurrent backprop's delta (1: aligned)",
+    "cos_finite_nudge": "cosine of the estimate with exact-nudge's: finite-nudge bias (1: none)",
+    "cos_asymmetry": "cosine of exact-nudge's gradient with implicit's: asymmetry bias (1: none)",
+    "cos_implicit": "cosine of the estimate with the implicit gradient: both biases (1: none)",
+    "probe_nonconverged": f"fraction of the batch whose free phase ended above residual {NONCONVERGED_TOL:g}",
+    "probe_settled_on": "1: the batch was relaxed on past the training budget to settle; 0: not needed",
+}
+
+
+def describe(key: str) -> str:
+    """The line of :data:`DIAGNOSTIC_HELP` for ``key`` (``angle/h1-h2`` -> ``angle``'s,
+    for that pair; ``alignment/h1`` -> ``alignment``'s, for that population); ``""`` for
+    an unknown key."""
+    base, _, part = key.partition("/")
+    text = DIAGNOSTIC_HELP.get(base, "")
+    if part and text:
+        text = text.replace(", mean over pairs", "").split(" (")[0] + f", {'pair' if base == 'angle' else 'population'} {part}"
+    return text
 
 
 def weight_angles(model: EquilibriumModel) -> dict[str, float]:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_spec
-from .guards import NONCONVERGED_TOL, EqpropWarning, RelaxStats, estimate_problems
+from .guards import NONCONVERGED_TOL, EqpropWarning, RelaxStats, circle_summary, estimate_problems
 from .linear import DampedThenGMRES, linear_solver_name
 from .metrics import compare, cosine
 from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionModel
@@ -389,7 +389,8 @@ def _comparison_lines(result: Mapping[str, Any], specs: list[str], params: list[
 
 
 def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | None = None, *,
-                 source: str = "the configured estimator") -> str:
+                 source: str = "the configured estimator",
+                 describe: Callable[[str], str] | None = None) -> str:
     """A human-readable table of a :func:`gradcheck` result.
 
     **Arguments:**
@@ -397,7 +398,9 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
     - ``result``: what :func:`gradcheck` returns;
     - ``diagnostics``: the ``{key: float}`` of :func:`eqprop.diagnostics.diagnostics` on
       the same batch, listed after the table (default: none);
-    - ``source``: which estimator the diagnostics are of, named in their heading.
+    - ``source``: which estimator the diagnostics are of, named in their heading;
+    - ``describe``: ``key -> one line`` printed beside each diagnostic (e.g.
+      :func:`eqprop.diagnostics.describe`; default: none).
 
     **Returns:** the table as one string (no trailing newline).
     """
@@ -440,10 +443,11 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
                ", relaxed on from the estimators' free state, which is not a fixed point"
                if result["relaxation"].get("reference_problem") else
                f", relaxed from the start in {precision['reference']} with the settling budget, since the "
-               "estimators' free state is not a fixed point: each cosine is the estimate as it trains "
-               "against the gradient at the fixed point" if precision else
-               ", relaxed on from the estimators' free state, which is not a fixed point: each cosine is "
-               "the estimate as it trains against the gradient at the fixed point")
+               "estimators' free state is not a fixed point: each cosine compares the estimate as training "
+               "computes it (from that unsettled state) with the exact gradient at the fixed point" if precision else
+               ", relaxed on from the estimators' free state, which is not a fixed point: each cosine "
+               "compares the estimate as training computes it (from that unsettled state) with the exact "
+               "gradient at the fixed point")
         lines.append(f"reference's free phase{kind}: {ref_free['steps']} {unit}, residual max "
                      f"{ref_free['residual_max']:.2e} mean {ref_free['residual_mean']:.2e}{how}")
     solve = result["relaxation"].get("implicit_solve")
@@ -470,18 +474,19 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
         circ = result[s].get("circle")
         if circ:
             coef = " ".join(f"{c:.1e}" for c in circ["coefficients"])
-            lines.append(f"{s}: circle |beta| = {circ['beta']:g}, N = {circ['points']}: Fourier coefficients "
-                         f"||c_1..c_N|| {coef}; decay rate {circ['decay_rate_median']:.3f} per order "
-                         f"(median; mean {circ['decay_rate_mean']:.3f}, max {circ['decay_rate_max']:.3f}), "
-                         f"estimated error {100 * circ['error_mean']:.1f}% (the circle's truncation alone; "
-                         "unsettled nudged phases add their own)")
+            lines.append(f"{s}: circle |beta| = {circ['beta']:g}, N = {circ['points']}: ||c_1..c_N|| {coef}; "
+                         + circle_summary(circ["decay_rate_median"], circ["decay_rate_mean"],
+                                          circ["error_mean"], circ["decay_rate_max"])
+                         + "; compare rel.err above, which unsettled nudged phases also move")
         for problem in result[s].get("problems", []):
             lines.append(f"{s}: WARNING: {problem}")
     diag = {k: v for k, v in (diagnostics or {}).items() if isinstance(v, float)}
     if diag:
         lines += ["", f"asymmetry diagnostics ({source}; see eqprop.diagnostics):"]
         kw = max(len(k) for k in diag) + 2
-        lines += [f"  {k:<{kw}}{v:.6g}" for k, v in diag.items()]
+        # fixed decimals (a cosine of 0.9999995 is not printed as "1"), tiny ones in e-notation
+        num = lambda v: f"{v:.3e}" if v != 0 and not 1e-3 <= abs(v) < 1e4 else f"{v:.7f}"  # noqa: E731
+        lines += [(f"  {k:<{kw}}{num(v):<14}{describe(k) if describe else ''}").rstrip() for k, v in diag.items()]
     return "\n".join(lines)
 
 

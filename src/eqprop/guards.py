@@ -41,7 +41,7 @@ PyTree = Any
 
 __all__ = ["NONCONVERGED_TOL", "HEP_ERROR_LIMIT", "HEP_ERROR_TARGET", "RelaxStats", "Guards",
            "residual_norm", "nonfinite_populations", "stop_test", "EstimateWarning",
-           "estimate_problems", "hep_rate"]
+           "estimate_problems", "hep_rate", "circle_summary"]
 
 #: residual above which an example (or a (phase, example) pair) counts as not settled, in
 #: the metrics and the warnings (the solvers stop at their own ``tol``)
@@ -247,6 +247,29 @@ def hep_rate(figures: Mapping[str, Any]) -> tuple[float | None, bool]:
     return figures.get("hep_decay_mean"), False
 
 
+def circle_summary(rate_median: float, rate_mean: float, error_mean: float,
+                   rate_max: float | None = None) -> str:
+    """hEP's circle check in words, one clause, the same in ``eqprop gradcheck`` and
+    ``eqprop eval``: how the Fourier coefficients of ``a*(beta)`` change per order (a
+    factor below 1 is a decay, above 1 a growth) and the truncation error it implies.
+
+    **Arguments:** ``rate_median``, ``rate_mean``, ``rate_max``: the fitted factor per
+    order over the batch (:class:`eqprop.estimate.nudge.CircleDecay`); ``error_mean``:
+    the batch mean of ``min(rate^N, 1)``, a relative error (0.01 = 1%).
+
+    **Returns:** e.g. ``"Fourier coefficients fall by a factor 0.19 per order (median;
+    mean 0.19, max 0.2): estimated truncation error 4.7e-05 (relative)"``.
+    """
+    spread = f"median; mean {rate_mean:.3g}" + (f", max {rate_max:.3g}" if rate_max is not None else "")
+    if not rate_median < 1:
+        return (f"Fourier coefficients do not fall: they grow by a factor {rate_median:.3g} per order "
+                f"({spread}), so the circle's truncation error cannot be estimated (each such example "
+                f"counts as 1: mean {error_mean:.2g})")
+    return (f"Fourier coefficients fall by a factor {rate_median:.3g} per order ({spread}): estimated "
+            f"truncation error {error_mean:.2g} (relative, the batch mean of min(factor^N, 1); an order "
+            "of magnitude, not a measurement)")
+
+
 def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
                       free_residual: float | None = None, update: str | None = None,
                       linear_solver: str | None = None) -> list[str]:
@@ -317,9 +340,9 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
         radius = f"|beta| = {beta:g}" if beta is not None else "the nudge circle"
         out.append(
             "the Fourier coefficients of a*(beta) do not decay around the nudge circle"
-            + (f" (rate {rate:.3g} per order{' (median)' if median else ''}"
+            + (f" (factor {rate:.3g} per order{' (median)' if median else ''}"
                if rate is not None else " (")
-            + f", estimated error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%)"
+            + f", estimated truncation error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%)"
             + (": measured from an unsettled free state, which also moves a*(beta); settle the "
                "free phase before changing estimator.beta" if drifting else
                f": {radius} is not well inside the radius of convergence, and more points help "
