@@ -139,7 +139,7 @@ def weight_angles(model: EquilibriumModel) -> dict[str, float]:
 
 
 def _exact_figures(model, x, a, examples: int):
-    syms, antis, losses = [], [], []
+    syms, losses = [], []
     b = jax.tree.leaves(a)[0].shape[0]
     for i in range(min(examples, b)):
         j = explicit_jacobian(model, x, a, i)
