@@ -532,6 +532,36 @@ def test_a_reference_that_cannot_be_trusted_is_never_compared_with():
     assert "diverged" in reference_problem({**ok, "finite": False}, ok, True)
 
 
+def test_a_reference_whose_gradient_is_not_finite_withholds_every_cosine(monkeypatch):
+    """End to end, the one reason the unit test above cannot reach through a real solve:
+    the reference's linear solve converges but its gradient holds a NaN (injected into
+    one leaf): no cosine is reported, the reason is named, the relaxation lines stay."""
+    import eqprop.gradcheck as gc
+    original = gc.make_estimator
+
+    def poisoned(name, *args, **kwargs):
+        est = original(name, *args, **kwargs)
+        if name != "implicit":
+            return est
+
+        def reference(model, x, y, free, key):
+            g, info = est(model, x, y, free, key)
+            leaves, treedef = jax.tree.flatten(g)
+            leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
+            return jax.tree.unflatten(treedef, leaves), info
+        return reference
+
+    monkeypatch.setattr(gc, "make_estimator", poisoned)
+    s = setup(MODEL)
+    r = gc.gradcheck(s.model, s.x, s.y, {"hep": make_estimator("hep", EXACT)}, EXACT)
+    assert r["reference"] is None and r["relaxation"]["reference_problem"] == "its gradient is not finite"
+    assert r["relaxation"]["implicit_solve"]["residual_mean"] <= NONCONVERGED_TOL  # the solve converged
+    assert r["hep"]["finite"] is True and r["hep"]["total"]["cosine"] is None
+    table = gc.format_table(r)
+    assert "no cosine is reported" in table and "its gradient is not finite" in table
+    assert "\nfree phase: " in table and "reference's linear solve" in table and "0.000000" not in table
+
+
 def test_linear_and_nudged_advice_blames_an_unsettled_free_state_first():
     """The advice of a failed linear solve or nudged phase fits the settings in force:
     no GMRES advice where GMRES runs; and when the free state they start from is not a
