@@ -58,6 +58,21 @@ def test_train_writes_run(run_dir):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
+def test_the_summary_says_where_the_wall_time_went(run_dir):
+    """The total time holds evaluation and compiling: a review read 69 s as training when
+    56 of them were the test set's evaluation; the summary names those parts."""
+    from eqprop.train import RunDir
+    from eqprop.train.summary import format_summary
+
+    s = json.loads((run_dir / "summary.json").read_text())
+    records = RunDir(run_dir).read_metrics()
+    assert s["eval_seconds"] == pytest.approx(sum(r["eval_seconds"] for r in records))
+    assert 0 < s["eval_seconds"] + s["compile_seconds"] <= s["train_seconds"]
+    line = next(ln for ln in format_summary(s).splitlines() if ln.startswith("time"))
+    assert f"(of which evaluation {s['eval_seconds']:.1f} s, compiling {s['compile_seconds']:.1f} s)" in line
+    assert "ms/batch" in line
+
+
 def test_train_set_and_epochs(tiny_config, tmp_path):
     out = tmp_path / "r"
     code = main(["train", str(tiny_config), "--set", "optim.lr=0.05", "--epochs", "1",

@@ -467,6 +467,9 @@ def test_the_hep_warning_quotes_the_median_rate():
     del figures["hep_decay_median"]  # a record written before the median: the mean, unlabelled
     (problem,) = estimate_problems(figures, beta=0.5)
     assert "(factor 612 per order, estimated truncation error 89%" in problem
+    # just above the limit, with the digits that show it is above (not "10% > 10%")
+    (problem,) = estimate_problems({"hep_error_mean": 0.1004, "hep_decay_median": 0.32}, beta=0.5)
+    assert "estimated truncation error 10.04% > 10%" in problem
 
 
 def test_the_free_phase_advice_fits_the_update_and_the_epoch_line_shows_its_residual(unsettled):

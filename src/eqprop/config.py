@@ -648,7 +648,7 @@ def _v_string_array(where: str, spec: FieldSpec, value: Any) -> tuple[str, ...]:
     choices = spec.allowed_choices()
     out = tuple(_expect_str(f"{where}[{i}]", v, choices) for i, v in enumerate(items))
     if len(out) < spec.min_len:
-        raise ConfigError(f"{where}: needs at least {spec.min_len} entries, got {len(out)}")
+        raise ConfigError(f"{where}: needs at least {spec.min_len} {'entry' if spec.min_len == 1 else 'entries'}, got {len(out)}")
     return out
 
 
@@ -679,7 +679,7 @@ def _v_int_array(where: str, spec: FieldSpec, value: Any) -> tuple[int, ...]:
     items = _expect_list(where, value)
     out = tuple(_expect_int(f"{where}[{i}]", v, spec.bounds) for i, v in enumerate(items))
     if len(out) < spec.min_len:
-        raise ConfigError(f"{where}: needs at least {spec.min_len} entries, got {len(out)}")
+        raise ConfigError(f"{where}: needs at least {spec.min_len} {'entry' if spec.min_len == 1 else 'entries'}, got {len(out)}")
     return out
 
 

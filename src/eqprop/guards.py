@@ -247,6 +247,16 @@ def hep_rate(figures: Mapping[str, Any]) -> tuple[float | None, bool]:
     return figures.get("hep_decay_mean"), False
 
 
+def _percent(value: float, limit: float) -> str:
+    """``value`` as a percentage with as many digits as it takes to differ from ``limit``'s
+    (a review read "10% > 10%" for 0.1004)."""
+    for digits in range(0, 4):
+        text = f"{100 * value:.{digits}f}"
+        if float(text) != 100 * limit:
+            return text + "%"
+    return f"{100 * value:.4g}%"
+
+
 def circle_summary(rate_median: float, rate_mean: float, error_mean: float,
                    rate_max: float | None = None) -> str:
     """hEP's circle check in words, one clause, the same in ``eqprop gradcheck`` and
@@ -342,7 +352,7 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
             "the Fourier coefficients of a*(beta) do not decay around the nudge circle"
             + (f" (factor {rate:.3g} per order{' (median)' if median else ''}"
                if rate is not None else " (")
-            + f", estimated truncation error {100 * err:.0f}% > {100 * HEP_ERROR_LIMIT:g}%)"
+            + f", estimated truncation error {_percent(err, HEP_ERROR_LIMIT)} > {100 * HEP_ERROR_LIMIT:g}%)"
             + (": measured from an unsettled free state, which also moves a*(beta); settle the "
                "free phase before changing estimator.beta" if drifting else
                f": {radius} is not well inside the radius of convergence, and more points help "

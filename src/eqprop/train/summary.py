@@ -21,6 +21,11 @@ def setting_fields(config: Config) -> dict[str, Any]:
             "evaluated_on": "validation" if config.data.validation > 0 else "test"}
 
 
+#: the parts of a run's wall time the summary names beside the batches (record key: words)
+PARTS = {"eval_seconds": "evaluation", "diagnostics_seconds": "diagnostics",
+         "compile_seconds": "compiling"}
+
+
 def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | None,
               best_epoch: int | None, train_seconds: float,
               message: str | None = None, layout: str | None = None) -> dict[str, Any]:
@@ -35,7 +40,9 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
     **Returns:** ``run_dir``, ``status``, ``epochs``, ``epochs_planned``, ``seeds``,
     ``data``, ``estimator``, ``final_test_acc``, ``final_test_loss``,
     ``final_train_acc``, ``best_test_acc``, ``best_epoch``, ``train_seconds``,
-    ``ms_per_batch`` (median over epochs), ``layout`` (when given), and when evaluated
+    ``ms_per_batch`` (median over epochs), ``eval_seconds``, ``diagnostics_seconds`` and
+    ``compile_seconds`` (summed over the epochs: parts of ``train_seconds`` that are not
+    the batches' steps), ``layout`` (when given), and when evaluated
     ``final_test_acc_per_seed``, ``final_test_acc_mean``, ``final_test_acc_std``.
     """
     records = run.read_metrics()
@@ -52,6 +59,8 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
         "best_test_acc": best_acc, "best_epoch": best_epoch,
         "train_seconds": train_seconds,
         "ms_per_batch": float(np.median(ms)) if ms else None,
+        # where the wall time went besides the batches (a review read the total as training)
+        **{key: float(sum(r.get(key) or 0.0 for r in records)) for key in PARTS},
     }
     if layout is not None:
         out["layout"] = layout
@@ -85,6 +94,8 @@ def format_summary(s: dict[str, Any]) -> str:
              + (f" ± {pct(s['final_train_acc_std'])} over {s['seeds']} seeds"
                 if s["seeds"] > 1 and s.get("final_train_acc_std") is not None else ""),
              f"time       {s['train_seconds']:.1f} s"
+             + (f" (of which {', '.join(f'{PARTS[k]} {s[k]:.1f} s' for k in PARTS if s.get(k))})"
+                if any(s.get(k) for k in PARTS) else "")
              + (f", {s['ms_per_batch']:.1f} ms/batch" if s["ms_per_batch"] else "")
              + (f" on {s['layout']}" if s.get("layout") else "")]
     if s.get("message"):
