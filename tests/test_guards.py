@@ -660,3 +660,21 @@ def test_the_circle_summary_says_fall_or_grow_and_keeps_small_errors_visible():
     text = circle_summary(19.4, 201.6, 1.0)
     assert "do not fall: they grow by a factor 19.4 per order (median; mean 202)" in text
     assert "cannot be estimated" in text and "estimated truncation error" not in text
+
+
+def test_low_precision_advice_names_the_rounding_floor():
+    """In bfloat16 a review raised nudged_steps 5x and the residual stayed at 1.6e-3 (its
+    products' rounding floor; float32: 1.8e-5): the advice says more steps may not help
+    and how to check; float32 and unknown dtypes keep the plain advice."""
+    figures = {"nudged_residual_mean": 1.6e-3, "residual_mean": 2e-3}
+    for dtype, roundoff in (("bfloat16", "3.9e-03"), ("float16", "4.9e-04")):
+        free, nudged = estimate_problems({"residual_mean": 2e-3}, compute_dtype=dtype, update="alternating") + \
+            estimate_problems({"nudged_residual_mean": 1.6e-3}, compute_dtype=dtype)
+        for text in (free, nudged):
+            assert f"in {dtype} compute (unit roundoff {roundoff}) this can be the rounding floor" in text
+            assert "model.compute_dtype='\"float32\"'" in text
+    for dtype in ("float32", None):
+        assert not any("rounding floor" in p for p in estimate_problems(figures, compute_dtype=dtype))
+    # from an unsettled free state the nudged sentence defers to the free one, which names it once
+    both = estimate_problems(figures, compute_dtype="bfloat16")
+    assert sum("rounding floor" in p for p in both) == 1 and "settle the free phase first" in both[1]

@@ -152,7 +152,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     figures.update(residual_mean=mean["residual"], nonconverged_fraction=mean["nonconverged"])
     problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None),
                                  update=program.solvers.free.update,
-                                 linear_solver=config.dynamics.linear_solver)
+                                 linear_solver=config.dynamics.linear_solver,
+                                 compute_dtype=getattr(config.model, "compute_dtype", None))
     if problems:
         warnings.warn("; ".join(problems), EstimateWarning, stacklevel=2)
     return EXIT_OK

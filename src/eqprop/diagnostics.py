@@ -90,9 +90,9 @@ DIAGNOSTIC_HELP = {
     "jacobian_symmetry": "||J_sym|| / (||J_sym|| + ||J_anti||) at the free state (1: symmetric)",
     "homeo_loss": "||J - J^T||_F^2 / (2 neurons), what homeostasis lowers (0: symmetric)",
     "alignment": "cosine of the error vector with recurrent backprop's delta (1: aligned)",
-    "cos_finite_nudge": "cosine of the estimate with exact-nudge's: finite-nudge bias (1: none)",
-    "cos_asymmetry": "cosine of exact-nudge's gradient with implicit's: asymmetry bias (1: none)",
-    "cos_implicit": "cosine of the estimate with the implicit gradient: both biases (1: none)",
+    "cos_finite_nudge": "cosine of the estimate with exact-nudge's: finite-nudge bias (1: none)*",
+    "cos_asymmetry": "cosine of exact-nudge's gradient with implicit's: asymmetry bias (1: none)*",
+    "cos_implicit": "cosine of the estimate with the implicit gradient: both biases (1: none)*",
     "probe_nonconverged": f"fraction of the batch whose free phase ended above residual {NONCONVERGED_TOL:g}",
     "probe_settled_on": "1: the batch was relaxed on past the training budget to settle; 0: not needed",
 }

@@ -76,13 +76,14 @@ def _circle(decay: CircleDecay | None) -> dict[str, Any] | None:
     }
 
 
-def _problems(entry: Mapping[str, Any], free: Mapping[str, Any], linear_solver: str | None) -> list[str]:
+def _problems(entry: Mapping[str, Any], free: Mapping[str, Any], linear_solver: str | None,
+              compute_dtype: str | None = None) -> list[str]:
     """:func:`~eqprop.guards.estimate_problems` of one estimator's entry, taken from the
     free phase ``free`` (its STATS: reported once, apart; but a free state with any
     example above :data:`~eqprop.guards.NONCONVERGED_TOL`, the test that makes the
     reference settle on, also moves hEP's circle and the nudged phases and linear solves
     started from it, and the advice then says so first), with ``linear_solver`` the
-    registered name of the estimator's linear solver."""
+    registered name of the estimator's linear solver and ``compute_dtype`` the model's."""
     ph, lin, circ = entry.get("phases"), entry.get("linear"), entry.get("circle")
     figures = {
         "nudged_residual_mean": ph and ph["residual_mean"],
@@ -94,12 +95,34 @@ def _problems(entry: Mapping[str, Any], free: Mapping[str, Any], linear_solver: 
         "hep_beta_suggested": circ and circ["beta_suggested"],
     }
     out = estimate_problems(figures, beta=circ and circ["beta"], free_residual=free["residual_max"],
-                            linear_solver=linear_solver)
+                            linear_solver=linear_solver, compute_dtype=compute_dtype)
     if not entry["finite"]:
         out.insert(0, "its gradient is not finite (a nudged phase or linear solve diverged"
                    + (", started from a free state that is not a fixed point" if not free["residual_max"] <=
                       NONCONVERGED_TOL else "") + "): no cosine")
     return out
+
+
+#: a per-parameter cosine below this, under a total cosine at or above
+#: :data:`HIDDEN_TOTAL`, is named (:func:`_hidden_parameters`)
+HIDDEN_BELOW, HIDDEN_TOTAL = 0.9, 0.99
+
+
+def _hidden_parameters(entry: Mapping[str, Any]) -> str | None:
+    """A sentence naming the parameters whose cosine is below :data:`HIDDEN_BELOW` while the
+    total is at or above :data:`HIDDEN_TOTAL` (the total weighs each parameter by the size of
+    its gradient: a large, exact readout gradient can hide a layer whose estimate is poor;
+    a review read a total of 0.998 over a first-layer kernel at 0.19), or ``None``."""
+    total = entry.get("total", {}).get("cosine")
+    if total is None or not total >= HIDDEN_TOTAL:
+        return None
+    poor = sorted((q["cosine"], name) for name, q in entry.get("parameters", {}).items()
+                  if q.get("cosine") is not None and q["cosine"] < HIDDEN_BELOW)
+    if not poor:
+        return None
+    listed = ", ".join(f"{name} {c:.3f}" for c, name in poor)
+    return (f"the total cosine {total:.4f} hides {listed}: it weighs each parameter by its "
+            "gradient's size (the per-parameter table has each)")
 
 
 def _no_comparison(entry: dict[str, Any]) -> None:
@@ -245,7 +268,8 @@ def gradcheck(
         entry["phases"] = _stats(info.phases)
         entry["linear"] = _stats(info.linear)
         entry["circle"] = _circle(info.circle)
-        entry["problems"] = _problems(entry, free_stats, linear_solver_name(getattr(est, "linear", None)))
+        entry["problems"] = _problems(entry, free_stats, linear_solver_name(getattr(est, "linear", None)),
+                                      getattr(model, "compute_dtype", None))
         if not entry["finite"]:
             _no_comparison(entry)
         out[spec] = entry
@@ -253,7 +277,12 @@ def gradcheck(
     if clipped or untrusted:  # no reference: no comparison either, only the phases' figures
         for spec in estimators:
             _no_comparison(out[spec])
-    problems = estimate_problems(free_stats, update=solvers.free.update)
+    for spec in estimators:
+        hidden = _hidden_parameters(out[spec])
+        if hidden:
+            out[spec]["problems"].append(hidden)
+    problems = estimate_problems(free_stats, update=solvers.free.update,
+                                 compute_dtype=getattr(model, "compute_dtype", None))
     if not problems and settled is not None:  # the mean is within the tolerance, some examples are not
         problems.append(f"{100 * free_stats['nonconverged_fraction']:.0f}% of the examples did not "
                         f"converge (residual max {free_stats['residual_max']:.3g} > {NONCONVERGED_TOL:g}, "
@@ -487,6 +516,9 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
         # fixed decimals (a cosine of 0.9999995 is not printed as "1"), tiny ones in e-notation
         num = lambda v: f"{v:.3e}" if v != 0 and not 1e-3 <= abs(v) < 1e4 else f"{v:.7f}"  # noqa: E731
         lines += [(f"  {k:<{kw}}{num(v):<14}{describe(k) if describe else ''}").rstrip() for k, v in diag.items()]
+        if describe and any(describe(k).endswith("*") for k in diag):
+            lines.append("  * over the recurrent parameters: the readout, whose gradient every estimator "
+                         "has exactly, is left out, so these can be lower than the table's totals")
     return "\n".join(lines)
 
 

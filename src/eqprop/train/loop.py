@@ -250,7 +250,8 @@ class _Trainer:
                   + (f", {ms:.1f} ms/batch" if ms is not None else ""))
         problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None),
                                      update=p.solvers.free.update,
-                                     linear_solver=self.config.dynamics.linear_solver)
+                                     linear_solver=self.config.dynamics.linear_solver,
+                                     compute_dtype=getattr(self.config.model, "compute_dtype", None))
         if problems:  # once per epoch, every figure at fault in one message
             warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
 
