@@ -399,6 +399,29 @@ def test_a_circle_well_inside_the_radius_decays():
     assert estimate_problems(figures, beta=0.05) == []
 
 
+def test_the_estimated_error_does_not_grow_with_points_at_the_rounding_floor():
+    """At a small radius the high orders fall below the rounding floor; they are left out
+    of the fitted line, so more points never raise the estimated error (a review saw
+    N = 6 estimated above N = 2 while measured 700x below)."""
+    s = setup(MODEL)
+    errors, floored = [], []
+    for n in (2, 4, 8):
+        _, decay, _ = _circle(s.model, s.free, s.y, 0.01, n)
+        floor = 64 * np.finfo(np.float64).eps * (1 + np.asarray(residual_norm(s.model.activity(s.free.u))))
+        floored.append(bool(np.any(np.asarray(decay.norms) < floor)))
+        errors.append(float(decay.error_mean()))
+    assert floored == [False, False, True]  # the case: N = 8 reaches the floor
+    assert errors[2] <= errors[1] <= errors[0] and errors[1] < 1e-6
+    # the fit itself: orders at the floor are left out where two or more are above it
+    from eqprop.estimate.nudge import fitted_rate
+    norms = jnp.array([[1e-1], [1e-3], [1e-5], [1e-7], [1e-7], [1e-7]])
+    floor = jnp.array([1e-6])
+    assert float(fitted_rate(norms, floor)[0]) == pytest.approx(1e-2, rel=1e-6)  # not ~0.1 (flattened)
+    assert float(fitted_rate(norms[:2], floor)[0]) == pytest.approx(1e-2, rel=1e-6)
+    assert float(fitted_rate(jnp.array([[1e-1], [1e-8]]), floor)[0]) == pytest.approx(1e-5, rel=1e-6)
+    assert float(fitted_rate(jnp.array([[1e-8], [1e-8]]), floor)[0]) == 0.0  # nothing resolved
+
+
 @pytest.mark.parametrize("points", [4, 8])
 def test_a_circle_beyond_the_radius_is_flagged_although_every_phase_converged(points):
     """|beta| = 5 on this network: every nudged phase converges, the estimate is wrong,

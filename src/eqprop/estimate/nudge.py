@@ -237,9 +237,10 @@ def circle_decay(model: EquilibriumModel, free: FreePhase, states: dict, beta: f
     ``log ||c_m||``, ``m = 1 .. N`` (for ``N = 2``: ``||c_2|| / ||c_1||``); a fitted rate
     rather than the ratio of two coefficients, so that one coefficient that happens to
     be small (a Taylor coefficient near zero) does not pass for decay. A coefficient
-    below the rounding floor (``64`` rounding units of ``1 + ||a(0)||``) counts at the
-    floor, and an example whose coefficients are all below it has rate ``0`` (nothing to
-    resolve).
+    below the rounding floor (``64`` rounding units of ``1 + ||a(0)||``) is left out of the
+    line where at least two orders are above it (it would flatten the line, and the
+    estimated error would grow with ``N``), and counts at the floor otherwise; an example
+    whose coefficients are all below it has rate ``0`` (nothing to resolve).
     Phases stopped before convergence need no floor: a truncated relaxation is itself a
     holomorphic function of ``beta``, whose coefficients these are (their residual is
     reported, and warned about, apart).
@@ -276,12 +277,37 @@ def circle_decay(model: EquilibriumModel, free: FreePhase, states: dict, beta: f
     norms = residual_norm(c, batch_ndim=2)  # (N, B)
     eps = jnp.finfo(norms.dtype).eps
     floor = 64 * eps * (1 + residual_norm(a0))  # (B,): rounding in a(beta_k) - a(0)
+    return CircleDecay(norms=norms, rate=fitted_rate(norms, floor), beta=float(beta), points=n)
+
+
+def fitted_rate(norms: Array, floor: Array) -> Array:
+    """The geometric rate per order of coefficient norms, per example (:func:`circle_decay`).
+
+    ``exp(slope)`` of the least-squares line through ``log ||c_m||`` over the orders
+    ``m = 1 .. N`` above ``floor``, where there are at least two: orders at the floor would
+    flatten the line and raise the estimated error as ``N`` grows (a review: N = 6
+    estimated at 5.4e-4 against N = 2 at 5.1e-4, measured 1.3e-6 and 8.7e-4). With fewer,
+    the line through every order, those below the floor counted at it; ``0`` where none is
+    above it.
+
+    **Arguments:** ``norms``: ``(N, B)``; ``floor``: ``(B,)``.
+
+    **Returns:** ``(B,)``.
+    """
+    n = norms.shape[0]
+    orders = jnp.arange(1, n + 1, dtype=norms.dtype)[:, None]
     resolved = norms > floor
     logs = jnp.log(jnp.maximum(norms, floor))
-    m = jnp.asarray(orders - orders.mean(), logs.dtype)[:, None]
-    slope = jnp.sum(m * (logs - jnp.mean(logs, axis=0)), axis=0) / jnp.sum(m ** 2)
-    rate = jnp.where(jnp.any(resolved, axis=0), jnp.exp(slope), 0.0)
-    return CircleDecay(norms=norms, rate=rate, beta=float(beta), points=n)
+
+    def slope(w):  # weighted least squares, w (N, B) of 0/1
+        count = jnp.maximum(jnp.sum(w, axis=0), 1)
+        m = orders - jnp.sum(w * orders, axis=0) / count
+        centred = logs - jnp.sum(w * logs, axis=0) / count
+        return jnp.sum(w * m * centred, axis=0) / jnp.maximum(jnp.sum(w * m ** 2, axis=0), 1e-30)
+
+    w = resolved.astype(norms.dtype)
+    s = jnp.where(jnp.sum(w, axis=0) >= 2, slope(w), slope(jnp.ones_like(w)))
+    return jnp.where(jnp.any(resolved, axis=0), jnp.exp(s), 0.0)
 
 
 class HolomorphicEP(Estimator):
