@@ -387,6 +387,10 @@ def test_a_state_off_its_fixed_point_is_not_certified():
     m2 = Bent(C=m.C, U=m.U, readout=m.readout)  # no contraction bound to fall back on
     r = st.certify(m2, X2, u, dt=1.0)
     assert not r["certified"] and "not at a fixed point" in r["reason"]
+    # and that its figures are not a verdict on the fixed point (a review read rho 1.28 at
+    # unsettled states as an unstable sweep), with what to do
+    assert "say nothing about a fixed point's stability" in r["reason"]
+    assert "--set dynamics.free_steps=N" in r["reason"]
     assert r["why"] == "3/3 not settled"
     # the table says why on the seed's own row, and the long reason below it
     table = st.format_table({"target": "t", "model": "Bent", "dt": 1.0, "examples": 3,

@@ -592,7 +592,10 @@ def certify(model: EquilibriumModel, x: Array, u: PyTree, *, dt: float,
     margins["spectral"] = 1.0 - float(np.max(rho))
     out["projected"] = None
     unsettled = (f"{int((~at_fp).sum())} of {batch} examples not at a fixed point (residual "
-                 f"{_fmt(float(np.max(res)))} > residual_tol {s.residual_tol:g})")
+                 f"{_fmt(float(np.max(res)))} > residual_tol {s.residual_tol:g}): the figures above are "
+                 "taken at those states and say nothing about a fixed point's stability (a rho above 1 "
+                 "there does not mean the fixed point is unstable); relax them to one first with a "
+                 "larger --set dynamics.free_steps=N")
     short_unsettled = f"{int((~at_fp).sum())}/{batch} not settled"
     if isinstance(model, BoxProjectedModel):
         method = "projected"
