@@ -58,6 +58,16 @@ def test_train_writes_run(run_dir):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
+def test_eval_on_the_first_examples_of_a_split(run_dir, capsys):
+    """A quick look: ``--examples N`` evaluates the first N examples and says so (a review
+    waited 2.5 minutes for a full test set with no way to shrink it)."""
+    assert main(["eval", str(run_dir), "--examples", "7"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "the first 7 of " in head and head.endswith(" examples")
+    assert main(["eval", str(run_dir), "--examples", "0"]) == 2
+    assert "--examples: an integer >= 1, got 0" in capsys.readouterr().err
+
+
 def test_the_summary_says_where_the_wall_time_went(run_dir):
     """The total time holds evaluation and compiling: a review read 69 s as training when
     56 of them were the test set's evaluation; the summary names those parts."""

@@ -103,6 +103,17 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (one line naming the value otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1, got {value}")
+    return value
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -114,6 +125,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     estimator_name = program.estimator.name
     ds = program.dataset
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
+    first = ""
+    if args.examples is not None and args.examples < len(y):  # a quick look: the first N
+        x, y, first = x[:args.examples], y[:args.examples], f"the first {args.examples} of "
     m = evaluate(program, model, x, y, estimate=True)
     top5 = ds.n_classes > 10
     at = f"epoch {meta.get('epoch')}"
@@ -123,7 +137,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.split == "test" and config.data.validation > 0:
         split = (f"validation split (held out of the training set, data.validation = "
                  f"{config.data.validation:g}; --set data.validation=0 for the test set)")
-    print(f"{args.run_dir}: checkpoint {args.checkpoint} ({at}), {ds.name} {split}, {len(y)} examples")
+    print(f"{args.run_dir}: checkpoint {args.checkpoint} ({at}), {ds.name} {split}, {first}"
+          f"{len(y) if not first else len(ds.y_test if args.split == 'test' else ds.y_train)} examples")
     rows = [("mean", {k: float(np.mean(v)) for k, v in m.items()})]
     if program.seeds > 1:
         rows = [(f"seed {i}", {k: float(v[i]) for k, v in m.items()})
@@ -433,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p, on_run=True)
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--examples", type=_at_least_one, default=None, metavar="N",
+                   help="evaluate the first N examples of the split only (a quick look; "
+                   "default: all)")
     _add_plugin(p, _RECORDED)
     p.set_defaults(func=_cmd_eval)
 
