@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import eqprop
@@ -181,3 +182,8 @@ def test_cosine_of_a_non_finite_array_is_nan_never_a_number_that_reads_as_orthog
     assert cosine(a, 2 * a) == pytest.approx(1.0)
     for bad in (jnp.nan, jnp.inf):
         assert math.isnan(cosine(a, a.at[1].set(bad))) and math.isnan(cosine(a.at[0].set(bad), a))
+    # never outside [-1, 1] from rounding (a review read cos_asymmetry 1.0000002)
+    from eqprop.metrics import example_cosines
+    v = jnp.asarray(np.random.default_rng(0).normal(size=(64, 257)), jnp.float32) * 1e3
+    assert all(-1.0 <= cosine(v[i], v[i]) <= 1.0 and -1.0 <= cosine(v[i], -v[i]) for i in range(64))
+    assert float(jnp.max(example_cosines(v, v))) <= 1.0 and float(jnp.min(example_cosines(v, -v))) >= -1.0

@@ -683,6 +683,9 @@ def test_the_circle_summary_says_fall_or_grow_and_keeps_small_errors_visible():
     text = circle_summary(19.4, 201.6, 1.0)
     assert "do not fall: they grow by a factor 19.4 per order (median; mean 202)" in text
     assert "cannot be estimated" in text and "estimated truncation error" not in text
+    # with two points the estimate rests on one ratio: said (a review: 2.1e-3 against 3.3e-2)
+    assert "c_2/c_1 alone" in circle_summary(0.05, 0.05, 0.0025, points=2)
+    assert "c_2/c_1" not in circle_summary(0.05, 0.05, 0.0025 ** 2, points=4)
 
 
 def test_low_precision_advice_names_the_rounding_floor():

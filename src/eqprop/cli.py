@@ -162,7 +162,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if "linear_residual" in mean:
         print(f"linear solve ({estimator_name}): residual {mean['linear_residual']:.2e} (mean)")
     if "hep_error" in mean:
-        print("hEP circle: " + circle_summary(mean["hep_decay_median"], mean["hep_decay"], mean["hep_error"]))
+        print("hEP circle: " + circle_summary(mean["hep_decay_median"], mean["hep_decay"], mean["hep_error"],
+                                              points=getattr(program.estimator, "points", None)))
     figures = {name: mean[key] for key, name in ESTIMATE_KEYS.items() if key in mean}
     figures.update(residual_mean=mean["residual"], nonconverged_fraction=mean["nonconverged"])
     problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None),

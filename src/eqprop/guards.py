@@ -258,14 +258,17 @@ def _percent(value: float, limit: float) -> str:
 
 
 def circle_summary(rate_median: float, rate_mean: float, error_mean: float,
-                   rate_max: float | None = None) -> str:
+                   rate_max: float | None = None, points: int | None = None) -> str:
     """hEP's circle check in words, one clause, the same in ``eqprop gradcheck`` and
     ``eqprop eval``: how the Fourier coefficients of ``a*(beta)`` change per order (a
     factor below 1 is a decay, above 1 a growth) and the truncation error it implies.
 
     **Arguments:** ``rate_median``, ``rate_mean``, ``rate_max``: the fitted factor per
     order over the batch (:class:`eqprop.estimate.nudge.CircleDecay`); ``error_mean``:
-    the batch mean of ``min(rate^N, 1)``, a relative error (0.01 = 1%).
+    the batch mean of ``min(rate^N, 1)``, a relative error (0.01 = 1%); ``points``: ``N``,
+    whose value ``2`` adds that the estimate then rests on one ratio, ``c_2 / c_1``, while
+    the error is set by ``c_3``, which the circle does not resolve (a review: 2.1e-3
+    estimated, 3.3e-2 measured on a trained digits net).
 
     **Returns:** e.g. ``"Fourier coefficients fall by a factor 0.19 per order (median;
     mean 0.19, max 0.2): estimated truncation error 4.7e-05 (relative)"``.
@@ -275,9 +278,11 @@ def circle_summary(rate_median: float, rate_mean: float, error_mean: float,
         return (f"Fourier coefficients do not fall: they grow by a factor {rate_median:.3g} per order "
                 f"({spread}), so the circle's truncation error cannot be estimated (each such example "
                 f"counts as 1: mean {error_mean:.2g})")
+    caveat = ("; with N = 2 it rests on c_2/c_1 alone while the error is set by c_3, which two "
+              "points do not resolve, so it can be off by 10x or more" if points == 2 else "")
     return (f"Fourier coefficients fall by a factor {rate_median:.3g} per order ({spread}): estimated "
             f"truncation error {error_mean:.2g} (relative, the batch mean of min(factor^N, 1); an order "
-            "of magnitude, not a measurement)")
+            f"of magnitude, not a measurement{caveat})")
 
 
 def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
