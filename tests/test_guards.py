@@ -486,10 +486,10 @@ def test_the_hep_warning_quotes_the_median_rate():
     figures = {"hep_decay_mean": 612.0, "hep_decay_median": 1.5, "hep_error_mean": 0.89,
                "hep_beta_suggested": 0.01}
     (problem,) = estimate_problems(figures, beta=0.5)
-    assert "(factor 1.5 per order (median), estimated truncation error 89%" in problem and "612" not in problem
+    assert "(each order 1.5x the last (median), estimated truncation error 89%" in problem and "612" not in problem
     del figures["hep_decay_median"]  # a record written before the median: the mean, unlabelled
     (problem,) = estimate_problems(figures, beta=0.5)
-    assert "(factor 612 per order, estimated truncation error 89%" in problem
+    assert "(each order 612x the last, estimated truncation error 89%" in problem
     # just above the limit, with the digits that show it is above (not "10% > 10%")
     (problem,) = estimate_problems({"hep_error_mean": 0.1004, "hep_decay_median": 0.32}, beta=0.5)
     assert "estimated truncation error 10.04% > 10%" in problem
@@ -677,11 +677,11 @@ def test_the_circle_summary_says_fall_or_grow_and_keeps_small_errors_visible():
     # a decay: the truncation error of N = 6 at factor 0.19 is ~5e-5, printed as such
     # (a percentage with one decimal printed 0.0% beside a measured 1.5e-4)
     text = circle_summary(0.19, 0.2, 0.19 ** 6, 0.21)
-    assert "fall by a factor 0.19 per order (median; mean 0.2, max 0.21)" in text
+    assert "fall: each order is 0.19x the last (median; mean 0.2, max 0.21)" in text
     assert "estimated truncation error 4.7e-05" in text and "grow" not in text
     # a growth: never called a "decay rate", no truncation error claimed
     text = circle_summary(19.4, 201.6, 1.0)
-    assert "do not fall: they grow by a factor 19.4 per order (median; mean 202)" in text
+    assert "do not fall: each order is 19.4x the last (median; mean 202)" in text
     assert "cannot be estimated" in text and "estimated truncation error" not in text
     # with two points the estimate rests on one ratio: said (a review: 2.1e-3 against 3.3e-2)
     assert "c_2/c_1 alone" in circle_summary(0.05, 0.05, 0.0025, points=2)

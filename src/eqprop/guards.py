@@ -270,17 +270,17 @@ def circle_summary(rate_median: float, rate_mean: float, error_mean: float,
     the error is set by ``c_3``, which the circle does not resolve (a review: 2.1e-3
     estimated, 3.3e-2 measured on a trained digits net).
 
-    **Returns:** e.g. ``"Fourier coefficients fall by a factor 0.19 per order (median;
-    mean 0.19, max 0.2): estimated truncation error 4.7e-05 (relative)"``.
+    **Returns:** e.g. ``"Fourier coefficients fall: each order is 0.19x the last (median;
+    mean 0.19, max 0.2): estimated truncation error 4.7e-05 (relative, ...)"``.
     """
     spread = f"median; mean {rate_mean:.3g}" + (f", max {rate_max:.3g}" if rate_max is not None else "")
     if not rate_median < 1:
-        return (f"Fourier coefficients do not fall: they grow by a factor {rate_median:.3g} per order "
+        return (f"Fourier coefficients do not fall: each order is {rate_median:.3g}x the last "
                 f"({spread}), so the circle's truncation error cannot be estimated (each such example "
                 f"counts as 1: mean {error_mean:.2g})")
     caveat = ("; with N = 2 it rests on c_2/c_1 alone while the error is set by c_3, which two "
               "points do not resolve, so it can be off by 10x or more" if points == 2 else "")
-    return (f"Fourier coefficients fall by a factor {rate_median:.3g} per order ({spread}): estimated "
+    return (f"Fourier coefficients fall: each order is {rate_median:.3g}x the last ({spread}): estimated "
             f"truncation error {error_mean:.2g} (relative, the batch mean of min(factor^N, 1); an order "
             f"of magnitude, not a measurement{caveat})")
 
@@ -362,7 +362,7 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
         radius = f"|beta| = {beta:g}" if beta is not None else "the nudge circle"
         out.append(
             "the Fourier coefficients of a*(beta) do not decay around the nudge circle"
-            + (f" (factor {rate:.3g} per order{' (median)' if median else ''}"
+            + (f" (each order {rate:.3g}x the last{' (median)' if median else ''}"
                if rate is not None else " (")
             + f", estimated truncation error {_percent(err, HEP_ERROR_LIMIT)} > {100 * HEP_ERROR_LIMIT:g}%)"
             + (": measured from an unsettled free state, which also moves a*(beta); settle the "

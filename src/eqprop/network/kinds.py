@@ -78,7 +78,8 @@ class DenseKind(ModelKind):
     nonzero angle with tied feedback.
     """
 
-    feedback: str = setting("tied", "Feedback weights tied to (or independent of) feedforward.",
+    feedback: str = setting("tied", "Feedback weights tied to (or independent of) feedforward; untied ones "
+                            "start at asymmetry_angle (default 0: a copy) and are trained on their own.",
                             choices=FEEDBACKS)
     asymmetry_angle: float = setting(
         0.0, "Angle in degrees between feedback and transposed feedforward weights (untied only).",
@@ -224,7 +225,8 @@ class Conv(ModelKind):
                                bounds=POSITIVE_INT)
     pool_temperature: float = setting(1.0, "Temperature of the softmax pooling.", bounds=POSITIVE)
     feedback: str = setting("tied", "Feedback tied to (the VJP of) the forward maps, or independent "
-                            "kernels.", choices=FEEDBACKS)
+                            "kernels that start at asymmetry_angle (default 0: a copy) and are trained on "
+                            "their own.", choices=FEEDBACKS)
     asymmetry_angle: float = setting(
         0.0, "Angle in degrees between feedback and forward kernels (untied only).",
         bounds=Bounds(lo=0, hi=90))
