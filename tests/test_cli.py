@@ -62,8 +62,9 @@ def test_eval_on_the_first_examples_of_a_split(run_dir, capsys):
     """A quick look: ``--examples N`` evaluates the first N examples and says so (a review
     waited 2.5 minutes for a full test set with no way to shrink it)."""
     assert main(["eval", str(run_dir), "--examples", "7"]) == 0
-    head = capsys.readouterr().out.splitlines()[0]
-    assert "the first 7 of " in head and head.endswith(" examples")
+    out = capsys.readouterr().out.splitlines()
+    assert "the first 7 of " in out[0] and out[0].endswith(" examples")
+    assert not out[2].startswith("mean")  # one seed: the row is the run's, not a mean over seeds
     assert main(["eval", str(run_dir), "--examples", "0"]) == 2
     assert "--examples: an integer >= 1, got 0" in capsys.readouterr().err
 

@@ -575,7 +575,9 @@ def test_cli_json_of_a_run_and_of_a_config(enforced_run, tmp_path, capsys):
     # is of
     assert main(["stability", str(cfg), "--json", str(js), "--set", "dynamics.update='alternating'",
                  "--set", "stability.enforce='none'", "--perturb", "10"]) == 0
-    assert "rho(sweep): of the alternating sweep the solver runs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rho(sweep): of the alternating sweep the solver runs, the largest over the examples" in out
+    assert "lyapunov P>0: the examples whose P solving J^T P + P J = -I is positive definite" in out
     res = json.loads(js.read_text())
     assert res["update"] == "alternating"
     for r in res["per_seed"]:  # the sweep's certificate: never the synchronous map's contraction

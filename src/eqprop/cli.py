@@ -139,7 +139,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                  f"{config.data.validation:g}; --set data.validation=0 for the test set)")
     print(f"{args.run_dir}: checkpoint {args.checkpoint} ({at}), {ds.name} {split}, {first}"
           f"{len(y) if not first else len(ds.y_test if args.split == 'test' else ds.y_train)} examples")
-    rows = [("mean", {k: float(np.mean(v)) for k, v in m.items()})]
+    rows = [("mean" if program.seeds > 1 else "", {k: float(np.mean(v)) for k, v in m.items()})]
     if program.seeds > 1:
         rows = [(f"seed {i}", {k: float(v[i]) for k, v in m.items()})
                 for i in range(program.seeds)] + rows

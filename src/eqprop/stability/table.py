@@ -53,11 +53,13 @@ def format_table(result: dict[str, Any]) -> str:
                          f"{g['row_margin_min']:.3g}, column margin {g['column_margin_min']:.3g}, "
                          f"largest column sum {g['column_sum_max']:.3g}")
     lines.append("margin: of the method's certificate (> 0: it holds); " + (
-                 "rho(sweep): of the alternating sweep the solver runs (dynamics.update = "
-                 "'alternating'; the contraction bound, of the synchronous map, certifies nothing "
-                 "here)" if alternating else "rho(I+dtJ): over every neuron")
-                 + "; lyapunov P>0, projected: the examples whose certificate holds at their "
-                 "state; returned: perturbations that came back")
+                 "rho(sweep): of the alternating sweep the solver runs, the largest over the "
+                 "examples (dynamics.update = 'alternating'; the contraction bound, of the "
+                 "synchronous map, certifies nothing here)" if alternating else
+                 "rho(I+dtJ): over every neuron, the largest over the examples")
+                 + "; lyapunov P>0: the examples whose P solving J^T P + P J = -I is positive definite, "
+                 "projected: the examples whose certificate holds at their state; returned: "
+                 "perturbations that came back")
     if any(r["method"] == "projected" for r in result["per_seed"]):
         lines.append("a projected (clipped) model is certified by the projected certificate alone: "
                      "rho(I+dtJ) >= 1 over every neuron is expected there (docs/stability.md)")
