@@ -86,13 +86,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     spans = spans_the_run(before)
     records = run.read_metrics()
     done = records[-1]["epoch"] if records else 0  # at or past it, resume refuses: no warning
-    if run.has_checkpoint():  # a broken checkpoint fails here, before any advice on the schedule
-        from .train import checkpoint
-
-        with warnings.catch_warnings():  # a fallback entry is reported once, by train
-            warnings.simplefilter("ignore", checkpoint.CheckpointWarning)
-            checkpoint.read(run.checkpoint("latest"))
     if config.train.epochs != before.train.epochs and config.train.epochs > done and spans:
+        if run.has_checkpoint():  # a broken checkpoint fails here, before any advice on the schedule
+            from .train import checkpoint
+
+            with warnings.catch_warnings():  # a fallback entry is reported once, by train
+                warnings.simplefilter("ignore", checkpoint.CheckpointWarning)
+                checkpoint.read(run.checkpoint("latest"))
         warnings.warn(f"resume --epochs {config.train.epochs} (the run was planned for "
                       f"{before.train.epochs}): {' and '.join(spans)} now spans "
                       f"{config.train.epochs} epochs from here on, so the result equals "
@@ -125,8 +125,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     estimator_name = program.estimator.name
     ds = program.dataset
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-    first = ""
-    if args.examples is not None and args.examples < len(y):  # a quick look: the first N
+    first, total = "", len(y)
+    if args.examples is not None and args.examples < total:  # a quick look: the first N
         x, y, first = x[:args.examples], y[:args.examples], f"the first {args.examples} of "
     m = evaluate(program, model, x, y, estimate=True)
     top5 = ds.n_classes > 10
@@ -137,8 +137,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.split == "test" and config.data.validation > 0:
         split = (f"validation split (held out of the training set, data.validation = "
                  f"{config.data.validation:g}; --set data.validation=0 for the test set)")
-    print(f"{args.run_dir}: checkpoint {args.checkpoint} ({at}), {ds.name} {split}, {first}"
-          f"{len(y) if not first else len(ds.y_test if args.split == 'test' else ds.y_train)} examples")
+    print(f"{args.run_dir}: checkpoint {args.checkpoint} ({at}), {ds.name} {split}, {first}{total} examples")
     rows = [("mean" if program.seeds > 1 else "", {k: float(np.mean(v)) for k, v in m.items()})]
     if program.seeds > 1:
         rows = [(f"seed {i}", {k: float(v[i]) for k, v in m.items()})

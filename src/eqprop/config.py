@@ -643,12 +643,18 @@ def _v_string(where: str, spec: FieldSpec, value: Any) -> str:
     return _expect_str(where, value, spec.allowed_choices())
 
 
+def _check_length(where: str, spec: FieldSpec, out: tuple) -> None:
+    """An array setting's minimum length (``spec.min_len``), one line naming the key."""
+    if len(out) < spec.min_len:
+        raise ConfigError(f"{where}: needs at least {spec.min_len} "
+                          f"{'entry' if spec.min_len == 1 else 'entries'}, got {len(out)}")
+
+
 def _v_string_array(where: str, spec: FieldSpec, value: Any) -> tuple[str, ...]:
     items = _expect_list(where, value)
     choices = spec.allowed_choices()
     out = tuple(_expect_str(f"{where}[{i}]", v, choices) for i, v in enumerate(items))
-    if len(out) < spec.min_len:
-        raise ConfigError(f"{where}: needs at least {spec.min_len} {'entry' if spec.min_len == 1 else 'entries'}, got {len(out)}")
+    _check_length(where, spec, out)
     return out
 
 
@@ -678,8 +684,7 @@ def _v_boolean(where: str, spec: FieldSpec, value: Any) -> bool:
 def _v_int_array(where: str, spec: FieldSpec, value: Any) -> tuple[int, ...]:
     items = _expect_list(where, value)
     out = tuple(_expect_int(f"{where}[{i}]", v, spec.bounds) for i, v in enumerate(items))
-    if len(out) < spec.min_len:
-        raise ConfigError(f"{where}: needs at least {spec.min_len} {'entry' if spec.min_len == 1 else 'entries'}, got {len(out)}")
+    _check_length(where, spec, out)
     return out
 
 
