@@ -458,8 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="On the first training batch, compare each estimator SPEC "
                        "with the implicit (exact) gradient, and report the asymmetry diagnostics (angle, "
                        "jacobian_symmetry, alignment, bias cosines, homeo_loss) of the config's "
-                       "estimator. With a RUN_DIR, uses its config.toml "
-                       "and latest checkpoint (first seed when seeds > 1).")
+                       "estimator. With a CONFIG, the network as initialised (seed train.seed); "
+                       "with a RUN_DIR, its config.toml and latest checkpoint (first seed when "
+                       "seeds > 1).")
     p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
     _add_set(p, on_run=True, readers=("diagnostics",))
     p.add_argument("--estimator", "-e", action="append", metavar="SPEC",
