@@ -265,8 +265,26 @@ def test_a_model_the_enforcer_refuses_leaves_no_run_directory(tmp_path, capsys):
                    'channels = [2, 3]\noutput_size = 4\nactivation = "dsilu"\n'
                    '[stability]\nenforce = "contraction"\n[train]\nepochs = 1\nmax_batches = 2\n')
     assert main(["train", str(cfg), "--out", str(tmp_path / "x"), "-q"]) == 2
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert err.startswith("eqprop: error: stability.enforce: 'contraction' needs") and "\n" not in err
+    # the directory named on stdout before the build is said to be gone, not left implied
+    assert f"run directory: {tmp_path / 'x'}" in captured.out
+    assert err.endswith(f"({tmp_path / 'x'} was removed: nothing was trained)")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_data_set_that_is_missing_leaves_no_run_directory_and_says_so(tmp_path, capsys):
+    """The data load fails after stdout named the run directory: the error says it is gone."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[data]\nname = "cifar10"\npath = "{tmp_path / "nowhere"}"\n'
+                   '[train]\nepochs = 1\n')
+    assert main(["train", str(cfg), "--out", str(tmp_path / "x"), "-q"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and str(tmp_path / "nowhere") in err
+    assert err.endswith(f"({tmp_path / 'x'} was removed: nothing was trained)")
+    assert f"run directory: {tmp_path / 'x'}" in captured.out
     assert not (tmp_path / "x").exists()
 
 

@@ -322,6 +322,25 @@ def test_a_missing_payload_falls_back_to_the_previous_entry(recorded, tmp_path):
     assert_like(run, ref, "fallback")
 
 
+def test_a_run_past_the_epoch_of_its_fallback_entry_names_the_entry(recorded, tmp_path):
+    """Resuming a finished run to the epoch its previous entry holds: "already trained 2
+    epochs" where metrics.jsonl says 3 needs the reason beside it."""
+    from eqprop.train import with_epochs
+
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    m = manifests(run)["latest"]
+    (run / "checkpoints" / m["payloads"]["tree"]["file"]).unlink()
+    with pytest.warns(checkpoint.CheckpointWarning), pytest.raises(
+            ValueError, match=r"already trained 2 epochs by its checkpoint's previous entry "
+                              r"\(the newest is broken\); pass a larger total"):
+        train(with_epochs(CONFIG, 2), run, resume=True, progress=False)
+    shutil.copytree(ref, tmp_path / "intact")  # and without a fallback, no such clause
+    with pytest.raises(ValueError, match=r"already trained 3 epochs; pass a larger total"):
+        train(CONFIG, tmp_path / "intact", resume=True, progress=False)
+
+
 # -- real kills -------------------------------------------------------------------------
 
 

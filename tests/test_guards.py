@@ -478,7 +478,8 @@ def test_the_epoch_line_shows_the_median_rate_which_one_outlier_does_not_move(un
     for r in _records(out):
         assert r["hep_decay_median"] <= r["hep_decay_mean"] + 1e-12
         rec = dict(r, hep_decay_mean=123.0)
-        assert f"hEP rate (median) {r['hep_decay_median']:.2f}" in _estimate_text(rec)
+        shown = f"hEP circle {r['hep_decay_median']:.2g}x per order (median)"
+        assert shown in _estimate_text(rec) and shown in report_text(rec)
         assert "123" not in _estimate_text(rec) and "123" not in report_text(rec)
 
 
@@ -704,3 +705,15 @@ def test_low_precision_advice_names_the_rounding_floor():
     # from an unsettled free state the nudged sentence defers to the free one, which names it once
     both = estimate_problems(figures, compute_dtype="bfloat16")
     assert sum("rounding floor" in p for p in both) == 1 and "settle the free phase first" in both[1]
+
+
+def test_the_circle_in_brief_names_the_statistic_it_shows():
+    """The epoch line and the report say "median" only of a median (records before it
+    hold the mean), and a record without hEP's check shows nothing."""
+    from eqprop.guards import circle_brief
+
+    assert circle_brief({"hep_decay_median": 12.0, "hep_decay_mean": 490.0,
+                         "hep_error_mean": 0.79}) == "hEP circle 12x per order (median), error 79%"
+    assert circle_brief({"hep_decay_mean": 0.19, "hep_error_mean": 4.7e-5}) == \
+        "hEP circle 0.19x per order (mean), error 0.005%"
+    assert circle_brief({"residual_mean": 0.1}) is None

@@ -52,7 +52,8 @@ def _join(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
+    from .data import DataError
     from .plugins import record_plugins
     from .train import RunDir, default_run_dir, train, with_epochs
 
@@ -67,7 +68,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # directory that holds a run: leave that run's plugins alone)
         record_plugins(out, args.plugin)
     _interrupt_on_sigterm()
-    train(config, out, progress=not args.quiet)
+    try:
+        train(config, out, progress=not args.quiet)
+    except (ConfigError, DataError, ValueError, OSError) as e:
+        if out.exists():
+            raise
+        # the run could not be built (data, model): train removed the directory it made,
+        # which the line above named
+        raise ValueError(f"{_one_line(e)} ({out} was removed: nothing was trained)") from e
     return EXIT_OK
 
 

@@ -41,7 +41,7 @@ PyTree = Any
 
 __all__ = ["NONCONVERGED_TOL", "HEP_ERROR_LIMIT", "HEP_ERROR_TARGET", "RelaxStats", "Guards",
            "residual_norm", "nonfinite_populations", "stop_test", "EstimateWarning",
-           "estimate_problems", "hep_rate", "circle_summary"]
+           "estimate_problems", "hep_rate", "circle_summary", "circle_brief"]
 
 #: residual above which an example (or a (phase, example) pair) counts as not settled, in
 #: the metrics and the warnings (the solvers stop at their own ``tol``)
@@ -245,6 +245,20 @@ def hep_rate(figures: Mapping[str, Any]) -> tuple[float | None, bool]:
     if median is not None:
         return median, True
     return figures.get("hep_decay_mean"), False
+
+
+def circle_brief(figures: Mapping[str, Any]) -> str | None:
+    """hEP's circle check of an epoch record in a few words, the same on the epoch line
+    and in ``eqprop report``: ``"hEP circle 12x per order (median), error 79%"``, the
+    factor by which each Fourier coefficient of ``a*(beta)`` follows the last (below 1:
+    they fall, as an exact estimate needs) and the truncation error it implies; ``None``
+    for a record without the check. Records written before the median show the mean."""
+    rate, median = hep_rate(figures)
+    error = figures.get("hep_error_mean")
+    if rate is None or error is None:
+        return None
+    pct = f"{100 * error:.0f}" if error >= 0.01 else f"{100 * error:.1g}"  # not "0%"
+    return f"hEP circle {rate:.2g}x per order ({'median' if median else 'mean'}), error {pct}%"
 
 
 def _percent(value: float, limit: float) -> str:

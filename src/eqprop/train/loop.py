@@ -51,7 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
-from ..guards import NONCONVERGED_TOL, EstimateWarning, estimate_problems, hep_rate
+from ..guards import NONCONVERGED_TOL, EstimateWarning, circle_brief, estimate_problems
 from ..pruning import connections, masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
 from ..parallel import configure, is_writer
@@ -350,9 +350,8 @@ def _estimate_text(rec: dict[str, Any], relaxes: bool = True) -> str:
                      f"({100 * rec['nudged_nonconverged_fraction']:.0f}% > {NONCONVERGED_TOL:g})")
     if rec.get("linear_residual_mean") is not None:
         parts.append(f"linear res {rec['linear_residual_mean']:.1e}")
-    if rec.get("hep_error_mean") is not None:
-        rate, _ = hep_rate(rec)
-        parts.append(f"hEP rate (median) {rate:.2f} err {rec['hep_error_mean']:.2f}")
+    if (circle := circle_brief(rec)) is not None:
+        parts.append(circle)
     return (" | " + ", ".join(parts)) if parts else ""
 
 

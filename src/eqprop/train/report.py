@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..guards import NONCONVERGED_TOL, EqpropWarning, estimate_problems, hep_rate
+from ..guards import NONCONVERGED_TOL, EqpropWarning, circle_brief, estimate_problems
 from .records import ESTIMATE_KEYS
 from .rundir import RunDir
 from .summary import setting_fields
@@ -140,9 +140,8 @@ def _estimate_cell(rec: dict[str, Any]) -> str:
                      f"({100 * (rec.get('nudged_nonconverged_fraction') or 0):.0f}% > {NONCONVERGED_TOL:g})")
     if rec.get("linear_residual_mean") is not None:
         parts.append(f"linear residual {rec['linear_residual_mean']:.1e}")
-    if rec.get("hep_error_mean") is not None:
-        rate, _ = hep_rate(rec)
-        parts.append(f"hEP rate (median) {rate:.2f}, error {100 * rec['hep_error_mean']:.0f}%")
+    if (circle := circle_brief(rec)) is not None:
+        parts.append(circle)
     return "; ".join(parts) or "-"
 
 

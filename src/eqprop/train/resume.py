@@ -195,7 +195,10 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     # a run killed after its last checkpoint but before its summary is finished by resume
     finished = done == config.train.epochs and (batch or run.read_summary() is not None)
     if done > config.train.epochs or finished:
-        raise ValueError(f"{run.path}: already trained {done} epochs; pass a larger "
+        # from the previous entry when the newest was broken: say so, or "already trained
+        # 19 epochs" contradicts metrics.jsonl's 20 (the fallback's warning is the line above)
+        where = " by its checkpoint's previous entry (the newest is broken)" if snap.fallback else ""
+        raise ValueError(f"{run.path}: already trained {done} epochs{where}; pass a larger "
                          "total with --epochs")
     states = warm_states(config, model, program.dataset.x_train, program.seeds)
     if states is not None and "states" in snap.blobs:
