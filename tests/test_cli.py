@@ -181,10 +181,10 @@ def test_gradcheck_table_composes_the_diagnostics():
     assert rows[0].startswith("parameter ") and len({len(r) for r in rows[:3]}) == 1
     # each diagnostic with six decimals (a review read a bare "1" for 0.9999995) and, with
     # ``describe``, what it measures and what its ends mean
-    from eqprop.diagnostics import DIAGNOSTIC_KEYS, describe
+    from eqprop.diagnostics import DIAGNOSTIC_KEYS, DIAGNOSTIC_NOTES, describe
 
     diag = {"cos_implicit": 0.9999995, "angle/h1-h2": 90.0, "homeo_loss": 2.5e-7, "probe_settled_on": 1.0}
-    legend = format_table(result, diag, describe=describe).split("asymmetry diagnostics")[1]
+    legend = format_table(result, diag, describe=describe, notes=DIAGNOSTIC_NOTES).split("asymmetry diagnostics")[1]
     line = {ln.split()[0]: ln.split()[1] for ln in legend.splitlines()[1:] if not ln.startswith("  *")}
     assert line == {"cos_implicit": "0.9999995", "angle/h1-h2": "90.0000000", "homeo_loss": "2.500e-07",
                     "probe_settled_on": "1"}  # a flag
@@ -603,3 +603,50 @@ def test_set_on_a_trained_run_may_change_the_section_its_command_reads(run_dir, 
     for command, own in (("stability", "[stability]"), ("gradcheck", "[diagnostics]")):
         assert main([command, "--help"]) == 0
         assert own in " ".join(capsys.readouterr().out.split())
+
+
+def test_gradcheck_says_when_one_example_sets_the_batch_cosines():
+    """On a trained CNN one example of 50 carried 79% of recurrent backprop's |delta|^2,
+    so the batch cos a/<population> (0.54) were that example's (0.97 without it): the
+    result holds the concentration, each estimator's figures at that example and without
+    it, and the table says so from CONCENTRATED_SHARE on."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import eqprop
+    from eqprop.build import phase_solvers
+    from eqprop.gradcheck import CONCENTRATED_SHARE, _at_example, _concentration, format_table, gradcheck
+
+    # the functions, on vectors whose answer is known
+    delta = {"h": np.array([[1.0, 0.0], [0.0, 1.0], [30.0, 40.0], [1.0, 1.0]])}
+    v = {"h": np.array([[1.0, 0.0], [0.0, 1.0], [-8.0, 6.0], [1.0, 1.0]])}
+    c = _concentration(delta)
+    assert c["example"] == 2 and c["share"] == pytest.approx(2500 / 2504)
+    assert c["max_over_median"] == pytest.approx(50 / np.median([1, 1, 50, np.sqrt(2)]))
+    top = _at_example(v, delta, 2)
+    assert top["cosine"] == pytest.approx(0.0, abs=1e-7) and top["norm_ratio"] == pytest.approx(0.2)
+    assert top["without"]["h"] == pytest.approx(1.0)  # the rest agree exactly
+    assert _concentration({"h": np.ones((2, 3))}) is None  # too few examples for a median
+
+    # gradcheck's figures are those of the implicit estimator's delta, recomputed here
+    m = eqprop.layered([4, 5, 3], key=jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, 4)).at[0].multiply(8.0)
+    y = jnp.arange(6) % 3
+    dyn = phase_solvers(free_steps=60, nudged_steps=30, linear_steps=200)
+    result = gradcheck(m, x, y, {"hep": eqprop.make_estimator("hep", dyn, beta=0.1, points=4)}, dyn)
+    conc = result["relaxation"]["delta_concentration"]
+    free = eqprop.free_phase(m, x, dyn.free)
+    _, ref = eqprop.make_estimator("implicit", dyn)(m, x, y, free, jax.random.PRNGKey(0))
+    sq = sum(np.sum(np.reshape(np.asarray(d), (6, -1)) ** 2, axis=1) for d in ref.error_vector.values())
+    assert conc["example"] == int(np.argmax(sq)) and conc["share"] == pytest.approx(sq.max() / sq.sum(), rel=1e-3)
+    assert result["hep"]["top_example"]["cosine"] > 0.99  # a small circle: hEP's da/dbeta is delta's
+    assert result["hep"]["top_example"]["norm_ratio"] == pytest.approx(1.0, rel=1e-2)
+
+    # the table's line appears exactly when the share reaches the threshold
+    for share in (CONCENTRATED_SHARE - 0.01, CONCENTRATED_SHARE):
+        shown = {**result, "relaxation": {**result["relaxation"], "delta_concentration": {**conc, "share": share}}}
+        table = format_table(shown)
+        said = f"example {conc['example']} of the batch carries {100 * share:.0f}%"
+        assert (said in table) == (share >= CONCENTRATED_SHARE)
+        assert (f"hep: at example {conc['example']} cosine" in table) == (share >= CONCENTRATED_SHARE)

@@ -221,7 +221,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
     from . import build
     from .data import batches
-    from .diagnostics import describe, diagnostics
+    from .diagnostics import DIAGNOSTIC_NOTES, describe, diagnostics
     from .gradcheck import build_specs, format_table, gradcheck, settle, to_json
     from .guards import NONCONVERGED_TOL
     from .train import unstack
@@ -270,7 +270,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
                    "updates, since the configured free phase does not settle")
     elif budget:
         source += f"; taken after diagnostics.free_steps = {budget} free updates"
-    print(format_table(result, diag, source=source, describe=describe))
+    print(format_table(result, diag, source=source, describe=describe, notes=DIAGNOSTIC_NOTES))
     if diag.get("probe_nonconverged", 0.0) > 0:  # the biases are defined at a fixed point only
         where = (f"in diagnostics.free_steps = {budget}" if budget else
                  f"even relaxed on, up to {settle(solvers.free).steps} updates")

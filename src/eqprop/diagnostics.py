@@ -75,7 +75,7 @@ from .solvers import PhaseSolvers, settle
 PyTree = Any
 
 __all__ = ["diagnostics", "weight_angles", "jacobian_figures", "DIAGNOSTIC_KEYS", "DIAGNOSTIC_HELP",
-           "describe"]
+           "DIAGNOSTIC_NOTES", "describe"]
 
 #: the top-level keys :func:`diagnostics` may return (besides the per-pair and
 #: per-population ``angle/...`` and ``alignment/...``)
@@ -95,6 +95,12 @@ DIAGNOSTIC_HELP = {
     "cos_implicit": "cosine of the estimate with the implicit gradient: both biases (1: none)*",
     "probe_nonconverged": f"fraction of the batch whose free phase ended above residual {NONCONVERGED_TOL:g}",
     "probe_settled_on": "1: the batch was relaxed on past the training budget to settle; 0: not needed",
+}
+
+#: the notes a table prints under the lines of :data:`DIAGNOSTIC_HELP` that end in a marker
+DIAGNOSTIC_NOTES = {
+    "*": "over the recurrent parameters: the readout, whose gradient every estimator has "
+         "exactly, is left out, so these differ from the table's totals",
 }
 
 

@@ -103,6 +103,44 @@ def _problems(entry: Mapping[str, Any], free: Mapping[str, Any], linear_solver: 
     return out
 
 
+#: a batch whose largest example carries at least this share of recurrent backprop's
+#: ``|delta|^2`` has its batch cosines ``cos a/<population>`` set by that one example
+#: (:func:`_concentration`; on a trained CNN one example of 50 carried 79%)
+CONCENTRATED_SHARE = 0.5
+
+
+def _per_example_sq(tree: Mapping[str, Any]) -> np.ndarray:
+    """``(B,)``: the squared norm of each example's vector, summed over the populations."""
+    return sum(np.sum(np.reshape(np.asarray(v, dtype=np.float64), (np.shape(v)[0], -1)) ** 2, axis=1)
+               for v in tree.values())
+
+
+def _concentration(delta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """How much of the batch's recurrent-backprop ``delta`` its largest example carries:
+    ``{"example": i, "share": |delta_i|^2 / sum_j |delta_j|^2, "max_over_median": |delta_i| /
+    median_j |delta_j|}``; ``None`` without a ``delta``, under 3 examples, or a non-finite one."""
+    if not delta:
+        return None
+    sq = _per_example_sq(delta)
+    if sq.shape[0] < 3 or not np.all(np.isfinite(sq)) or not sq.sum() > 0:
+        return None
+    i, norms = int(np.argmax(sq)), np.sqrt(sq)
+    median = float(np.median(norms))
+    return {"example": i, "share": float(sq[i] / sq.sum()),
+            "max_over_median": float(norms[i] / median) if median > 0 else float("inf")}
+
+
+def _at_example(v: Mapping[str, Any], delta: Mapping[str, Any], i: int) -> dict[str, Any]:
+    """An estimator's error vector ``v`` against ``delta`` at example ``i`` (all populations
+    together: cosine and size ratio) and on the batch without it (cosine per population)."""
+    vi = np.concatenate([np.ravel(np.asarray(v[p])[i]) for p in delta])
+    di = np.concatenate([np.ravel(np.asarray(delta[p])[i]) for p in delta])
+    dn = float(np.linalg.norm(di))
+    return {"cosine": cosine(vi, di), "norm_ratio": float(np.linalg.norm(vi)) / dn if dn > 0 else None,
+            "without": {p: cosine(np.delete(np.asarray(v[p]), i, axis=0),
+                                  np.delete(np.asarray(delta[p]), i, axis=0)) for p in delta}}
+
+
 #: a per-parameter cosine below :data:`HIDDEN_BELOW` and at least :data:`HIDDEN_GAP` below
 #: the total is named (:func:`_hidden_parameters`)
 HIDDEN_BELOW, HIDDEN_GAP = 0.9, 0.1
@@ -134,6 +172,7 @@ def _no_comparison(entry: dict[str, Any]) -> None:
     entry["total"] = {"cosine": None, "relative_error": None}
     entry["parameters"] = {n: {"cosine": None, "relative_error": None} for n in entry["parameters"]}
     entry["error_vectors"] = {}
+    entry.pop("top_example", None)
 
 
 def gradcheck(
@@ -203,7 +242,15 @@ def gradcheck(
     fixed point (:func:`clipped_fraction`): the cosines are then not comparisons with
     the gradient and must not be read as such. ``error_vectors`` holds the
     batch cosine of each population's error vector with the recurrent-backprop ``delta``
-    (``{}`` for an estimator without one, e.g. ``bptt``). ``STATS`` (the nudged phases,
+    (``{}`` for an estimator without one, e.g. ``bptt``).
+    ``relaxation["delta_concentration"]`` (``None`` without a trusted reference) is
+    ``{"example", "share", "max_over_median"}``: the example of the batch with the largest
+    ``delta``, its share of ``sum |delta|^2`` and its norm over the median's; an entry with
+    an error vector then has ``"top_example": {"cosine", "norm_ratio", "without":
+    {population: cosine}}``, its error vector at that example against ``delta`` (cosine,
+    size ratio) and the batch cosines without it. On a trained network one slow example
+    can carry most of ``delta`` and set the batch cosines alone: :func:`format_table` says
+    so from :data:`CONCENTRATED_SHARE` on. ``STATS`` (the nudged phases,
     the linear solve, the free phase) is ``{"steps", "residual_max", "residual_mean",
     "nonconverged_fraction", "finite"}`` (the fraction of (phase, example) residuals above
     :data:`~eqprop.guards.NONCONVERGED_TOL`). ``CIRCLE`` (hEP and symmetric EP, ``N >=
@@ -260,6 +307,7 @@ def gradcheck(
     ref_stats = _stats(ref_free.stats)
     solve_stats = _stats(info_ref.linear)
     untrusted = reference_problem(ref_stats, solve_stats, bool(all_finite(g_ref)))
+    concentrated = None if untrusted else _concentration(delta)
     for spec, est in estimators.items():
         say(spec)
         g, info = eqx.filter_jit(est)(model, x, y, free, key)
@@ -269,6 +317,8 @@ def gradcheck(
             {p: cosine(info.error_vector[p], delta[p]) for p in delta}
             if info.error_vector is not None else {}
         )
+        if concentrated is not None and info.error_vector is not None:
+            entry["top_example"] = _at_example(info.error_vector, delta, concentrated["example"])
         entry["phases"] = _stats(info.phases)
         entry["linear"] = _stats(info.linear)
         entry["circle"] = _circle(info.circle)
@@ -293,7 +343,8 @@ def gradcheck(
                         "though the mean is below it): every estimate of the batch is taken there")
     out["relaxation"] = {"free": free_stats, "implicit_solve": solve_stats,
                          "clipped_fraction": clipped, "update": solvers.free.update,
-                         "reference_problem": untrusted, "problems": problems}
+                         "reference_problem": untrusted, "problems": problems,
+                         "delta_concentration": None if clipped else concentrated}
     if precision is not None or settled is not None:
         out["relaxation"]["reference_free"] = ref_stats
         out["relaxation"]["reference_relaxed_on"] = settled is not None
@@ -426,7 +477,8 @@ def _comparison_lines(result: Mapping[str, Any], specs: list[str], params: list[
 
 def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | None = None, *,
                  source: str = "the configured estimator",
-                 describe: Callable[[str], str] | None = None) -> str:
+                 describe: Callable[[str], str] | None = None,
+                 notes: Mapping[str, str] | None = None) -> str:
     """A human-readable table of a :func:`gradcheck` result.
 
     **Arguments:**
@@ -436,7 +488,9 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
       the same batch, listed after the table (default: none);
     - ``source``: which estimator the diagnostics are of, named in their heading;
     - ``describe``: ``key -> one line`` printed beside each diagnostic (e.g.
-      :func:`eqprop.diagnostics.describe`; default: none).
+      :func:`eqprop.diagnostics.describe`; default: none);
+    - ``notes``: ``{marker: note}`` printed under the diagnostics when a line of
+      ``describe`` ends in that marker (e.g. :data:`eqprop.diagnostics.DIAGNOSTIC_NOTES`).
 
     **Returns:** the table as one string (no trailing newline).
     """
@@ -497,7 +551,20 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
                      "fixed point with its linear system solved, so no cosine is reported"
                      + ("" if "free phase" not in problem else
                         "; the free phase's own warning says what may settle it"))
+    conc = result["relaxation"].get("delta_concentration")
+    concentrated = conc is not None and conc["share"] >= CONCENTRATED_SHARE
+    if concentrated:
+        lines.append(f"reference: example {conc['example']} of the batch carries {100 * conc['share']:.0f}% "
+                     f"of recurrent backprop's |delta|^2 ({conc['max_over_median']:.3g}x the median "
+                     "example's norm: a slow mode near the edge of stability), so the cos a/<population> "
+                     "above are mostly that one example's")
     for s in specs:
+        top = result[s].get("top_example")
+        if concentrated and top:
+            ratio = "" if top["norm_ratio"] is None else f", {top['norm_ratio']:.3g}x its size"
+            rest = ", ".join(f"cos a/{p} {c:.4f}" for p, c in top["without"].items())
+            lines.append(f"{s}: at example {conc['example']} cosine {top['cosine']:.4f} with delta{ratio}; "
+                         f"on the batch without it {rest}")
         ph = result[s].get("phases")
         if ph:
             lines.append(f"{s}: {ph['steps']} {unit} (max over phases), residual max {ph['residual_max']:.2e} "
@@ -527,9 +594,9 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
             return f"{v:.3e}" if v != 0 and not 1e-3 <= abs(v) < 1e4 else f"{v:.7f}"
         lines += [(f"  {k:<{kw}}{num(k, v):<14}{describe(k) if describe else ''}").rstrip()
                   for k, v in diag.items()]
-        if describe and any(describe(k).endswith("*") for k in diag):
-            lines.append("  * over the recurrent parameters: the readout, whose gradient every estimator "
-                         "has exactly, is left out, so these differ from the table's totals")
+        if describe:
+            lines += [f"  {mark} {note}" for mark, note in (notes or {}).items()
+                      if any(describe(k).endswith(mark) for k in diag)]
     return "\n".join(lines)
 
 
