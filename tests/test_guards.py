@@ -687,6 +687,11 @@ def test_the_circle_summary_says_fall_or_grow_and_keeps_small_errors_visible():
     # with two points the estimate rests on one ratio: said (a review: 2.1e-3 against 3.3e-2)
     assert "c_2/c_1 alone" in circle_summary(0.05, 0.05, 0.0025, points=2)
     assert "c_2/c_1" not in circle_summary(0.05, 0.05, 0.0025 ** 2, points=4)
+    # fitted_rate's 0 (no order above the rounding floor, |beta| 0.01 on a trained CNN)
+    # is not "each order is 0x the last", a perfect decay
+    text = circle_summary(0.0, 0.0811, 0.039, 0.762, points=2)
+    assert "0x" not in text and "no Fourier coefficient above the rounding floor" in text
+    assert "(median; mean 0.0811, max 0.762; estimated error 0.039" in text
 
 
 def test_low_precision_advice_names_the_rounding_floor():
@@ -717,3 +722,5 @@ def test_the_circle_in_brief_names_the_statistic_it_shows():
     assert circle_brief({"hep_decay_mean": 0.19, "hep_error_mean": 4.7e-5}) == \
         "hEP circle 0.19x per order (mean), error 0.005%"
     assert circle_brief({"residual_mean": 0.1}) is None
+    assert circle_brief({"hep_decay_median": 0.0, "hep_error_mean": 0.04}) == \
+        "hEP circle at the rounding floor (median), error 4%"

@@ -258,7 +258,10 @@ def circle_brief(figures: Mapping[str, Any]) -> str | None:
     if rate is None or error is None:
         return None
     pct = f"{100 * error:.0f}" if error >= 0.01 else f"{100 * error:.1g}"  # not "0%"
-    return f"hEP circle {rate:.2g}x per order ({'median' if median else 'mean'}), error {pct}%"
+    which = "median" if median else "mean"
+    if rate == 0:  # no order above the rounding floor: not a decay of 0x
+        return f"hEP circle at the rounding floor ({which}), error {pct}%"
+    return f"hEP circle {rate:.2g}x per order ({which}), error {pct}%"
 
 
 def _percent(value: float, limit: float) -> str:
@@ -288,6 +291,11 @@ def circle_summary(rate_median: float, rate_mean: float, error_mean: float,
     mean 0.19, max 0.2): estimated truncation error 4.7e-05 (relative, ...)"``.
     """
     spread = f"median; mean {rate_mean:.3g}" + (f", max {rate_max:.3g}" if rate_max is not None else "")
+    if rate_median == 0:  # fitted_rate's 0: no order above the rounding floor ("0x" misled)
+        return (f"the median example has no Fourier coefficient above the rounding floor (64 rounding "
+                f"units of |a|): at this |beta| its nudged response is within rounding, so its rate "
+                f"reads 0 and its truncation error cannot be told from rounding ({spread}; estimated "
+                f"error {error_mean:.2g} over the batch, those examples counted as 0)")
     if not rate_median < 1:
         return (f"Fourier coefficients do not fall: each order is {rate_median:.3g}x the last "
                 f"({spread}), so the circle's truncation error cannot be estimated (each such example "
