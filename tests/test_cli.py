@@ -650,3 +650,28 @@ def test_gradcheck_says_when_one_example_sets_the_batch_cosines():
         said = f"example {conc['example']} of the batch carries {100 * share:.0f}%"
         assert (said in table) == (share >= CONCENTRATED_SHARE)
         assert (f"hep: at example {conc['example']} cosine" in table) == (share >= CONCENTRATED_SHARE)
+
+
+def test_the_signal_handlers_request_the_stop_besides_raising():
+    """SIGINT and SIGTERM raise KeyboardInterrupt and also leave a request the training
+    loop honours at its next batch (where the exception is swallowed inside JAX)."""
+    import os
+    import signal
+
+    from eqprop.cli import _interrupt_on_sigterm
+    from eqprop.train import loop
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _interrupt_on_sigterm()
+        for sig, how in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")):
+            loop._STOP_REQUESTS.clear()
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), sig)
+                for _ in range(1000):  # the handler runs between bytecodes
+                    pass
+            assert loop._STOP_REQUESTS == [how]
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+        loop._STOP_REQUESTS.clear()

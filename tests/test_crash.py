@@ -228,6 +228,55 @@ def test_ctrl_c_then_resume_and_a_run_written_before_resumes_exactly(recorded, t
     assert_like(run, ref, "format 1")
 
 
+@pytest.mark.parametrize("stage", ["evaluate", "epoch_record"])
+def test_ctrl_c_in_the_end_of_an_epoch_resumes_exactly(recorded, tmp_path, monkeypatch, stage):
+    """Ctrl-C after an epoch's last batch, in its evaluation or its record: the checkpoint
+    holds every batch of the epoch done (batch == n_batches), which resume refused
+    ("batch 44 of an epoch of 44 batches", a review); it runs the epoch's end again and
+    ends as the uninterrupted run."""
+    ref, _ = recorded
+    run = tmp_path / "run"
+    real = getattr(loop, stage)
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2's end
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, stage, interrupting)
+    with pytest.raises(TrainingInterrupted, match="in epoch 2 after 2 batch"):
+        train(CONFIG, run, progress=False)
+    monkeypatch.undo()
+    assert checkpoint.read_meta(run / "checkpoints" / "latest.json")["batch"] == 2
+    finish(run)
+    assert_like(run, ref, f"Ctrl-C in {stage}")
+
+
+def test_a_ctrl_c_whose_exception_was_swallowed_still_stops_the_run(recorded, tmp_path, monkeypatch):
+    """The CLI's handler requests the stop besides raising: where the KeyboardInterrupt
+    is swallowed (raised in a garbage-collection callback of JAX, "Exception ignored in"),
+    the loop stops at its next batch, with a checkpoint, and resumes exactly."""
+    ref, _ = recorded
+    run = tmp_path / "run"
+    real = loop._call_step
+    calls = {"n": 0}
+
+    def swallowed(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2, batch 0: the signal came, its exception did not
+            loop.request_stop("interrupted")
+        return real(*args)
+
+    monkeypatch.setattr(loop, "_call_step", swallowed)
+    with pytest.raises(TrainingInterrupted, match="^interrupted in epoch 2 after 1 batch"):
+        train(CONFIG, run, progress=False)
+    monkeypatch.undo()
+    finish(run)  # a new train() starts with no request pending
+    assert_like(run, ref, "swallowed Ctrl-C")
+
+
 def test_a_kill_while_the_run_builds_leaves_a_run_that_resume_restarts(recorded, tmp_path,
                                                                        monkeypatch):
     """Killed while its data loads or its model builds (before any step): config.toml is

@@ -28,16 +28,24 @@ EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PIPE = 0, 2, 3, 130, 
 
 
 def _interrupt_on_sigterm() -> None:
-    """Treat SIGTERM (e.g. a scheduler's preemption) like Ctrl-C: checkpoint and stop."""
+    """Treat SIGTERM (e.g. a scheduler's preemption) like Ctrl-C: checkpoint and stop.
+    Both signals also request the stop from the training loop
+    (:func:`eqprop.train.loop.request_stop`), which honours it at its next batch where
+    the ``KeyboardInterrupt`` was swallowed (raised inside a callback of JAX's)."""
     import signal
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt("terminated (SIGTERM)")
+    from .train.loop import request_stop
 
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        pass
+    def handler(signum, frame):
+        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        request_stop(how)
+        raise KeyboardInterrupt(how if signum == signal.SIGTERM else "")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not in the main thread
+            pass
 
 
 def _join(args: argparse.Namespace) -> None:

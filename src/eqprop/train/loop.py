@@ -168,6 +168,8 @@ class _Trainer:
                 if self.enforce is not None:
                     state = TrainState(self.enforce(state.model), state.opt_state, state.step, state.key)
                 pending.append((b, m, len(yb), idx, state))
+                if _STOP_REQUESTS:  # a signal whose KeyboardInterrupt did not arrive
+                    raise KeyboardInterrupt(_STOP_REQUESTS[-1])
                 if len(pending) >= SYNC_EVERY or not self.compiled:
                     self._flush(epoch, pending, bar)
                     pending = []
@@ -324,6 +326,20 @@ def progress_bar(total: int, initial: int, desc: str, *, enabled: bool, file: An
                 file=file, ncols=columns, dynamic_ncols=columns is None)
 
 
+#: the stops a signal handler requested (the CLI's, :func:`request_stop`); the loop stops at
+#: its next batch, also when the ``KeyboardInterrupt`` the handler raised was swallowed:
+#: raised inside a garbage-collection callback of JAX, Python prints "Exception ignored
+#: in" and goes on (a review: 3 of 13 Ctrl-C in compilation ran the run to its end, exit 0)
+_STOP_REQUESTS: list[str] = []
+
+
+def request_stop(how: str = "interrupted") -> None:
+    """Ask the training loop to stop at its next batch as on Ctrl-C (checkpoint, then
+    :class:`TrainingInterrupted` with ``how``); for signal handlers, which should also
+    raise ``KeyboardInterrupt`` to stop at once where they can."""
+    _STOP_REQUESTS.append(how)
+
+
 def _estimate_postfix(m: dict[str, Any]) -> dict[str, str]:
     """The estimator's figures of one step for the progress bar (those it reports)."""
     out = {}
@@ -375,6 +391,7 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     training) when a logger of ``[logging] loggers`` lacks its package.
     """
     configure(config.parallel.devices)  # before anything initialises JAX's backends
+    _STOP_REQUESTS.clear()
     writer = is_writer()
     loggers = make_loggers(config.logging.loggers) if writer else []
     run = RunDir(out_dir)

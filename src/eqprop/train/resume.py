@@ -203,7 +203,9 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     states = warm_states(config, model, program.dataset.x_train, program.seeds)
     if states is not None and "states" in snap.blobs:
         states.restore(snap.blobs["states"], snap.files["states"])
-    if batch >= program.n_batches:
+    # batch == n_batches: every batch of the epoch trained, interrupted in its end (the
+    # evaluation, the diagnostics, the saves): resume runs that end again
+    if batch > program.n_batches:
         raise CheckpointError(f"{snap.manifest}: batch {batch} of an epoch of "
                               f"{program.n_batches} batches")
     sums = _checked_sums(meta.get("partial"), program.seeds, snap.manifest)
