@@ -675,3 +675,18 @@ def test_the_signal_handlers_request_the_stop_besides_raising():
         for s, h in saved.items():
             signal.signal(s, h)
         loop._STOP_REQUESTS.clear()
+
+
+def test_gradcheck_withholds_the_diagnostics_that_rest_on_an_untrusted_reference(tmp_path, capsys):
+    """xor-deep's states sit on their box's bounds: no cosine with implicit
+    differentiation is reported, and neither are the diagnostics that compare with it
+    (a review read cos_implicit -0.0126 printed under "no cosine is reported")."""
+    out = tmp_path / "g.json"
+    assert main(["gradcheck", str(ROOT / "configs" / "xor-deep.toml"), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "so no cosine is reported" in text
+    assert not [ln for ln in text.splitlines() if ln.lstrip().startswith(("cos_", "alignment"))]
+    assert "cos_implicit withheld: they compare with implicit differentiation" in text
+    js = json.loads(out.read_text())
+    assert js["reference"] is None and js["cos_implicit"] is None and js["alignment"] is None
+    assert js["angle"] > 0  # what does not rest on the reference stays

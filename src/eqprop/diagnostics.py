@@ -75,7 +75,7 @@ from .solvers import PhaseSolvers, settle
 PyTree = Any
 
 __all__ = ["diagnostics", "weight_angles", "jacobian_figures", "DIAGNOSTIC_KEYS", "DIAGNOSTIC_HELP",
-           "DIAGNOSTIC_NOTES", "describe"]
+           "DIAGNOSTIC_NOTES", "EXACT_BASED", "describe"]
 
 #: the top-level keys :func:`diagnostics` may return (besides the per-pair and
 #: per-population ``angle/...`` and ``alignment/...``)
@@ -96,6 +96,10 @@ DIAGNOSTIC_HELP = {
     "probe_nonconverged": f"fraction of the batch whose free phase ended above residual {NONCONVERGED_TOL:g}",
     "probe_settled_on": "1: the batch was relaxed on past the training budget to settle; 0: not needed",
 }
+
+#: the keys (and ``alignment/<population>``) that compare with implicit differentiation or
+#: exact-nudge: void where that reference cannot be trusted (``eqprop gradcheck`` withholds them)
+EXACT_BASED = ("alignment", "cos_finite_nudge", "cos_asymmetry", "cos_implicit")
 
 #: the notes a table prints under the lines of :data:`DIAGNOSTIC_HELP` that end in a marker
 DIAGNOSTIC_NOTES = {
