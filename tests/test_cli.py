@@ -81,7 +81,13 @@ def test_the_summary_says_where_the_wall_time_went(run_dir):
     assert 0 < s["eval_seconds"] + s["compile_seconds"] <= s["train_seconds"]
     line = next(ln for ln in format_summary(s).splitlines() if ln.startswith("time"))
     assert f"(of which evaluation {s['eval_seconds']:.1f} s, compiling {s['compile_seconds']:.1f} s)" in line
-    assert "ms/batch" in line
+    assert "ms/batch" in line and "besides" not in line
+    # the diagnostics run after the epoch's clock stopped: named beside the total, not in it
+    # (a review: "6.1 s (of which evaluation 1.3 s, diagnostics 6.1 s, compiling 4.7 s)")
+    d = dict(s, diagnostics_seconds=6.14, stability_seconds=0.5)
+    line = next(ln for ln in format_summary(d).splitlines() if ln.startswith("time"))
+    assert "(of which" in line and "diagnostics" not in line.split("besides")[0]
+    assert line.endswith("; besides: diagnostics 6.1 s, stability figures 0.5 s")
 
 
 def test_train_set_and_epochs(tiny_config, tmp_path):

@@ -22,8 +22,11 @@ def setting_fields(config: Config) -> dict[str, Any]:
 
 
 #: the parts of a run's wall time the summary names beside the batches (record key: words)
-PARTS = {"eval_seconds": "evaluation", "diagnostics_seconds": "diagnostics",
-         "compile_seconds": "compiling"}
+PARTS = {"eval_seconds": "evaluation", "compile_seconds": "compiling"}
+
+#: wall time spent after each epoch's clock stopped, outside ``train_seconds`` (a review
+#: read "6.1 s (of which ... diagnostics 6.1 s, compiling 4.7 s)")
+BESIDES = {"diagnostics_seconds": "diagnostics", "stability_seconds": "stability figures"}
 
 
 def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | None,
@@ -40,9 +43,10 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
     **Returns:** ``run_dir``, ``status``, ``epochs``, ``epochs_planned``, ``seeds``,
     ``data``, ``estimator``, ``final_test_acc``, ``final_test_loss``,
     ``final_train_acc``, ``best_test_acc``, ``best_epoch``, ``train_seconds``,
-    ``ms_per_batch`` (median over epochs), ``eval_seconds``, ``diagnostics_seconds`` and
-    ``compile_seconds`` (summed over the epochs: parts of ``train_seconds`` that are not
-    the batches' steps), ``layout`` (when given), and when evaluated
+    ``ms_per_batch`` (median over epochs), ``eval_seconds`` and ``compile_seconds``
+    (summed over the epochs: parts of ``train_seconds`` that are not the batches' steps),
+    ``diagnostics_seconds`` and ``stability_seconds`` (summed: after each epoch's clock
+    stopped, outside ``train_seconds``), ``layout`` (when given), and when evaluated
     ``final_test_acc_per_seed``, ``final_test_acc_mean``, ``final_test_acc_std``.
     """
     records = run.read_metrics()
@@ -60,7 +64,7 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
         "train_seconds": train_seconds,
         "ms_per_batch": float(np.median(ms)) if ms else None,
         # where the wall time went besides the batches (a review read the total as training)
-        **{key: float(sum(r.get(key) or 0.0 for r in records)) for key in PARTS},
+        **{key: float(sum(r.get(key) or 0.0 for r in records)) for key in (*PARTS, *BESIDES)},
     }
     if layout is not None:
         out["layout"] = layout
@@ -97,7 +101,9 @@ def format_summary(s: dict[str, Any]) -> str:
              + (f" (of which {', '.join(f'{PARTS[k]} {s[k]:.1f} s' for k in PARTS if s.get(k))})"
                 if any(s.get(k) for k in PARTS) else "")
              + (f", {s['ms_per_batch']:.1f} ms/batch" if s["ms_per_batch"] else "")
-             + (f" on {s['layout']}" if s.get("layout") else "")]
+             + (f" on {s['layout']}" if s.get("layout") else "")
+             + (f"; besides: {', '.join(f'{BESIDES[k]} {s[k]:.1f} s' for k in BESIDES if s.get(k))}"
+                if any(s.get(k) for k in BESIDES) else "")]
     if s.get("message"):
         lines.append(f"note       {s['message']}")
     return "\n".join(lines)
