@@ -718,9 +718,22 @@ def test_the_circle_in_brief_names_the_statistic_it_shows():
     from eqprop.guards import circle_brief
 
     assert circle_brief({"hep_decay_median": 12.0, "hep_decay_mean": 490.0,
-                         "hep_error_mean": 0.79}) == "hEP circle 12x per order (median), error 79%"
+                         "hep_error_mean": 0.79}) == "hEP circle 12x per order (median), est. error 79%"
     assert circle_brief({"hep_decay_mean": 0.19, "hep_error_mean": 4.7e-5}) == \
-        "hEP circle 0.19x per order (mean), error 0.005%"
+        "hEP circle 0.19x per order (mean), est. error 0.005%"
     assert circle_brief({"residual_mean": 0.1}) is None
     assert circle_brief({"hep_decay_median": 0.0, "hep_error_mean": 0.04}) == \
-        "hEP circle at the rounding floor (median), error 4%"
+        "hEP circle at the rounding floor (median), est. error 4%"
+
+
+def test_a_share_reads_0_or_100_percent_only_when_it_is():
+    """A review read "(0% of (phase, example) pairs above it)" beside a mean above the
+    tolerance: the fraction was 0.14%."""
+    from eqprop.guards import share
+
+    assert [share(f) for f in (0.0, 0.0014, 0.00004, 0.004, 0.01, 0.5, 0.99, 0.996, 0.99999, 1.0)] == \
+        ["0%", "0.1%", "0.004%", "0.4%", "1%", "50%", "99%", "99.6%", ">99.9%", "100%"]
+    from eqprop.guards import estimate_problems
+
+    text = " ".join(estimate_problems({"nudged_residual_mean": 0.00131, "nudged_nonconverged_fraction": 0.0014}))
+    assert "(0.1% of (phase, example) pairs above it)" in text

@@ -231,7 +231,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from .data import batches
     from .diagnostics import DIAGNOSTIC_NOTES, EXACT_BASED, describe, diagnostics
     from .gradcheck import build_specs, format_table, gradcheck, settle, to_json
-    from .guards import NONCONVERGED_TOL
+    from .guards import NONCONVERGED_TOL, share
     from .train import unstack
 
     config, program, model = _config_or_run(args.target, args.set, readers=("diagnostics",))
@@ -294,7 +294,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
                  f"even relaxed on, up to {settle(solvers.free).steps} updates")
         advice = ("raise it, or leave it unset (the batch then relaxes on until it settles)" if budget else
                   "the free phase's warning above says what may settle it")
-        print(f"diagnostics: WARNING: {100 * diag['probe_nonconverged']:.0f}% of the batch did not settle "
+        print(f"diagnostics: WARNING: {share(diag['probe_nonconverged'])} of the batch did not settle "
               f"{where} (residual above {NONCONVERGED_TOL:g}): the bias cosines (cos_*) are not taken at "
               f"a fixed point there and cannot be trusted; {advice}")
     if args.json:

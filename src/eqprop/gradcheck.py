@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .estimate import CircleDecay, Estimator, free_phase, make_estimator, parse_spec
-from .guards import NONCONVERGED_TOL, EqpropWarning, RelaxStats, circle_summary, estimate_problems
+from .guards import NONCONVERGED_TOL, EqpropWarning, RelaxStats, circle_summary, estimate_problems, share
 from .linear import DampedThenGMRES, linear_solver_name
 from .metrics import compare, cosine
 from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionModel
@@ -338,7 +338,7 @@ def gradcheck(
     problems = estimate_problems(free_stats, update=solvers.free.update,
                                  compute_dtype=getattr(model, "compute_dtype", None))
     if not problems and settled is not None:  # the mean is within the tolerance, some examples are not
-        problems.append(f"{100 * free_stats['nonconverged_fraction']:.0f}% of the examples did not "
+        problems.append(f"{share(free_stats['nonconverged_fraction'])} of the examples did not "
                         f"converge (residual max {free_stats['residual_max']:.3g} > {NONCONVERGED_TOL:g}, "
                         "though the mean is below it): every estimate of the batch is taken there")
     out["relaxation"] = {"free": free_stats, "implicit_solve": solve_stats,
@@ -386,7 +386,7 @@ def reference_problem(free: Mapping[str, Any], solve: Mapping[str, Any] | None, 
     if not free["finite"]:
         return "its free phase diverged"
     if not free["residual_max"] <= NONCONVERGED_TOL:
-        return (f"its free phase did not settle ({100 * free['nonconverged_fraction']:.0f}% of the examples "
+        return (f"its free phase did not settle ({share(free['nonconverged_fraction'])} of the examples "
                 f"above {NONCONVERGED_TOL:g} after {free['steps']} steps)")
     return None
 
@@ -568,7 +568,7 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
         ph = result[s].get("phases")
         if ph:
             lines.append(f"{s}: {ph['steps']} {unit} (max over phases), residual max {ph['residual_max']:.2e} "
-                         f"mean {ph['residual_mean']:.2e}, {100 * ph['nonconverged_fraction']:.0f}% of "
+                         f"mean {ph['residual_mean']:.2e}, {share(ph['nonconverged_fraction'])} of "
                          f"(phase, example) above {NONCONVERGED_TOL:g}")
         lin = result[s].get("linear")
         if lin:

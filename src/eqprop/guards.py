@@ -41,7 +41,7 @@ PyTree = Any
 
 __all__ = ["NONCONVERGED_TOL", "HEP_ERROR_LIMIT", "HEP_ERROR_TARGET", "RelaxStats", "Guards",
            "residual_norm", "nonfinite_populations", "stop_test", "EstimateWarning",
-           "estimate_problems", "hep_rate", "circle_summary", "circle_brief"]
+           "estimate_problems", "hep_rate", "circle_summary", "circle_brief", "share"]
 
 #: residual above which an example (or a (phase, example) pair) counts as not settled, in
 #: the metrics and the warnings (the solvers stop at their own ``tol``)
@@ -249,9 +249,10 @@ def hep_rate(figures: Mapping[str, Any]) -> tuple[float | None, bool]:
 
 def circle_brief(figures: Mapping[str, Any]) -> str | None:
     """hEP's circle check of an epoch record in a few words, the same on the epoch line
-    and in ``eqprop report``: ``"hEP circle 12x per order (median), error 79%"``, the
-    factor by which each Fourier coefficient of ``a*(beta)`` follows the last (below 1:
-    they fall, as an exact estimate needs) and the truncation error it implies; ``None``
+    and in ``eqprop report``: ``"hEP circle 12x per order (median), est. error 79%"``,
+    the factor by which each Fourier coefficient of ``a*(beta)`` follows the last (below
+    1: they fall, as an exact estimate needs) and the truncation error it implies, an
+    estimate ("est.": with N = 2 it can be 10x off, as ``eqprop gradcheck`` says); ``None``
     for a record without the check. Records written before the median show the mean."""
     rate, median = hep_rate(figures)
     error = figures.get("hep_error_mean")
@@ -260,8 +261,20 @@ def circle_brief(figures: Mapping[str, Any]) -> str | None:
     pct = f"{100 * error:.0f}" if error >= 0.01 else f"{100 * error:.1g}"  # not "0%"
     which = "median" if median else "mean"
     if rate == 0:  # no order above the rounding floor: not a decay of 0x
-        return f"hEP circle at the rounding floor ({which}), error {pct}%"
-    return f"hEP circle {rate:.2g}x per order ({which}), error {pct}%"
+        return f"hEP circle at the rounding floor ({which}), est. error {pct}%"
+    return f"hEP circle {rate:.2g}x per order ({which}), est. error {pct}%"
+
+
+def share(fraction: float) -> str:
+    """A fraction as a percentage that is 0% or 100% only when it is exactly that: one
+    significant digit under 1% (``0.1%``), one decimal above 99% (a review read "(0% of
+    (phase, example) pairs above it)" beside a mean above the tolerance: 0.14%)."""
+    pct = 100 * float(fraction)
+    if pct <= 0 or pct >= 100 or 1 <= pct <= 99:
+        return f"{pct:.0f}%"
+    if pct < 1:
+        return f"{pct:.1g}%"
+    return f"{pct:.1f}%" if pct < 99.95 else ">99.9%"
 
 
 def _percent(value: float, limit: float) -> str:
@@ -357,7 +370,7 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
     if unsettled:
         frac = figures.get("nonconverged_fraction")
         out.append(f"free phases did not converge: residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
-                   + (f" ({100 * frac:.0f}% of examples above it)" if frac is not None else "")
+                   + (f" ({share(frac)} of examples above it)" if frac is not None else "")
                    + ("; raise dynamics.free_steps (group updates: two make a sweep; eqprop "
                       "stability gives the sweep's rate)" if update == "alternating" else
                       "; raise dynamics.free_steps, or, where the synchronous update oscillates "
@@ -369,7 +382,7 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
     if r is not None and not r <= NONCONVERGED_TOL:
         frac = figures.get("nudged_nonconverged_fraction")
         out.append(f"nudged phases did not converge: nudged_residual_mean {r:.3g} > {NONCONVERGED_TOL:g}"
-                   + (f" ({100 * frac:.0f}% of (phase, example) pairs above it)" if frac is not None else "")
+                   + (f" ({share(frac)} of (phase, example) pairs above it)" if frac is not None else "")
                    + (first or "; raise dynamics.nudged_steps or lower estimator.beta" + floor))
     r = figures.get("linear_residual_mean")
     if r is not None and not r <= NONCONVERGED_TOL:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..guards import share
+
 __all__ = ["format_table"]
 
 
@@ -37,7 +39,7 @@ def format_table(result: dict[str, Any]) -> str:
         ly = r.get("lyapunov")
         pr = r.get("projected")
         pt = r.get("perturbation")
-        pct = lambda d, k: "-" if d is None else f"{100 * d[k]:.0f}%"  # noqa: E731
+        pct = lambda d, k: "-" if d is None else share(d[k])  # noqa: E731
         lines.append(
             f"{r['seed']:<6}{'yes' if r['certified'] else 'NO':<11}{r['method']:<16}"
             f"{_cell(margin):>9}{_cell(r['spectral_radius']['max']):>12}"
@@ -48,7 +50,7 @@ def format_table(result: dict[str, Any]) -> str:
             notes.append(f"seed {r['seed']}: {r['reason']}")
         g = r.get("gershgorin")
         if pr is not None and g is not None:
-            papers.append(f"seed {r['seed']}: {100 * pr['saturated_fraction_mean']:.0f}% of the neurons on "
+            papers.append(f"seed {r['seed']}: {share(pr['saturated_fraction_mean'])} of the neurons on "
                          f"a bound; {'holds' if g['holds'] else 'fails'}: row margin "
                          f"{g['row_margin_min']:.3g}, column margin {g['column_margin_min']:.3g}, "
                          f"largest column sum {g['column_sum_max']:.3g}")

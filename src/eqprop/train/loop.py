@@ -51,7 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
-from ..guards import NONCONVERGED_TOL, EstimateWarning, circle_brief, estimate_problems
+from ..guards import NONCONVERGED_TOL, EstimateWarning, circle_brief, estimate_problems, share
 from ..pruning import connections, masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
 from ..parallel import configure, is_writer
@@ -360,10 +360,10 @@ def _estimate_text(rec: dict[str, Any], relaxes: bool = True) -> str:
     if relaxes and rec.get("residual_mean") is not None:
         frac = rec.get("nonconverged_fraction")
         parts.append(f"free res {rec['residual_mean']:.1e}"
-                     + (f" ({100 * frac:.0f}% > {NONCONVERGED_TOL:g})" if frac is not None else ""))
+                     + (f" ({share(frac)} > {NONCONVERGED_TOL:g})" if frac is not None else ""))
     if rec.get("nudged_residual_mean") is not None:
         parts.append(f"nudged res {rec['nudged_residual_mean']:.1e} "
-                     f"({100 * rec['nudged_nonconverged_fraction']:.0f}% > {NONCONVERGED_TOL:g})")
+                     f"({share(rec['nudged_nonconverged_fraction'])} > {NONCONVERGED_TOL:g})")
     if rec.get("linear_residual_mean") is not None:
         parts.append(f"linear res {rec['linear_residual_mean']:.1e}")
     if (circle := circle_brief(rec)) is not None:

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..guards import NONCONVERGED_TOL, EqpropWarning, circle_brief, estimate_problems
+from ..guards import NONCONVERGED_TOL, EqpropWarning, circle_brief, estimate_problems, share
 from .records import ESTIMATE_KEYS
 from .rundir import RunDir
 from .summary import setting_fields
@@ -137,7 +137,7 @@ def _estimate_cell(rec: dict[str, Any]) -> str:
     parts = []
     if rec.get("nudged_residual_mean") is not None:
         parts.append(f"nudged residual {rec['nudged_residual_mean']:.1e} "
-                     f"({100 * (rec.get('nudged_nonconverged_fraction') or 0):.0f}% > {NONCONVERGED_TOL:g})")
+                     f"({share(rec.get('nudged_nonconverged_fraction') or 0)} > {NONCONVERGED_TOL:g})")
     if rec.get("linear_residual_mean") is not None:
         parts.append(f"linear residual {rec['linear_residual_mean']:.1e}")
     if (circle := circle_brief(rec)) is not None:
