@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eqprop.config import parse_config
+from eqprop.guards import EqpropWarning
 from eqprop.train import RunDir, TrainingInterrupted, checkpoint, loop, train
 from eqprop.train.checkpoint import CheckpointError
 from eqprop.train.records import TIMING_KEYS
@@ -349,11 +350,30 @@ def test_a_torn_metrics_line_breaks_neither_report_nor_resume(recorded, tmp_path
     raw = (run / "metrics.jsonl").read_bytes()
     assert not raw.endswith(b"\n") and raw.count(b"\n") == 1
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1]
-    report([run], tmp_path / "report")
+    with pytest.warns(EqpropWarning, match=r"metrics.jsonl: line 2 not a complete record .*; left out"):
+        report([run], tmp_path / "report")  # said, not silent (a review)
     finish(run)
     assert_like(run, ref, "torn metrics")
     lines = (run / "metrics.jsonl").read_bytes().splitlines(keepends=True)
     assert lines[0] == raw.splitlines(keepends=True)[0]  # the complete record, byte for byte
+
+
+def test_a_report_says_when_metrics_hold_fewer_epochs_than_the_summary(recorded, tmp_path):
+    """A completed run's metrics.jsonl cut in the middle (a review: `head -c 2500`): the
+    report shows the 1 readable epoch and says that the summary has 3, and which line."""
+    from eqprop.train.report import report
+
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    raw = (run / "metrics.jsonl").read_bytes()
+    first = raw.index(b"\n") + 1
+    (run / "metrics.jsonl").write_bytes(raw[:first + 40])
+    with pytest.warns(EqpropWarning) as caught:
+        report([run], tmp_path / "report")
+    said = [str(w.message) for w in caught]
+    assert any("line 2 not a complete record" in m for m in said)
+    assert any("summary.json says 3 epochs, metrics.jsonl holds records up to epoch 1" in m for m in said)
 
 
 def test_a_missing_payload_falls_back_to_the_previous_entry(recorded, tmp_path):

@@ -169,7 +169,19 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
             empty.append(run)
             continue
         runs.append((run.name, records))
-        summaries.append((run, records, {**_from_config(run), **(run.read_summary() or {})}))
+        summary = run.read_summary() or {}
+        summaries.append((run, records, {**_from_config(run), **summary}))
+        # a line read_metrics skips is left out of the report: said, never silent
+        bad = run.unreadable_metric_lines()
+        if bad:
+            warnings.warn(f"report: {run.metrics}: line{'s' if len(bad) > 1 else ''} "
+                          f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} "
+                          "not a complete record (torn by a kill, or edited); left out",
+                          EqpropWarning, stacklevel=2)
+        if isinstance(summary.get("epochs"), int) and summary["epochs"] > records[-1]["epoch"]:
+            warnings.warn(f"report: {run.path}: summary.json says {summary['epochs']} epochs, "
+                          f"metrics.jsonl holds records up to epoch {records[-1]['epoch']}; the "
+                          "report shows those", EqpropWarning, stacklevel=2)
     if not runs:
         raise ValueError(f"{empty[0].path}: no metrics.jsonl records yet" if len(empty) == 1 else
                          f"no run has metrics.jsonl records yet ({', '.join(str(r.path) for r in empty)})")

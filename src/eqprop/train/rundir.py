@@ -116,6 +116,10 @@ class RunDir:
         """
         return [rec for _, rec in self._metric_lines() if rec is not None]
 
+    def unreadable_metric_lines(self) -> list[int]:
+        """The line numbers (from 1) of ``metrics.jsonl`` that :meth:`read_metrics` skips."""
+        return [i for i, (_, rec) in enumerate(self._metric_lines(), 1) if rec is None]
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one line and fsync (a kill can tear only this line)."""
         line = json.dumps(jsonable(record), allow_nan=False) + "\n"
