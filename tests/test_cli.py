@@ -696,3 +696,12 @@ def test_gradcheck_withholds_the_diagnostics_that_rest_on_an_untrusted_reference
     js = json.loads(out.read_text())
     assert js["reference"] is None and js["cos_implicit"] is None and js["alignment"] is None
     assert js["angle"] > 0  # what does not rest on the reference stays
+
+
+def test_train_into_a_run_is_refused_before_the_directory_is_named(run_dir, tiny_config, capsys):
+    """A review saw "run directory: X" printed, then "X: already holds a run"."""
+    assert main(["train", str(tiny_config), "--out", str(run_dir), "-q"]) == 2
+    captured = capsys.readouterr()
+    assert "run directory:" not in captured.out
+    assert captured.err.strip() == (f"eqprop: error: {run_dir}: already holds a run; resume it with "
+                                    f"`eqprop resume {run_dir}` or choose another --out")

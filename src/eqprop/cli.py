@@ -67,9 +67,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = with_epochs(load_config(args.config, args.set), args.epochs)
     out = Path(args.out) if args.out else default_run_dir(args.config)
-    print(f"run directory: {out}")
     run = RunDir(out)
     from .parallel import is_writer
+    from .train.loop import refuse_a_run
+
+    if is_writer():  # before naming the directory (a review saw it named, then refused)
+        refuse_a_run(run)
+    print(f"run directory: {out}")
 
     if args.plugin and is_writer() and not (run.has_checkpoint() or run.metrics.exists()):
         # resume, eval and gradcheck of the run load these copies (train refuses a

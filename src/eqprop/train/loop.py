@@ -371,6 +371,14 @@ def _estimate_text(rec: dict[str, Any], relaxes: bool = True) -> str:
     return (" | " + ", ".join(parts)) if parts else ""
 
 
+def refuse_a_run(run: RunDir) -> None:
+    """Raise ``ValueError`` when ``run`` already holds a run (a checkpoint or metrics): a
+    fresh :func:`train` must not write into it."""
+    if run.has_checkpoint() or run.metrics.exists():
+        raise ValueError(f"{run.path}: already holds a run; resume it with `eqprop resume "
+                         f"{run.path}` or choose another --out")
+
+
 def train(config: Config, out_dir: str | Path, *, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Train per ``config`` into run directory ``out_dir``; return the summary dict.
@@ -398,9 +406,8 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     if resume and not (run.has_checkpoint() or run.is_run()):  # no checkpoint yet: restart
         raise ValueError(f"{run.path}: no checkpoint to resume from "
                          f"({run.checkpoint('latest')} not found)")
-    if writer and not resume and (run.has_checkpoint() or run.metrics.exists()):
-        raise ValueError(f"{run.path}: already holds a run; resume it with `eqprop resume "
-                         f"{run.path}` or choose another --out")
+    if writer and not resume:
+        refuse_a_run(run)
     # config.toml first, so that a run killed at any instant after this line, even while
     # its data loads or its step compiles, is a run directory that `eqprop resume` restarts
     fresh = writer and not resume and not run.is_run()
