@@ -705,3 +705,18 @@ def test_train_into_a_run_is_refused_before_the_directory_is_named(run_dir, tiny
     assert "run directory:" not in captured.out
     assert captured.err.strip() == (f"eqprop: error: {run_dir}: already holds a run; resume it with "
                                     f"`eqprop resume {run_dir}` or choose another --out")
+
+
+def test_report_plots_name_the_seed_mean_and_the_free_phases_unsettled_fraction(run_dir, tmp_path,
+                                                                                monkeypatch):
+    """A review: a 2-seed run's lines did not say they are seed means, and relaxation.png
+    had the nudged phases' unsettled fraction but not the free phase's."""
+    from eqprop.train import report as rep
+
+    assert rep._seeds_tag([{"per_seed": {"test_acc": [0.9, 0.8]}}]) == " (mean of 2 seeds)"
+    assert rep._seeds_tag([{"test_acc": 0.9}]) == "" and rep._seeds_tag([]) == ""
+    drawn = {}
+    monkeypatch.setattr(rep, "_plot", lambda path, runs, panels: drawn.__setitem__(path.name, panels))
+    rep.report([run_dir], tmp_path / "rep")
+    titles = [title for title, _, _ in drawn["relaxation.png"]]
+    assert "free phases above 0.001 (fraction)" in titles

@@ -81,6 +81,14 @@ def _extra_keys(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
     return keys
 
 
+def _seeds_tag(records: list[dict[str, Any]]) -> str:
+    """`` (mean of K seeds)`` for a run of ``K > 1`` seeds, whose record keys are means over
+    the seeds (a review could not tell the mean from seed 0), else ``""``."""
+    per = (records[-1].get("per_seed") or {}) if records else {}
+    k = max((len(v) for v in per.values() if isinstance(v, list)), default=0)
+    return f" (mean of {k} seeds)" if k > 1 else ""
+
+
 def _plot(path: Path, runs, panels: list[tuple[str, list[tuple[str, str]], bool]]) -> None:
     """One figure, one panel per ``(title, [(key, style)], log_y)``; one colour per run."""
     import matplotlib
@@ -102,7 +110,7 @@ def _plot(path: Path, runs, panels: list[tuple[str, list[tuple[str, str]], bool]
                 xs, ys = _series(records, key)
                 if xs:
                     epochs.update(xs)
-                    label = f"{name} {key}" if len(keys) > 1 else name
+                    label = (f"{name} {key}" if len(keys) > 1 else name) + _seeds_tag(records)
                     # a marker per series too: at one epoch the line styles do not show
                     ax.plot(xs, ys, style, color=colours[i % len(colours)], label=label,
                             marker="os^vD"[j % 5], markersize=3 if len(xs) > 1 else 5)
@@ -195,6 +203,8 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         "loss.png": [("loss", [("train_loss", "--"), ("test_loss", "-")], True)],
         "relaxation.png": [("free steps (mean)", [("free_steps_mean", "-")], False),
                            ("residual (mean)", [("residual_mean", "-")], True)]
+        + ([(f"free phases above {NONCONVERGED_TOL:g} (fraction)", [("nonconverged_fraction", "-")], False)]
+           if any(_series(records, "nonconverged_fraction")[0] for _, records in runs) else [])
         + [panel for panel in _ESTIMATE_PANELS
            if any(_series(records, key)[0] for _, records in runs for key, _ in panel[1])],
     }
