@@ -13,8 +13,26 @@ import tempfile
 # (the tiny training runs of test_train, test_loggers, test_pruning, test_crash, ...);
 # measured 59 s -> 35 s for test_train + test_loggers from an empty cache (2 workers). Entries are
 # keyed by the compiled program and JAX's version, so a stale one is never used.
+# The directory is keyed by this CPU's feature flags too: a machine image restored on
+# another host (a VM fork) otherwise loads code compiled for the first CPU (two xdist
+# workers segfaulted in XLA:CPU on a cache filled before such a fork; not shown to be the
+# cause, but never worth the risk).
+
+
+def _cpu_key() -> str:
+    import hashlib
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = next((line for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return hashlib.sha256((platform.machine() + flags).encode()).hexdigest()[:12]
+
+
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"eqprop-test-jax-cache-{os.getuid()}"))
+                      os.path.join(tempfile.gettempdir(), f"eqprop-test-jax-cache-{os.getuid()}-{_cpu_key()}"))
 # only programs that took a while to compile: eager operations compile thousands of tiny
 # ones, and a cache of thousands of entries costs more to search than they save
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
