@@ -258,11 +258,10 @@ def circle_brief(figures: Mapping[str, Any]) -> str | None:
     error = figures.get("hep_error_mean")
     if rate is None or error is None:
         return None
-    pct = f"{100 * error:.0f}" if error >= 0.01 else f"{100 * error:.1g}"  # not "0%"
     which = "median" if median else "mean"
     if rate == 0:  # no order above the rounding floor: not a decay of 0x
-        return f"hEP circle at the rounding floor ({which}), est. error {pct}%"
-    return f"hEP circle {rate:.2g}x per order ({which}), est. error {pct}%"
+        return f"hEP circle at the rounding floor ({which}), est. error {share(error)}"
+    return f"hEP circle {rate:.2g}x per order ({which}), est. error {share(error)}"
 
 
 def share(fraction: float) -> str:
