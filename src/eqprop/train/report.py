@@ -32,6 +32,11 @@ KNOWN_KEYS = {
     "compile_seconds", "diagnostics_seconds", "eval_seconds", *ESTIMATE_KEYS.values(),
 }
 
+#: the free phase's unsettled fraction in relaxation.png, drawn (as the estimator's panels)
+#: when a run has it
+_FREE_FRACTION_PANEL = (f"free phases above {NONCONVERGED_TOL:g} (fraction)",
+                        [("nonconverged_fraction", "-")], False)
+
 #: panels of the estimator's figures in relaxation.png, each drawn when a run has it
 _ESTIMATE_PANELS = (
     ("nudged residual (mean)", [("nudged_residual_mean", "-")], True),
@@ -203,9 +208,7 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         "loss.png": [("loss", [("train_loss", "--"), ("test_loss", "-")], True)],
         "relaxation.png": [("free steps (mean)", [("free_steps_mean", "-")], False),
                            ("residual (mean)", [("residual_mean", "-")], True)]
-        + ([(f"free phases above {NONCONVERGED_TOL:g} (fraction)", [("nonconverged_fraction", "-")], False)]
-           if any(_series(records, "nonconverged_fraction")[0] for _, records in runs) else [])
-        + [panel for panel in _ESTIMATE_PANELS
+        + [panel for panel in (_FREE_FRACTION_PANEL, *_ESTIMATE_PANELS)
            if any(_series(records, key)[0] for _, records in runs for key, _ in panel[1])],
     }
     extra = _extra_keys(runs)
