@@ -5,6 +5,7 @@ JAX compilation cache.
 Every test leaves the component registries as it found them: a test that registers a
 model, estimator, solver or plugin of its own cannot change what a later test sees."""
 
+import gc
 import os
 import tempfile
 
@@ -62,3 +63,35 @@ def _registries_restored():
     plugins._restore(snapshot)
     plugins._LOADED.clear()
     plugins._LOADED.update(loaded)
+
+
+# Each executable XLA:CPU loads maps ~80 memory regions, and a process may hold
+# vm.max_map_count of them (65530 by default): past it, LLVM's JIT fails to map the next
+# program ("LLVM compilation error: Cannot allocate memory") and the process segfaults.
+# A test worker that runs a few hundred tests keeps every program they compiled alive in
+# JAX's caches and crossed that line (workers crashed in deserialize_executable, in
+# whichever test came next). When a worker holds half the limit, drop JAX's caches: the
+# programs still needed come back from the compilation cache above.
+def _map_limit() -> int | None:
+    try:
+        with open("/proc/sys/vm/max_map_count", encoding="ascii") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+_MAP_LIMIT = _map_limit()
+
+
+def _memory_maps() -> int:
+    """The number of memory regions this process has mapped (Linux)."""
+    with open("/proc/self/maps", "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+@pytest.fixture(autouse=True)
+def _loaded_programs_bounded():
+    yield
+    if _MAP_LIMIT is not None and _memory_maps() > _MAP_LIMIT // 2:
+        jax.clear_caches()
+        gc.collect()
