@@ -660,29 +660,43 @@ def test_gradcheck_says_when_one_example_sets_the_batch_cosines():
 
 def test_the_signal_handlers_request_the_stop_besides_raising():
     """SIGINT and SIGTERM raise KeyboardInterrupt and also leave a request the training
-    loop honours at its next batch (where the exception is swallowed inside JAX). Real
-    signals, sent in a process of their own: not to a test worker that runs JAX."""
+    loop honours at its next batch (where the exception is swallowed inside JAX); on the
+    way out the handlers found are put back. Real signals, sent in a process of their
+    own: not to a test worker that runs JAX."""
     import subprocess
     import sys
 
     code = """
 import os, signal
-from eqprop.cli import _interrupt_on_sigterm
+from eqprop.cli import _stop_on_signals
 from eqprop.train import loop
-_interrupt_on_sigterm()
-for sig in (signal.SIGINT, signal.SIGTERM):
-    loop._STOP_REQUESTS.clear()
-    try:
-        os.kill(os.getpid(), sig)
-        for _ in range(100000):  # the handler runs between bytecodes
-            pass
-        print("no KeyboardInterrupt")
-    except KeyboardInterrupt:
-        print(loop._STOP_REQUESTS)  # the request, as the loop will see it
+found = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+with _stop_on_signals():
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop._STOP_REQUESTS.clear()
+        try:
+            os.kill(os.getpid(), sig)
+            for _ in range(100000):  # the handler runs between bytecodes
+                pass
+            print("no KeyboardInterrupt")
+        except KeyboardInterrupt:
+            print(loop._STOP_REQUESTS)  # the request, as the loop will see it
+print(all(signal.getsignal(s) is h for s, h in found.items()))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["['interrupted']", "['terminated (SIGTERM)']"]
+    assert out.stdout.splitlines() == ["['interrupted']", "['terminated (SIGTERM)']", "True"]
+
+
+def test_train_from_python_leaves_the_signal_handlers_as_it_found_them(tmp_path):
+    """``main(["train", ...])`` called in-process (a notebook, a test worker) puts back
+    the SIGINT and SIGTERM handlers it replaced: a later Ctrl-C is the caller's again."""
+    import signal
+
+    found = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    assert main(["train", str(ROOT / "configs" / "xor-deep.toml"), "--out", str(tmp_path / "r"),
+                 "--epochs", "1", "-q"]) == 0
+    assert {s: signal.getsignal(s) for s in found} == found
 
 
 def test_gradcheck_withholds_the_diagnostics_that_rest_on_an_untrusted_reference(tmp_path, capsys):

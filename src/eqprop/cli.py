@@ -8,6 +8,7 @@ one-line message on stderr; 3 training diverged; 130 interrupted (checkpoint sav
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -27,11 +28,14 @@ EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PIPE = 0, 2, 3, 130, 
 # ---------------------------------------------------------------------------
 
 
-def _interrupt_on_sigterm() -> None:
-    """Treat SIGTERM (e.g. a scheduler's preemption) like Ctrl-C: checkpoint and stop.
-    Both signals also request the stop from the training loop
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Within the block, treat SIGTERM (e.g. a scheduler's preemption) like Ctrl-C:
+    checkpoint and stop. Both signals also request the stop from the training loop
     (:func:`eqprop.train.loop.request_stop`), which honours it at its next batch where
-    the ``KeyboardInterrupt`` was swallowed (raised inside a callback of JAX's)."""
+    the ``KeyboardInterrupt`` was swallowed (raised inside a callback of JAX's). The
+    handlers in place before are put back on the way out, so ``main`` called from Python
+    (a notebook, a test) leaves its process's signals as it found them."""
     import signal
 
     from .train.loop import request_stop
@@ -41,11 +45,17 @@ def _interrupt_on_sigterm() -> None:
         request_stop(how)
         raise KeyboardInterrupt(how if signum == signal.SIGTERM else "")
 
+    before = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            signal.signal(sig, handler)
+            before[sig] = signal.signal(sig, handler)
         except ValueError:  # not in the main thread
             pass
+    try:
+        yield
+    finally:
+        for sig, previous in before.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
 
 def _join(args: argparse.Namespace) -> None:
@@ -79,9 +89,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # resume, eval and gradcheck of the run load these copies (train refuses a
         # directory that holds a run: leave that run's plugins alone)
         record_plugins(out, args.plugin)
-    _interrupt_on_sigterm()
     try:
-        train(config, out, progress=not args.quiet)
+        with _stop_on_signals():
+            train(config, out, progress=not args.quiet)
     except (ConfigError, DataError, ValueError, OSError) as e:
         if out.exists():
             raise
@@ -118,8 +128,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                       f"{config.train.epochs} epochs from here on, so the result equals "
                       "neither the planned run nor an uninterrupted "
                       f"{config.train.epochs}-epoch run", EqpropWarning, stacklevel=2)
-    _interrupt_on_sigterm()
-    train(config, run.path, resume=True, progress=not args.quiet)
+    with _stop_on_signals():
+        train(config, run.path, resume=True, progress=not args.quiet)
     return EXIT_OK
 
 
