@@ -25,6 +25,7 @@ from jax import Array
 from .estimate import Estimator, estimate_metrics
 from .estimate.base import add_grads
 from .homeostasis import Homeostasis, homeostasis_grad
+from .jitting import jit
 from .network.base import EquilibriumModel, parameters
 from .guards import NONCONVERGED_TOL
 from .solvers import FixedPoint, FixedPointSolver
@@ -101,7 +102,7 @@ def make_train_step(
         homeostasis = None
     solver = DEFAULT_FREE_SOLVER if solver is None else solver
 
-    @eqx.filter_jit
+    @jit
     def step(model, opt_state, x, y, key, index=0, u0=None, warm=None):
         if homeostasis is not None:
             homeostasis.check(model)  # at trace time: a one-line error, not an AttributeError

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ..jitting import jit
 from ..network.base import EquilibriumModel, InteractionModel
 from .certificates import (StabilityError, StabilitySettings, _depends, _free_solver, _relax,
                            _start_activity, activation_lipschitz, contraction_bound, coupling_norm,
@@ -82,7 +83,7 @@ def make_enforcer(model: EquilibriumModel, x1: Array, *, settings: StabilitySett
         leaves = [t * k.astype(t.dtype) if f else t for t, f in zip(leaves, flags)]
         return eqx.combine(jax.tree.unflatten(tdef, leaves), static)
 
-    return eqx.filter_jit(one if seeds == 1 else eqx.filter_vmap(one))
+    return jit(one if seeds == 1 else eqx.filter_vmap(one))
 
 
 def epoch_figures(model: EquilibriumModel, x: Array, solver: Any, *, settings: StabilitySettings

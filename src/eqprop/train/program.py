@@ -25,6 +25,7 @@ from .. import build
 from ..config import Config, ConfigError
 from ..data import Dataset, batches, flip_crop, load, num_batches
 from ..guards import EqpropWarning
+from ..jitting import jit
 from ..network import FeedbackModel
 from ..parallel import Layout, configure, make_layout
 from ..pruning import NoPruning, Pruner
@@ -233,8 +234,8 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     return Program(config=config, dataset=ds, seeds=k, n_batches=n_batches, state=state,
                    step=make_step(base_step, n_batches=n_batches, seeds=k, layout=layout,
                                   augment=augment),
-                   eval_batch=eqx.filter_jit(eval_batch), diagnose=diagnose, estimator=estimator,
-                   solvers=solvers, estimate_batch=eqx.filter_jit(estimate_batch), pruner=pruner,
+                   eval_batch=jit(eval_batch), diagnose=diagnose, estimator=estimator,
+                   solvers=solvers, estimate_batch=jit(estimate_batch), pruner=pruner,
                    layout=layout)
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data.augment import AUGMENT_TAG
+from ..jitting import jit
 from ..network.base import parameters
 from ..parallel import DATA, Layout
 
@@ -136,7 +137,7 @@ def make_step(base_step: Callable, *, n_batches: int, seeds: int = 1,
     per_seed = one if seeds == 1 else eqx.filter_vmap(
         one, in_axes=(0, 0, None, None, 0, None, 0, None))
 
-    @eqx.filter_jit
+    @jit
     def step(state: TrainState, x, y, u0=None, warm=None):
         key = batch_key(state.key, state.step, n_batches)
         if augment is not None:

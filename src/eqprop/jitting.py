@@ -1,0 +1,57 @@
+"""``jit`` for the programs eqprop builds per run: ``eqx.filter_jit``'s semantics, with
+the compiled programs cached on the function itself.
+
+``eqx.filter_jit`` caches a wrapper per function in a process-wide table keyed weakly by
+the function, but that wrapper holds the function as a static argument of its jit: a
+closure made per run (a training step, an evaluation) is never released, nor is anything
+XLA compiled for it. Each compiled program maps ~80 memory regions, so a process that
+builds a few hundred runs (a notebook's sweep, a test worker) crosses the kernel's
+``vm.max_map_count`` (65530 by default) and crashes in LLVM's JIT ("Cannot allocate
+memory", then a segfault). With :func:`jit`, dropping the returned function drops its
+programs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+import equinox as eqx
+import jax
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Static(eqx.Module):
+    """The non-array part of an output, carried through ``jax.jit`` in its tree."""
+
+    value: Any = eqx.field(static=True)
+
+
+def jit(f: F) -> F:
+    """``f`` compiled as ``eqx.filter_jit`` compiles it: array leaves of the arguments
+    (``jax.Array``, ``numpy.ndarray``) are traced; every other leaf (Python numbers,
+    functions, strings) is static, a new value compiles anew; outputs may hold
+    non-array leaves too.
+
+    **Args:** ``f``: any callable; its arguments' static leaves must be hashable.
+
+    **Returns:** a function with ``f``'s signature. Its compiled programs live as long as
+    it does (not in Equinox's process-wide cache; see the module's docstring).
+    """
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(static, dynamic):
+        leaves, treedef = static
+        args, kwargs = eqx.combine(dynamic, jax.tree.unflatten(treedef, leaves))
+        dynamic_out, static_out = eqx.partition(f(*args, **kwargs), eqx.is_array)
+        return dynamic_out, _Static(static_out)
+
+    @functools.wraps(f)
+    def call(*args, **kwargs):
+        dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
+        leaves, treedef = jax.tree.flatten(static)
+        dynamic_out, static_out = run((tuple(leaves), treedef), dynamic)
+        return eqx.combine(dynamic_out, static_out.value)
+
+    return call  # type: ignore[return-value]
