@@ -51,6 +51,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes",
                   int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 from eqprop import plugins  # noqa: E402
+from eqprop.jitting import memory_maps  # noqa: E402
 from eqprop.registry import load_builtins  # noqa: E402
 
 load_builtins()  # before any snapshot: the built-ins are part of every test's starting point
@@ -68,30 +69,15 @@ def _registries_restored():
 # Each executable XLA:CPU loads maps ~80 memory regions, and a process may hold
 # vm.max_map_count of them (65530 by default): past it, LLVM's JIT fails to map the next
 # program ("LLVM compilation error: Cannot allocate memory") and the process segfaults.
-# A test worker that runs a few hundred tests keeps every program they compiled alive in
-# JAX's caches and crossed that line (workers crashed in deserialize_executable, in
-# whichever test came next). When a worker holds half the limit, drop JAX's caches: the
-# programs still needed come back from the compilation cache above.
-def _map_limit() -> int | None:
-    try:
-        with open("/proc/sys/vm/max_map_count", encoding="ascii") as fh:
-            return int(fh.read())
-    except (OSError, ValueError):
-        return None
-
-
-_MAP_LIMIT = _map_limit()
-
-
-def _memory_maps() -> int:
-    """The number of memory regions this process has mapped (Linux)."""
-    with open("/proc/self/maps", "rb") as fh:
-        return sum(1 for _ in fh)
-
-
+# A test worker that runs a few hundred tests keeps the programs of every module-level
+# jitted function they called alive in JAX's caches and crossed that line (workers
+# crashed in deserialize_executable, in whichever test came next). When a worker holds
+# half the limit, drop JAX's caches: the programs still needed come back from the
+# compilation cache above.
 @pytest.fixture(autouse=True)
 def _loaded_programs_bounded():
     yield
-    if _MAP_LIMIT is not None and _memory_maps() > _MAP_LIMIT // 2:
+    maps = memory_maps()
+    if maps is not None and maps[0] > maps[1] // 2:
         jax.clear_caches()
         gc.collect()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eqprop.jitting import jit
+from eqprop.jitting import MAP_WARN_SHARE, jit, memory_maps
 
 
 def test_arrays_are_traced_and_every_other_leaf_is_static():
@@ -80,10 +80,10 @@ def test_an_unhashable_static_argument_is_a_clear_error(bad):
         jit(lambda x, s: x)(jnp.ones(()), bad)
 
 
+@pytest.mark.skipif(memory_maps() is None, reason="reads /proc/self/maps (Linux)")
 def test_training_again_in_one_process_holds_no_more_compiled_programs(tmp_path):
     """Every program a run compiled is unmapped once the run is over (Linux: counted in
     /proc/self/maps; each loaded program maps regions of its own)."""
-    from conftest import _memory_maps
     from test_train import tiny
 
     from eqprop.train import train
@@ -92,5 +92,26 @@ def test_training_again_in_one_process_holds_no_more_compiled_programs(tmp_path)
     for name in "abc":
         train(tiny(), tmp_path / name, progress=False)
         gc.collect()
-        counts.append(_memory_maps())
+        counts.append(memory_maps()[0])
     assert counts[2] - counts[1] < 20, counts  # a run left its programs: ~100 more each
+
+
+def test_a_run_in_a_process_near_the_map_limit_is_warned(tmp_path, monkeypatch):
+    """Injected: a process that maps 80% of vm.max_map_count gets a warning before its
+    run (naming the limit and the way out), not a segfault with no message later."""
+    from test_train import tiny
+
+    from eqprop import jitting
+    from eqprop.guards import EqpropWarning
+    from eqprop.train import train
+
+    assert MAP_WARN_SHARE < 0.8
+    monkeypatch.setattr(jitting, "memory_maps", lambda: (52424, 65530))
+    with pytest.warns(EqpropWarning, match=r"train: this process maps 52424 memory regions of "
+                      r"the kernel's limit of 65530 \(vm.max_map_count\).*jax.clear_caches"):
+        train(tiny(), tmp_path / "r", progress=False)
+    monkeypatch.setattr(jitting, "memory_maps", lambda: (40000, 65530))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*vm.max_map_count")
+        train(tiny(), tmp_path / "s", progress=False)

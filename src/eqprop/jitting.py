@@ -8,18 +8,23 @@ XLA compiled for it. Each compiled program maps ~80 memory regions, so a process
 builds a few hundred runs (a notebook's sweep, a test worker) crosses the kernel's
 ``vm.max_map_count`` (65530 by default) and crashes in LLVM's JIT ("Cannot allocate
 memory", then a segfault). With :func:`jit`, dropping the returned function drops its
-programs.
+programs; and :func:`warn_near_map_limit` says so before a run when a process has come
+near that limit anyway (compiled programs of its own, kept elsewhere).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable, TypeVar
 
 import equinox as eqx
 import jax
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: the share of ``vm.max_map_count`` past which :func:`warn_near_map_limit` warns
+MAP_WARN_SHARE = 0.75
 
 
 class _Static(eqx.Module):
@@ -55,3 +60,31 @@ def jit(f: F) -> F:
         return eqx.combine(dynamic_out, static_out.value)
 
     return call  # type: ignore[return-value]
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """``(regions, limit)``: the memory regions this process maps and the kernel's limit
+    on them (``vm.max_map_count``), on Linux; ``None`` where either cannot be read."""
+    try:
+        with open("/proc/sys/vm/max_map_count", encoding="ascii") as fh:
+            limit = int(fh.read())
+        with open("/proc/self/maps", "rb") as fh:
+            return sum(1 for _ in fh), limit
+    except (OSError, ValueError):
+        return None
+
+
+def warn_near_map_limit(where: str) -> None:
+    """Warn (:class:`~eqprop.guards.EqpropWarning`) when this process maps more than
+    :data:`MAP_WARN_SHARE` of ``vm.max_map_count`` regions: the next programs XLA:CPU
+    loads may cross it, and the process then dies in a segfault with no message."""
+    from .guards import EqpropWarning
+
+    maps = memory_maps()
+    if maps is not None and maps[0] > MAP_WARN_SHARE * maps[1]:
+        warnings.warn(
+            f"{where}: this process maps {maps[0]} memory regions of the kernel's limit of "
+            f"{maps[1]} (vm.max_map_count); each program XLA compiles maps about 80 more, "
+            "and past the limit the process crashes with a segfault: release the programs "
+            "this process keeps compiled (eqx.clear_caches(); jax.clear_caches()) or raise "
+            "the limit (sysctl -w vm.max_map_count=262144)", EqpropWarning, stacklevel=3)

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
 from ..guards import NONCONVERGED_TOL, EstimateWarning, circle_brief, estimate_problems, share
+from ..jitting import warn_near_map_limit
 from ..pruning import connections, masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
 from ..parallel import configure, is_writer
@@ -400,6 +401,7 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     """
     configure(config.parallel.devices)  # before anything initialises JAX's backends
     _STOP_REQUESTS.clear()
+    warn_near_map_limit("train")
     writer = is_writer()
     loggers = make_loggers(config.logging.loggers) if writer else []
     run = RunDir(out_dir)
