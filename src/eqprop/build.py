@@ -10,13 +10,12 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from .config import Config, ConfigError, DynamicsSettings
 from .estimate import Estimator, make_estimator
 from .homeostasis import Homeostasis
-from .network import DenseNetwork, EquilibriumModel, graph, layered
+from .network import EquilibriumModel
 from .linear import make_linear_solver
 from .pruning import Pruner, Scheduled, keep_pruned, prunable
 from .registry import ESTIMATORS, PRUNERS, SOLVERS

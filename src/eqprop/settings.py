@@ -21,7 +21,7 @@ import math
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = [
     "Bounds", "Setting", "SettingError", "setting", "settings_of", "Registry", "FrozenMap",
