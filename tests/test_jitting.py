@@ -108,10 +108,30 @@ def test_a_run_in_a_process_near_the_map_limit_is_warned(tmp_path, monkeypatch):
     assert MAP_WARN_SHARE < 0.8
     monkeypatch.setattr(jitting, "memory_maps", lambda: (52424, 65530))
     with pytest.warns(EqpropWarning, match=r"train: this process maps 52424 memory regions of "
-                      r"the kernel's limit of 65530 \(vm.max_map_count\).*jax.clear_caches"):
+                      r"the kernel's limit of 65530 \(vm.max_map_count\).*raise the limit"):
         train(tiny(), tmp_path / "r", progress=False)
     monkeypatch.setattr(jitting, "memory_maps", lambda: (40000, 65530))
     import warnings
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*vm.max_map_count")
         train(tiny(), tmp_path / "s", progress=False)
+
+
+@pytest.mark.parametrize("maps, released", [(40000, True), (20000, False)])
+def test_a_run_first_drops_the_cached_programs_of_a_process_past_half_the_limit(
+        maps, released, tmp_path, monkeypatch):
+    """Injected: programs cached by module-level jitted functions (diagnostics under a
+    sweep of beta kept one per value, +447 maps a run in a review) are dropped before a
+    run once the process maps half of vm.max_map_count, and only then."""
+    import equinox as eqx
+    from test_train import tiny
+
+    from eqprop import jitting
+    from eqprop.train import train
+
+    calls = []
+    monkeypatch.setattr(jitting, "memory_maps", lambda: (maps, 65530))
+    monkeypatch.setattr(eqx, "clear_caches", lambda: calls.append("eqx"))
+    monkeypatch.setattr(jax, "clear_caches", lambda: calls.append("jax"))
+    train(tiny(), tmp_path / "r", progress=False)
+    assert calls == (["eqx", "jax"] if released else [])

@@ -4,17 +4,21 @@ the compiled programs cached on the function itself.
 ``eqx.filter_jit`` caches a wrapper per function in a process-wide table keyed weakly by
 the function, but that wrapper holds the function as a static argument of its jit: a
 closure made per run (a training step, an evaluation) is never released, nor is anything
-XLA compiled for it. Each compiled program maps ~80 memory regions, so a process that
-builds a few hundred runs (a notebook's sweep, a test worker) crosses the kernel's
+XLA compiled for it. Each compiled program maps memory regions of its own (from a few
+for a tiny program to ~80 for a training step), so a process that builds a few hundred
+runs (a notebook's sweep, a test worker) crosses the kernel's
 ``vm.max_map_count`` (65530 by default) and crashes in LLVM's JIT ("Cannot allocate
 memory", then a segfault). With :func:`jit`, dropping the returned function drops its
-programs; and :func:`warn_near_map_limit` says so before a run when a process has come
-near that limit anyway (compiled programs of its own, kept elsewhere).
+programs. Module-level jitted functions called with per-run settings (the diagnostics
+and stability figures, under a sweep of the estimator or solver) still keep a program per
+setting: :func:`release_near_map_limit` drops every cached program when a process
+nears the limit, and :func:`warn_near_map_limit` warns when what remains is still near.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import warnings
 from typing import Any, Callable, TypeVar
 
@@ -25,6 +29,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: the share of ``vm.max_map_count`` past which :func:`warn_near_map_limit` warns
 MAP_WARN_SHARE = 0.75
+#: the share past which :func:`release_near_map_limit` drops the cached programs
+MAP_RELEASE_SHARE = 0.5
 
 
 class _Static(eqx.Module):
@@ -36,8 +42,9 @@ class _Static(eqx.Module):
 def jit(f: F) -> F:
     """``f`` compiled as ``eqx.filter_jit`` compiles it: array leaves of the arguments
     (``jax.Array``, ``numpy.ndarray``) are traced; every other leaf (Python numbers,
-    functions, strings) is static, a new value compiles anew; outputs may hold
-    non-array leaves too.
+    functions, strings) is static, and a value unequal to those seen compiles anew
+    (equal ones, ``1`` and ``1.0``, share a program, as under ``eqx.filter_jit``);
+    outputs may hold non-array leaves too.
 
     **Args:** ``f``: any callable; its arguments' static leaves must be hashable.
 
@@ -74,17 +81,34 @@ def memory_maps() -> tuple[int, int] | None:
         return None
 
 
+def release_near_map_limit() -> bool:
+    """Drop every program JAX and Equinox keep compiled (``eqx.clear_caches()``,
+    ``jax.clear_caches()``) when this process maps more than :data:`MAP_RELEASE_SHARE`
+    of ``vm.max_map_count`` regions; return whether it did. What is needed again
+    compiles again; nothing else changes."""
+    maps = memory_maps()
+    if maps is None or maps[0] <= MAP_RELEASE_SHARE * maps[1]:
+        return False
+    eqx.clear_caches()
+    jax.clear_caches()
+    gc.collect()
+    return True
+
+
 def warn_near_map_limit(where: str) -> None:
     """Warn (:class:`~eqprop.guards.EqpropWarning`) when this process maps more than
     :data:`MAP_WARN_SHARE` of ``vm.max_map_count`` regions: the next programs XLA:CPU
-    loads may cross it, and the process then dies in a segfault with no message."""
+    loads may cross it, and the process then dies in a segfault with no message. Meant
+    to follow :func:`release_near_map_limit` (its message says the caches are dropped)."""
     from .guards import EqpropWarning
 
     maps = memory_maps()
     if maps is not None and maps[0] > MAP_WARN_SHARE * maps[1]:
         warnings.warn(
             f"{where}: this process maps {maps[0]} memory regions of the kernel's limit of "
-            f"{maps[1]} (vm.max_map_count); each program XLA compiles maps about 80 more, "
-            "and past the limit the process crashes with a segfault: release the programs "
-            "this process keeps compiled (eqx.clear_caches(); jax.clear_caches()) or raise "
-            "the limit (sysctl -w vm.max_map_count=262144)", EqpropWarning, stacklevel=3)
+            f"{maps[1]} (vm.max_map_count); each program XLA compiles maps more (tens for a "
+            "training step), "
+            "and past the limit the process crashes with a segfault. JAX's and Equinox's "
+            "caches are dropped already: what holds them is the caller's (compiled "
+            "functions kept alive); release those, or raise the limit (as root: "
+            "sysctl -w vm.max_map_count=262144)", EqpropWarning, stacklevel=3)

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
 from ..guards import NONCONVERGED_TOL, EstimateWarning, circle_brief, estimate_problems, share
-from ..jitting import warn_near_map_limit
+from ..jitting import release_near_map_limit, warn_near_map_limit
 from ..pruning import connections, masks_of, prune, sparsity
 from ..stability import StabilityError, program_enforcer, program_figures
 from ..parallel import configure, is_writer
@@ -388,10 +388,16 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     directory (created; must not hold a run unless ``resume``); ``resume``: continue
     from ``out_dir/checkpoints/latest.eqx`` to ``config.train.epochs`` in total, giving
     exactly the parameters of an uninterrupted run; ``progress``: a progress bar (on a
-    terminal), a line per epoch and the summary on stdout.
+    terminal) and a line per epoch on stdout (the summary is printed either way, as
+    ``eqprop train -q`` does).
 
     **Returns:** the summary (:func:`~eqprop.train.summary.summarize`), also written
     to ``summary.json``.
+
+    A process that has many runs behind it (a notebook's sweep) and maps half of
+    ``vm.max_map_count`` memory regions first drops the programs JAX and Equinox keep
+    compiled (:func:`~eqprop.jitting.release_near_map_limit`): only a recompile, where
+    the limit's alternative is a segfault.
 
     **Raises:** :class:`~eqprop.train.divergence.TrainingDiverged` on a non-finite
     state (the last good checkpoint is kept); :class:`TrainingInterrupted` on Ctrl-C
@@ -401,6 +407,7 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     """
     configure(config.parallel.devices)  # before anything initialises JAX's backends
     _STOP_REQUESTS.clear()
+    release_near_map_limit()  # programs earlier runs of this process left cached
     warn_near_map_limit("train")
     writer = is_writer()
     loggers = make_loggers(config.logging.loggers) if writer else []
