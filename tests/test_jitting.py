@@ -135,3 +135,21 @@ def test_a_run_first_drops_the_cached_programs_of_a_process_past_half_the_limit(
     monkeypatch.setattr(jax, "clear_caches", lambda: calls.append("jax"))
     train(tiny(), tmp_path / "r", progress=False)
     assert calls == (["eqx", "jax"] if released else [])
+
+
+@pytest.mark.skipif(memory_maps() is None, reason="reads /proc/self/maps (Linux)")
+def test_a_sweep_of_beta_with_diagnostics_holds_no_more_compiled_programs(tmp_path):
+    """The per-epoch diagnostics compile per run too: a sweep that changes the estimator
+    (a review: +447 maps a run when they were cached process-wide) stays flat."""
+    from test_train import tiny
+
+    from eqprop.train import train
+
+    counts = []
+    for i in range(3):
+        config = tiny(estimator={"beta": 0.1 + 0.01 * i}, diagnostics={"enabled": True},
+                      train={"epochs": 1})
+        train(config, tmp_path / str(i), progress=False)
+        gc.collect()
+        counts.append(memory_maps()[0])
+    assert counts[2] - counts[1] < 20, counts

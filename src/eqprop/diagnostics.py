@@ -67,6 +67,7 @@ from jax import Array
 
 from .estimate import Estimator, free_phase, make_estimator
 from .homeostasis import explicit_jacobian, neuron_count, probe_figures
+from .jitting import jit
 from .metrics import cosine, example_cosines
 from .network.base import EquilibriumModel, FeedbackModel, InteractionModel, named_parameters
 from .relax import NONCONVERGED_TOL
@@ -191,8 +192,7 @@ def jacobian_figures(model: EquilibriumModel, x: Array, a: PyTree, drive: PyTree
     return s, l, False
 
 
-@eqx.filter_jit
-def _raw(model, x, y, estimator, solvers, key, exact_max, exact_examples, probes, free_steps):
+def _figures(model, x, y, estimator, solvers, key, exact_max, exact_examples, probes, free_steps):
     free = free_phase(model, x, solvers.free if free_steps is None
                       else dataclasses.replace(solvers.free, steps=free_steps))
     settled_on = jnp.asarray(False)
@@ -213,6 +213,20 @@ def _raw(model, x, y, estimator, solvers, key, exact_max, exact_examples, probes
     return g_est, g_exact, g_imp, info.error_vector, implicit.error_vector, sym, loss, unsettled, settled_on
 
 
+# the compiled figures, cached process-wide (one program per estimator, solver, model
+# structure): for calls by hand; a training run compiles its own (`compiled_figures`)
+_raw = eqx.filter_jit(_figures)
+
+
+def compiled_figures() -> Any:
+    """A compiled core of :func:`diagnostics` of the caller's own, to pass as its
+    ``compiled``: its programs go when the caller drops it (a training program's
+    per-epoch diagnostics), where the default keeps a program for every estimator and
+    solver ever passed (a sweep of ``beta`` in one process added ~450 memory maps a
+    run)."""
+    return jit(_figures)
+
+
 def _flat_network(grad: PyTree) -> Array:
     named = named_parameters(grad)
     keep = [k for k in named if not k.startswith("readout")] or list(named)
@@ -222,7 +236,8 @@ def _flat_network(grad: PyTree) -> Array:
 def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimator,
                 solvers: PhaseSolvers | None = None, key: Array | None = None, *,
                 exact_max: int = 2048, exact_examples: int = 4,
-                probes: int = 10, free_steps: int | None = None) -> dict[str, float]:
+                probes: int = 10, free_steps: int | None = None,
+                compiled: Any = None) -> dict[str, float]:
     """All diagnostics of learning without weight symmetry on one batch (arXiv 2309.02214).
 
     Relaxes the batch once (the free phase), runs ``estimator``, generalized EP with the
@@ -246,7 +261,9 @@ def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimato
       above :data:`~eqprop.guards.NONCONVERGED_TOL` the batch relaxes on from there
       (:func:`~eqprop.solvers.settle`, as :func:`eqprop.gradcheck.gradcheck`'s reference:
       the exact solves linearised at an unsettled state are not the gradient, and their
-      linear solves may not converge at all).
+      linear solves may not converge at all);
+    - ``compiled``: the compiled core to run, from :func:`compiled_figures` (default:
+      one cached for the whole process).
 
     **Returns:** a flat ``{key: float}``: ``angle`` and ``angle/<src>-<dst>`` (degrees,
     when the network has pairs), ``jacobian_symmetry`` (in ``[0, 1]``) and ``homeo_loss``
@@ -264,7 +281,7 @@ def diagnostics(model: EquilibriumModel, x: Array, y: Array, estimator: Estimato
                    if getattr(estimator, k, None) is not None}
         solvers = PhaseSolvers(**carried)
     key = jax.random.PRNGKey(0) if key is None else key
-    g_est, g_exact, g_imp, v, delta, sym, loss, unsettled, settled_on = _raw(
+    g_est, g_exact, g_imp, v, delta, sym, loss, unsettled, settled_on = (compiled or _raw)(
         model, x, y, estimator, solvers, key, exact_max, exact_examples, probes, free_steps)
     out: dict[str, float] = dict(weight_angles(model))
     if sym is not None:

@@ -211,10 +211,13 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     def relax(model, x):  # where the run's estimator reads predictions (bp: the forward pass)
         return estimator.inference(model, x, solvers.free)
 
-    def diagnose(model, x, y, key):
-        from ..diagnostics import diagnostics
+    from ..diagnostics import compiled_figures, diagnostics
 
-        return diagnostics(model, x, y, estimator, solvers, key, free_steps=probe_steps)
+    figures = compiled_figures()  # this program's own: released with it
+
+    def diagnose(model, x, y, key):
+        return diagnostics(model, x, y, estimator, solvers, key, free_steps=probe_steps,
+                           compiled=figures)
 
     eval_fn = make_eval(relax)
     estimate_fn = make_estimate_eval(relax, estimator)
