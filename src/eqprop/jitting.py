@@ -9,9 +9,8 @@ for a tiny program to ~80 for a training step), so a process that builds a few h
 runs (a notebook's sweep, a test worker) crosses the kernel's
 ``vm.max_map_count`` (65530 by default) and crashes in LLVM's JIT ("Cannot allocate
 memory", then a segfault). With :func:`jit`, dropping the returned function drops its
-programs. Module-level jitted functions called with per-run settings (the diagnostics
-and stability figures, under a sweep of the estimator or solver) still keep a program per
-setting: :func:`release_near_map_limit` drops every cached program when a process
+programs. Module-level jitted functions called with per-run settings (the stability
+figures, under a sweep of the solver; gradcheck) still keep a program per setting: :func:`release_near_map_limit` drops every cached program when a process
 nears the limit, and :func:`warn_near_map_limit` warns when what remains is still near.
 """
 
