@@ -5,7 +5,6 @@ JAX compilation cache.
 Every test leaves the component registries as it found them: a test that registers a
 model, estimator, solver or plugin of its own cannot change what a later test sees."""
 
-import gc
 import os
 import tempfile
 
@@ -51,7 +50,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes",
                   int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 from eqprop import plugins  # noqa: E402
-from eqprop.jitting import memory_maps  # noqa: E402
+from eqprop.jitting import release_near_map_limit  # noqa: E402
 from eqprop.registry import load_builtins  # noqa: E402
 
 load_builtins()  # before any snapshot: the built-ins are part of every test's starting point
@@ -72,13 +71,11 @@ def _registries_restored():
 # A test worker that runs a few hundred tests keeps the programs of every module-level
 # jitted function they called alive in JAX's caches and crossed that line (workers
 # crashed in deserialize_executable, in whichever test came next). When a worker holds
-# 60% of the limit, drop JAX's caches: the programs still needed come back from the
-# compilation cache above, or compile again (each drop costs that: not earlier than
-# needed; below the 75% at which `train` warns, eqprop.jitting.MAP_WARN_SHARE).
+# 60% of the limit, drop JAX's and Equinox's caches (as `train` does at 50%): the
+# programs still needed come back from the compilation cache above, or compile again
+# (each drop costs that: not earlier than needed; below the 75% at which `train` warns,
+# eqprop.jitting.MAP_WARN_SHARE).
 @pytest.fixture(autouse=True)
 def _loaded_programs_bounded():
     yield
-    maps = memory_maps()
-    if maps is not None and maps[0] > 0.6 * maps[1]:
-        jax.clear_caches()
-        gc.collect()
+    release_near_map_limit(0.6)

@@ -6,12 +6,13 @@ the function, but that wrapper holds the function as a static argument of its ji
 closure made per run (a training step, an evaluation) is never released, nor is anything
 XLA compiled for it. Each compiled program maps memory regions of its own (from a few
 for a tiny program to ~80 for a training step), so a process that builds a few hundred
-runs (a notebook's sweep, a test worker) crosses the kernel's
-``vm.max_map_count`` (65530 by default) and crashes in LLVM's JIT ("Cannot allocate
-memory", then a segfault). With :func:`jit`, dropping the returned function drops its
-programs. Module-level jitted functions called with per-run settings (the stability
-figures, under a sweep of the solver; gradcheck) still keep a program per setting: :func:`release_near_map_limit` drops every cached program when a process
-nears the limit, and :func:`warn_near_map_limit` warns when what remains is still near.
+runs (a notebook's sweep, a test worker) crosses the kernel's ``vm.max_map_count``
+(65530 by default) and crashes in LLVM's JIT ("Cannot allocate memory", then a
+segfault). With :func:`jit`, dropping the returned function drops its programs.
+Module-level jitted functions called with per-run settings (the stability figures under
+a sweep of the solver; gradcheck) still keep a program per setting:
+:func:`release_near_map_limit` drops every cached program when a process nears the
+limit, and :func:`warn_near_map_limit` warns when what remains is still near.
 """
 
 from __future__ import annotations
@@ -80,13 +81,13 @@ def memory_maps() -> tuple[int, int] | None:
         return None
 
 
-def release_near_map_limit() -> bool:
+def release_near_map_limit(share: float = MAP_RELEASE_SHARE) -> bool:
     """Drop every program JAX and Equinox keep compiled (``eqx.clear_caches()``,
-    ``jax.clear_caches()``) when this process maps more than :data:`MAP_RELEASE_SHARE`
-    of ``vm.max_map_count`` regions; return whether it did. What is needed again
-    compiles again; nothing else changes."""
+    ``jax.clear_caches()``) when this process maps more than ``share`` of
+    ``vm.max_map_count`` regions; return whether it did. What is needed again compiles
+    again; nothing else changes."""
     maps = memory_maps()
-    if maps is None or maps[0] <= MAP_RELEASE_SHARE * maps[1]:
+    if maps is None or maps[0] <= share * maps[1]:
         return False
     eqx.clear_caches()
     jax.clear_caches()
@@ -106,8 +107,7 @@ def warn_near_map_limit(where: str) -> None:
         warnings.warn(
             f"{where}: this process maps {maps[0]} memory regions of the kernel's limit of "
             f"{maps[1]} (vm.max_map_count); each program XLA compiles maps more (tens for a "
-            "training step), "
-            "and past the limit the process crashes with a segfault. JAX's and Equinox's "
-            "caches are dropped already: what holds them is the caller's (compiled "
-            "functions kept alive); release those, or raise the limit (as root: "
-            "sysctl -w vm.max_map_count=262144)", EqpropWarning, stacklevel=3)
+            "training step), and past the limit the process crashes with a segfault. "
+            "JAX's and Equinox's caches are dropped already: what holds them is the "
+            "caller's (compiled functions kept alive); release those, or raise the limit "
+            "(as root: sysctl -w vm.max_map_count=262144)", EqpropWarning, stacklevel=3)
