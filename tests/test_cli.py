@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from eqprop.cli import main
-from eqprop.config import load_config
+from eqprop.config import load_config, parse_config
 from eqprop.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,14 +91,18 @@ def test_the_summary_says_where_the_wall_time_went(run_dir):
     assert line.endswith("; besides: diagnostics 6.1 s, stability figures 0.5 s")
 
 
-def test_train_set_and_epochs(tiny_config, tmp_path):
+def test_train_set_and_epochs(tiny_config, tmp_path, capsys):
     out = tmp_path / "r"
     code = main(["train", str(tiny_config), "--set", "optim.lr=0.05", "--epochs", "1",
                  "--out", str(out), "-q"])
     assert code == 0
+    printed = capsys.readouterr().out  # -q: the directory and the summary block, no epochs
+    assert printed.startswith(f"run directory: {out}\n") and "test acc   final" in printed
+    assert "epoch 1/1" not in printed
     cfg = load_config(out / "config.toml")
     assert cfg.optim.lr == 0.05 and cfg.train.epochs == 1
     assert main(["resume", str(out), "--epochs", "2", "-q"]) == 0
+    assert "test acc   final" in capsys.readouterr().out
     epochs = [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     assert load_config(out / "config.toml").train.epochs == 2
@@ -388,6 +393,20 @@ def test_fast_config_is_the_reference_with_fast_dynamics():
 def test_config_reference(capsys):
     assert main(["config"]) == 0
     assert "## [train]" in capsys.readouterr().out
+
+
+def test_config_list_and_a_shipped_config_by_name(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    names = sorted(f.stem for f in (ROOT / "configs").glob("*.toml"))
+    assert [ln.split()[0] for ln in listed[:len(names)]] == names
+    assert listed[names.index("xor-deep")].split(None, 1)[1].startswith("XOR with the DEEP dynamics")
+    assert main(["config", "xor-deep", "--set", "optim.lr=0.3"]) == 0
+    assert load_config(ROOT / "configs" / "xor-deep.toml", ["optim.lr=0.3"]) == \
+        parse_config(tomllib.loads(capsys.readouterr().out))
+    assert main(["train", "no-such-config"]) == 2
+    assert "shipped configs: cifar10-cnn-hep, " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["digits-quick", "fmnist-mlp-hep", "fmnist-mlp-implicit", "fmnist-mlp-hep-fast"])

@@ -383,6 +383,61 @@ def test_missing_file_names_path(tmp_path):
     assert str(path) in str(info.value) and "not found" in str(info.value)
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_a_shipped_config_by_name(tmp_path, monkeypatch):
+    """`eqprop train digits-quick` from any directory: a bare name is a shipped config
+    (with or without .toml); the user's own file of that name comes first."""
+    from eqprop.config import resolve_config, shipped_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert set(shipped_configs()) == {f.stem for f in CONFIGS.glob("*.toml")}
+    assert resolve_config("digits-quick") == CONFIGS / "digits-quick.toml"
+    assert resolve_config("xor-deep.toml") == CONFIGS / "xor-deep.toml"
+    assert load_config("xor-deep", ["optim.lr=0.3"]) == load_config(CONFIGS / "xor-deep.toml",
+                                                                    ["optim.lr=0.3"])
+    (tmp_path / "xor-deep.toml").write_text('[data]\nname = "digits"\n')
+    assert load_config("xor-deep").data.name == "digits"  # ./xor-deep.toml, not the shipped
+    assert load_config("xor-deep.toml").data.name == "digits"
+
+
+def test_an_unknown_name_lists_every_place_and_the_shipped_names(tmp_path, monkeypatch):
+    from eqprop.config import shipped_config_dirs
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("digits-quik")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("digits-quik: config file not found (searched ")
+    for place in [tmp_path, *shipped_config_dirs()]:
+        assert str(place) in msg
+    assert "digits-quick" in msg and "fmnist-cnn-hep" in msg
+    with pytest.raises(ConfigError, match=r"^sub/digits-quick: config file not found$"):
+        load_config("sub/digits-quick")  # a path is a path: no lookup
+
+
+def test_a_wheel_carries_the_shipped_configs(tmp_path, monkeypatch):
+    """pyproject's data-files put configs/*.toml in <prefix>/share/eqprop/configs, which
+    the lookup searches after the checkout."""
+    import glob
+
+    pyproject = tomllib.loads((CONFIGS.parent / "pyproject.toml").read_text())
+    files = pyproject["tool"]["setuptools"]["data-files"]["share/eqprop/configs"]
+    packed = {Path(f).name for pattern in files for f in glob.glob(str(CONFIGS.parent / pattern))}
+    assert packed == {f.name for f in CONFIGS.glob("*.toml")}
+    from eqprop.config import resolve_config, shipped_configs
+
+    share = tmp_path / "share" / "eqprop" / "configs"
+    share.mkdir(parents=True)
+    (share / "extra.toml").write_text('[data]\nname = "xor"\n')
+    (share / "digits-quick.toml").write_text('[data]\nname = "xor"\n')
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config("extra") == share / "extra.toml"
+    assert shipped_configs()["digits-quick"] == CONFIGS / "digits-quick.toml"  # checkout first
+
+
 def test_toml_syntax_error_names_file(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[model]\nsizes = = 3\n")

@@ -62,9 +62,10 @@ def straight(tmp_path_factory) -> Path:
     return trained(tmp_path_factory, "straight", tiny())
 
 
-def test_training_reduces_loss(tmp_path):
+def test_training_reduces_loss(tmp_path, capsys):
     cfg = tiny(train={"epochs": 4, "max_batches": 8})
     summary = train(cfg, tmp_path / "run", progress=False)
+    assert capsys.readouterr().out == ""  # progress=False: silent (a sweep reads the summary)
     records = RunDir(tmp_path / "run").read_metrics()
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert records[-1]["test_loss"] < records[0]["test_loss"]
@@ -249,8 +250,10 @@ def test_several_seeds(tmp_path):
     assert jax.tree.leaves(parameters(model))[0].shape[0] == 3
 
 
-def test_refuses_to_overwrite_or_resume_nothing(straight, tmp_path):
-    with pytest.raises(ValueError, match="already holds a run"):
+def test_refuses_to_overwrite_or_resume_nothing(straight, tmp_path, capsys):
+    # the Python API's advice, not the command line's (--out, eqprop resume)
+    with pytest.raises(ValueError, match=r"already holds a run; continue it with "
+                       r"train\(config, out_dir, resume=True\) or choose another out_dir$"):
         train(tiny(), straight, progress=False)
     with pytest.raises(ValueError, match="no checkpoint"):
         train(tiny(), tmp_path / "empty", resume=True, progress=False)

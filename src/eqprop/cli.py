@@ -82,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.loop import refuse_a_run
 
     if is_writer():  # before naming the directory (a review saw it named, then refused)
-        refuse_a_run(run)
+        refuse_a_run(run, cli=True)
     print(f"run directory: {out}")
 
     if args.plugin and is_writer() and not (run.has_checkpoint() or run.metrics.exists()):
@@ -91,14 +91,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         record_plugins(out, args.plugin)
     try:
         with _stop_on_signals():
-            train(config, out, progress=not args.quiet)
+            summary = train(config, out, progress=not args.quiet)
     except (ConfigError, DataError, ValueError, OSError) as e:
         if out.exists():
             raise
         # the run could not be built (data, model): train removed the directory it made,
         # which the line above named
         raise ValueError(f"{_one_line(e)} ({out} was removed: nothing was trained)") from e
+    _quiet_summary(args, summary)
     return EXIT_OK
+
+
+def _quiet_summary(args: argparse.Namespace, summary: dict) -> None:
+    """``-q`` still prints the summary block (train prints it only with its progress)."""
+    from .parallel import is_writer
+    from .train import format_summary
+
+    if args.quiet and is_writer():
+        print(format_summary(summary))
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -129,7 +139,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                       "neither the planned run nor an uninterrupted "
                       f"{config.train.epochs}-epoch run", EqpropWarning, stacklevel=2)
     with _stop_on_signals():
-        train(config, run.path, resume=True, progress=not args.quiet)
+        summary = train(config, run.path, resume=True, progress=not args.quiet)
+    _quiet_summary(args, summary)
     return EXIT_OK
 
 
@@ -395,16 +406,40 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     from .config import describe, dumps_toml, load_config
 
-    if args.config:
+    if args.list:
+        _list_shipped()
+    elif args.config:
         print(dumps_toml(load_config(args.config, args.set)), end="")
     else:
         print(describe())
     return EXIT_OK
 
 
+def _list_shipped() -> None:
+    """``eqprop config --list``: each shipped config's name, file and first comment line."""
+    from .config import shipped_config_dirs, shipped_configs
+
+    found = shipped_configs()
+    if not found:
+        print("no shipped configs found (searched "
+              + ", ".join(str(d) for d in shipped_config_dirs()) + ")")
+        return
+    width = max(map(len, found))
+    for name, path in found.items():
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
+                      if ln.startswith("#")), "")
+        print(f"{name:<{width}}  {first}")
+    print(f"\n({len(found)} configs in {', '.join(sorted({str(p.parent) for p in found.values()}))}; "
+          "`eqprop train NAME` runs one, `eqprop config NAME` prints it resolved)")
+
+
 # ---------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------
+
+
+_CONFIG_HELP = ("TOML config file, or the name of a shipped config (e.g. digits-quick; "
+                "`eqprop config --list`)")
 
 
 def _add_set(p: argparse.ArgumentParser, on_run: bool = False, readers: tuple[str, ...] = ()) -> None:
@@ -450,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network from a TOML config",
                        description="Train from CONFIG into a run directory (config.toml, "
                        "metrics.jsonl, checkpoints/, summary.json).")
-    p.add_argument("config", metavar="CONFIG", help="TOML config file")
+    p.add_argument("config", metavar="CONFIG", help=_CONFIG_HELP)
     _add_set(p)
     p.add_argument("--out", "-o", metavar="RUN_DIR",
                    help="run directory (default: runs/<config stem>-<timestamp>)")
@@ -549,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the config reference (or a resolved config)",
                        description="Without CONFIG: the markdown reference of every key. With "
                        "CONFIG: the resolved config (defaults filled in, overrides applied).")
-    p.add_argument("config", nargs="?", metavar="CONFIG")
+    p.add_argument("config", nargs="?", metavar="CONFIG", help=_CONFIG_HELP)
+    p.add_argument("--list", action="store_true",
+                   help="list the shipped configs (name, file, first comment line)")
     _add_set(p)
     _add_plugin(p)
     p.set_defaults(func=_cmd_config)

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import inspect
 import re
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ __all__ = [
     "variants",
     "parse_config",
     "load_config",
+    "shipped_configs",
+    "resolve_config",
     "load_run_config",
     "upgrade_run_config",
     "read_toml",
@@ -859,9 +862,49 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: cannot read config file ({e.strerror or e})") from None
 
 
+def shipped_config_dirs() -> list[Path]:
+    """Where the configs shipped with eqprop lie: ``configs/`` of the source checkout an
+    editable install runs from, then ``<prefix>/share/eqprop/configs`` (a wheel's copy,
+    ``[tool.setuptools.data-files]`` in pyproject.toml)."""
+    checkout = Path(__file__).resolve().parents[2]
+    dirs = [checkout / "configs"] if (checkout / "pyproject.toml").is_file() else []
+    return dirs + [Path(sys.prefix) / "share" / "eqprop" / "configs"]
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The shipped configs by name (the file's stem, e.g. ``"digits-quick"``), sorted by
+    name: the first of :func:`shipped_config_dirs` that holds a name wins."""
+    found: dict[str, Path] = {}
+    for d in shipped_config_dirs():
+        for f in sorted(d.glob("*.toml")) if d.is_dir() else []:
+            found.setdefault(f.stem, f)
+    return dict(sorted(found.items()))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """The config file ``path`` names: the file itself when it exists, else, for a bare
+    name (no directory; ``.toml`` optional), ``NAME.toml`` in the working directory, then
+    the shipped config of that name (:func:`shipped_configs`). Raises :class:`ConfigError` naming every place searched
+    and the shipped names."""
+    p = Path(path)
+    if p.exists() or len(p.parts) != 1:
+        return p
+    if p.suffix != ".toml" and p.with_name(p.name + ".toml").exists():  # the user's own first
+        return p.with_name(p.name + ".toml")
+    shipped = shipped_configs()
+    stem = p.name[:-len(".toml")] if p.name.endswith(".toml") else p.name
+    if stem in shipped:
+        return shipped[stem]
+    places = ", ".join([str(Path.cwd())] + [str(d) for d in shipped_config_dirs()])
+    names = ", ".join(shipped) or "none found"
+    raise ConfigError(f"{p}: config file not found (searched {places}); shipped configs: {names}")
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read TOML at ``path``, apply ``section.key=value`` overrides, validate."""
-    return parse_config(apply_overrides(read_toml(path), overrides))
+    """Read the TOML config ``path`` (a file, or a shipped config's name such as
+    ``"digits-quick"``: :func:`resolve_config`), apply ``section.key=value`` overrides,
+    validate. Raises :class:`ConfigError` (one line)."""
+    return parse_config(apply_overrides(read_toml(resolve_config(path)), overrides))
 
 
 def upgrade_run_config(raw: Mapping[str, Any]) -> dict[str, Any]:

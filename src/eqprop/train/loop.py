@@ -372,12 +372,14 @@ def _estimate_text(rec: dict[str, Any], relaxes: bool = True) -> str:
     return (" | " + ", ".join(parts)) if parts else ""
 
 
-def refuse_a_run(run: RunDir) -> None:
+def refuse_a_run(run: RunDir, *, cli: bool = False) -> None:
     """Raise ``ValueError`` when ``run`` already holds a run (a checkpoint or metrics): a
-    fresh :func:`train` must not write into it."""
+    fresh :func:`train` must not write into it. The message's advice is the command
+    line's (``cli``) or the Python API's."""
     if run.has_checkpoint() or run.metrics.exists():
-        raise ValueError(f"{run.path}: already holds a run; resume it with `eqprop resume "
-                         f"{run.path}` or choose another --out")
+        how = (f"resume it with `eqprop resume {run.path}` or choose another --out" if cli else
+               "continue it with train(config, out_dir, resume=True) or choose another out_dir")
+        raise ValueError(f"{run.path}: already holds a run; {how}")
 
 
 def train(config: Config, out_dir: str | Path, *, resume: bool = False,
@@ -388,8 +390,8 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     directory (created; must not hold a run unless ``resume``); ``resume``: continue
     from ``out_dir/checkpoints/latest.eqx`` to ``config.train.epochs`` in total, giving
     exactly the parameters of an uninterrupted run; ``progress``: a progress bar (on a
-    terminal) and a line per epoch on stdout (the summary is printed either way, as
-    ``eqprop train -q`` does).
+    terminal), a line per epoch and the summary on stdout; ``False`` prints nothing (a
+    sweep reads the returned summary; warnings still go to ``warnings``).
 
     **Returns:** the summary (:func:`~eqprop.train.summary.summarize`), also written
     to ``summary.json``.
@@ -484,5 +486,6 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
         return {"status": "completed", "process": jax.process_index()}
     summary = tr.summary("completed")
     run.write_summary(summary)
-    print(format_summary(summary))
+    if progress:
+        print(format_summary(summary))
     return summary
