@@ -7,8 +7,8 @@ At the free fixed point ``u*`` with Jacobian ``J_u = dF/du``:
 - implicit differentiation (recurrent backprop): solve ``J_u^T delta + dl/du = 0``
   (reverse mode); ``delta`` is the RBP adjoint (in activity space) and
   ``g = (dF/dtheta)^T delta / B`` is the exact gradient of the loss at the fixed point;
-- BPTT: autodiff through the free solver's ``steps`` unrolled synchronous steps of the
-  free phase (``lax.scan``).
+- BPTT: autodiff through the free solver's ``steps`` unrolled updates of the free phase
+  (synchronous or alternating, as the solver relaxes; ``lax.scan``).
 
 The linear systems are solved matrix-free (JVPs or VJPs only) by a Lineax solver object
 (:mod:`eqprop.linear`; default: the damped linearised relaxation with a GMRES fallback).
@@ -28,7 +28,7 @@ from ..linear import DampedThenGMRES, solve_linear
 from ..network.base import BipartiteModel, EquilibriumModel
 from ..registry import ESTIMATORS
 from ..guards import RelaxStats
-from ..relax import euler_step
+from ..relax import sweep_map
 from ..solvers import FixedPoint, FixedPointSolver
 from .base import Estimate, Estimator, FreePhase, assemble
 
@@ -147,24 +147,35 @@ class Implicit(_Exact):
 
 
 def unrolled_loss(model: EquilibriumModel, x: Array, y: Array, solver: FixedPointSolver) -> Array:
-    """Mean loss after exactly ``solver.steps`` synchronous steps of the step map from the
+    """Mean loss after exactly ``solver.steps`` updates of the solver's step map from the
     initial state (differentiable; ``lax.scan``).
 
-    Uses ``solver.steps`` and ``solver.dt`` (relaxation-time units) and the model's
-    projection; ``tol``, ``update`` and the solver's kind (e.g. Anderson) are not used.
+    The step map is the one the solver relaxes with (:func:`eqprop.relax.sweep_map`):
+    synchronous steps, or with ``update = "alternating"`` sweeps over the model's
+    ``partition()``, ``steps`` counting group updates (rounded up to whole sweeps, as
+    :func:`eqprop.relax.relax` does). Uses ``steps``, ``dt`` and ``update`` and the
+    model's projection; ``tol`` and the solver's kind (e.g. Anderson) are not used: the
+    loss is that of the plain iteration's state after its whole budget.
 
     **Arguments:** ``model``; ``x``: inputs ``(B, ...)``; ``y``: labels ``(B,)``;
     ``solver``: a :class:`~eqprop.solvers.FixedPointSolver`.
 
     **Returns:** a scalar.
+
+    **Raises:** ``ValueError`` (at trace time) for alternating updates of a model that is
+    not bipartite (:meth:`~eqprop.solvers.FixedPointSolver.check`).
     """
     drive = model.prepare(x)
-    project = model.projector()
-
-    def step(u, _):
-        return euler_step(u, model.field(u, drive), solver.dt, project), None
-
-    u, _ = jax.lax.scan(step, model.init_state(drive), None, length=solver.steps)
+    groups, group_field = None, None
+    if solver.update == "alternating":
+        solver.check(model)
+        groups = model.partition()
+        group_field = lambda u, group: model.field_on(u, drive, group)  # noqa: E731
+    step, per_sweep = sweep_map(lambda u: model.field(u, drive), solver.dt, groups, group_field,
+                                model.projector())
+    sweeps = -(-solver.steps // per_sweep)
+    u, _ = jax.lax.scan(lambda u, _: (step(u)[1], None), model.init_state(drive), None,
+                        length=sweeps)
     return jnp.mean(model.loss(model.activity(u), y))
 
 
@@ -172,8 +183,8 @@ def unrolled_loss(model: EquilibriumModel, x: Array, y: Array, solver: FixedPoin
 class BPTT(Estimator):
     """Backprop through time through the free phase (memory grows with its steps).
 
-    The exact gradient of the loss after ``free.steps`` unrolled synchronous steps from
-    the initial state (:func:`unrolled_loss`). It relaxes its own free phase and ignores
+    The exact gradient of the loss after ``free.steps`` unrolled updates (the free
+    solver's, synchronous or alternating) from the initial state (:func:`unrolled_loss`). It relaxes its own free phase and ignores
     the one it is given; its :class:`~eqprop.estimate.Estimate` is empty.
     """
 
