@@ -407,6 +407,16 @@ def test_config_list_and_a_shipped_config_by_name(capsys, tmp_path, monkeypatch)
         parse_config(tomllib.loads(capsys.readouterr().out))
     assert main(["train", "no-such-config"]) == 2
     assert "shipped configs: cifar10-cnn-hep, " in capsys.readouterr().err
+    # every command that takes a CONFIG takes a name (a review: stability and gradcheck did not)
+    assert main(["stability", "xor-deep", "--set", "stability.examples=1"]) == 0
+    assert "xor-deep: DeepNetwork" in capsys.readouterr().out
+    for command in ("stability", "gradcheck"):
+        assert main([command, "no-such-config"]) == 2
+        err = capsys.readouterr().err
+        assert "shipped configs: cifar10-cnn-hep, " in err and err.rstrip().endswith("(nor a run directory)")
+        assert main([command, "sub/no-such-config"]) == 2
+        assert capsys.readouterr().err.strip() == ("eqprop: error: sub/no-such-config: no such config "
+                                                    "file or run directory")
 
 
 @pytest.mark.parametrize("name", ["digits-quick", "fmnist-mlp-hep", "fmnist-mlp-implicit", "fmnist-mlp-hep-fast"])

@@ -158,10 +158,46 @@ def test_a_directed_networks_absent_entries_are_not_connections():
 
 
 def test_impossible_target_sparsity_is_a_one_line_error():
-    with pytest.raises(SettingError, match="0.8 would remove every incoming connection.*at most 0.75") as e:
+    with pytest.raises(SettingError, match="0.8 would disconnect neurons.*at most 0.75") as e:
         P.Magnitude(sparsity=0.8).check({"weights.input->h1": (4, 3)})
     assert e.value.key == "sparsity"
     P.Magnitude(sparsity=0.7).check({"weights.input->h1": (4, 3)})
+
+
+def test_the_bound_on_sparsity_counts_the_connections_that_exist():
+    """A directed net's W: each neuron's incoming connections are those of its mask, not
+    the rows of W (a review was told 0.8889 for a net whose neurons have 8 inputs of 9)."""
+    exist = np.ones((9, 9), bool)
+    np.fill_diagonal(exist, False)  # no self-connections: 8 inputs per neuron
+    assert P.most_removable((9, 9)) == pytest.approx(8 / 9)
+    assert P.most_removable((9, 9), exist) == pytest.approx(7 / 8)
+    with pytest.raises(SettingError, match=r"0.88 would disconnect neurons of W .*at most 0.875$"):
+        P.Magnitude(sparsity=0.88).check({"W": (9, 9)}, {"W": exist})
+    P.Magnitude(sparsity=0.87).check({"W": (9, 9)}, {"W": exist})
+    ragged = exist.copy()
+    ragged[:7, 0] = False  # neuron 0 keeps one input of its own: nothing of it to remove
+    n = ragged.sum()
+    assert P.most_removable((9, 9), ragged) == pytest.approx(1 - 9 / n)
+    # stacked seeds (random connectivity differs per seed): the least of them
+    assert P.most_removable((9, 9), np.stack([exist, ragged])) == pytest.approx(1 - 9 / n)
+
+
+def test_a_missed_target_is_said_and_a_met_one_is_not():
+    """Magnitude's target can be missed below the bound (a neuron about to lose its last
+    input keeps it); the trainer warns with shortfall's phrase, at the final target only."""
+    w = jnp.array([[5.0, 0.1], [4.0, 0.2], [3.0, 0.3]])  # column 1 all small: it must keep one
+    tx = P.keep_pruned(optax.sgd(0.1))
+    model = {"W": w}
+    state = tx.init(model)
+    prun = P.Magnitude(sparsity=0.5, end=2)
+    model, state = P.prune(prun, model, state, jax.random.PRNGKey(0), 2, 2)
+    masks = P.masks_of(state)
+    # half of 6 = 3 smallest are column 1's three: one of them is kept, so 2 of 6 removed
+    assert int(jnp.sum(~masks["W"])) == 2
+    assert P.shortfall(prun, masks, {}, 2, 2) == ["W at sparsity 0.333 of the 0.500 targeted"]
+    assert P.shortfall(prun, masks, {}, 1, 4) == []  # not yet at the final target
+    assert P.shortfall(P.Magnitude(sparsity=1 / 3, end=2), masks, {}, 2, 2) == []
+    assert P.shortfall(P.L1(), masks, {}, 2, 2) == []  # no target to miss
 
 
 def test_prune_stacked_seeds_independently():
@@ -181,7 +217,12 @@ def test_prune_stacked_seeds_independently():
             np.testing.assert_array_equal(masks[name][i], m)
     sp = P.sparsity(masks, seeds=2)
     assert len(sp["sparsity"]) == 2 and sp["sparsity"][0] == pytest.approx(sp["sparsity"][1], abs=0.05)
-    assert set(sp) == {"sparsity", "sparsity/weights.input->h1", "sparsity/weights.h1->h2"}
+    assert set(sp) == {"sparsity", "sparsity/weights.input->h1", "sparsity/weights.h1->h2",
+                       "connections", "connections_removed"}
+    n = sum(int(m[0].size) for m in masks.values())
+    assert sp["connections"] == [n, n]
+    assert sp["connections_removed"] == [sum(int(jnp.sum(~v[i])) for v in masks.values())
+                                         for i in range(2)]
 
 
 # ---------------------------------------------------------------------------
@@ -244,6 +285,53 @@ def test_training_prunes_and_logs_sparsity(pruned_run):
         assert bool(jnp.all(named[name][~m] == 0.0))
         removed = 1 - float(jnp.mean(m))
         assert removed == pytest.approx(recs[-1][f"sparsity/{name}"], abs=1e-9)
+    # the summary counts them (a review found only a fraction per epoch)
+    from eqprop.train import format_summary
+
+    summary = RunDir(pruned_run).read_summary()
+    assert summary["connections_removed"] == [sum(int(jnp.sum(~m[i])) for m in masks.values())
+                                              for i in range(2)]
+    assert summary["connections"] == [sum(int(m[0].size) for m in masks.values())] * 2
+    lo, hi = sorted(summary["connections_removed"])
+    line = next(ln for ln in format_summary(summary).splitlines() if ln.startswith("pruning"))
+    assert line == (f"pruning    sparsity {recs[-1]['sparsity']:.3f} (mean over 2 seeds): "
+                    f"{lo if lo == hi else f'{lo}-{hi}'} of {summary['connections'][0]} connections "
+                    "removed per seed")
+
+
+def test_zeros_a_model_does_not_declare_are_said_before_pruning_counts_them():
+    """A plugin's fixed structure held as zeros, without ConnectedModel: pruning would
+    count them as connections it removes (a review's run said sparsity 0.45 with none of
+    its edges pruned); the trainer warns. A declared structure (directed net) does not."""
+    import dataclasses
+    import warnings
+
+    from eqprop.guards import EqpropWarning
+    from eqprop.train import build_program
+    from eqprop.train.loop import _warn_undeclared_zeros
+
+    program = build_program(_tiny(pruning={"method": "magnitude", "sparsity": 0.5},
+                                  train={"seeds": 1}))
+    w = program.model.weights["input->h1"]
+    structured = eqx.tree_at(lambda m: m.weights["input->h1"], program.model, w.at[:, ::2].set(0.0))
+    zeros = int(jnp.sum(structured.weights["input->h1"] == 0))
+    with pytest.warns(EqpropWarning, match=rf"weights.input->h1 {zeros} of {w.size}\); pruning "
+                      r"counts them as connections it removes: declare the structure with "
+                      r"eqprop.network.ConnectedModel.connections\(\)"):
+        _warn_undeclared_zeros(dataclasses.replace(
+            program, state=eqx.tree_at(lambda st: st.model, program.state, structured)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_undeclared_zeros(program)  # no zeros
+        directed = eqprop.network.DirectedNetwork  # absent entries declared: nothing to say
+        assert issubclass(directed, eqprop.network.ConnectedModel)
+        assert P.undeclared_zeros(build_program(_directed_config()).model) == {}
+
+
+def _directed_config():
+    from eqprop.config import load_config
+
+    return load_config("xor-deep", ["pruning.method=\"magnitude\"", "pruning.sparsity=0.5"])
 
 
 def test_resume_prunes_exactly_as_uninterrupted(pruned_run, tmp_path):
@@ -265,8 +353,9 @@ def test_pruning_config_errors_are_one_line():
     from eqprop.config import ConfigError
     from eqprop.train import build_program
 
-    with pytest.raises(ConfigError, match=r"^pruning\.sparsity: 0\.95 would remove every incoming "
-                                          r"connection of the neurons of weights\.h1->h2 \(8 each\)"):
+    with pytest.raises(ConfigError, match=r"^pruning\.sparsity: 0\.95 would disconnect neurons of "
+                                          r"weights\.h1->h2 \(each keeps one of its incoming "
+                                          r"connections\): at most 0\.875$"):
         build_program(_tiny(pruning={"method": "magnitude", "sparsity": 0.95}))
     with pytest.raises(ConfigError, match="pruning.method: must be one of 'none', 'stochastic', "
                                           "'magnitude', 'l1'"):

@@ -17,7 +17,7 @@ from .estimate import Estimator, make_estimator
 from .homeostasis import Homeostasis
 from .network import EquilibriumModel
 from .linear import make_linear_solver
-from .pruning import Pruner, Scheduled, keep_pruned, prunable
+from .pruning import Pruner, Scheduled, connections, keep_pruned, prunable
 from .registry import ESTIMATORS, PRUNERS, SOLVERS
 from .settings import SettingError, settings_of
 from .solvers import FixedPoint, PhaseSolvers
@@ -148,7 +148,7 @@ def build_pruner(config: Config, model: EquilibriumModel | None = None) -> Prune
         shapes = {n: tuple(w.shape) for n, w in named_parameters(parameters(model)).items()
                   if prunable(n, w)}
         try:
-            pruner.check(shapes)
+            pruner.check(shapes, connections(model))
         except SettingError as e:
             raise ConfigError(f"pruning.{e.key}: {e}") from None
     return pruner

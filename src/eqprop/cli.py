@@ -235,12 +235,17 @@ def _config_or_run(target: str, overrides, readers: tuple[str, ...] = ()) -> tup
 
     **Raises:** ``ValueError`` for a path that does not exist or a directory that is not a
     run."""
-    from .config import load_config
+    from .config import ConfigError, load_config, resolve_config
     from .train import build_program, load_run
 
     path = Path(target)
     if not path.exists():
-        raise ValueError(f"{path}: no such config file or run directory")
+        try:  # a shipped config's name (digits-quick)
+            path = resolve_config(target)
+        except ConfigError as e:
+            raise ValueError(f"{e} (nor a run directory)") from None
+        if not path.exists():
+            raise ValueError(f"{target}: no such config file or run directory")
     if path.is_dir():  # load_run checks that it is a run
         config, program, model, _ = load_run(path, "latest", overrides, readers=readers)
         return config, program, model

@@ -31,12 +31,14 @@ disconnects a neuron (the largest live incoming weight of a column is kept).
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array
 
@@ -47,7 +49,8 @@ from .settings import NONNEGATIVE, POSITIVE, POSITIVE_INT, UNIT_HALF_OPEN, Setti
 PyTree = Any
 
 __all__ = ["Pruner", "NoPruning", "Scheduled", "Stochastic", "Magnitude", "L1", "prunable", "init_masks", "keep_pruned",
-           "PrunedState", "prune", "sparsity", "masks_of", "connections", "zhu_gupta_sparsity"]
+           "PrunedState", "prune", "sparsity", "masks_of", "connections", "zhu_gupta_sparsity",
+           "most_removable", "undeclared_zeros", "shortfall"]
 
 
 # ---------------------------------------------------------------------------
@@ -145,6 +148,21 @@ def masks_of(opt_state: PyTree) -> dict[str, Array] | None:
 # ---------------------------------------------------------------------------
 
 
+def most_removable(shape: tuple[int, ...], existing: Array | None = None) -> float:
+    """The largest fraction of a matrix's connections pruning can remove, each neuron
+    (column) keeping one incoming connection: ``1 - columns / connections``, counted over
+    ``existing`` (a bool array of ``shape``; default: every entry; for stacked seeds,
+    the least over them)."""
+    if existing is None:
+        rows = math.prod(shape[:-1])
+        return 1.0 - 1.0 / rows if rows else 0.0
+    e = np.asarray(existing, bool)
+    e = e.reshape(-1, *shape) if e.ndim > len(shape) else e[None]
+    per = e.reshape(e.shape[0], -1, shape[-1])
+    n, cols = per.sum((1, 2)), (per.sum(1) > 0).sum(1)
+    return float(np.min(np.where(n > 0, 1.0 - cols / np.maximum(n, 1), 0.0)))
+
+
 def _keep_one_per_column(keep: Array, live: Array, w: Array) -> Array:
     """``keep`` with, in every column that had a live connection, the largest live one
     kept: no neuron loses its last incoming connection."""
@@ -190,9 +208,12 @@ class Pruner(abc.ABC):
         **Returns:** a bool array of ``w``'s shape, ``<= mask``.
         """
 
-    def check(self, sizes: dict[str, tuple[int, ...]]) -> None:
-        """Refuse settings that cannot be met on these prunable matrices (their shapes):
-        raises :class:`~eqprop.settings.SettingError`. Default: nothing to check."""
+    def check(self, sizes: dict[str, tuple[int, ...]],
+              existing: dict[str, Array] | None = None) -> None:
+        """Refuse settings that cannot be met on these prunable matrices (their shapes;
+        ``existing``: the connections of those with a fixed connectivity,
+        :func:`connections`): raises :class:`~eqprop.settings.SettingError`. Default:
+        nothing to check."""
 
 
 @PRUNERS.register("none")
@@ -289,15 +310,13 @@ class Magnitude(Scheduled):
         rank = jnp.argsort(jnp.argsort(score))  # 0: the smallest
         return mask & (rank >= remove).reshape(w.shape)
 
-    def check(self, sizes):
+    def check(self, sizes, existing=None):
         for name, shape in sizes.items():
-            rows = 1
-            for s in shape[:-1]:
-                rows *= s
-            if self.sparsity > 1.0 - 1.0 / rows:
+            most = most_removable(shape, (existing or {}).get(name))
+            if self.sparsity > most:
                 raise SettingError(
-                    "sparsity", f"{self.sparsity:g} would remove every incoming connection of the "
-                    f"neurons of {name} ({rows} each): at most {1.0 - 1.0 / rows:.4g}")
+                    "sparsity", f"{self.sparsity:g} would disconnect neurons of {name} (each keeps "
+                    f"one of its incoming connections): at most {math.floor(most * 1e4) / 1e4:.4g}")
 
 
 @PRUNERS.register("l1")
@@ -332,6 +351,44 @@ def connections(model: PyTree) -> dict[str, Array]:
     """The connections a model has: :meth:`~eqprop.network.ConnectedModel.connections`,
     or ``{}`` (every entry of every prunable matrix is a connection)."""
     return model.connections() if isinstance(model, ConnectedModel) else {}
+
+
+def undeclared_zeros(model: PyTree) -> dict[str, tuple[int, int]]:
+    """``{name: (zeros, entries)}`` of the prunable matrices of a model that declares no
+    connectivity for them (:func:`connections`) yet holds exact zeros (a fixed structure
+    of a plugin's own: pruning would count those entries as connections it removes)."""
+    declared = connections(model)
+    out = {}
+    for name, w in named_parameters(parameters(model)).items():
+        if prunable(name, w) and name not in declared:
+            zeros = int(np.sum(np.asarray(w) == 0))
+            if zeros:
+                out[name] = (zeros, int(w.size))
+    return out
+
+
+def shortfall(pruner: Pruner, masks: dict[str, Array], existing: dict[str, Array], epoch: int,
+              epochs: int, seeds: int = 1) -> list[str]:
+    """What a pruning with a target (``magnitude``) left short of it, one phrase per matrix
+    (``masks``, ``existing``, ``seeds``: as :func:`sparsity` takes them; several seeds:
+    the one furthest from it): a neuron about to lose its last incoming connection keeps
+    it, so even a target below :func:`most_removable` can be missed. ``[]`` for methods
+    without a target, and before the schedule reaches its final target."""
+    target = getattr(pruner, "target", None)
+    want = target(epoch, epochs) if target is not None else 0.0
+    if want <= 0 or want < getattr(pruner, "sparsity", want):  # judged at the final target
+        return []
+    out = []
+    for name, m in sorted(masks.items()):
+        m = np.asarray(m, bool).reshape(seeds, -1)
+        e = np.asarray(existing[name], bool) if name in existing else np.ones(m.shape, bool)
+        e = np.broadcast_to(e.reshape(-1, m.shape[1]), m.shape)
+        n = e.sum(1)
+        removed = n - (m & e).sum(1)
+        if np.any(removed < np.round(want * n)):
+            got = float(np.min(removed / np.maximum(n, 1)))
+            out.append(f"{name} at sparsity {got:.3f} of the {want:.3f} targeted")
+    return out
 
 
 def prune(pruner: Pruner, model: PyTree, opt_state: PyTree, key: Array, epoch: int, epochs: int,
@@ -373,7 +430,8 @@ def prune(pruner: Pruner, model: PyTree, opt_state: PyTree, key: Array, epoch: i
 def sparsity(masks: dict[str, Array], seeds: int = 1,
              existing: dict[str, Array] | None = None) -> dict[str, Any]:
     """The fraction of connections removed, as metrics: ``{"sparsity": total,
-    "sparsity/<name>": fraction of matrix <name>}`` (floats; lists over seeds when
+    "connections": how many there are, "connections_removed": how many are pruned,
+    "sparsity/<name>": fraction of matrix <name>}`` (numbers; lists over seeds when
     ``seeds > 1``, the masks then stacked on a leading axis), counted over the
     ``existing`` connections (:func:`connections`; default: every entry)."""
     existing = existing or {}
@@ -386,4 +444,5 @@ def sparsity(masks: dict[str, Array], seeds: int = 1,
                for n, m in masks.items()}
     total = sum(count.values())
     return {"sparsity": sum(removed.values()) / total if total else 0.0,
+            "connections": total, "connections_removed": sum(removed.values()),
             **{f"sparsity/{n}": removed[n] / count[n] if count[n] else 0.0 for n in masks}}

@@ -46,8 +46,10 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
     ``ms_per_batch`` (median over epochs), ``eval_seconds`` and ``compile_seconds``
     (summed over the epochs: parts of ``train_seconds`` that are not the batches' steps),
     ``diagnostics_seconds`` and ``stability_seconds`` (summed: after each epoch's clock
-    stopped, outside ``train_seconds``), ``layout`` (when given), and when evaluated
-    ``final_test_acc_per_seed``, ``final_test_acc_mean``, ``final_test_acc_std``.
+    stopped, outside ``train_seconds``), ``layout`` (when given), when evaluated
+    ``final_test_acc_per_seed``, ``final_test_acc_mean``, ``final_test_acc_std``, and
+    when pruned ``sparsity`` (mean over seeds), ``connections`` and
+    ``connections_removed`` (of the last pruning; lists over seeds when ``seeds > 1``).
     """
     records = run.read_metrics()
     evald = [r for r in records if r.get("test_acc") is not None]
@@ -75,6 +77,13 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
         out["final_test_acc_std"] = float(np.std(per))
     if records and (records[-1].get("per_seed") or {}).get("train_acc"):
         out["final_train_acc_std"] = float(np.std(records[-1]["per_seed"]["train_acc"]))
+    pruned = [r for r in records if r.get("connections_removed") is not None]
+    if pruned:  # the last pruning's count (a review found it only as a fraction per epoch)
+        last = pruned[-1]
+        per = last.get("per_seed") or {}
+        out["sparsity"] = last["sparsity"]
+        for key in ("connections", "connections_removed"):
+            out[key] = per.get(key) or last[key]
     if message:
         out["message"] = message
     return out
@@ -104,6 +113,16 @@ def format_summary(s: dict[str, Any]) -> str:
              + (f" on {s['layout']}" if s.get("layout") else "")
              + (f"; besides: {', '.join(f'{BESIDES[k]} {s[k]:.1f} s' for k in BESIDES if s.get(k))}"
                 if any(s.get(k) for k in BESIDES) else "")]
+    if s.get("connections_removed") is not None:
+        removed, total = s["connections_removed"], s["connections"]
+        if isinstance(removed, list):
+            def span(v):
+                return f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}"
+            lines.append(f"pruning    sparsity {s['sparsity']:.3f} (mean over {len(removed)} seeds): "
+                         f"{span(removed)} of {span(total)} connections removed per seed")
+        else:
+            lines.append(f"pruning    {removed} of {total} connections removed (sparsity "
+                         f"{s['sparsity']:.3f})")
     if s.get("message"):
         lines.append(f"note       {s['message']}")
     return "\n".join(lines)
