@@ -268,6 +268,14 @@ def test_tied_with_angle_is_error():
     assert parse_config({"model": {"asymmetry_angle": 30, "feedback": "untied"}})
 
 
+def test_a_pool_temperature_where_nothing_pools_is_error():
+    conv = {"kind": "conv", "channels": [4, 8]}
+    msg = error_of({"model": {**conv, "pool": [0, 0], "pool_temperature": 0.5}})
+    assert msg == "model.pool_temperature: applies to a pooling projection; model.pool = [0, 0] pools nowhere"
+    assert parse_config({"model": {**conv, "pool": [0, 1], "pool_temperature": 0.5}})
+    assert parse_config({"model": {**conv, "pool": [0, 0]}})
+
+
 @pytest.mark.parametrize("points", [1, 2])
 def test_ep_points_ok(points):
     assert parse_config({"estimator": {"name": "ep", "points": points}}).estimator.points == points

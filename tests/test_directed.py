@@ -431,6 +431,47 @@ def test_unknown_connectivity_is_one_line():
     assert e.value.key == "connectivity"
 
 
+@pytest.mark.parametrize("model, message", [
+    ({"density": 0.3}, r"^model\.density: applies to connectivity = 'random' only, got "
+                       r"connectivity = 'complete'$"),
+    ({"connectivity": "layered", "density": 0.9}, r"^model\.density: applies to connectivity = "
+                                                   r"'random' only"),
+    ({"dynamics": "deep", "activation": "tanh"}, r"^model\.activation: applies to dynamics = "
+                                                  r"'rate' only"),
+    ({"layers": [3]}, r"^model\.layers: only meaningful with connectivity = 'layered'$"),
+])
+def test_a_key_another_setting_makes_moot_is_refused(model, message):
+    """A review trained the complete network with density = 0.3 without a word: a key that
+    would do nothing is a one-line error, as layers and asymmetry_angle already were."""
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_config(**model))
+
+
+def test_refusals_of_a_directed_config_advise_what_it_can_do():
+    """A review was told to use a holomorphic activation (DEEP has none that helps) and
+    read 'estimator.name: estimator.beta: ...' (the key twice)."""
+    from eqprop.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^estimator\.name, model\.dynamics: estimator 'hep' "
+                       r"needs complex nudges, but DeepNetwork is not holomorphic .* use dynamics "
+                       r"without the clip to a box \(for a directed network, model\.dynamics = "
+                       r"'rate'\) or real nudges"):
+        build_program(load_config("xor-deep", ['estimator.name="hep"', "estimator.points=4"]))
+    with pytest.raises(ConfigError, match=r"^estimator\.beta: beta \* dynamics\.dt = 2\.5 >= 2"):
+        build_program(load_config("xor-deep", ["estimator.beta=50"]))
+    # a rate directed network with a non-holomorphic activation: the activation is the key
+    with pytest.raises(ConfigError, match=r"^estimator\.name, model\.activation: .*use a "
+                       r"holomorphic activation"):
+        build_program(parse_config(_config(activation="hard-sigmoid") | {
+            "estimator": {"name": "hep", "points": 4}}))
+
+
+def test_the_moot_keys_still_parse_where_they_act():
+    parse_config(_config(connectivity="random", density=0.3))
+    parse_config(_config(dynamics="rate", activation="tanh"))
+    parse_config(_config(dynamics="deep", activation="sigmoid4"))  # its default, written out
+
+
 def test_unreachable_output_is_one_line():
     config = parse_config(_config(connectivity="random", density=0.02))
     with pytest.raises(ConfigError, match=r"^model\.connectivity: .*unreachable from every input"):

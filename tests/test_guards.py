@@ -506,6 +506,15 @@ def test_the_free_phase_advice_fits_the_update_and_the_epoch_line_shows_its_resi
     (alt,) = estimate_problems(figures, update="alternating")
     assert "use dynamics.update = 'alternating'" in sync and "lower dynamics.dt" in sync
     assert "alternating'" not in alt and "dt" not in alt and "raise dynamics.free_steps" in alt
+    # a model that refuses alternating updates (a directed network) is not advised them
+    (cannot,) = estimate_problems(figures, update="synchronous", alternates=False)
+    assert "alternating" not in cannot and cannot.endswith("lower dynamics.dt")
+    from eqprop.config import load_config
+    from eqprop.solvers import can_alternate
+    from eqprop.train import build_program
+
+    assert not can_alternate(build_program(load_config("xor-deep")).model)
+    assert can_alternate(build_program(load_config("digits-quick")).model)
     out, _ = unsettled
     for r in _records(out):
         line = _estimate_text(r)

@@ -159,6 +159,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .guards import NONCONVERGED_TOL, estimate_problems
+    from .solvers import can_alternate
     from .train import evaluate, load_run
     from .train.records import ESTIMATE_KEYS
 
@@ -209,7 +210,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None),
                                  update=program.solvers.free.update,
                                  linear_solver=config.dynamics.linear_solver,
-                                 compute_dtype=getattr(config.model, "compute_dtype", None))
+                                 compute_dtype=getattr(config.model, "compute_dtype", None),
+                                 alternates=can_alternate(program.model))
     if problems:
         warnings.warn("; ".join(problems), EstimateWarning, stacklevel=2)
     return EXIT_OK

@@ -42,7 +42,7 @@ from .metrics import compare, cosine
 from .network.base import BoxProjectedModel, EquilibriumModel, MixedPrecisionModel
 from .registry import ESTIMATORS
 from .settings import SettingError
-from .solvers import SETTLE_FACTOR, SETTLE_MIN_STEPS, SETTLE_TOL, PhaseSolvers, settle
+from .solvers import SETTLE_FACTOR, SETTLE_MIN_STEPS, SETTLE_TOL, PhaseSolvers, can_alternate, settle
 from .train.step import all_finite
 
 __all__ = ["gradcheck", "build_specs", "format_table", "to_json", "settle", "SETTLE_FACTOR", "SETTLE_MIN_STEPS", "SETTLE_TOL"]
@@ -336,7 +336,8 @@ def gradcheck(
         if hidden:
             out[spec]["problems"].append(hidden)
     problems = estimate_problems(free_stats, update=solvers.free.update,
-                                 compute_dtype=getattr(model, "compute_dtype", None))
+                                 compute_dtype=getattr(model, "compute_dtype", None),
+                                 alternates=can_alternate(model))
     if not problems and settled is not None:  # the mean is within the tolerance, some examples are not
         problems.append(f"{share(free_stats['nonconverged_fraction'])} of the examples did not "
                         f"converge (residual max {free_stats['residual_max']:.3g} > {NONCONVERGED_TOL:g}, "

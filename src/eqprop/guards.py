@@ -321,7 +321,8 @@ def circle_summary(rate_median: float, rate_mean: float, error_mean: float,
 
 def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
                       free_residual: float | None = None, update: str | None = None,
-                      linear_solver: str | None = None, compute_dtype: str | None = None) -> list[str]:
+                      linear_solver: str | None = None, compute_dtype: str | None = None,
+                      alternates: bool = True) -> list[str]:
     """Which estimate figures of a record (an epoch record, an evaluation, a gradcheck
     entry) are beyond their limit, each as a short sentence.
 
@@ -336,6 +337,9 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
     that the circle was measured from an unsettled state; ``update``: the free solver's
     update (``dynamics.update``), so that the free sentence's advice fits it (under
     ``"alternating"`` it does not suggest the alternating update; ``None``: both advices);
+    ``alternates``: whether the model can be relaxed with alternating updates
+    (:func:`~eqprop.solvers.can_alternate`; a review was advised them for a directed
+    network, which refuses them);
     ``linear_solver``: the registered name of the linear solver (``dynamics.linear_solver``),
     so that the linear sentence suggests GMRES only where it is not already used (``None``:
     suggests it); ``compute_dtype``: ``[model] compute_dtype``: in ``"bfloat16"`` or
@@ -373,8 +377,8 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
                    + ("; raise dynamics.free_steps (group updates: two make a sweep; eqprop "
                       "stability gives the sweep's rate)" if update == "alternating" else
                       "; raise dynamics.free_steps, or, where the synchronous update oscillates "
-                      "(a 2-cycle: see eqprop stability), lower dynamics.dt or use dynamics.update = "
-                      "'alternating'") + floor)
+                      "(a 2-cycle: see eqprop stability), lower dynamics.dt"
+                      + (" or use dynamics.update = 'alternating'" if alternates else "")) + floor)
     first = ("; the free state they start from is not a fixed point: settle the free phase first "
              "(the free phase's warning says how)") if drifting else ""
     r = figures.get("nudged_residual_mean")

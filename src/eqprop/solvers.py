@@ -42,6 +42,7 @@ Field = Callable[[PyTree], PyTree]
 FieldOn = Callable[[PyTree, tuple[str, ...]], PyTree]
 
 __all__ = ["FixedPointSolver", "FixedPoint", "Anderson", "PhaseSolvers", "UPDATES", "anderson", "settle",
+           "can_alternate",
            "SETTLE_FACTOR", "SETTLE_MIN_STEPS", "SETTLE_TOL"]
 
 UPDATES = ("synchronous", "alternating")
@@ -219,6 +220,12 @@ SETTLE_MIN_STEPS = 1000
 
 SETTLE_TOL = 1e-6
 """The residual ``||F(u)||`` at which the settled reference stops (every example)."""
+
+
+def can_alternate(model: EquilibriumModel) -> bool:
+    """Whether ``model`` can be relaxed with ``update = "alternating"``: a
+    :class:`~eqprop.network.BipartiteModel` with a partition."""
+    return isinstance(model, BipartiteModel) and model.partition() is not None
 
 
 def settle(solver: FixedPointSolver, steps: int | None = None) -> FixedPointSolver:

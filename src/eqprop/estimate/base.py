@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ..network.base import EquilibriumModel
+from ..network.base import BoxProjectedModel, EquilibriumModel
 from ..guards import RelaxStats
 from ..settings import SettingError, settings_of
 from ..solvers import FixedPointSolver, PhaseSolvers
@@ -164,10 +164,13 @@ class Estimator(eqx.Module):
             if solver is not None:
                 solver.check(model)
         if self.needs_complex() and not model.holomorphic:
+            how = ("dynamics without the clip to a box (for a directed network, model.dynamics = "
+                   "'rate')" if isinstance(model, BoxProjectedModel)
+                   else "a holomorphic activation (sigmoid4, dsilu, tanh)")
             raise ValueError(
                 f"estimator {self.name!r} needs complex nudges, but {type(model).__name__} is not "
-                "holomorphic (it rejects complex states); use a holomorphic activation (sigmoid4, "
-                "dsilu, tanh) or real nudges (ep, points 1 or 2)"
+                f"holomorphic (it rejects complex states); use {how} or real nudges (ep, points 1 "
+                "or 2)"
             )
 
     def inference(self, model: EquilibriumModel, x: Array, solver: FixedPointSolver,

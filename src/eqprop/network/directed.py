@@ -477,7 +477,9 @@ class Directed(ModelKind):
     2006.08798): inputs and outputs from the data, ``hidden`` free neurons between.
 
     **Raises:** :class:`~eqprop.settings.SettingError` for tied DEEP dynamics, hidden
-    layers that do not sum to ``hidden`` or given without ``connectivity = 'layered'``;
+    layers that do not sum to ``hidden`` or given without ``connectivity = 'layered'``, a
+    ``density`` without ``connectivity = 'random'`` or an ``activation`` with the DEEP
+    dynamics (set away from their defaults: they would do nothing);
     :meth:`build` raises :class:`~eqprop.config.ConfigError` for an output that no input
     reaches.
     """
@@ -519,6 +521,14 @@ class Directed(ModelKind):
             raise SettingError("feedback", "'tied' applies to dynamics = 'rate' only")
         if self.layers and self.connectivity != "layered":
             raise SettingError("layers", "only meaningful with connectivity = 'layered'")
+        # keys that another setting makes moot are refused when set away from their default
+        # (a review's density = 0.3 trained the complete network without a word)
+        if self.density != 0.5 and self.connectivity != "random":
+            raise SettingError("density", f"applies to connectivity = 'random' only, got "
+                               f"connectivity = {self.connectivity!r}")
+        if self.activation != "sigmoid4" and self.dynamics == "deep":
+            raise SettingError("activation", "applies to dynamics = 'rate' only (the DEEP dynamics "
+                               "are clipped linear)")
         if self.asymmetry_angle is not None and (self.dynamics != "rate" or self.feedback != "untied"):
             raise SettingError("asymmetry_angle", "applies to dynamics = 'rate' with feedback = "
                                f"'untied', got dynamics = {self.dynamics!r}, feedback = {self.feedback!r}")

@@ -213,7 +213,8 @@ class Conv(ModelKind):
 
     **Raises:** :class:`~eqprop.settings.SettingError` (key ``asymmetry_angle``) for a
     nonzero angle with tied feedback, (key ``pool``) for a ``pool`` whose length is not
-    that of ``channels``.
+    that of ``channels``, (key ``pool_temperature``) for a temperature other than 1 where
+    nothing pools.
     """
 
     channels: tuple[int, ...] = setting((16, 32), "Channels of the conv populations c1, c2, ...",
@@ -245,6 +246,9 @@ class Conv(ModelKind):
         if self.pool and len(self.pool) != len(self.channels):
             raise SettingError("pool", f"one entry per conv population ({len(self.channels)} "
                                f"channels), got {len(self.pool)}")
+        if self.pool_temperature != 1.0 and self.pool and not any(self.pool):
+            raise SettingError("pool_temperature", "applies to a pooling projection; model.pool "
+                               f"= {list(self.pool)} pools nowhere")
 
     def build(self, *, input_size: int, n_classes: int, key: jax.Array,
               input_shape: tuple[int, ...] | None = None) -> EquilibriumModel:

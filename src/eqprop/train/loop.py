@@ -54,6 +54,7 @@ from ..config import Config, ConfigError
 from ..guards import NONCONVERGED_TOL, EqpropWarning, EstimateWarning, circle_brief, estimate_problems, share
 from ..jitting import release_near_map_limit, warn_near_map_limit
 from ..pruning import NoPruning, connections, masks_of, prune, shortfall, sparsity, undeclared_zeros
+from ..solvers import can_alternate
 from ..stability import StabilityError, program_enforcer, program_figures
 from ..parallel import configure, is_writer
 from .divergence import TrainingDiverged, check_finite
@@ -260,7 +261,8 @@ class _Trainer:
         problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None),
                                      update=p.solvers.free.update,
                                      linear_solver=self.config.dynamics.linear_solver,
-                                     compute_dtype=getattr(self.config.model, "compute_dtype", None))
+                                     compute_dtype=getattr(self.config.model, "compute_dtype", None),
+                                     alternates=can_alternate(p.model))
         if problems:  # once per epoch, every figure at fault in one message
             warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
 

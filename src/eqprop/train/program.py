@@ -26,7 +26,7 @@ from ..config import Config, ConfigError
 from ..data import Dataset, batches, flip_crop, load, num_batches
 from ..guards import EqpropWarning
 from ..jitting import jit
-from ..network import FeedbackModel
+from ..network import BoxProjectedModel, FeedbackModel
 from ..parallel import Layout, configure, make_layout
 from ..pruning import NoPruning, Pruner
 from ..update import init_optimizer, make_train_step
@@ -196,9 +196,11 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     except ValueError as e:
         msg = str(e)  # messages that name their own key keep it; the rest are the estimator's
         # (or, for complex nudges on a non-holomorphic model, the activation's as much)
-        keys = ("estimator.name, model.activation" if estimator.needs_complex() and not models[0].holomorphic
-                else "estimator.name")
-        raise ConfigError(msg if msg.startswith(("dynamics.", "homeostasis."))
+        keys = "estimator.name"
+        if estimator.needs_complex() and not models[0].holomorphic:
+            keys += (", model.dynamics" if isinstance(models[0], BoxProjectedModel)
+                     else ", model.activation")
+        raise ConfigError(msg if msg.startswith(("dynamics.", "homeostasis.", "estimator.", "model."))
                           else f"{keys}: {msg}") from None
     _check_baseline(config, models[0], homeostasis)
     _check_homeostasis(config, models[0], homeostasis)
