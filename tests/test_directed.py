@@ -466,6 +466,20 @@ def test_refusals_of_a_directed_config_advise_what_it_can_do():
             "estimator": {"name": "hep", "points": 4}}))
 
 
+def test_gradcheck_gives_every_estimator_a_line_when_no_cosine_is_shown(capsys):
+    """On the DEEP net's clipped fixed point no cosine table is shown; a review's
+    `-e bptt` then left no trace at all."""
+    from eqprop.cli import main
+
+    assert main(["gradcheck", "xor-deep", "-e", "deep-rule", "-e", "bptt",
+                 "--set", "dynamics.free_steps=200"]) == 0
+    out = capsys.readouterr().out
+    assert "so no cosine is reported" in out
+    assert "\nbptt: computed (gradient finite: True); no phases of its own to report" in out
+    assert "\ndeep-rule: 1000 steps (max over phases)" in out  # its nudged phases: their own line
+    assert "deep-rule: computed" not in out
+
+
 def test_the_moot_keys_still_parse_where_they_act():
     parse_config(_config(connectivity="random", density=0.3))
     parse_config(_config(dynamics="rate", activation="tanh"))

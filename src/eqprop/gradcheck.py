@@ -559,7 +559,9 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
                      f"of recurrent backprop's |delta|^2 ({conc['max_over_median']:.3g}x the median "
                      "example's norm: a slow mode near the edge of stability), so the cos a/<population> "
                      "above are mostly that one example's")
+    withheld = bool(clipped) or bool(problem)
     for s in specs:
+        before = len(lines)
         top = result[s].get("top_example")
         if concentrated and top:
             ratio = "" if top["norm_ratio"] is None else f", {top['norm_ratio']:.3g}x its size"
@@ -582,8 +584,11 @@ def format_table(result: Mapping[str, Any], diagnostics: Mapping[str, float] | N
                          + circle_summary(circ["decay_rate_median"], circ["decay_rate_mean"],
                                           circ["error_mean"], circ["decay_rate_max"], circ["points"])
                          + "; compare rel.err above, which unsettled nudged phases also move")
-        for problem in result[s].get("problems", []):
-            lines.append(f"{s}: WARNING: {problem}")
+        for said in result[s].get("problems", []):
+            lines.append(f"{s}: WARNING: {said}")
+        if withheld and len(lines) == before:  # no table above: every estimator gets its line
+            lines.append(f"{s}: computed (gradient finite: {result[s].get('finite')}); no phases of its "
+                         "own to report, and no cosine (above)")
     diag = {k: v for k, v in (diagnostics or {}).items() if isinstance(v, float)}
     if diag:
         lines += ["", f"asymmetry diagnostics ({source}; see eqprop.diagnostics):"]
