@@ -407,7 +407,53 @@ def test_a_run_past_the_epoch_of_its_fallback_entry_names_the_entry(recorded, tm
         train(with_epochs(CONFIG, 2), run, resume=True, progress=False)
     shutil.copytree(ref, tmp_path / "intact")  # and without a fallback, no such clause
     with pytest.raises(ValueError, match=r"already trained 3 epochs; pass a larger total"):
-        train(CONFIG, tmp_path / "intact", resume=True, progress=False)
+        train(with_epochs(CONFIG, 2), tmp_path / "intact", resume=True, progress=False)
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def test_resuming_a_completed_run_is_not_an_error_and_changes_nothing(recorded, tmp_path, capsys):
+    """A SIGKILL after summary.json was written but before the process ended (CI's
+    kill_resume met it) leaves a complete run: `eqprop resume` then says so and exits 0,
+    returning the stored summary, and a second resume does the same."""
+    from eqprop.cli import main
+
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    before = _tree_bytes(run)
+    stored = json.loads((run / "summary.json").read_text())
+    assert train(CONFIG, run, resume=True, progress=False) == stored
+    assert capsys.readouterr().out == ""  # progress=False: silent
+    for _ in range(2):
+        assert main(["resume", str(run)]) == 0
+        out = capsys.readouterr().out
+        assert f"{run}: nothing to resume: the run completed its 3 epochs; pass a larger total " \
+               "with --epochs to train further" in out
+        assert "  (completed)\n" in out and "\nepochs     3/3\n" in out  # and its summary
+    assert _tree_bytes(run) == before  # nothing written: no checkpoint, record or summary
+
+
+@pytest.mark.parametrize("damage", ["status", "epochs", "keys"])
+def test_a_completed_run_needs_an_intact_summary_and_checkpoint_to_say_so(recorded, tmp_path, damage):
+    """Only a summary that says "completed" at the checkpoint's epoch, readable, and the
+    newest checkpoint entry stand for a complete run; otherwise resume refuses as before
+    (the previous entry: test_a_run_past_the_epoch_of_its_fallback_entry_names_the_entry)."""
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    summary = json.loads((run / "summary.json").read_text())
+    if damage == "status":
+        summary["status"] = "diverged"
+    elif damage == "epochs":
+        summary["epochs"] = 2
+    elif damage == "keys":
+        del summary["data"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=r"already trained 3 epochs; pass a larger total"):
+        train(CONFIG, run, resume=True, progress=False)
 
 
 # -- real kills -------------------------------------------------------------------------

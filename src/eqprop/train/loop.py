@@ -63,7 +63,7 @@ from .loggers import Logger, make_loggers
 from .placement import place_batch
 from .program import Program, build_program
 from .records import accumulate, epoch_record, zero_sums
-from .resume import Position, checkpoint_meta, restore, save_position, start
+from .resume import Position, RunCompleted, checkpoint_meta, restore, save_position, start
 from .rundir import RunDir
 from .schedule import Schedule, run_diagnostics
 from .step import TrainState
@@ -467,7 +467,13 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
                 shutil.rmtree(run.path, ignore_errors=True)
         raise
     if resume:
-        tr.pos, meta = restore(run, program)
+        try:
+            tr.pos, meta = restore(run, program)
+        except RunCompleted as done:  # killed after its summary, or resumed twice
+            if progress:
+                print(done)
+                print(format_summary(done.summary))
+            return done.summary if writer else {"status": "completed", "process": jax.process_index()}
         tr.best_acc, tr.best_epoch = meta.get("best_test_acc"), meta.get("best_epoch")
         tr.partial_before = float(meta.get("partial_seconds", 0.0)) if tr.pos.batch else 0.0
         tr.elapsed = float(meta.get("elapsed_seconds", 0.0)) - tr.partial_before

@@ -175,6 +175,29 @@ def load_checkpoint(run: RunDir, which: str, program: Program) -> tuple[PyTree, 
     return model, opt_state, meta
 
 
+def _readable(summary: dict[str, Any]) -> bool:
+    """Whether :func:`~eqprop.train.summary.format_summary` can print ``summary`` (a file
+    from disk: a damaged one is not trusted to stand for the run)."""
+    from .summary import format_summary
+
+    try:
+        format_summary(summary)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+class RunCompleted(ValueError):
+    """Resuming a run that has completed its ``[train] epochs``: nothing to train.
+
+    ``summary`` is the run's ``summary.json``, which :func:`~eqprop.train.train` returns.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
+
+
 def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     """The position of ``run``'s ``latest`` checkpoint, to continue training.
 
@@ -182,8 +205,10 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     from the seed), the running sums of a partial epoch, the warm-start states. A run
     without a checkpoint (killed before its first) restarts: :func:`start`, ``{}``.
 
-    **Raises:** ``ValueError`` when the run already has ``[train] epochs`` epochs and
-    its summary (without one, killed before writing it, the run is finished);
+    **Raises:** :class:`RunCompleted` when the run completed its ``[train] epochs``
+    (its summary says so: killed after writing it, or resumed again); ``ValueError``
+    when it has more epochs than that, or reached them by its checkpoint's previous entry
+    (without a summary, killed before writing it, the run is finished, not refused);
     :class:`~eqprop.train.checkpoint.CheckpointError` for missing or broken files.
     """
     if not run.has_checkpoint():
@@ -192,8 +217,16 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     model, opt_state, meta, snap = _read(run, "latest", program)
     checkpoint.collect_garbage(run.checkpoints)  # what a killed save left behind
     done, batch = meta["epoch"], meta["batch"]
+    summary = run.read_summary()
+    if (done == config.train.epochs and not batch and not snap.fallback and summary is not None
+            and summary.get("status") == "completed" and summary.get("epochs") == done
+            and _readable(summary)):
+        # killed after its summary was written, before the process ended (or resumed twice):
+        # the run is complete, and resuming it is not an error
+        raise RunCompleted(f"{run.path}: nothing to resume: the run completed its {done} "
+                           "epochs; pass a larger total with --epochs to train further", summary)
     # a run killed after its last checkpoint but before its summary is finished by resume
-    finished = done == config.train.epochs and (batch or run.read_summary() is not None)
+    finished = done == config.train.epochs and (batch or summary is not None)
     if done > config.train.epochs or finished:
         # from the previous entry when the newest was broken: say so, or "already trained
         # 19 epochs" contradicts metrics.jsonl's 20 (the fallback's warning is the line above)
