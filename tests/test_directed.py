@@ -549,3 +549,23 @@ def test_the_asymmetry_angle_needs_untied_rate_dynamics():
     for extra in ({"dynamics": "deep"}, {"feedback": "tied"}):
         with pytest.raises(ConfigError, match=r"^model\.asymmetry_angle: applies to dynamics = 'rate'"):
             parse_config({"model": {**base, **extra}})
+
+
+def test_gradcheck_says_which_seeds_network_it_checks(capsys, tmp_path):
+    """A 10-seed config: gradcheck checks one network, says which, and --seed-index picks
+    another (a review could not tell which seed the table was of)."""
+    import json
+
+    from eqprop.cli import main
+
+    tables = {}
+    for i in (0, 4):
+        assert main(["gradcheck", "xor-directed-hep", "--seed-index", str(i),
+                     "--json", str(tmp_path / f"{i}.json")]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"seed {i} of the 10 seeds' networks (--seed-index picks another)\n")
+        tables[i] = json.loads((tmp_path / f"{i}.json").read_text())
+        assert tables[i]["seed_index"] == i
+    assert tables[0]["hep"]["total"] != tables[4]["hep"]["total"]  # another network
+    assert main(["gradcheck", "xor-directed-hep", "--seed-index", "10"]) == 2
+    assert "--seed-index 10: the config has 10 seed(s), indices 0 to 9" in capsys.readouterr().err

@@ -28,7 +28,8 @@ from eqprop.cli import main
 from eqprop.config import parse_config
 from eqprop.estimate import estimate_metrics, free_phase, make_estimator, nudged_field
 from eqprop.estimate.nudge import circle_decay, circle_derivative, nudged_phases
-from eqprop.guards import HEP_ERROR_LIMIT, NONCONVERGED_TOL, EstimateWarning, estimate_problems
+from eqprop.guards import (HEP_ERROR_LIMIT, NONCONVERGED_TOL, EstimateWarning, Thinning,
+                           estimate_problems, problem_kind)
 from eqprop.relax import residual_norm
 from eqprop.solvers import Anderson, FixedPoint
 from eqprop.train import RunDir, train
@@ -234,6 +235,59 @@ def test_unconverged_nudged_phases_are_logged_and_warned_once_per_epoch(unsettle
         assert "linear_residual_mean" not in r and {"hep_decay_mean", "hep_error_mean"} <= r.keys()
     assert [str(w.message).split(":")[0] for w in caught] == ["epoch 1", "epoch 2"]
     assert all("nudged phases did not converge" in str(w.message) for w in caught)
+
+
+def test_a_long_run_shows_each_kind_of_warning_at_its_1st_2nd_4th_8th_epoch():
+    """A 2000-epoch directed XOR run printed 70 warnings (a review): each kind is shown at
+    the 1st, 2nd, 4th, ... epoch it fires in, kinds counted apart, the figures not in the kind."""
+    free = "free phases did not converge: residual_mean {:.3g} > 0.001 (2% of examples above it)"
+    nudged = "nudged phases did not converge: nudged_residual_mean {:.3g} > 0.001; raise x"
+    assert problem_kind(free.format(0.5)) == problem_kind(free.format(0.07)) \
+        == "free phases did not converge"
+    circle = estimate_problems({"hep_error_mean": 0.5, "hep_decay_mean": 0.9}, beta=1.0)[0]
+    assert problem_kind(circle) == "the Fourier coefficients of a*(beta) do not decay around the nudge circle"
+    thin = Thinning()
+    shown = {}
+    for epoch in range(1, 41):
+        said = thin.shown([free.format(epoch)] + ([nudged.format(epoch)] if epoch % 3 == 0 else []))
+        if said:
+            shown[epoch] = said
+    assert [e for e, s in shown.items() if any(x.startswith("free") for x in s)] == [1, 2, 4, 8, 16, 32]
+    assert [e for e, s in shown.items() if any(x.startswith("nudged") for x in s)] == [3, 6, 12, 24]
+    assert shown[1] == [free.format(1)]  # the first: as it was
+    assert shown[2][0].endswith("(the 2nd epoch with this warning; from here on it is shown at the "
+                                "4th, 8th, 16th, ...: every epoch's figures are in metrics.jsonl)")
+    assert shown[32][0].endswith("(the 32nd epoch with this warning)")
+    assert shown[24] == [nudged.format(24) + " (the 8th epoch with this warning)"]
+    assert thin.counts == {"free phases did not converge": 40, "nudged phases did not converge": 13}
+    # a resumed run continues from its records' counts
+    assert Thinning({"free phases did not converge": 3}).shown([free.format(1)]) == \
+        [free.format(1) + " (the 4th epoch with this warning)"]
+
+
+def test_the_summary_counts_warned_epochs_and_a_resumed_run_thins_on(unsettled, tmp_path, capsys):
+    import shutil
+
+    from eqprop.train import with_epochs
+    from eqprop.train.summary import format_summary
+
+    out, _ = unsettled
+    summary = json.loads((out / "summary.json").read_text())
+    kinds = summary["warned_epochs"]
+    assert kinds["nudged phases did not converge"] == 2 and set(kinds.values()) == {2}
+    assert "warnings   nudged phases did not converge: 2 of 2 epochs" in format_summary(summary)
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    from eqprop.config import load_run_config
+
+    config = with_epochs(load_run_config(RunDir(run).config), 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(config, run, resume=True, progress=False)
+    caught = [str(w.message) for w in caught if issubclass(w.category, EstimateWarning)]
+    assert [m.split(":")[0] for m in caught] == ["epoch 4"]  # the 3rd epoch is not shown
+    assert "nudged phases did not converge" in caught[0] and "(the 4th epoch with this warning)" in caught[0]
+    assert summary["warned_epochs"]["nudged phases did not converge"] == 4
 
 
 def test_eval_and_report_show_the_nudged_figures(unsettled, tmp_path, capsys):

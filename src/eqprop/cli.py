@@ -267,8 +267,14 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from .train import unstack
 
     config, program, model = _config_or_run(args.target, args.set, readers=("diagnostics",))
-    if program.seeds > 1:
-        model = unstack(model, 0)  # gradcheck looks at the first seed's network
+    if not 0 <= args.seed_index < program.seeds:
+        raise ValueError(f"--seed-index {args.seed_index}: the "
+                         f"{'run' if Path(args.target).is_dir() else 'config'} has "
+                         f"{program.seeds} seed(s), indices 0 to {program.seeds - 1}")
+    if program.seeds > 1:  # one network: which one, said (a review could not tell)
+        model = unstack(model, args.seed_index)
+        print(f"seed {args.seed_index} of the {program.seeds} seeds' networks "
+              f"(--seed-index picks another)\n")
     solvers = build.build_solvers(config)
     configured = build.build_estimator(config)
     if not args.estimator:
@@ -333,7 +339,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         out = Path(args.json)
         if out.parent != Path(""):
             out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(strict_json(to_json({**result, **diag})), indent=2) + "\n")
+        seed = {"seed_index": args.seed_index} if program.seeds > 1 else {}
+        out.write_text(json.dumps(strict_json(to_json({**seed, **result, **diag})), indent=2) + "\n")
         print(f"wrote {out}")
     return EXIT_OK
 
@@ -541,10 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the implicit (exact) gradient, and report the asymmetry diagnostics (angle, "
                        "jacobian_symmetry, alignment, bias cosines, homeo_loss) of the config's "
                        "estimator. With a CONFIG, the network as initialised (seed train.seed); "
-                       "with a RUN_DIR, its config.toml and latest checkpoint (first seed when "
-                       "seeds > 1).")
+                       "with a RUN_DIR, its config.toml and latest checkpoint (when seeds > 1, "
+                       "the network of --seed-index).")
     p.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
     _add_set(p, on_run=True, readers=("diagnostics",))
+    p.add_argument("--seed-index", type=int, default=0, metavar="I",
+                   help="with [train] seeds > 1, check the network of seed I (0 to seeds - 1; "
+                   "default 0)")
     p.add_argument("--estimator", "-e", action="append", metavar="SPEC",
                    help="estimator SPEC, e.g. hep:points=6:beta=0.5 (repeatable; default: the "
                    "config's estimator)")

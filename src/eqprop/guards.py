@@ -41,7 +41,8 @@ PyTree = Any
 
 __all__ = ["NONCONVERGED_TOL", "HEP_ERROR_LIMIT", "HEP_ERROR_TARGET", "RelaxStats", "Guards",
            "residual_norm", "nonfinite_populations", "stop_test", "EstimateWarning",
-           "estimate_problems", "hep_rate", "circle_summary", "circle_brief", "share"]
+           "estimate_problems", "problem_kind", "warned_epochs", "Thinning", "hep_rate",
+           "circle_summary", "circle_brief", "share"]
 
 #: residual above which an example (or a (phase, example) pair) counts as not settled, in
 #: the metrics and the warnings (the solvers stop at their own ``tol``)
@@ -217,8 +218,8 @@ class EstimateWarning(EqpropWarning):
 @contextlib.contextmanager
 def warnings_as_lines(prefix: str = "eqprop: warning: ") -> Iterator[None]:
     """Within the block, every :class:`EqpropWarning` (estimates, checkpoints, data) is
-    shown, each time it is raised (an estimate warning once per epoch that fails, not once
-    per source line), as one ``prefix + message`` line on stderr instead of Python's
+    shown, each time it is raised (an estimate warning once per epoch that fails, thinned
+    out by the trainer's :class:`Thinning`, not once per source line), as one ``prefix + message`` line on stderr instead of Python's
     two-line ``file:line: Category: ...`` form; other warnings are shown as before. The CLI
     runs every command inside it; scripts that call :func:`eqprop.train.train` can do the
     same. Restores the warning state on exit."""
@@ -409,3 +410,56 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
                "little or not at all; "
                + (f"try estimator.beta = {smaller:.3g}" if smaller is not None else "lower estimator.beta")))
     return out
+
+
+def problem_kind(sentence: str) -> str:
+    """The kind of a warning sentence (:func:`estimate_problems`'): its words before the
+    figures, ``"free phases did not converge"``, by which a run counts its epochs."""
+    return sentence.split(":")[0].split(" (")[0].strip()
+
+
+def warned_epochs(records: Any) -> dict[str, int]:
+    """How many of ``records`` (epoch records, as in ``metrics.jsonl``) each kind of
+    :func:`estimate_problems` sentence fires in (kinds that never fire are absent)."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        for kind in dict.fromkeys(problem_kind(s) for s in estimate_problems(rec)):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+class Thinning:
+    """Which epochs' warnings of a long run are shown: each kind (:func:`problem_kind`) at
+    the 1st, 2nd, 4th, 8th, ... epoch it fires in, so that 2000 epochs of an occasional
+    unsettled phase are a dozen lines, not hundreds (a review counted 70 over a 2000-epoch
+    XOR run), while every epoch's figures stay in ``metrics.jsonl`` and the run's summary
+    counts the epochs of each kind (``warned_epochs``).
+
+    **Arguments:** ``counts``: epochs per kind before this process (a resumed run's, from
+    its records: :func:`warned_epochs`), so the thinning continues where it stopped.
+    """
+
+    def __init__(self, counts: Mapping[str, int] | None = None) -> None:
+        self.counts = dict(counts or {})
+
+    def shown(self, sentences: list[str], kind: str | None = None) -> list[str]:
+        """The sentences of one epoch to show (counting every one), those after their
+        kind's first epoch saying which epoch of that kind this is; ``kind``: the kind of
+        every sentence, where its words before the colon hold figures."""
+        out = []
+        for sentence in sentences:
+            k = kind or problem_kind(sentence)
+            n = self.counts[k] = self.counts.get(k, 0) + 1
+            if n & (n - 1):  # not a power of two: counted, not shown
+                continue
+            if n > 1:
+                sentence += (f" (the {_ordinal(n)} epoch with this warning"
+                             + ("; from here on it is shown at the 4th, 8th, 16th, ...: every "
+                                "epoch's figures are in metrics.jsonl" if n == 2 else "") + ")")
+            out.append(sentence)
+        return out

@@ -32,7 +32,9 @@ Conventions
   the epoch line; at the end of an epoch where one is beyond its limit
   (:func:`eqprop.guards.estimate_problems`) the trainer issues one Python warning of
   category :class:`eqprop.guards.EstimateWarning` naming the epoch and every figure at
-  fault (``eqprop train`` prints it as one ``warning:`` line on stderr).
+  fault (``eqprop train`` prints it as one ``warning:`` line on stderr); each kind is
+  shown at the 1st, 2nd, 4th, ... epoch it fires in (:class:`eqprop.guards.Thinning`),
+  and the summary counts them all (``warned_epochs``).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
-from ..guards import NONCONVERGED_TOL, EqpropWarning, EstimateWarning, circle_brief, estimate_problems, share
+from ..guards import (NONCONVERGED_TOL, EqpropWarning, EstimateWarning, Thinning, circle_brief,
+                      estimate_problems, share, warned_epochs)
 from ..jitting import release_near_map_limit, warn_near_map_limit
 from ..pruning import NoPruning, connections, masks_of, prune, shortfall, sparsity, undeclared_zeros
 from ..solvers import can_alternate
@@ -111,6 +114,7 @@ class _Trainer:
         self.compile_seconds: float | None = None
         self.t_flush = 0.0
         self.pos: Position | None = None
+        self.thinning = Thinning()  # a resumed run's counts: from its records (train)
         try:
             self.enforce = program_enforcer(program)
         except StabilityError as e:
@@ -231,10 +235,12 @@ class _Trainer:
             existing = connections(pos.state.model)
             _merge(rec, sparsity(pruned, p.seeds, existing), p.seeds)
             short = shortfall(p.pruner, pruned, existing, epoch, self.config.train.epochs, p.seeds)
-            if short:  # a review saw 0.87 and 0.885 targeted, 0.844 reached, nothing said
-                warnings.warn(f"epoch {epoch}: pruning left {'; '.join(short)}: a neuron about to "
-                              "lose its last incoming connection keeps it", EqpropWarning,
-                              stacklevel=2)
+            # a review saw 0.87 and 0.885 targeted, 0.844 reached, nothing said
+            short = self.thinning.shown([f"pruning left {'; '.join(short)}: a neuron about to lose "
+                                         "its last incoming connection keeps it"] if short else [],
+                                        kind="pruning left")
+            if short:
+                warnings.warn(f"epoch {epoch}: {short[0]}", EqpropWarning, stacklevel=2)
         if schedule.diagnoses(epoch):
             _timed_figures(rec, "diagnostics_seconds", run_diagnostics, p, model, epoch)
         every = self.config.stability.every
@@ -263,7 +269,8 @@ class _Trainer:
                                      linear_solver=self.config.dynamics.linear_solver,
                                      compute_dtype=getattr(self.config.model, "compute_dtype", None),
                                      alternates=can_alternate(p.model))
-        if problems:  # once per epoch, every figure at fault in one message
+        problems = self.thinning.shown(problems)  # each kind at its 1st, 2nd, 4th, ... epoch
+        if problems:  # one message per epoch, every figure at fault shown in it
             warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
 
 
@@ -475,6 +482,8 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
                 print(format_summary(done.summary))
             return done.summary if writer else {"status": "completed", "process": jax.process_index()}
         tr.best_acc, tr.best_epoch = meta.get("best_test_acc"), meta.get("best_epoch")
+        tr.thinning = Thinning(warned_epochs(r for r in run.read_metrics()
+                                             if r.get("epoch", 0) <= tr.pos.epoch))
         tr.partial_before = float(meta.get("partial_seconds", 0.0)) if tr.pos.batch else 0.0
         tr.elapsed = float(meta.get("elapsed_seconds", 0.0)) - tr.partial_before
         tr.echo(f"resuming {run.path} at epoch {tr.pos.epoch + 1}"

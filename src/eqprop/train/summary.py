@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..guards import warned_epochs
 from ..config import Config
 from .rundir import RunDir
 
@@ -49,7 +50,9 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
     stopped, outside ``train_seconds``), ``layout`` (when given), when evaluated
     ``final_test_acc_per_seed``, ``final_test_acc_mean``, ``final_test_acc_std``, and
     when pruned ``sparsity`` (mean over seeds), ``connections`` and
-    ``connections_removed`` (of the last pruning; lists over seeds when ``seeds > 1``).
+    ``connections_removed`` (of the last pruning; lists over seeds when ``seeds > 1``),
+    and where estimates failed their checks ``warned_epochs``: the epochs each kind of
+    warning fired in (:func:`eqprop.guards.warned_epochs`; shown or thinned out).
     """
     records = run.read_metrics()
     evald = [r for r in records if r.get("test_acc") is not None]
@@ -84,6 +87,9 @@ def summarize(run: RunDir, config: Config, *, status: str, best_acc: float | Non
         out["sparsity"] = last["sparsity"]
         for key in ("connections", "connections_removed"):
             out[key] = per.get(key) or last[key]
+    warned = warned_epochs(records)
+    if warned:  # every epoch counted, the warnings shown or thinned out (guards.Thinning)
+        out["warned_epochs"] = warned
     if message:
         out["message"] = message
     return out
@@ -123,6 +129,11 @@ def format_summary(s: dict[str, Any]) -> str:
         else:
             lines.append(f"pruning    {removed} of {total} connections removed (sparsity "
                          f"{s['sparsity']:.3f})")
+    warned = s.get("warned_epochs")
+    if isinstance(warned, dict) and warned:
+        lines.append("warnings   " + "; ".join(f"{kind}: {n} of {s['epochs']} epochs"
+                                              for kind, n in warned.items())
+                     + " (each epoch's figures: metrics.jsonl; eqprop report lists them)")
     if s.get("message"):
         lines.append(f"note       {s['message']}")
     return "\n".join(lines)
