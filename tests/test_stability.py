@@ -402,6 +402,26 @@ def test_a_state_off_its_fixed_point_is_not_certified():
     assert any(line.startswith("seed 0: 3 of 3 examples not at a fixed point") for line in rows)
 
 
+def test_the_table_says_a_reason_shared_by_seeds_once_with_its_ranges():
+    """A 10-seed DEEP table repeated one long sentence per seed: seeds whose reasons differ
+    only in their figures share a line, each differing figure as its range."""
+    from eqprop.stability.table import _seed_list
+
+    assert _seed_list([0, 1, 2, 3, 5, 7, 8]) == "0-3, 5, 7, 8"
+    m = linear([[0.5, 0.0], [0.0, 0.2]], np.eye(2))
+    bent = Bent(C=m.C, U=m.U, readout=m.readout)
+    rows = []
+    for seed, shift in enumerate((0.1, 0.3, 0.1, 0.0, 0.2)):
+        u = jax.tree.map(lambda t: t + shift, m.fixed_point(X2))
+        rows.append({**st.certify(bent if shift else m, X2, u, dt=1.0), "seed": seed})
+    table = st.format_table({"target": "t", "model": "Bent", "dt": 1.0, "examples": 3, "per_seed": rows})
+    notes = [line for line in table.splitlines() if "not at a fixed point" in line]
+    residuals = sorted(r["residual_max"] for r in rows if r["seed"] != 3)
+    assert len(notes) == 1 and notes[0].startswith("seeds 0-2, 4: 3 of 3 examples not at a fixed point "
+                                                   f"(residual {residuals[0]:.4g} to {residuals[-1]:.4g} "
+                                                   "> residual_tol")
+
+
 def test_a_settled_state_near_a_slow_fixed_point_returns():
     """A state settled to within residual_tol next to a fixed point with rho near 1 (the
     user review's DEEP seeds): it is certified, and perturbations of it return to where
@@ -469,6 +489,27 @@ def test_deep_dynamics_projected_certificate_and_the_whole_j_gershgorin():
         assert r["method"] == "projected" and r["certified"]  # (measured for these two W)
         assert r["projected"]["saturated_fraction_mean"] >= 0.5
         np.testing.assert_array_equal(_returned(m, x, u, 0.05, steps=4000), 1.0)
+
+
+def test_per_epoch_figures_of_a_clipped_model_are_its_projected_certificate():
+    """[stability] every on the DEEP dynamics recorded rho(I + dt J) of the whole J, at
+    least 1 whatever the weights (a review read it as instability): a clipped model's
+    per-epoch figures are the projected certificate's, as eqprop stability computes them."""
+    from eqprop.stability import epoch_figures
+
+    x = jnp.asarray([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 1.0]], F64)
+    free = FixedPoint(steps=4000, dt=0.05)
+    for seed in (0, 1):
+        m = deep(seed)
+        r, _ = st.stability(m, x, free)
+        fig = epoch_figures(m, x, free)
+        assert set(fig) == {"projected_radius", "projected_certified", "saturated_fraction"}
+        assert fig["projected_radius"] == pytest.approx(r["projected"]["radius_max"], rel=1e-9)
+        assert fig["projected_certified"] == r["projected"]["certified_fraction"] == 1.0
+        assert fig["saturated_fraction"] == pytest.approx(r["projected"]["saturated_fraction_mean"])
+        assert fig["projected_radius"] < 1 <= r["spectral_radius"]["max"] + 1e-9
+        small = st.StabilitySettings(exact_max=2)  # beyond the dense Jacobian: nothing, not rho
+        assert epoch_figures(m, x, free, settings=small) == {}
 
 
 # -- enforcement during training, the per-epoch figures and the CLI ---------------------------

@@ -212,7 +212,9 @@ class StabilityConfig:
     """
 
     every: int = setting(0, "Record `spectral_radius` (power iteration, max over the examples) and "
-                         "`contraction_bound` in metrics.jsonl every this many epochs (0: off).",
+                         "`contraction_bound` in metrics.jsonl every this many epochs (0: off); "
+                         "for the clipped DEEP dynamics `projected_radius`, `projected_certified` "
+                         "and `saturated_fraction` instead.",
                          bounds=NONNEGATIVE)
     examples: int = setting(8, "Examples certified: the first ones of the training set.",
                             bounds=POSITIVE_INT)

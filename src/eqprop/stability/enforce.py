@@ -13,10 +13,11 @@ import numpy as np
 from jax import Array
 
 from ..jitting import jit
-from ..network.base import EquilibriumModel, InteractionModel
-from .certificates import (StabilityError, StabilitySettings, _depends, _free_solver, _relax,
-                           _start_activity, activation_lipschitz, contraction_bound, coupling_norm,
-                           linear_interaction, solver_groups, spectral_radius_power)
+from ..network.base import BoxProjectedModel, EquilibriumModel, InteractionModel
+from .certificates import (StabilityError, StabilitySettings, _depends, _free_solver, _neurons,
+                           _relax, _start_activity, activation_lipschitz, contraction_bound,
+                           coupling_norm, linear_interaction, projected_certificate, solver_groups,
+                           spectral_radius_power, state_jacobian)
 
 PyTree = Any
 
@@ -91,9 +92,25 @@ def epoch_figures(model: EquilibriumModel, x: Array, solver: Any, *, settings: S
     """The cheap per-epoch figures of one network on the batch ``x``: ``spectral_radius``
     (max over the examples, power iteration, of the map the solver iterates: ``I + dt J``,
     or the alternating sweep's ``dS/du``) and, where it applies, ``contraction_bound``.
-    ``solver``: the free phase's solver (its ``dt`` and ``update``)."""
+    ``solver``: the free phase's solver (its ``dt`` and ``update``).
+
+    A projected (clipped) model (:class:`~eqprop.network.base.BoxProjectedModel`: the
+    DEEP dynamics) gets its own certificate's figures instead, since ``rho(I + dt J)``
+    of the whole ``J`` is at least 1 there whatever the weights (a review read it as
+    instability): ``projected_radius`` (``rho(I + dt J_ff)`` over the neurons off the
+    bounds, max over the examples), ``projected_certified`` (the fraction of examples
+    whose certificate holds) and ``saturated_fraction``; none when the state has more
+    than ``settings.exact_max`` variables (the certificate needs the dense Jacobian)."""
     free = _free_solver(solver)
     u = _relax(model, x, free)
+    if isinstance(model, BoxProjectedModel):
+        if _neurons(u) > settings.exact_max:
+            return {}
+        j, f, flat = state_jacobian(model, x, u)
+        pc = projected_certificate(model, u, j, f, flat, dt=free.dt)
+        return {"projected_radius": float(np.max(pc["radius"])),
+                "projected_certified": float(np.mean(pc["certified"])),
+                "saturated_fraction": float(np.mean(pc["saturated_fraction"]))}
     rho = spectral_radius_power(model, x, u, dt=free.dt, iters=settings.power_iters, seed=seed,
                                 groups=solver_groups(model, free))
     out = {"spectral_radius": float(np.max(rho))}

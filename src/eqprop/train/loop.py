@@ -23,7 +23,8 @@ Conventions
   optimizer step (and the initial network of a fresh run) is followed by the rescaling
   of the coupling that keeps the contraction bound at most ``target``; with
   ``[stability] every = N`` the record of every N-th (and the last) epoch gains
-  ``spectral_radius``, ``contraction_bound`` (where it applies) and ``stability_seconds``.
+  ``spectral_radius``, ``contraction_bound`` (where it applies) and ``stability_seconds``
+  (a clipped model: the projected certificate's figures, :func:`eqprop.stability.epoch_figures`).
 * Warm starts (``[train] warm_start``): every training example's free phase starts
   from its fixed point at its previous visit (:class:`eqprop.train.states.PersistentStates`;
   cold at the first), stored with the ``latest`` checkpoint so resume is exact.
