@@ -395,13 +395,28 @@ def test_config_reference(capsys):
     assert "## [train]" in capsys.readouterr().out
 
 
+def test_the_first_clause_of_a_config_header():
+    from eqprop.cli import _first_clause
+
+    assert _first_clause("Short: and then a longer explanation (with a colon: inside). More.") == \
+        "Short: and then a longer explanation (with a colon: inside)."
+    assert _first_clause("As in Farinha et al. 2020 (arXiv 2006.08798), e.g. the XOR notebook; more") == \
+        "As in Farinha et al. 2020 (arXiv 2006.08798), e.g. the XOR notebook"
+    assert _first_clause("no stop at all") == "no stop at all"
+
+
 def test_config_list_and_a_shipped_config_by_name(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["config", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     names = sorted(f.stem for f in (ROOT / "configs").glob("*.toml"))
-    assert [ln.split()[0] for ln in listed[:len(names)]] == names
-    assert listed[names.index("xor-deep")].split(None, 1)[1].startswith("XOR with the DEEP dynamics")
+    entries = [ln for ln in listed if ln and not ln.startswith((" ", "("))]  # continuations indented
+    assert [ln.split()[0] for ln in entries] == names
+    # each entry is its header's first clause, whole (a review read one line cut mid-sentence)
+    text = " ".join(listed)
+    deep = " ".join(text.split("xor-deep", 1)[1].split("xor-directed-hep")[0].split())
+    assert deep == ("XOR with the DEEP dynamics and learning rule of Farinha et al. 2020 (arXiv "
+                    "2006.08798), as in the authors' binary notebook")
     assert main(["config", "xor-deep", "--set", "optim.lr=0.3"]) == 0
     assert load_config(ROOT / "configs" / "xor-deep.toml", ["optim.lr=0.3"]) == \
         parse_config(tomllib.loads(capsys.readouterr().out))

@@ -235,6 +235,7 @@ def test_unconverged_nudged_phases_are_logged_and_warned_once_per_epoch(unsettle
         assert "linear_residual_mean" not in r and {"hep_decay_mean", "hep_error_mean"} <= r.keys()
     assert [str(w.message).split(":")[0] for w in caught] == ["epoch 1", "epoch 2"]
     assert all("nudged phases did not converge" in str(w.message) for w in caught)
+    assert {w.filename for w in caught} == {__file__}  # the user's train() line, not the trainer's
 
 
 def test_a_long_run_shows_each_kind_of_warning_at_its_1st_2nd_4th_8th_epoch():

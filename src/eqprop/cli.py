@@ -86,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {out}")
 
     if args.plugin and is_writer() and not (run.has_checkpoint() or run.metrics.exists()):
-        # resume, eval and gradcheck of the run load these copies (train refuses a
+        # resume, eval, gradcheck and stability of the run load these copies (train refuses a
         # directory that holds a run: leave that run's plugins alone)
         record_plugins(out, args.plugin)
     try:
@@ -429,8 +429,21 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _first_clause(text: str, at_least: int = 40) -> str:
+    """``text`` up to its first ``.``, ``;`` or ``:`` outside parentheses that ends a
+    clause at least ``at_least`` characters long (``et al.``, ``e.g.`` do not)."""
+    depth = 0
+    for i, c in enumerate(text):
+        depth += (c == "(") - (c == ")" and depth > 0)
+        if (c in ".;:" and depth == 0 and i + 1 >= at_least and text[i + 1:i + 2] in ("", " ")
+                and text[max(0, i - 2):i] not in ("al", ".g", ".e")):
+            return text[:i + 1] if c == "." else text[:i]
+    return text
+
+
 def _list_shipped() -> None:
-    """``eqprop config --list``: each shipped config's name, file and first comment line."""
+    """``eqprop config --list``: each shipped config's name and the first clause of its
+    header comment."""
     from .config import shipped_config_dirs, shipped_configs
 
     found = shipped_configs()
@@ -438,11 +451,21 @@ def _list_shipped() -> None:
         print("no shipped configs found (searched "
               + ", ".join(str(d) for d in shipped_config_dirs()) + ")")
         return
+    import shutil
+    import textwrap
+
     width = max(map(len, found))
+    columns = max(80, shutil.get_terminal_size((100, 24)).columns)
     for name, path in found.items():
-        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
-                      if ln.startswith("#")), "")
-        print(f"{name:<{width}}  {first}")
+        block = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            block.append(line.lstrip("# ").strip())
+        # its first clause, whole (a review read one comment line cut mid-sentence), wrapped
+        print(textwrap.fill(_first_clause(" ".join(block)), columns, initial_indent=f"{name:<{width}}  ",
+                            subsequent_indent=" " * (width + 2), break_on_hyphens=False,
+                            break_long_words=False))
     print(f"\n({len(found)} configs in {', '.join(sorted({str(p.parent) for p in found.values()}))}; "
           "`eqprop train NAME` runs one, `eqprop config NAME` prints it resolved)")
 
@@ -505,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/<config stem>-<timestamp>)")
     p.add_argument("--epochs", type=int, metavar="N", help="override train.epochs")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
-    _add_plugin(p, "; copied to RUN_DIR/plugins/, where resume, eval and gradcheck find it")
+    _add_plugin(p, "; copied to RUN_DIR/plugins/, where resume, eval, gradcheck and stability find it")
     _add_processes(p)
     p.set_defaults(func=_cmd_train)
 
@@ -616,7 +639,7 @@ def _one_line(err: BaseException) -> str:
 
 def _load_plugins(args: argparse.Namespace) -> None:
     """Load the plugins a command needs: those recorded in the run directory it reads
-    (resume, eval, gradcheck of a run) except the file names given again with
+    (resume, eval, gradcheck, stability of a run) except the file names given again with
     ``--plugin``, then the ``--plugin`` files. Raises ``PluginError`` (a ``ValueError``)."""
     given = getattr(args, "plugin", [])
     run_dir = None

@@ -41,7 +41,7 @@ PyTree = Any
 
 __all__ = ["NONCONVERGED_TOL", "HEP_ERROR_LIMIT", "HEP_ERROR_TARGET", "RelaxStats", "Guards",
            "residual_norm", "nonfinite_populations", "stop_test", "EstimateWarning",
-           "estimate_problems", "problem_kind", "warned_epochs", "Thinning", "hep_rate",
+           "estimate_problems", "problem_kind", "warned_epochs", "Thinning", "warn_at_caller", "hep_rate",
            "circle_summary", "circle_brief", "share"]
 
 #: residual above which an example (or a (phase, example) pair) counts as not settled, in
@@ -463,3 +463,16 @@ class Thinning:
                                 "epoch's figures are in metrics.jsonl" if n == 2 else "") + ")")
             out.append(sentence)
         return out
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first frame outside the eqprop package (the
+    user's ``train(...)`` line, not a line of the trainer that no user reads); where every
+    frame is eqprop's (the CLI), to the outermost."""
+    import os
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -45,7 +45,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
 from ..guards import (NONCONVERGED_TOL, EqpropWarning, EstimateWarning, Thinning, circle_brief,
-                      estimate_problems, share, warned_epochs)
+                      estimate_problems, share, warn_at_caller, warned_epochs)
 from ..jitting import release_near_map_limit, warn_near_map_limit
 from ..pruning import NoPruning, connections, masks_of, prune, shortfall, sparsity, undeclared_zeros
 from ..solvers import can_alternate
@@ -241,7 +240,7 @@ class _Trainer:
                                          "its last incoming connection keeps it"] if short else [],
                                         kind="pruning left")
             if short:
-                warnings.warn(f"epoch {epoch}: {short[0]}", EqpropWarning, stacklevel=2)
+                warn_at_caller(f"epoch {epoch}: {short[0]}", EqpropWarning)
         if schedule.diagnoses(epoch):
             _timed_figures(rec, "diagnostics_seconds", run_diagnostics, p, model, epoch)
         every = self.config.stability.every
@@ -272,7 +271,7 @@ class _Trainer:
                                      alternates=can_alternate(p.model))
         problems = self.thinning.shown(problems)  # each kind at its 1st, 2nd, 4th, ... epoch
         if problems:  # one message per epoch, every figure at fault shown in it
-            warnings.warn(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning, stacklevel=2)
+            warn_at_caller(f"epoch {epoch}: " + "; ".join(problems), EstimateWarning)
 
 
 #: steps dispatched before the host reads their metrics (and checks them for divergence)
@@ -398,10 +397,10 @@ def _warn_undeclared_zeros(program: Program) -> None:
     zeros = undeclared_zeros(program.model)
     if zeros:
         listed = ", ".join(f"{n} {z} of {size}" for n, (z, size) in zeros.items())
-        warnings.warn(f"pruning: exact zeros at initialisation in matrices whose connectivity the "
-                      f"model does not declare ({listed}); pruning counts them as connections it "
-                      "removes: declare the structure with eqprop.network.ConnectedModel."
-                      "connections() (docs/extending.md)", EqpropWarning, stacklevel=3)
+        warn_at_caller(f"pruning: exact zeros at initialisation in matrices whose connectivity the "
+                       f"model does not declare ({listed}); pruning counts them as connections it "
+                       "removes: declare the structure with eqprop.network.ConnectedModel."
+                       "connections() (docs/extending.md)", EqpropWarning)
 
 
 def refuse_a_run(run: RunDir, *, cli: bool = False) -> None:
