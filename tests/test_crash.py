@@ -350,7 +350,7 @@ def test_a_torn_metrics_line_breaks_neither_report_nor_resume(recorded, tmp_path
     raw = (run / "metrics.jsonl").read_bytes()
     assert not raw.endswith(b"\n") and raw.count(b"\n") == 1
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1]
-    with pytest.warns(EqpropWarning, match=r"metrics.jsonl: line 2 not a complete record .*; left out"):
+    with pytest.warns(EqpropWarning, match=r"metrics.jsonl: line 2 not a record the trainer wrote .*; left out"):
         report([run], tmp_path / "report")  # said, not silent (a review)
     finish(run)
     assert_like(run, ref, "torn metrics")
@@ -372,8 +372,45 @@ def test_a_report_says_when_metrics_hold_fewer_epochs_than_the_summary(recorded,
     with pytest.warns(EqpropWarning) as caught:
         report([run], tmp_path / "report")
     said = [str(w.message) for w in caught]
-    assert any("line 2 not a complete record" in m for m in said)
+    assert any("line 2 not a record the trainer wrote" in m for m in said)
     assert any("summary.json says 3 epochs, metrics.jsonl holds records up to epoch 1" in m for m in said)
+
+
+@pytest.mark.parametrize("edit", [
+    '"test_acc": "abc"', '"test_acc": NaN', '"test_acc": 1e400', '"epoch": "3"', '"epoch": 1',
+    '"per_seed": {"test_acc": ["x"]}', '"per_seed": [1]', '"test_acc": [0.5]'])
+def test_an_edited_record_is_named_and_left_out_by_report_and_resume(recorded, tmp_path, edit):
+    """A review's hostile metrics.jsonl: a figure that is a string, NaN or 1e400, an epoch
+    that is a string or out of order, a malformed per_seed. report crashed (a string
+    test_acc) or showed nan% and inf%; resume kept the line. Every reader now skips it and
+    says which line."""
+    from eqprop.train import with_epochs
+    from eqprop.train.report import report
+
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    key = edit.split(":")[0]
+    rec = lines[2]  # epoch 3's record: the edit replaces one of its entries
+    start = rec.index(key) if key in rec else None
+    if start is None:  # per_seed absent with one seed: add the entry
+        bad = rec.rstrip().rstrip("}") + ", " + edit + "}\n"
+    else:
+        end = rec.index(", \"", start) if ", \"" in rec[start:] else len(rec.rstrip()) - 1
+        bad = rec[:start] + edit + rec[end:]
+    (run / "metrics.jsonl").write_text("".join(lines[:2]) + bad)
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2]
+    assert RunDir(run).unreadable_metric_lines() == [3]
+    with pytest.warns(EqpropWarning, match=r"metrics.jsonl: line 3 not a record the trainer wrote"):
+        report([run], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "nan%" not in md and "inf%" not in md
+    with pytest.warns(EqpropWarning, match=r"metrics.jsonl: line 3 not records the trainer wrote "
+                      r"\(edited\?\): dropped at resume"):
+        train(with_epochs(CONFIG, 4), run, resume=True, progress=False)
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 4]  # epoch 3's record: gone, said
+    assert RunDir(run).unreadable_metric_lines() == []
 
 
 def test_a_missing_payload_falls_back_to_the_previous_entry(recorded, tmp_path):
@@ -436,28 +473,48 @@ def test_resuming_a_completed_run_is_not_an_error_and_changes_nothing(recorded, 
     assert _tree_bytes(run) == before  # nothing written: no checkpoint, record or summary
 
 
-@pytest.mark.parametrize("damage", ["status", "epochs", "keys"])
-def test_a_completed_run_needs_an_intact_summary_and_checkpoint_to_say_so(recorded, tmp_path, damage):
-    """Only a summary that says "completed" at the checkpoint's epoch, readable, and the
-    newest checkpoint entry stand for a complete run; otherwise resume refuses as before
-    (the previous entry: test_a_run_past_the_epoch_of_its_fallback_entry_names_the_entry)."""
+@pytest.mark.parametrize("damage", ["status", "epochs", "keys", "deleted", "a list"])
+def test_the_checkpoint_decides_that_a_run_is_complete_whatever_its_summary(recorded, tmp_path, damage):
+    """A review: a completed run resumed with its summary.json garbled was refused (exit 2),
+    with it deleted said "resuming at epoch 23" and trained nothing. The checkpoint decides:
+    nothing to resume, exit 0, and a summary that is not this run's is written anew from the
+    records and the checkpoint, equal to the one the run wrote."""
+    from eqprop.cli import main
+
     ref, _ = recorded
     run = tmp_path / "run"
     shutil.copytree(ref, run)
-    summary = json.loads((run / "summary.json").read_text())
+    stored = json.loads((run / "summary.json").read_text())
+    summary = dict(stored)
     if damage == "status":
-        summary["status"] = "diverged"
+        summary["status"] = "| x | y |\n# hi"
     elif damage == "epochs":
         summary["epochs"] = 2
     elif damage == "keys":
         del summary["data"]
-    (run / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(ValueError, match=r"already trained 3 epochs; pass a larger total"):
-        train(CONFIG, run, resume=True, progress=False)
+    (run / "summary.json").write_text(json.dumps([1, 2, 3] if damage == "a list" else summary))
+    if damage == "deleted":
+        (run / "summary.json").unlink()
+    before = {k: v for k, v in _tree_bytes(run).items() if k != "summary.json"}
+    assert main(["resume", str(run)]) == 0
+    rewritten = json.loads((run / "summary.json").read_text())
+    assert {k: v for k, v in rewritten.items() if k != "run_dir"} == \
+        {k: v for k, v in stored.items() if k != "run_dir"}
+    assert {k: v for k, v in _tree_bytes(run).items() if k != "summary.json"} == before
 
 
-# -- real kills -------------------------------------------------------------------------
+def test_resume_says_when_it_writes_the_summary_anew(recorded, tmp_path, capsys):
+    from eqprop.cli import main
 
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / "summary.json").unlink()
+    assert main(["resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run}: nothing to resume: the run completed its 3 epochs; pass a larger total with " \
+           "--epochs to train further (summary.json was missing or not this run's: written anew)" in out
+    assert "resuming" not in out
 
 def test_three_sigkills_of_a_real_run_then_resume_equal_an_uninterrupted_run(tmp_path, capsys):
     path = ROOT / "scripts" / "kill_resume.py"

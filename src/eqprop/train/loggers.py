@@ -151,7 +151,16 @@ class JsonlLogger(Logger):
 
         self.run = RunDir(run_dir)
         if resume_from is not None:
-            self.run.truncate_metrics(resume_from)
+            dropped = self.run.truncate_metrics(resume_from)
+            if dropped:  # never silent (a review's stray line stayed, unremarked)
+                import warnings
+
+                from ..guards import EqpropWarning
+
+                warnings.warn(f"{self.run.metrics}: line{'s' if len(dropped) > 1 else ''} "
+                              f"{', '.join(map(str, dropped[:5]))}{' ...' if len(dropped) > 5 else ''} "
+                              "not records the trainer wrote (edited?): dropped at resume",
+                              EqpropWarning, stacklevel=2)
             self.run.clear_summary()
 
     def log(self, record: dict[str, Any]) -> None:

@@ -476,11 +476,21 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     if resume:
         try:
             tr.pos, meta = restore(run, program)
-        except RunCompleted as done:  # killed after its summary, or resumed twice
+        except RunCompleted as done:  # killed after its last checkpoint, or resumed twice
+            if not writer:
+                return {"status": "completed", "process": jax.process_index()}
+            run.remove_stale_temps()  # a kill while the summary was written leaves one
+            summary, note = done.summary, ""
+            if summary is None:  # killed before writing it, or edited: from the records
+                tr.best_acc, tr.best_epoch = done.meta.get("best_test_acc"), done.meta.get("best_epoch")
+                tr.elapsed = float(done.meta.get("elapsed_seconds", 0.0))
+                summary = tr.summary("completed")
+                run.write_summary(summary)
+                note = f" ({run.summary.name} was missing or not this run's: written anew)"
             if progress:
-                print(done)
-                print(format_summary(done.summary))
-            return done.summary if writer else {"status": "completed", "process": jax.process_index()}
+                print(f"{done}{note}")
+                print(format_summary(summary))
+            return summary
         tr.best_acc, tr.best_epoch = meta.get("best_test_acc"), meta.get("best_epoch")
         tr.thinning = Thinning(warned_epochs(r for r in run.read_metrics()
                                              if r.get("epoch", 0) <= tr.pos.epoch))

@@ -189,7 +189,8 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         if bad:
             warnings.warn(f"report: {run.metrics}: line{'s' if len(bad) > 1 else ''} "
                           f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} "
-                          "not a complete record (torn by a kill, or edited); left out",
+                          "not a record the trainer wrote (torn by a kill, edited: a figure "
+                          "that is not a finite number, an epoch out of order); left out",
                           EqpropWarning, stacklevel=2)
         if isinstance(summary.get("epochs"), int) and summary["epochs"] > records[-1]["epoch"]:
             warnings.warn(f"report: {run.path}: summary.json says {summary['epochs']} epochs, "

@@ -188,14 +188,17 @@ def _readable(summary: dict[str, Any]) -> bool:
 
 
 class RunCompleted(ValueError):
-    """Resuming a run that has completed its ``[train] epochs``: nothing to train.
+    """Resuming a run whose checkpoint holds all its ``[train] epochs``: nothing to train.
 
-    ``summary`` is the run's ``summary.json``, which :func:`~eqprop.train.train` returns.
+    ``summary``: the run's ``summary.json`` where it is intact (``"completed"`` at that
+    epoch, readable), else ``None`` (absent: killed before writing it; edited): the trainer
+    then writes it anew from the records and ``meta``, the checkpoint's meta.
     """
 
-    def __init__(self, message: str, summary: dict[str, Any]):
+    def __init__(self, message: str, summary: dict[str, Any] | None, meta: dict[str, Any]):
         super().__init__(message)
         self.summary = summary
+        self.meta = meta
 
 
 def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
@@ -205,10 +208,9 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     from the seed), the running sums of a partial epoch, the warm-start states. A run
     without a checkpoint (killed before its first) restarts: :func:`start`, ``{}``.
 
-    **Raises:** :class:`RunCompleted` when the run completed its ``[train] epochs``
-    (its summary says so: killed after writing it, or resumed again); ``ValueError``
-    when it has more epochs than that, or reached them by its checkpoint's previous entry
-    (without a summary, killed before writing it, the run is finished, not refused);
+    **Raises:** :class:`RunCompleted` when the checkpoint holds all ``[train] epochs``
+    (whatever ``summary.json`` says); ``ValueError`` when it has more epochs than that,
+    or reached them by its checkpoint's previous entry (the newest is broken);
     :class:`~eqprop.train.checkpoint.CheckpointError` for missing or broken files.
     """
     if not run.has_checkpoint():
@@ -217,17 +219,16 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
     model, opt_state, meta, snap = _read(run, "latest", program)
     checkpoint.collect_garbage(run.checkpoints)  # what a killed save left behind
     done, batch = meta["epoch"], meta["batch"]
-    summary = run.read_summary()
-    if (done == config.train.epochs and not batch and not snap.fallback and summary is not None
-            and summary.get("status") == "completed" and summary.get("epochs") == done
-            and _readable(summary)):
-        # killed after its summary was written, before the process ended (or resumed twice):
-        # the run is complete, and resuming it is not an error
+    if done == config.train.epochs and not batch and not snap.fallback:
+        # every epoch trained and checkpointed: the checkpoint decides, whatever summary.json
+        # says (killed after writing it or before, or resumed twice: not an error)
+        summary = run.read_summary()
+        intact = (summary is not None and summary.get("status") == "completed"
+                  and summary.get("epochs") == done and _readable(summary))
         raise RunCompleted(f"{run.path}: nothing to resume: the run completed its {done} "
-                           "epochs; pass a larger total with --epochs to train further", summary)
-    # a run killed after its last checkpoint but before its summary is finished by resume
-    finished = done == config.train.epochs and (batch or summary is not None)
-    if done > config.train.epochs or finished:
+                           "epochs; pass a larger total with --epochs to train further",
+                           summary if intact else None, meta)
+    if done > config.train.epochs or (done == config.train.epochs and (batch or snap.fallback)):
         # from the previous entry when the newest was broken: say so, or "already trained
         # 19 epochs" contradicts metrics.jsonl's 20 (the fallback's warning is the line above)
         where = " by its checkpoint's previous entry (the newest is broken)" if snap.fallback else ""

@@ -84,8 +84,13 @@ class RunDir:
     def write_config(self, config: Config) -> None:
         """Write ``config.toml`` atomically (and remove temporaries a killed writer left)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.path, (self.config.name, self.metrics.name, self.summary.name))
+        self.remove_stale_temps()
         atomic_write_text(self.config, dumps_toml(config))
+
+    def remove_stale_temps(self) -> None:
+        """Remove the temporaries a killed writer of ``config.toml``, ``metrics.jsonl`` or
+        ``summary.json`` left."""
+        remove_stale_temps(self.path, (self.config.name, self.metrics.name, self.summary.name))
 
     def _metric_lines(self) -> list[tuple[bytes, dict[str, Any] | None]]:
         """Each line of ``metrics.jsonl`` (with its newline, if any) and its record, or
@@ -95,24 +100,29 @@ class RunDir:
         except FileNotFoundError:
             return []
         out = []
+        last = 0
         for line in raw.splitlines(keepends=True):
             rec = None
             if line.endswith(b"\n"):
-                try:
-                    rec = json.loads(line)
+                try:  # NaN and Infinity are never written (allow_nan=False): not a record
+                    rec = json.loads(line, parse_constant=_refuse_constant)
                 except (ValueError, RecursionError):  # includes UnicodeDecodeError
                     rec = None
-                if not (isinstance(rec, dict) and isinstance(rec.get("epoch"), int)
-                        and not isinstance(rec.get("epoch"), bool)):
+                if not _is_record(rec) or rec["epoch"] <= last:  # out of order: not ours
                     rec = None
+                else:
+                    last = rec["epoch"]
             out.append((line, rec))
         return out
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl``, in order.
 
-        Lines that are not a complete JSON object with an integer ``epoch`` are skipped:
-        the torn last line a killed run may leave, blank or foreign lines.
+        Lines that are not a record as the trainer writes them are skipped: the torn last
+        line a killed run may leave, blank or foreign lines, and edited ones (an ``epoch``
+        that is not an integer above the previous record's, a figure that is not a finite
+        number or ``null``, ``per_seed`` that is not lists of them);
+        :meth:`unreadable_metric_lines` names them.
         """
         return [rec for _, rec in self._metric_lines() if rec is not None]
 
@@ -125,18 +135,22 @@ class RunDir:
         line = json.dumps(jsonable(record), allow_nan=False) + "\n"
         append(self.metrics, line.encode("utf-8"))
 
-    def truncate_metrics(self, last_epoch: int) -> None:
+    def truncate_metrics(self, last_epoch: int) -> list[int]:
         """Keep only the complete records with ``epoch <= last_epoch``, byte for byte.
 
         Called at resume (``last_epoch``: the checkpoint's epochs), so a resumed run never
         repeats an epoch and never appends after a torn line. Atomic; nothing is written
         when nothing changes.
+
+        **Returns:** the line numbers (from 1) of the complete lines dropped that were not
+        records (edited or foreign: the caller says so; a torn last line is not among them).
         """
         lines = self._metric_lines()
         keep = [line for line, rec in lines if rec is not None and rec["epoch"] <= last_epoch]
         if len(keep) == len(lines) or not lines:
-            return
+            return []
         atomic_write(self.metrics, b"".join(keep))
+        return [i for i, (line, rec) in enumerate(lines, 1) if rec is None and line.endswith(b"\n")]
 
     def clear_summary(self) -> None:
         """Remove ``summary.json`` (a resumed run is running again: it no longer holds)."""
@@ -154,6 +168,33 @@ class RunDir:
         except (OSError, ValueError, RecursionError):
             return None
         return out if isinstance(out, dict) else None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} in a record")
+
+
+def _is_figure(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and math.isfinite(v))
+
+
+def _is_record(rec: Any) -> bool:
+    """Whether ``rec`` (a parsed line) is an epoch record as the trainer writes them:
+    an integer ``epoch >= 1``, every other value a finite number or ``None``, and
+    ``per_seed`` a mapping to lists of those (or ``None``)."""
+    if not isinstance(rec, dict):
+        return False
+    epoch = rec.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return False
+    for key, v in rec.items():
+        if key == "per_seed":
+            if not isinstance(v, dict) or not all(
+                    w is None or (isinstance(w, list) and all(map(_is_figure, w))) for w in v.values()):
+                return False
+        elif not _is_figure(v):
+            return False
+    return True
 
 
 def default_run_dir(config_path: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
