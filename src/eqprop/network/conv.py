@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from ..complexmath import cexp
 from ..activations import get_activation
 from .base import (BipartiteModel, EnergyModel, FeedbackModel, FeedForwardModel, InteractionModel,
                    MixedPrecisionModel)
@@ -83,7 +84,7 @@ def softmax_pool(z: Array, temperature: float = 1.0) -> Array:
     axes = (-4, -2)
     s = z / temperature
     top = lax.stop_gradient(jnp.max(s.real, axis=axes, keepdims=True))
-    e = jnp.exp(s - top)
+    e = cexp(s - top)  # complex64: 7x faster than jnp.exp on this CPU (eqprop.complexmath)
     return jnp.sum(z * e, axis=axes) / jnp.sum(e, axis=axes)
 
 
