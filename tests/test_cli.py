@@ -418,6 +418,12 @@ def test_config_list_and_a_shipped_config_by_name(capsys, tmp_path, monkeypatch)
     assert deep == ("XOR with the DEEP dynamics and learning rule of Farinha et al. 2020 (arXiv "
                     "2006.08798), as in the authors' binary notebook")
     assert main(["config", "xor-deep", "--set", "optim.lr=0.3"]) == 0
+    shown = capsys.readouterr().out
+    (tmp_path / "run").mkdir()  # a run directory: its config.toml (a review: "Is a directory")
+    (tmp_path / "run" / "config.toml").write_text(shown)
+    assert main(["config", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out == shown
+    assert main(["config", "xor-deep", "--set", "optim.lr=0.3"]) == 0
     assert load_config(ROOT / "configs" / "xor-deep.toml", ["optim.lr=0.3"]) == \
         parse_config(tomllib.loads(capsys.readouterr().out))
     assert main(["train", "no-such-config"]) == 2

@@ -413,6 +413,25 @@ def test_an_edited_record_is_named_and_left_out_by_report_and_resume(recorded, t
     assert RunDir(run).unreadable_metric_lines() == []
 
 
+@pytest.mark.parametrize("summary", ['{"status": "| x | y |\\n# hi", "train_seconds": "abc", "seeds": 1.5}',
+                                     '[1, 2, 3]', '{"status": 5, "ms_per_batch": NaN}'])
+def test_a_hostile_summary_neither_breaks_the_report_table_nor_passes_unsaid(recorded, tmp_path, summary):
+    from eqprop.train.report import report
+
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / "summary.json").write_text(summary)
+    with pytest.warns(EqpropWarning, match=r"summary.json: (not a readable JSON object|"
+                      r"[a-z_, ]+ not of the type the trainer writes)"):
+        report([run], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text().splitlines()
+    row = next(line for line in md if line.startswith("| run |"))
+    assert "\n# hi" not in "\n".join(md) and not any(line.startswith("# hi") for line in md)
+    cells = [c for c in row.replace("\\|", "").split("|")][1:-1]
+    assert len(cells) == 13  # the header's columns: nothing split the row
+
+
 def test_a_missing_payload_falls_back_to_the_previous_entry(recorded, tmp_path):
     ref, _ = recorded
     run = tmp_path / "run"

@@ -256,8 +256,12 @@ def test_a_long_run_shows_each_kind_of_warning_at_its_1st_2nd_4th_8th_epoch():
     assert [e for e, s in shown.items() if any(x.startswith("free") for x in s)] == [1, 2, 4, 8, 16, 32]
     assert [e for e, s in shown.items() if any(x.startswith("nudged") for x in s)] == [3, 6, 12, 24]
     assert shown[1] == [free.format(1)]  # the first: as it was
-    assert shown[2][0].endswith("(the 2nd epoch with this warning; from here on it is shown at the "
-                                "4th, 8th, 16th, ...: every epoch's figures are in metrics.jsonl)")
+    assert shown[2][0].endswith("(the 2nd epoch with this warning; from here on each kind is shown "
+                                "at the 4th, 8th, 16th, ... epoch it fires in: every epoch's figures "
+                                "are in metrics.jsonl)")
+    both = Thinning({"free phases did not converge": 1, "nudged phases did not converge": 1})
+    said = both.shown([free.format(2), nudged.format(2)])  # explained once per message
+    assert said[1] == nudged.format(2) + " (the 2nd epoch with this warning)"
     assert shown[32][0].endswith("(the 32nd epoch with this warning)")
     assert shown[24] == [nudged.format(24) + " (the 8th epoch with this warning)"]
     assert thin.counts == {"free phases did not converge": 40, "nudged phases did not converge": 13}

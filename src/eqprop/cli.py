@@ -422,6 +422,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
     if args.list:
         _list_shipped()
+    elif args.config and Path(args.config).is_dir():  # a run directory: its config.toml
+        from .config import load_run_config
+        from .train import RunDir
+
+        print(dumps_toml(load_run_config(RunDir(args.config).require().config, args.set)), end="")
     elif args.config:
         print(dumps_toml(load_config(args.config, args.set)), end="")
     else:
@@ -623,10 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the config reference (or a resolved config)",
                        description="Without CONFIG: the markdown reference of every key. With "
-                       "CONFIG: the resolved config (defaults filled in, overrides applied).")
-    p.add_argument("config", nargs="?", metavar="CONFIG", help=_CONFIG_HELP)
+                       "CONFIG (or a RUN_DIR: its config.toml): the resolved config (defaults "
+                       "filled in, overrides applied).")
+    p.add_argument("config", nargs="?", metavar="CONFIG_OR_RUN_DIR", help=_CONFIG_HELP + "; or a run "
+                   "directory")
     p.add_argument("--list", action="store_true",
-                   help="list the shipped configs (name, file, first comment line)")
+                   help="list the shipped configs (name and the first clause of its header)")
     _add_set(p)
     _add_plugin(p)
     p.set_defaults(func=_cmd_config)
@@ -647,6 +654,8 @@ def _load_plugins(args: argparse.Namespace) -> None:
         run_dir = args.run_dir
     elif args.command in ("gradcheck", "stability") and Path(args.target).is_dir():
         run_dir = args.target
+    elif args.command == "config" and args.config and Path(args.config).is_dir():
+        run_dir = args.config
     if run_dir is None and not given:
         return
     from .plugins import load_plugins, load_recorded

@@ -297,7 +297,7 @@ def circle_summary(rate_median: float, rate_mean: float, error_mean: float,
     order over the batch (:class:`eqprop.estimate.nudge.CircleDecay`); ``error_mean``:
     the batch mean of ``min(rate^N, 1)``, a relative error (0.01 = 1%); ``points``: ``N``,
     whose value ``2`` adds that the estimate then rests on one ratio, ``c_2 / c_1``, while
-    the error is set by ``c_3``, which the circle does not resolve (a review: 2.1e-3
+    the error is set by ``c_3``, which the circle does not resolve (measured: 2.1e-3
     estimated, 3.3e-2 measured on a trained digits net).
 
     **Returns:** e.g. ``"Fourier coefficients fall: each order is 0.19x the last (median;
@@ -408,7 +408,8 @@ def estimate_problems(figures: Mapping[str, Any], *, beta: float | None = None,
                "free phase before changing estimator.beta" if drifting else
                f": {radius} is not well inside the radius of convergence, and more points help "
                "little or not at all; "
-               + (f"try estimator.beta = {smaller:.3g}" if smaller is not None else "lower estimator.beta")))
+               + (f"try estimator.beta = {smaller:.3g} (a first step, where the rate would scale with "
+                  "|beta|: check the error there again)" if smaller is not None else "lower estimator.beta")))
     return out
 
 
@@ -451,16 +452,18 @@ class Thinning:
         """The sentences of one epoch to show (counting every one), those after their
         kind's first epoch saying which epoch of that kind this is; ``kind``: the kind of
         every sentence, where its words before the colon hold figures."""
-        out = []
+        out, explained = [], False
         for sentence in sentences:
             k = kind or problem_kind(sentence)
             n = self.counts[k] = self.counts.get(k, 0) + 1
             if n & (n - 1):  # not a power of two: counted, not shown
                 continue
-            if n > 1:
+            if n > 1:  # the thinning explained once per message (a review read it twice)
                 sentence += (f" (the {_ordinal(n)} epoch with this warning"
-                             + ("; from here on it is shown at the 4th, 8th, 16th, ...: every "
-                                "epoch's figures are in metrics.jsonl" if n == 2 else "") + ")")
+                             + ("; from here on each kind is shown at the 4th, 8th, 16th, ... "
+                                "epoch it fires in: every epoch's figures are in metrics.jsonl"
+                                if n == 2 and not explained else "") + ")")
+                explained = explained or n == 2
             out.append(sentence)
         return out
 

@@ -280,6 +280,8 @@ def make_layout(devices: int | str, seed_devices: int, *, seeds: int, batch_size
     if available[0].platform == "cpu" and jax.process_count() == 1 and n > cores:
         warnings.warn(EqpropWarning(
             f"parallel.devices: {n} host devices share {cores} cores: the run is split as asked "
-            f"but is no faster than on {cores} (devices = \"all\" gives one per core)"), stacklevel=2)
+            f"but is slower than on {cores} (more devices than cores only add the exchanges "
+            f"between them: measured 4.9x slower for 4 devices on 2 cores); devices = \"all\" "
+            "gives one per core"), stacklevel=2)
     grid = np.asarray(available[:n]).reshape(seed_devices, data)
     return Layout(Mesh(grid, (SEED, DATA)), seeds)

@@ -243,7 +243,7 @@ class DeepNetwork(DirectedNetwork, BoxProjectedModel):
     box: the clip is the projection of the step, so a nudged phase (field plus nudge,
     then clipped) follows the paper exactly. At a fixed point of the clipped map the field
     of a saturated neuron is not zero (with random weights most free neurons sit on a
-    bound: EP_REFERENCE section 7); its fixed points are those of the projected step,
+    bound: Farinha et al. 2020, arXiv 2006.08798, and docs/directed.md); its fixed points are those of the projected step,
     ``clip(s + dt F(s)) = s``, and the exact references (implicit, exact nudge), which
     linearise ``F``, hold only where no neuron is saturated.
 
@@ -275,7 +275,7 @@ class DeepNetwork(DirectedNetwork, BoxProjectedModel):
 
     def jacobian(self) -> np.ndarray:
         """The linear part ``J = W_ff^T - diag(sum_k W_jk)`` (no clip): every column sums
-        to zero (EP_REFERENCE section 7)."""
+        to zero (the DEEP field conserves the free neurons' activity; docs/directed.md)."""
         c = self.n_clamped
         w = np.asarray(self.weights(), np.float64)[c:, c:]
         return w.T - np.diag(w.sum(axis=1))

@@ -419,7 +419,7 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
 
     **Arguments:** ``config``: a validated configuration; ``out_dir``: the run
     directory (created; must not hold a run unless ``resume``); ``resume``: continue
-    from ``out_dir/checkpoints/latest.eqx`` to ``config.train.epochs`` in total, giving
+    from ``out_dir/checkpoints/latest.json`` (its manifest) to ``config.train.epochs`` in total, giving
     exactly the parameters of an uninterrupted run; ``progress``: a progress bar (on a
     terminal), a line per epoch and the summary on stdout; ``False`` prints nothing (a
     sweep reads the returned summary; warnings still go to ``warnings``).

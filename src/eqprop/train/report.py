@@ -137,6 +137,46 @@ def _plot(path: Path, runs, panels: list[tuple[str, list[tuple[str, str]], bool]
     plt.close(fig)
 
 
+#: the summary.json fields the report shows, and the types it accepts for each
+_SUMMARY_TYPES = {"status": str, "data": str, "estimator": str, "evaluated_on": str,
+                  "seeds": int, "epochs": int, "train_seconds": float, "ms_per_batch": float}
+
+
+def _checked_summary(run: RunDir) -> dict[str, Any]:
+    """The fields of ``run``'s ``summary.json`` the report shows, each of its type (a
+    finite number for the floats), the others warned about and left out; ``{}`` with a
+    warning when the file exists but is not a JSON object (a review's list, 100 MB of
+    junk: silently "running or stopped")."""
+    import math
+
+    summary = run.read_summary()
+    if summary is None:
+        if run.summary.exists():
+            warnings.warn(f"report: {run.summary}: not a readable JSON object (or over 1 MiB); "
+                          "left out", EqpropWarning, stacklevel=3)
+        return {}
+    out, bad = {}, []
+    for key, v in summary.items():
+        kind = _SUMMARY_TYPES.get(key)
+        if kind is None or v is None:
+            out[key] = v
+        elif kind is float and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+        elif kind is not float and isinstance(v, kind) and not isinstance(v, bool):
+            out[key] = v
+        else:
+            bad.append(key)
+    if bad:
+        warnings.warn(f"report: {run.summary}: {', '.join(bad)} not of the type the trainer writes; "
+                      "left out", EqpropWarning, stacklevel=3)
+    return out
+
+
+def _cell(v: Any) -> str:
+    """``v`` as one markdown table cell: ``|`` escaped, line breaks as spaces."""
+    return " ".join(str(v).replace("|", "\\|").split())
+
+
 def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "-"
@@ -182,7 +222,7 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
             empty.append(run)
             continue
         runs.append((run.name, records))
-        summary = run.read_summary() or {}
+        summary = _checked_summary(run)
         summaries.append((run, records, {**_from_config(run), **summary}))
         # a line read_metrics skips is left out of the report: said, never silent
         bad = run.unreadable_metric_lines()
@@ -232,14 +272,14 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         final_txt = _fmt(final, True) + (f" ± {_fmt(std, True)}" if std is not None else "")
         time_s = s.get("train_seconds") or sum(r.get("epoch_seconds") or 0 for r in records)
         lines.append(
-            f"| {run.name} | {s.get('data', '-')}"
+            f"| {_cell(run.name)} | {_cell(s.get('data', '-'))}"
             + (" (validation split)" if s.get("evaluated_on") == "validation" else "")
-            + f" | {s.get('estimator', '-')} "
+            + f" | {_cell(s.get('estimator', '-'))} "
             f"| {s.get('seeds', '-')} | {last['epoch']} | {final_txt} | {_fmt(best, True)} "
             f"| {_fmt(last.get('train_acc'), True)} | {_estimate_cell(last)} "
             f"| {_fmt(last.get('sparsity'), True) if last.get('sparsity') is not None else '-'} "
             f"| {_fmt(float(time_s))} "
-            f"| {_fmt(s.get('ms_per_batch'))} | {s.get('status', 'running or stopped')} |")
+            f"| {_fmt(s.get('ms_per_batch'))} | {_cell(s.get('status', 'running or stopped'))} |")
         for r in records:
             for problem in estimate_problems(r):
                 warned.append(f"- {run.name}, epoch {r['epoch']}: {problem}")
