@@ -535,3 +535,13 @@ def test_a_validation_split_is_called_so_everywhere_and_seeds_show_their_spread(
     assert main(["train", str(cfg), "--out", str(tmp_path / "plain")]) == 0
     shown = capsys.readouterr().out
     assert "| test loss" in shown and "test acc   final" in shown
+
+
+def test_a_run_read_with_another_data_set_says_that_first(straight):
+    """A review's `eqprop eval RUN --set data.name='"xor"'` was told of data.batch_size, then
+    of model.sizes (a key it may not change): the data set is named first."""
+    for extra in ([], ["data.batch_size=4"]):
+        with pytest.raises(Exception, match=r"^data.name = 'xor': the run's network was trained on "
+                           r"'synthetic' and takes its input shape and classes; evaluate it on a "
+                           r"data set of the same shape \((data.batch_size|model.sizes)"):
+            load_run(straight, "latest", ['data.name="xor"', *extra])

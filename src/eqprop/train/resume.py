@@ -277,16 +277,32 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     if not run.checkpoint(which).is_file():
         raise ValueError(f"{run.path}: no {which} checkpoint ({run.checkpoint(which)} not found)")
     config = load_run_config(run.config, overrides)
-    program = build_program(config)
+    trained_on = load_run_config(run.config).data.name
+    try:
+        program = build_program(config)
+    except (ConfigError, ValueError) as err:
+        if config.data.name == trained_on:
+            raise
+        raise type(err)(_other_data(config.data.name, trained_on, err)) from None
     try:
         model, _, meta = load_checkpoint(run, which, program)
     except checkpoint.CheckpointError as err:  # say what else the run holds
+        if config.data.name != trained_on:  # the shapes differ: not a broken file
+            raise checkpoint.CheckpointError(_other_data(config.data.name, trained_on, err)) from None
         other = "best" if which == "latest" else "latest"
         if run.checkpoint(other).is_file():
             raise checkpoint.CheckpointError(f"{err} (the run also holds {run.checkpoint(other).name}: "
                                   f"--checkpoint {other} reads it)") from None
         raise
     return config, program, model, meta
+
+
+def _other_data(name: str, trained_on: str, err: BaseException) -> str:
+    """The error of a run read with ``--set data.name`` of another data set: that first
+    (a review was told of data.batch_size, then of model.sizes, a key it may not change)."""
+    return (f"data.name = {name!r}: the run's network was trained on {trained_on!r} and "
+            f"takes its input shape and classes; evaluate it on a data set of the same shape "
+            f"({' '.join(str(err).split())})")
 
 
 def spans_the_run(config: Config) -> list[str]:
