@@ -232,7 +232,8 @@ def test_unconverged_nudged_phases_are_logged_and_warned_once_per_epoch(unsettle
     for r in records:
         assert r["nudged_residual_mean"] > NONCONVERGED_TOL
         assert 0.5 < r["nudged_nonconverged_fraction"] <= 1.0
-        assert "linear_residual_mean" not in r and {"hep_decay_mean", "hep_error_mean"} <= r.keys()
+        assert "linear_residual_mean" not in r
+        assert {"hep_decay_mean", "hep_error_mean", "hep_floor_fraction"} <= r.keys()
     assert [str(w.message).split(":")[0] for w in caught] == ["epoch 1", "epoch 2"]
     assert all("nudged phases did not converge" in str(w.message) for w in caught)
     assert {w.filename for w in caught} == {__file__}  # the user's train() line, not the trainer's
@@ -792,6 +793,26 @@ def test_the_circle_in_brief_names_the_statistic_it_shows():
     assert circle_brief({"residual_mean": 0.1}) is None
     assert circle_brief({"hep_decay_median": 0.0, "hep_error_mean": 0.04}) == \
         "hEP circle at the rounding floor (median), est. error 4%"
+    # examples whose second order is at the rounding floor: their rate is only a bound
+    assert circle_brief({"hep_decay_median": 0.02, "hep_error_mean": 0.01, "hep_floor_fraction": 0.58}) == \
+        "hEP circle 0.02x per order (median; 58% of examples at the rounding floor: at most that), est. error 1%"
+
+
+def test_the_circle_counts_the_examples_whose_rate_the_rounding_floor_bounds():
+    """A review: on a trained digits net the median rate read 0.02x every epoch, set by the
+    rounding floor for about half of the examples; CircleDecay.bounded names them."""
+    from eqprop.estimate.nudge import CircleDecay, fitted_rate, floor_bounded
+
+    norms = jnp.asarray([[1.0, 1.0, 1e-9, 1.0], [0.1, 1e-9, 1e-9, 0.5], [0.01, 1e-9, 1e-9, 1e-9]])
+    floor = jnp.full((4,), 1e-6)
+    bounded = floor_bounded(norms, floor)
+    assert bounded.tolist() == [False, True, False, False]  # 3, 1, 0 and 2 orders resolved
+    rate = fitted_rate(norms, floor)
+    assert float(rate[0]) == pytest.approx(0.1) and float(rate[2]) == 0
+    assert float(rate[1]) == pytest.approx(1e-6 ** 0.5, rel=1e-3)  # through the floor: a bound
+    circle = CircleDecay(norms=norms, rate=rate, beta=1.0, points=3, bounded=bounded)
+    assert float(circle.floor_fraction()) == 0.25
+    assert not floor_bounded(norms[:1], floor).any()  # N = 1: no line to bound
 
 
 def test_a_share_reads_0_or_100_percent_only_when_it_is():

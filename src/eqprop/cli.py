@@ -158,7 +158,7 @@ def _at_least_one(text: str) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .guards import NONCONVERGED_TOL, estimate_problems
+    from .guards import NONCONVERGED_TOL, estimate_problems, share
     from .solvers import can_alternate
     from .train import evaluate, load_run
     from .train.records import ESTIMATE_KEYS
@@ -204,7 +204,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"linear solve ({estimator_name}): residual {mean['linear_residual']:.2e} (mean)")
     if "hep_error" in mean:
         print("hEP circle: " + circle_summary(mean["hep_decay_median"], mean["hep_decay"], mean["hep_error"],
-                                              points=getattr(program.estimator, "points", None)))
+                                              points=getattr(program.estimator, "points", None))
+              + (f"; {share(float(mean['hep_floor']))} of the examples have only their first order above "
+                 "the rounding floor: their rate is fitted through it, at most what it reads"
+                 if mean.get("hep_floor") else ""))
     figures = {name: mean[key] for key, name in ESTIMATE_KEYS.items() if key in mean}
     figures.update(residual_mean=mean["residual"], nonconverged_fraction=mean["nonconverged"])
     problems = estimate_problems(figures, beta=getattr(program.estimator, "beta", None),

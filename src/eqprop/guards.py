@@ -262,7 +262,9 @@ def circle_brief(figures: Mapping[str, Any]) -> str | None:
     which = "median" if median else "mean"
     if rate == 0:  # no order above the rounding floor: not a decay of 0x
         return f"hEP circle at the rounding floor ({which}), est. error {share(error)}"
-    return f"hEP circle {rate:.2g}x per order ({which}), est. error {share(error)}"
+    floor = figures.get("hep_floor_fraction")
+    at_floor = f"; {share(floor)} of examples at the rounding floor: at most that" if floor else ""
+    return f"hEP circle {rate:.2g}x per order ({which}{at_floor}), est. error {share(error)}"
 
 
 def share(fraction: float) -> str:

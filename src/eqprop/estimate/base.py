@@ -80,7 +80,8 @@ def estimate_metrics(info: Estimate) -> dict[str, Array]:
       and the median over the batch of the fitted rate per order of hEP's Fourier
       coefficients around the circle, the mean estimated relative
       error of the Cauchy estimate (``min(rate^N, 1)``), and a smaller radius to try
-      (:class:`~eqprop.estimate.nudge.CircleDecay`).
+      (:class:`~eqprop.estimate.nudge.CircleDecay`); ``hep_floor``: the fraction of the
+      batch whose rate is only an upper bound, its second order at the rounding floor.
     """
     out = {}
     if info.phases is not None:
@@ -93,6 +94,7 @@ def estimate_metrics(info: Estimate) -> dict[str, Array]:
         out["hep_decay_median"] = info.circle.rate_median()
         out["hep_error"] = info.circle.error_mean()
         out["hep_beta_suggested"] = info.circle.beta_suggested()
+        out["hep_floor"] = info.circle.floor_fraction()
     return out
 
 

@@ -90,7 +90,7 @@ def evaluate(program: "Program", model: PyTree, x: np.ndarray, y: np.ndarray,
     network), example-weighted means over the ``N`` examples; with ``estimate`` also
     the keys of :func:`~eqprop.estimate.estimate_metrics` that apply (``nudged_residual``,
     ``nudged_nonconverged``, ``linear_residual``, ``hep_decay``, ``hep_decay_median``, ``hep_error``,
-    ``hep_beta_suggested``), weighted the same way.
+    ``hep_beta_suggested``, ``hep_floor``), weighted the same way.
 
     Batches hold ``batch_size`` examples rounded up to a multiple of the data axis'
     devices; the last, ragged one is padded by repeating its examples and the padding

@@ -46,6 +46,7 @@ ESTIMATE_KEYS = {
     "hep_decay_median": "hep_decay_median",
     "hep_error": "hep_error_mean",
     "hep_beta_suggested": "hep_beta_suggested",
+    "hep_floor": "hep_floor_fraction",
 }
 
 
