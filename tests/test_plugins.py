@@ -106,10 +106,56 @@ def test_the_example_trains_then_evaluates_and_resumes_without_plugin(tmp_path, 
     assert main(["eval", str(run)]) == 0
     assert "top-1" in capsys.readouterr().out
     forget("my-field")
+    from eqprop.train import load_run  # the Python API finds the run's plugins too (a review)
+
+    config, _, _, _ = load_run(run)
+    assert config.model.kind == "my-field"
+    forget("my-field")
     assert main(["resume", str(run), "--epochs", "2", "-q"]) == 0
     records = lines(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("breach, said", [
+    ("abstract", r"plugin .*broken_abstract\.py: line \d+, in build: TypeError: Can't instantiate "
+                 r"abstract class MyField with abstract method field"),
+    ("signature", r"plugin .*broken_signature\.py: TypeError: MyField\.field\(\) takes 2 positional "
+                  r"arguments but 3 were given"),
+    ("build", r"plugin .*broken_build\.py: TypeError: MyFieldKind\.build\(\) got an unexpected "
+              r"keyword argument"),
+])
+def test_a_plugin_that_breaks_the_contract_is_a_one_line_error(tmp_path, capsys, breach, said):
+    """A review's plugins with a missing field, a field without drive, a build without
+    n_classes: tracebacks through eqprop's code and exit 1; now one line naming the file
+    (and its line where the plugin's own code raised), exit 2."""
+    source = EXAMPLE.read_text()
+    kind = f"my-field-{breach}"
+    source = source.replace('register_model("my-field")', f'register_model("{kind}")')
+    if breach == "abstract":
+        source = source.replace("    def field(self, u, drive):", "    def _not_the_field(self, u, drive):")
+    elif breach == "signature":
+        source = source.replace("    def field(self, u, drive):", "    def field(self, u):")
+    else:
+        source = source.replace("def build(self, *, input_size, n_classes, key):",
+                                "def build(self, *, input_size, key):")
+    plugin = tmp_path / f"broken_{breach}.py"
+    plugin.write_text(source)
+    try:
+        code = main(["train", str(EXAMPLE_TOML), "--plugin", str(plugin), "--out", str(tmp_path / "run"),
+                     "-q", "--epochs", "1", "--set", "train.max_batches=2", "--set",
+                     f'model.kind="{kind}"', "--set", "estimator.points=2"])
+    finally:
+        forget(kind)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert re.match("eqprop: error: " + said, err[0]), err[0]
+    if breach != "signature":  # refused while being built: not a directory holding only plugins/
+        assert not (tmp_path / "run").exists()
+    else:  # failed in its first step: a run (config.toml, its plugins) that resume restarts
+        assert (tmp_path / "run" / "config.toml").is_file()
+    assert err[0].endswith("(the contract of a component: docs/extending.md; EQPROP_TRACEBACK=1 "
+                           "shows the traceback)")
 
 
 def test_config_lists_a_plugins_keys(capsys):

@@ -657,3 +657,37 @@ def test_docs_stability_md_explains_the_deep_gershgorin():
     for phrase in ("column", "sums to zero", "zero eigenvalue", "projected", "eqprop stability",
                    "per_seed"):
         assert phrase in text
+
+
+def test_stability_says_when_the_free_solver_is_not_the_step_map_it_certifies(tmp_path, capsys):
+    """A review's heavy-ball plugin solver was certified with rho(I + dt J) of the plain
+    step, silently: the table now says which iteration its certificates are of."""
+    from eqprop.cli import main
+    from eqprop.guards import Guards
+    from eqprop.registry import SOLVERS
+    from eqprop.solvers import FixedPointSolver
+
+    class Momentum(FixedPointSolver):
+        """u <- u + dt F(u) + 0.2 (u - u_prev), fixed budget."""
+
+        def solve(self, field, u0, *, batch_ndim=1, groups=None, field_on=None, project=None):
+            g = Guards(bound=self.bound, batch_ndim=batch_ndim)
+
+            def body(i, c):
+                u, prev = c
+                return jax.tree.map(lambda a, f, p: a + self.dt * f + 0.2 * (a - p), u, field(u), prev), u
+
+            u, _ = jax.lax.fori_loop(0, self.steps, body, (u0, u0))
+            return u, g.report(field, u, self.steps, jnp.asarray(-1))
+
+    SOLVERS.register("test-momentum")(Momentum)
+    try:
+        assert main(["stability", "digits-quick", "--set", 'dynamics.solver="test-momentum"',
+                     "--set", 'dynamics.update="synchronous"', "--set", "stability.examples=2"]) == 0
+    finally:
+        SOLVERS.unregister("test-momentum")
+    out = capsys.readouterr().out
+    assert ("dynamics.solver = 'test-momentum' (Momentum): the certificates are of the step map "
+            "u <- P(u + dt F(u)) and of the fixed points every solver shares") in out
+    assert main(["stability", "digits-quick", "--set", "stability.examples=2"]) == 0
+    assert "the certificates are of the step map" not in capsys.readouterr().out

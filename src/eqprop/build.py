@@ -106,7 +106,8 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
     The registered model kind ``config.model.kind`` made from its settings, then its
     ``build`` (:meth:`~eqprop.network.ModelKind.build`), given ``input_shape`` when its
     ``build`` declares that keyword (kinds written before it existed, e.g. plugins, are
-    built without it).
+    built without it). A ``[model] dtype = "float64"`` enables JAX's 64-bit mode first
+    (``jax_enable_x64``, for the process), as :func:`eqprop.train.build_program` does.
 
     **Arguments:** ``config``; ``input_size``: features per example; ``n_classes``:
     classes of the data; ``key``: PRNG key of the initialisation; ``input_shape``: the
@@ -122,6 +123,8 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
     from .registry import MODELS
 
     m = config.model
+    if getattr(m, "dtype", None) == "float64":  # as the trainer does (a review's model came out float32)
+        jax.config.update("jax_enable_x64", True)
     kind = MODELS.get(m.kind)(**m.settings())
     params = inspect.signature(kind.build).parameters
     shape = ({"input_shape": None if input_shape is None else tuple(input_shape)}

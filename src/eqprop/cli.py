@@ -85,15 +85,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         refuse_a_run(run, cli=True)
     print(f"run directory: {out}")
 
+    created, recorded = not out.exists(), False
     if args.plugin and is_writer() and not (run.has_checkpoint() or run.metrics.exists()):
         # resume, eval, gradcheck and stability of the run load these copies (train refuses a
         # directory that holds a run: leave that run's plugins alone)
         record_plugins(out, args.plugin)
+        recorded = True
     try:
         with _stop_on_signals():
             summary = train(config, out, progress=not args.quiet)
-    except (ConfigError, DataError, ValueError, OSError) as e:
-        if out.exists():
+    except Exception as e:
+        if recorded and not run.is_run():  # refused before its first step: leave nothing (a
+            import shutil                  # review found a directory holding only plugins/)
+
+            from .plugins import PLUGIN_DIR
+
+            shutil.rmtree(out / PLUGIN_DIR, ignore_errors=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+        if out.exists() or not isinstance(e, (ConfigError, DataError, ValueError, OSError)):
             raise
         # the run could not be built (data, model): train removed the directory it made,
         # which the line above named
@@ -386,6 +396,12 @@ def _cmd_stability(args: argparse.Namespace) -> int:
               "update": free.update, "examples": int(x.shape[0]),
               "certified": all(r["certified"] for r in rows), "per_seed": rows}
     print(format_table(result))
+    from .solvers import Anderson, FixedPoint
+
+    if not isinstance(free, (FixedPoint, Anderson)):  # a plugin's iteration (a review: momentum)
+        print(f"dynamics.solver = {config.dynamics.solver!r} ({type(free).__name__}): the certificates "
+              "are of the step map u <- P(u + dt F(u)) and of the fixed points every solver "
+              "shares, not of the iteration this solver runs, which they do not cover")
     if args.json:
         out = Path(args.json)
         if out.parent != Path(""):
@@ -619,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Which data sets are available, where, and how to get "
                        "the missing ones.")
     p.add_argument("--verbose", "-v", action="store_true", help="show the searched directories")
+    _add_plugin(p)  # a data set a plugin registers is listed too
     p.set_defaults(func=_cmd_datasets)
 
     p = sub.add_parser("report", help="plots and a markdown table of runs",
@@ -700,6 +717,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (ConfigError, DataError, ValueError, OSError) as e:
         print(f"eqprop: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # a plugin that breaks a component's contract: one line, not a traceback
+        import os
+
+        from .plugins import plugin_culprit
+
+        culprit = plugin_culprit(e)
+        if culprit is None or os.environ.get("EQPROP_TRACEBACK"):
+            raise
+        path, where = culprit
+        print(f"eqprop: error: plugin {path}{': ' + where if where else ''}: {type(e).__name__}: "
+              f"{_one_line(e)} (the contract of a component: docs/extending.md; EQPROP_TRACEBACK=1 "
+              "shows the traceback)", file=sys.stderr)
         return EXIT_USAGE
 
 

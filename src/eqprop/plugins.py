@@ -36,7 +36,7 @@ from . import registry
 from .settings import Registry, settings_of
 
 __all__ = ["PluginError", "load_plugin", "load_plugins", "record_plugins", "recorded_plugins",
-           "load_recorded", "register_model", "PLUGIN_DIR"]
+           "load_recorded", "register_model", "plugin_culprit", "PLUGIN_DIR"]
 
 #: the folder of a run directory that holds the copies of its plugins
 PLUGIN_DIR = "plugins"
@@ -205,6 +205,35 @@ def load_recorded(run_dir: str | os.PathLike, *, skip: Iterable[str] = ()) -> li
     """
     skip = set(skip)
     return [load_plugin(p) for p in recorded_plugins(run_dir) if p.name not in skip]
+
+
+def plugin_culprit(err: BaseException) -> tuple[Path, str] | None:
+    """The loaded plugin file an exception comes from, and where in it: a frame of its
+    traceback in the file (``"line 12, in build"``), else a class or function the file
+    defines named in the message (``Ring.field() takes 2 positional arguments``: eqprop
+    called a member whose signature breaks the contract; ``""``). ``None`` when neither.
+
+    The command line reports such an error as one line naming the file (exit code 2),
+    not as a traceback through eqprop's code."""
+    import re
+
+    modules = [sys.modules[name] for name in _LOADED.values() if name in sys.modules]
+    files = {os.path.realpath(m.__file__): m for m in modules if getattr(m, "__file__", None)}
+    where = None
+    for frame, line in traceback.walk_tb(err.__traceback__):
+        path = os.path.realpath(frame.f_code.co_filename)
+        if path in files:
+            where = (Path(files[path].__file__), f"line {line}, in {frame.f_code.co_name}")
+    if where is not None:
+        return where
+    message = str(err)
+    for path, module in files.items():
+        names = [n for n, v in vars(module).items()
+                 if isinstance(v, type) or callable(v) and getattr(v, "__module__", None) == module.__name__]
+        names = [n for n in names if getattr(vars(module)[n], "__module__", None) == module.__name__]
+        if any(re.search(rf"\b{re.escape(n)}\b", message) for n in names):
+            return Path(module.__file__), ""
+    return None
 
 
 # ---------------------------------------------------------------------------

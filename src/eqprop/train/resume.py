@@ -258,7 +258,9 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     the network (``eqprop stability``: ``"stability"``; ``gradcheck``: ``"diagnostics"``).
 
     **Returns:** ``(config, program, model, meta)``: ``model`` stacked when K > 1,
-    ``meta`` the checkpoint's meta.
+    ``meta`` the checkpoint's meta. A run trained with ``--plugin`` needs its components:
+    where the config names one not registered, the plugins recorded in ``run_dir``
+    (:func:`eqprop.plugins.load_recorded`) are loaded first.
 
     **Raises:** ``ValueError`` when ``run_dir`` is not a run or lacks the checkpoint
     (:class:`~eqprop.train.checkpoint.CheckpointError` when it is broken);
@@ -276,7 +278,17 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     run = RunDir(run_dir).require()
     if not run.checkpoint(which).is_file():
         raise ValueError(f"{run.path}: no {which} checkpoint ({run.checkpoint(which)} not found)")
-    config = load_run_config(run.config, overrides)
+    try:
+        config = load_run_config(run.config, overrides)
+    except ConfigError:
+        from ..plugins import load_recorded, recorded_plugins
+
+        if not recorded_plugins(run.path):
+            raise
+        # a component of the run's plugins (a review's `load_run` of a --plugin run in a fresh
+        # process): load the copies the run recorded, as the command line does
+        load_recorded(run.path)
+        config = load_run_config(run.config, overrides)
     trained_on = load_run_config(run.config).data.name
     try:
         program = build_program(config)
