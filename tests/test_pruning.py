@@ -366,3 +366,33 @@ def test_pruning_config_errors_are_one_line():
         _tiny(pruning={"method": "magnitude", "start": 4, "end": 2})
     with pytest.raises(ConfigError, match=r"^pruning\.start: 5 is after the last epoch \(3\)"):
         build_program(_tiny(pruning={"method": "magnitude", "start": 5}))
+
+
+def test_a_plugin_parameter_with_more_than_two_axes_is_warned_about_before_pruning():
+    """Pruning reads the last axis as the receiving neuron; a review's (C, C, K) ring
+    kernel had its offsets there, silently. eqprop's own kernels (HWIO) are not warned of."""
+    import types
+
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from eqprop.guards import EqpropWarning
+    from eqprop.pruning import Magnitude
+    from eqprop.train.loop import _warn_many_axes
+
+    class Ring(eqx.Module):  # a plugin's model: defined outside eqprop
+        k: jnp.ndarray
+        w: jnp.ndarray
+
+    program = types.SimpleNamespace(pruner=Magnitude(), seeds=1,
+                                    model=Ring(k=jnp.ones((2, 2, 3)), w=jnp.ones((4, 5))))
+    with pytest.warns(EqpropWarning, match=r"^pruning: k \(2, 2, 3\): more than two axes; the last "
+                      r"is taken as the receiving neuron"):
+        _warn_many_axes(program)
+    stacked = types.SimpleNamespace(pruner=Magnitude(), seeds=3,
+                                    model=Ring(k=jnp.ones((3, 4, 5)), w=jnp.ones((3, 4, 5))))
+    with pytest.warns(EqpropWarning) as caught:  # seeds stacked: (4, 5) is a matrix
+        _warn_many_axes(stacked)
+        import warnings
+        warnings.warn("sentinel", EqpropWarning)
+    assert [str(w.message) for w in caught] == ["sentinel"]

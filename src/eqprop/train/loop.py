@@ -387,6 +387,26 @@ def _estimate_text(rec: dict[str, Any], relaxes: bool = True) -> str:
     return (" | " + ", ".join(parts)) if parts else ""
 
 
+def _warn_many_axes(program: Program) -> None:
+    """Pruning reads a parameter's last axis as the receiving neuron (a kernel's output
+    channel, eqprop's convolutions store it last); a plugin's parameter with more than two
+    axes may hold something else there (a review's ``(C, C, K)`` ring kernel: its offsets
+    read as neurons, the keep-one-input rule then meaningless): said before training."""
+    if isinstance(program.pruner, NoPruning) or type(program.model).__module__.startswith("eqprop."):
+        return
+    from ..network import named_parameters, parameters
+    from ..pruning import prunable
+
+    many = {n: tuple(w.shape[program.seeds > 1:]) for n, w in named_parameters(parameters(program.model)).items()
+            if prunable(n, w) and w.ndim - (program.seeds > 1) > 2}
+    if many:
+        listed = ", ".join(f"{n} {s}" for n, s in many.items())
+        warn_at_caller(f"pruning: {listed}: more than two axes; the last is taken as the receiving "
+                       "neuron (a convolution's output channel), whose last incoming connection is "
+                       "kept: store such a parameter with its receiving axis last (docs/extending.md)",
+                       EqpropWarning)
+
+
 def _warn_undeclared_zeros(program: Program) -> None:
     """Pruning a model whose matrices hold zeros it does not declare as absent (a plugin's
     fixed structure without :class:`~eqprop.network.ConnectedModel`) would count those
@@ -459,6 +479,7 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
     try:
         program = build_program(config)
         _warn_undeclared_zeros(program)
+        _warn_many_axes(program)
         tr = _Trainer(run, program, loggers, progress)  # its enforcer can refuse the model
     except KeyboardInterrupt as interrupt:
         if not run.is_run():
