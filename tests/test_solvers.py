@@ -280,3 +280,23 @@ def test_unroll_is_a_dynamics_key():
     assert solvers.free.unroll == solvers.nudged.unroll == 8
     with pytest.raises(ConfigError, match=r"^dynamics\.unroll: must be >= 0"):
         with_updates(Config(), dynamics={"unroll": -1})
+
+
+def test_refusals_name_the_model_and_what_it_lacks():
+    """A review's plugin was told of "a bipartite network (e.g. a layered network without
+    skips)" and "a tied network": the refusal names the class and the capability."""
+    import jax
+
+    from eqprop.build import build_model
+    from eqprop.config import load_config
+    from eqprop.estimate.contrast import Contrast
+    from eqprop.solvers import FixedPoint
+
+    m = build_model(load_config("xor-directed-hep", []), input_size=2, n_classes=2,
+                    key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"needs a bipartite network .*: RateNetwork is not a "
+                       r"BipartiteModel$"):
+        FixedPoint(update="alternating").check(m)
+    with pytest.raises(ValueError, match=r"an EnergyModel with symmetric = True; RateNetwork is not "
+                       r"an EnergyModel; use 'ep' or 'hep'$"):
+        Contrast().check(m)

@@ -89,8 +89,13 @@ class FixedPointSolver(eqx.Module):
         model.check_step(self.dt)
         if self.update == "alternating" and (not isinstance(model, BipartiteModel)
                                              or model.partition() is None):
+            own = type(model).__module__.startswith("eqprop.")  # else a plugin's: say what to add
+            what = (f"{type(model).__name__} is not a BipartiteModel"
+                    + ("" if own else " (implement partition(): docs/extending.md)")
+                    if not isinstance(model, BipartiteModel) else
+                    f"{type(model).__name__}.partition() is None for this network")
             raise ValueError("dynamics.update = 'alternating' needs a bipartite network (no coupling "
-                             "inside either half, e.g. a layered network without skips)")
+                             f"inside either half, e.g. a layered network without skips): {what}")
 
     @abc.abstractmethod
     def solve(self, field: Field, u0: PyTree, *, batch_ndim: int = 1,

@@ -66,7 +66,10 @@ class Contrast(Estimator):
         :class:`~eqprop.network.EnergyModel` with ``symmetric`` true (tied weights)."""
         super().check(model)
         if not isinstance(model, EnergyModel) or not model.symmetric:
-            raise ValueError("estimator 'contrast' needs a tied (symmetric) network; use 'ep' or 'hep'")
+            what = ("not an EnergyModel" if not isinstance(model, EnergyModel) else
+                    "an EnergyModel whose symmetric is False (untied feedback)")
+            raise ValueError(f"estimator 'contrast' needs a tied (symmetric) network, an EnergyModel "
+                             f"with symmetric = True; {type(model).__name__} is {what}; use 'ep' or 'hep'")
 
     def __call__(self, model, x, y, free, key):
         beta = signed_beta(self.beta, self.sign, key) if self.points == 1 else self.beta

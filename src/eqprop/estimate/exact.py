@@ -138,6 +138,17 @@ class Implicit(_Exact):
 
     ``g = (dF/dtheta)^T delta / B + readout gradient`` with ``delta`` from
     :func:`rbp_delta`: the reference every estimator is compared against.
+
+    **Settings** (its fields, shared with :class:`ExactNudge`): ``linear``, the Lineax
+    solver of ``J^T delta = -dl/da`` (default :class:`~eqprop.linear.DampedThenGMRES`,
+    ``[dynamics] linear_solver``); ``converged_tol``: examples whose free-phase residual
+    exceeds it are left out of the gradient (``0``: none).
+
+    **Call:** as :meth:`eqprop.estimate.Estimator.__call__`: ``(model, x (B, ...), y (B,),
+    free, key)`` to ``(gradient shaped like model, Estimate)``, the :class:`Estimate`'s
+    ``error_vector`` being ``delta`` (like the state) and ``linear`` the solve's
+    :class:`~eqprop.guards.RelaxStats`. **Raises:** ``ValueError`` from :meth:`check` (a
+    solver that cannot relax the model).
     """
 
     def __call__(self, model, x, y, free, key):

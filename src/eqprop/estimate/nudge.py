@@ -344,6 +344,14 @@ class HolomorphicEP(Estimator):
     **Settings:** ``beta``: the radius ``|beta|`` (``> 0``); ``points``: ``N >= 1``
     (``N > 2`` needs complex states, so a holomorphic activation); ``nudged``: the
     nudged phases' solver.
+
+    **Call:** as :meth:`eqprop.estimate.Estimator.__call__`: ``(model, x (B, ...), y (B,),
+    free, key)`` to ``(gradient shaped like model, Estimate)``, the :class:`Estimate`'s
+    ``error_vector`` being ``v`` (like the state), ``phases`` the nudged phases' stats
+    (``(P, B)`` residuals) and ``circle`` a :class:`CircleDecay` (``N >= 2``).
+    **Raises:** ``ValueError`` from :meth:`check`: ``N > 2`` on a model that is not
+    holomorphic (``model.holomorphic``: e.g. a clipped or hard-sigmoid network), or a
+    nudged solver that cannot relax the model.
     """
 
     beta: float = setting(0.5, "Nudging strength (radius of the nudge circle).", bounds=POSITIVE)
