@@ -95,8 +95,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         with _stop_on_signals():
             summary = train(config, out, progress=not args.quiet)
     except Exception as e:
-        if recorded and not run.is_run():  # refused before its first step: leave nothing (a
-            import shutil                  # review found a directory holding only plugins/)
+        if recorded and not run.is_run():
+            # refused before its first step: leave nothing (a review found a directory
+            # holding only plugins/)
+            import shutil
 
             from .plugins import PLUGIN_DIR
 

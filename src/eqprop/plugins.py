@@ -228,9 +228,8 @@ def plugin_culprit(err: BaseException) -> tuple[Path, str] | None:
         return where
     message = str(err)
     for path, module in files.items():
-        names = [n for n, v in vars(module).items()
-                 if isinstance(v, type) or callable(v) and getattr(v, "__module__", None) == module.__name__]
-        names = [n for n in names if getattr(vars(module)[n], "__module__", None) == module.__name__]
+        names = [n for n, v in vars(module).items()  # the classes and functions it defines
+                 if callable(v) and getattr(v, "__module__", None) == module.__name__]
         if any(re.search(rf"\b{re.escape(n)}\b", message) for n in names):
             return Path(module.__file__), ""
     return None

@@ -734,9 +734,9 @@ def _perturbed(model, x, u, noise, shrink, scale, solver, trials):
     # u (else u was no fixed point at this resolution: an unstable one that the state
     # leaves, for a stable one elsewhere)
     us = settle(u)
-    left = _inf_norms(jax.tree.map(repeat, us), jax.tree.map(repeat, u), batch * trials)
-    uref = jax.tree.map(repeat, settle(us))
     ur = jax.tree.map(repeat, us)
+    left = _inf_norms(ur, jax.tree.map(repeat, u), batch * trials)
+    uref = jax.tree.map(repeat, settle(us))
     u0 = jax.tree.map(jnp.add, ur, noise)
     proj = model.projector()
     u0 = u0 if proj is None else proj(u0)

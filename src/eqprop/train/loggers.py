@@ -147,7 +147,7 @@ class JsonlLogger(Logger):
         self.run = None
 
     def open(self, run_dir: Path, config: "Config", *, resume_from: int | None = None) -> None:
-        from .rundir import RunDir
+        from .rundir import RunDir, line_numbers
 
         self.run = RunDir(run_dir)
         if resume_from is not None:
@@ -157,8 +157,7 @@ class JsonlLogger(Logger):
 
                 from ..guards import EqpropWarning
 
-                warnings.warn(f"{self.run.metrics}: line{'s' if len(dropped) > 1 else ''} "
-                              f"{', '.join(map(str, dropped[:5]))}{' ...' if len(dropped) > 5 else ''} "
+                warnings.warn(f"{self.run.metrics}: {line_numbers(dropped)} "
                               "not records the trainer wrote (edited?): dropped at resume",
                               EqpropWarning, stacklevel=2)
             self.run.clear_summary()

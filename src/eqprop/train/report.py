@@ -21,7 +21,7 @@ from typing import Any
 
 from ..guards import NONCONVERGED_TOL, EqpropWarning, circle_brief, estimate_problems, share
 from .records import ESTIMATE_KEYS
-from .rundir import RunDir
+from .rundir import RunDir, line_numbers
 from .summary import setting_fields
 
 __all__ = ["report", "KNOWN_KEYS"]
@@ -229,10 +229,9 @@ def report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Pat
         # a line read_metrics skips is left out of the report: said, never silent
         bad = run.unreadable_metric_lines()
         if bad:
-            warnings.warn(f"report: {run.metrics}: line{'s' if len(bad) > 1 else ''} "
-                          f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} "
-                          "not a record the trainer wrote (torn by a kill, edited: a figure "
-                          "that is not a finite number, an epoch out of order); left out",
+            warnings.warn(f"report: {run.metrics}: {line_numbers(bad)} not a record the trainer "
+                          "wrote (torn by a kill, edited: a figure that is not a finite number, an "
+                          "epoch out of order); left out",
                           EqpropWarning, stacklevel=2)
         if isinstance(summary.get("epochs"), int) and summary["epochs"] > records[-1]["epoch"]:
             warnings.warn(f"report: {run.path}: summary.json says {summary['epochs']} epochs, "

@@ -289,18 +289,19 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
         # process): load the copies the run recorded, as the command line does
         load_recorded(run.path)
         config = load_run_config(run.config, overrides)
-    trained_on = load_run_config(run.config).data.name
     try:
         program = build_program(config)
     except (ConfigError, ValueError) as err:
-        if config.data.name == trained_on:
+        said = _other_data(run, config, err)
+        if said is None:
             raise
-        raise type(err)(_other_data(config.data.name, trained_on, err)) from None
+        raise type(err)(said) from None
     try:
         model, _, meta = load_checkpoint(run, which, program)
     except checkpoint.CheckpointError as err:  # say what else the run holds
-        if config.data.name != trained_on:  # the shapes differ: not a broken file
-            raise checkpoint.CheckpointError(_other_data(config.data.name, trained_on, err)) from None
+        said = _other_data(run, config, err)
+        if said is not None:  # the shapes differ: not a broken file
+            raise checkpoint.CheckpointError(said) from None
         other = "best" if which == "latest" else "latest"
         if run.checkpoint(other).is_file():
             raise checkpoint.CheckpointError(f"{err} (the run also holds {run.checkpoint(other).name}: "
@@ -309,10 +310,16 @@ def load_run(run_dir: str | Path, which: str = "latest", overrides: tuple[str, .
     return config, program, model, meta
 
 
-def _other_data(name: str, trained_on: str, err: BaseException) -> str:
+def _other_data(run: RunDir, config: Config, err: BaseException) -> str | None:
     """The error of a run read with ``--set data.name`` of another data set: that first
-    (a review was told of data.batch_size, then of model.sizes, a key it may not change)."""
-    return (f"data.name = {name!r}: the run's network was trained on {trained_on!r} and "
+    (a review was told of data.batch_size, then of model.sizes, a key it may not change);
+    ``None`` when ``config`` has the data set the run trained on (read only on an error)."""
+    from ..config import load_run_config
+
+    trained_on = load_run_config(run.config).data.name
+    if config.data.name == trained_on:
+        return None
+    return (f"data.name = {config.data.name!r}: the run's network was trained on {trained_on!r} and "
             f"takes its input shape and classes; evaluate it on a data set of the same shape "
             f"({' '.join(str(err).split())})")
 

@@ -170,6 +170,13 @@ class RunDir:
         return out if isinstance(out, dict) else None
 
 
+def line_numbers(lines: list[int]) -> str:
+    """``"line 3"``, ``"lines 2, 5"``, ``"lines 1, 2, 3, 4, 5 ..."`` (the first five):
+    the lines of ``metrics.jsonl`` a warning names."""
+    return (f"line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:5]))}"
+            + (" ..." if len(lines) > 5 else ""))
+
+
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} in a record")
 
