@@ -128,3 +128,23 @@ def test_the_configuration_key(capsys):
     out = capsys.readouterr().out
     assert "mixed precision: the estimates computed in bfloat16" in out
     assert "reference's free phase (float32)" in out
+
+
+def test_building_a_run_sets_float32_products_unless_the_user_chose_a_precision():
+    """The products a network does not make itself (a plugin's plain ``@``, lineax's in
+    the exact references) follow JAX's process default, which on a GPU rounds float32
+    operands to TensorFloat-32: build_model and the trainer set it to ``highest``, and
+    keep a precision the user set."""
+    from eqprop.build import configure_numerics
+
+    cfg = load_config(ROOT / "configs" / "digits-quick.toml")
+    before = jax.config.jax_default_matmul_precision
+    try:
+        jax.config.update("jax_default_matmul_precision", None)
+        build_model(cfg, input_size=64, n_classes=10, key=jax.random.PRNGKey(0))
+        assert jax.config.jax_default_matmul_precision == "highest"
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32")
+        configure_numerics(cfg)
+        assert jax.config.jax_default_matmul_precision == "tensorfloat32"
+    finally:
+        jax.config.update("jax_default_matmul_precision", before)

@@ -213,3 +213,59 @@ def test_every_solver_honours_the_projection(solver):
 
 
 _nudged_jit = eqx.filter_jit(nudged_phases)
+
+
+# -- numerics: every product at the operands' own precision ------------------------------
+
+#: estimators whose linear solve (lineax) makes products of its own: those follow the
+#: process default that eqprop.build.configure_numerics sets (tests/test_precision.py)
+LINEAR_SOLVE = {"exact-nudge", "implicit"}
+#: a model whose products are its author's (a plugin's plain ``@``): the process default too
+USERS_OWN = {"plugin-hopfield"}
+
+
+def _products(jaxpr):
+    """Every ``dot_general`` and ``conv_general_dilated`` of ``jaxpr`` and of the jaxprs
+    nested in its equations (loops, branches, custom derivatives), with real operands of
+    at least 32 bits (a mixed-precision product's bfloat16 operands have no other)."""
+    for eqn in jaxpr.eqns:
+        if (eqn.primitive.name in ("dot_general", "conv_general_dilated")
+                and all(v.aval.dtype in (jnp.float32, jnp.float64) for v in eqn.invars)):
+            yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _products(inner)
+
+
+def _below_highest(model, est) -> list[str]:
+    """The products of relaxing ``model`` and estimating with ``est`` that run below the
+    operands' precision when the process default is a GPU's TensorFloat-32."""
+    s = setup(model)
+
+    def run(m, x, y):
+        return est.make()(m, x, y, free_phase(m, x, EXACT.free), jax.random.PRNGKey(0))[0]
+
+    with jax.default_matmul_precision("tensorfloat32"):
+        jaxpr = jax.make_jaxpr(run)(s.model, s.x, s.y).jaxpr
+    found = list(_products(jaxpr))
+    assert found, "nothing to check: the walk found no product"
+    highest = (jax.lax.Precision.HIGHEST,) * 2
+    return [str(e.primitive) for e in found if e.params.get("precision") != highest]
+
+
+@pytest.mark.parametrize("est", [e for e in ESTIMATOR_PARAMS if e.values[0].name not in LINEAR_SOLVE])
+@pytest.mark.parametrize("model", [m for m in MODEL_PARAMS if m.values[0] not in USERS_OWN])
+def test_every_product_of_a_builtin_network_is_at_its_operands_precision(model, est):
+    """A GPU rounds float32 operands to TensorFloat-32 under JAX's default precision (an
+    EP estimate divides that rounding by beta): the networks' products, their VJPs and
+    the estimators' own set HIGHEST, whatever the process default."""
+    if _refuses(est, setup(model).model):
+        return
+    assert _below_highest(model, est) == []
+
+
+def test_the_precision_check_finds_a_product_left_at_the_default():
+    """The check above can fail: the plugin's plain ``@`` follows the process default."""
+    assert _below_highest("plugin-hopfield", ESTIMATORS_UNDER_TEST[1])

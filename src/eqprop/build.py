@@ -99,6 +99,24 @@ def build_homeostasis(config: Config) -> Homeostasis | None:
     return Homeostasis(coef=h.coef, probes=h.probes, every=h.every)
 
 
+def configure_numerics(config: Config) -> None:
+    """Set JAX's process-wide numerics for ``config``, before anything is traced: 64-bit
+    mode (``jax_enable_x64``) for ``[model] dtype = "float64"``, and products of float32
+    operands at float32 (``jax_default_matmul_precision = "highest"``) unless the user has
+    set that option. Without it a GPU or TPU rounds float32 operands to TensorFloat-32 or
+    bfloat16 in every product that does not set its own precision (the networks' own do:
+    :data:`eqprop.network.ops.PRECISION`): a plugin model's, and the linear solver's of
+    the exact references. Lower precision is ``[model] compute_dtype``.
+    :func:`build_model` and :func:`eqprop.train.build_program` call it.
+
+    **Arguments:** ``config``: the run's configuration.
+    """
+    if getattr(config.model, "dtype", None) == "float64":
+        jax.config.update("jax_enable_x64", True)
+    if jax.config.jax_default_matmul_precision is None:
+        jax.config.update("jax_default_matmul_precision", "highest")
+
+
 def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Array,
                 input_shape: tuple[int, ...] | None = None) -> EquilibriumModel:
     """The network of ``[model]`` for inputs of ``input_size`` features and ``n_classes`` classes.
@@ -106,8 +124,9 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
     The registered model kind ``config.model.kind`` made from its settings, then its
     ``build`` (:meth:`~eqprop.network.ModelKind.build`), given ``input_shape`` when its
     ``build`` declares that keyword (kinds written before it existed, e.g. plugins, are
-    built without it). A ``[model] dtype = "float64"`` enables JAX's 64-bit mode first
-    (``jax_enable_x64``, for the process), as :func:`eqprop.train.build_program` does.
+    built without it). It sets the process's numerics first (:func:`configure_numerics`:
+    64-bit mode for ``[model] dtype = "float64"``, float32 products at float32), as
+    :func:`eqprop.train.build_program` does.
 
     **Arguments:** ``config``; ``input_size``: features per example; ``n_classes``:
     classes of the data; ``key``: PRNG key of the initialisation; ``input_shape``: the
@@ -123,8 +142,7 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
     from .registry import MODELS
 
     m = config.model
-    if getattr(m, "dtype", None) == "float64":  # as the trainer does (a review's model came out float32)
-        jax.config.update("jax_enable_x64", True)
+    configure_numerics(config)  # as the trainer does (a review's model came out float32)
     kind = MODELS.get(m.kind)(**m.settings())
     params = inspect.signature(kind.build).parameters
     shape = ({"input_shape": None if input_shape is None else tuple(input_shape)}

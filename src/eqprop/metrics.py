@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -44,7 +45,8 @@ def cosine(a: Array, b: Array) -> float:
     """
     a, b = jnp.ravel(a), jnp.ravel(b)
     den = jnp.linalg.norm(a) * jnp.linalg.norm(b)
-    c = jnp.where(den > 0, jnp.vdot(a, b) / jnp.where(den > 0, den, 1.0), 0.0)
+    dot = jnp.vdot(a, b, precision=jax.lax.Precision.HIGHEST)  # float32 on a GPU too
+    c = jnp.where(den > 0, dot / jnp.where(den > 0, den, 1.0), 0.0)
     c = jnp.clip(c, -1.0, 1.0)  # rounding can give 1.0000002 (a review read it as a bug)
     return float(jnp.where(jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(b)), c, jnp.nan))
 

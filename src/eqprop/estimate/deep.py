@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from ..guards import RelaxStats, residual_norm
 from ..network.directed import DirectedNetwork
+from ..network.ops import matmul
 from ..registry import ESTIMATORS
 from ..relax import euler_step
 from ..settings import NONNEGATIVE, POSITIVE, setting
@@ -54,7 +55,7 @@ def deep_rule_update(model: DirectedNetwork, x: jax.Array, y: jax.Array, u0, bet
         u1 = euler_step(u, field(u), dt, project)
         a0, a1 = model.flat(model.activity(u)), model.flat(model.activity(u1))
         pre = jnp.concatenate([clamped, a1], axis=-1)
-        return u1, acc + pre.T @ (a1 - a0)
+        return u1, acc + matmul(pre.T, a1 - a0)
 
     n, c = model.W.shape[0], model.n_clamped
     acc0 = jnp.zeros((n, n - c), model.W.dtype)

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ..network.base import EquilibriumModel
-from ..registry import ESTIMATORS
 from ..guards import HEP_ERROR_TARGET, Guards, RelaxStats, residual_norm
+from ..network.base import EquilibriumModel
+from ..network.ops import PRECISION
+from ..registry import ESTIMATORS
 from ..relax import euler_step
 from ..settings import POSITIVE, POSITIVE_INT, SettingError, setting
 from ..solvers import FixedPoint, FixedPointSolver
@@ -280,7 +281,7 @@ def circle_decay(model: EquilibriumModel, free: FreePhase, states: dict, beta: f
         out = 0
         for (w, _), ak in zip(phases, leaves):
             d = ak - leaf0
-            out = out + jnp.real(jnp.tensordot(jnp.asarray(w, d.dtype), d, axes=1))
+            out = out + jnp.real(jnp.tensordot(jnp.asarray(w, d.dtype), d, axes=1, precision=PRECISION))
         return out
 
     c = jax.tree.map(coefficient, a0, *[a for _, a in phases])

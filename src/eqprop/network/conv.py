@@ -50,7 +50,7 @@ from ..activations import get_activation
 from .base import (BipartiteModel, EnergyModel, FeedbackModel, FeedForwardModel, InteractionModel,
                    MixedPrecisionModel)
 from .dense import COMPUTE_DTYPES, INPUT, feedback_at_angle
-from .ops import input_batch
+from .ops import PRECISION, input_batch
 from .readout import Readout, make_readout
 
 OUTPUT = "out"
@@ -191,9 +191,15 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
     def _cast(self, v: Array) -> Array:
         return v if self.compute_dtype == "float32" else v.astype(self.compute_dtype)
 
+    @property
+    def _precision(self):
+        """float32 products at float32 (:data:`~eqprop.network.ops.PRECISION`); the
+        mixed-precision ones at their compute dtype's."""
+        return PRECISION if self.compute_dtype == "float32" else None
+
     def _conv_real(self, a: Array, k: Array) -> Array:
         return lax.conv_general_dilated(self._cast(a), self._cast(k), (1, 1), "SAME",
-                                        dimension_numbers=_DIMS,
+                                        dimension_numbers=_DIMS, precision=self._precision,
                                         preferred_element_type=self._dtype)
 
     def _conv(self, a: Array, k: Array) -> Array:
@@ -211,7 +217,8 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
         # HWIO form transposes to (645 -> 232 ms per fmnist-cnn-hep step, same weights)
         kc = k.astype(dt).transpose(0, 1, 3, 2)
         conv = lambda a: lax.conv_general_dilated(a, kc, (1, 1), "SAME",  # noqa: E731
-                                                  dimension_numbers=_DIMS_OI)
+                                                  dimension_numbers=_DIMS_OI,
+                                                  precision=self._precision)
         adjoint = jax.linear_transpose(conv, jax.ShapeDtypeStruct(g.shape[:-3] + shape, dt))
 
         def real(v):
@@ -227,7 +234,7 @@ class ConvNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel, 
 
         def real(v):
             return lax.dot_general(self._cast(v), self._cast(w), (((v.ndim - 1,), (0,)), ((), ())),
-                                   preferred_element_type=self._dtype)
+                                   precision=self._precision, preferred_element_type=self._dtype)
 
         if jnp.iscomplexobj(a):
             return lax.complex(real(a.real), real(a.imag))

@@ -360,7 +360,7 @@ class DenseNetwork(InteractionModel, EnergyModel, BipartiteModel, FeedbackModel,
         src = dict(a, **{INPUT: x})
         phi = sum(jnp.sum(a[p] * b, axis=-1) for p, b in self.biases.items())
         for e in self.projections:
-            phi = phi + jnp.sum((src[e.src] @ self.weights[e.name]) * a[e.dst], axis=-1)
+            phi = phi + jnp.sum(matmul(src[e.src], self.weights[e.name]) * a[e.dst], axis=-1)
         return phi
 
 

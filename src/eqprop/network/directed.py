@@ -260,7 +260,7 @@ class DeepNetwork(DirectedNetwork, BoxProjectedModel):
         drive and the outgoing sums ``sum_k W_jk``."""
         w = self.weights()
         c = self.n_clamped
-        return DirectedDrive(inputs=self.clamped(x) @ w[:c, c:], leak=jnp.sum(w[c:, c:], axis=1))
+        return DirectedDrive(inputs=matmul(self.clamped(x), w[:c, c:]), leak=jnp.sum(w[c:, c:], axis=1))
 
     def activity(self, u: dict[str, Array]) -> dict[str, Array]:
         """The state itself (``a = s``)."""
@@ -306,7 +306,7 @@ class _Rate(DirectedNetwork, InteractionModel):
     def prepare(self, x: Array) -> DirectedDrive:
         """``DirectedDrive(inputs=(B, n_free))``: ``x W_xf + W_bias,f``."""
         c = self.n_clamped
-        return DirectedDrive(inputs=self.clamped(x) @ self.weights()[:c, c:])
+        return DirectedDrive(inputs=matmul(self.clamped(x), self.weights()[:c, c:]))
 
     def activity(self, u: dict[str, Array]) -> dict[str, Array]:
         """``{p: act(u[p])}``."""
@@ -354,8 +354,8 @@ class TiedRateNetwork(_Rate, EnergyModel):
         s = self.flat(a)
         u = super().coupling()
         c = self.n_clamped
-        drive = self.clamped(x) @ self.weights()[:c, c:]
-        return jnp.sum((s @ u) * s, axis=-1) + jnp.sum(drive * s, axis=-1)
+        drive = matmul(self.clamped(x), self.weights()[:c, c:])
+        return jnp.sum(matmul(s, u) * s, axis=-1) + jnp.sum(drive * s, axis=-1)
 
     def feedback_pairs(self) -> dict[str, tuple[Array, Array | None]]:
         """``{"free-free": (U, None)}``: tied."""

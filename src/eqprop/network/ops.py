@@ -8,19 +8,33 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+#: the precision of every product of float32 (or float64) operands in the networks: the
+#: operands' own. JAX's default lets a GPU or TPU round float32 operands to TensorFloat-32
+#: or bfloat16 (10 or 7 mantissa bits): an EP estimate is a difference of nudged states
+#: divided by beta, which amplifies that rounding by 1/beta, and gradcheck's 1e-5
+#: agreements could not hold. Lower precision is chosen only
+#: through ``[model] compute_dtype``, whose products take bfloat16/float16 operands
+#: explicitly (on an H200 float32 products made the Fashion-MNIST CNN's step 2.6x slower
+#: than TensorFloat-32's: docs/results.md).
+PRECISION = jax.lax.Precision.HIGHEST
+
 
 def matmul(a: Array, w: Array) -> Array:
-    """``a @ w``; for real ``w`` and complex ``a`` as two real matmuls (``a.real @ w``,
-    ``a.imag @ w``) rather than the four of a complex product.
+    """``a @ w`` at the operands' own precision (:data:`PRECISION`); for real ``w`` and
+    complex ``a`` as two real matmuls (``a.real @ w``, ``a.imag @ w``) rather than the four
+    of a complex product.
 
     **Arguments:** ``a``: activities ``(B, n_in)`` (or any ``(..., n_in)``), real or
     complex; ``w``: weights ``(n_in, n_out)``.
 
     **Returns:** ``(B, n_out)``, complex when ``a`` or ``w`` is.
     """
+    def dot(u):
+        return jnp.matmul(u, w, precision=PRECISION)
+
     if jnp.iscomplexobj(a) and not jnp.iscomplexobj(w):
-        return jax.lax.complex(a.real @ w, a.imag @ w)
-    return a @ w
+        return jax.lax.complex(dot(a.real), dot(a.imag))
+    return dot(a)
 
 
 def input_batch(x: Array, shape: tuple[int, ...], model: str, *, any_layout: bool = False) -> Array:

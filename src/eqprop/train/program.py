@@ -166,8 +166,7 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     augment`` is on for data that are not images.
     """
     configure(config.parallel.devices)  # host devices, while JAX has not initialised yet
-    if getattr(config.model, "dtype", None) == "float64":
-        jax.config.update("jax_enable_x64", True)
+    build.configure_numerics(config)  # 64-bit mode; float32 products at float32 on a GPU
     ds = load_dataset(config) if dataset is None else dataset
     n_batches = n_train_batches(config, ds)
     augment = augmentation(config, ds)
