@@ -72,3 +72,35 @@ def test_recomputed_share_follows_the_sweep_order(run):
     deep = conv.convnet((16, 16, 3), (2, 4, 4), n_classes=10, key=jax.random.PRNGKey(0), output_size=5)
     # c1 -> c2 and c2 -> c3 pool; c2's group (odd) goes first only if it wins: one of two shares
     assert run.recomputed_share(deep) == 0.5
+
+
+def test_gap_pairs_seed_i_with_seed_i_at_each_epoch_both_evaluated(monkeypatch, tmp_path, capsys):
+    """``benchmarks/gap.py`` (hEP against its BP twin over seeds): per-seed differences,
+    only epochs both runs evaluated, and a one-line error for a directory with no records."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gap
+
+    from eqprop.train.rundir import RunDir
+
+    def write(name, rows):  # epoch -> per-seed test accuracy, or None (not evaluated)
+        (tmp_path / name).mkdir()
+        run = RunDir(tmp_path / name)
+        for epoch, acc in rows.items():
+            rec = {"epoch": epoch, "train_loss": 1.0, "test_acc": None if acc is None else sum(acc) / len(acc)}
+            if acc is not None:
+                rec["per_seed"] = {"test_acc": acc}
+            run.append_metrics(rec)
+        return run.path
+
+    a = write("hep", {1: [0.80, 0.90], 2: None, 3: [0.85, 0.91]})
+    b = write("bp", {1: [0.81, 0.92], 2: [0.83, 0.93], 3: [0.87, 0.90]})
+    rows = gap.gap_table(a, b)
+    assert [r["epoch"] for r in rows] == [1, 3]
+    assert rows[0]["gap_per_seed"] == pytest.approx([1.0, 2.0])
+    assert rows[1]["gap_per_seed"] == pytest.approx([2.0, -1.0])
+    assert rows[1]["within_1"] == 1 and rows[1]["gap_max"] == pytest.approx(2.0)
+    assert gap.main([str(a), str(b)]) == 0
+    assert "| 3 | 2 | 88.00 ± 3.00 | 88.50 ± 1.50 | 0.50 |" in capsys.readouterr().out
+    assert gap.main([str(a), str(tmp_path / "missing")]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+    sys.modules.pop("gap", None)
