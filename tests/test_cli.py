@@ -589,7 +589,7 @@ def test_sigterm_at_any_point_exits_130_not_a_crash(tiny_config, tmp_path, delay
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from eqprop.cli import run; run()", "train", str(tiny_config),
+        [sys.executable, "-m", "eqprop", "train", str(tiny_config),  # the command's entry point
          "--out", str(tmp_path / "run"), "-q", "--epochs", "100000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("run directory:")  # JAX is about to start
@@ -786,3 +786,55 @@ def test_report_plots_name_the_seed_mean_and_the_free_phases_unsettled_fraction(
     rep.report([run_dir], tmp_path / "rep")
     titles = [title for title, _, _ in drawn["relaxation.png"]]
     assert "free phases above 0.001 (fraction)" in titles
+
+
+_START = """
+import os, signal, sys
+MODE = sys.argv[1]
+
+class Kick:  # a signal while the command's modules import (JAX's second of loading)
+    def find_spec(self, name, path=None, target=None):
+        if name != "eqprop.cli":
+            return None
+        if MODE == "quiet":
+            print("a warning of the import", file=sys.stderr)
+            return None
+        sig = signal.SIGTERM if MODE == "sigterm" else signal.SIGINT
+        try:
+            os.kill(os.getpid(), sig)
+            for _ in range(1000000):  # the handler runs between bytecodes
+                pass
+        except KeyboardInterrupt:
+            if MODE == "raised" or MODE == "sigterm":
+                raise
+            if MODE == "import-error":  # a C extension prints its traceback, then fails
+                print("Traceback (most recent call last): ...", file=sys.stderr)
+                raise ImportError("Encountered an error while initializing the extension.")
+            return None  # "swallowed": a garbage-collection callback ate it
+        return None
+
+sys.meta_path.insert(0, Kick())
+sys.argv = ["eqprop", "config", "--list"]
+from eqprop.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["raised", "swallowed", "import-error", "sigterm", "quiet"])
+def test_a_signal_while_the_command_starts_is_one_line_and_exit_130(mode):
+    """The ``eqprop`` entry point (eqprop/__main__.py) takes Ctrl-C and SIGTERM before
+    JAX loads: a signal during the import is one line and exit 130, whether its
+    ``KeyboardInterrupt`` propagates, is swallowed by a callback (the run used to go on to
+    its end), or surfaces as a C extension's ImportError with a printed traceback (a review
+    saw 24 lines). Without a signal, what the import writes to stderr still shows."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _START, mode], capture_output=True, text=True, timeout=300)
+    if mode == "quiet":
+        assert out.returncode == 0, out.stderr
+        assert out.stderr == "a warning of the import\n" and "digits-quick" in out.stdout
+        return
+    how = "terminated (SIGTERM)" if mode == "sigterm" else "interrupted"
+    assert (out.returncode, out.stdout) == (130, "")
+    assert out.stderr == f"eqprop: {how} while starting; nothing was run\n"

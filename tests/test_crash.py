@@ -780,3 +780,28 @@ def test_a_truncated_latest_manifest_names_the_best_checkpoint_that_still_reads(
     with pytest.raises(CheckpointError, match=r"unreadable checkpoint manifest .*--checkpoint best reads it"):
         load_run(run, "latest")
     load_run(run, "best")  # still reads
+
+
+def test_ctrl_c_after_an_epoch_is_saved_prints_that_epochs_line(recorded, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the epoch's checkpoint is written (the epoch done, its line not yet
+    printed): the line is printed before the interrupt's message (a review saw epoch 4
+    saved and its line missing), and the run resumes exactly."""
+    ref, _ = recorded
+    run = tmp_path / "run"
+    real = loop._Trainer.save
+    fired = []
+
+    def interrupting(self, which, pos):
+        real(self, which, pos)
+        if which == "latest" and pos.epoch == 2 and pos.batch == 0 and not fired:
+            fired.append(pos.epoch)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop._Trainer, "save", interrupting)
+    with pytest.raises(TrainingInterrupted, match="in epoch 3 after 0 batch"):
+        train(CONFIG, run, progress=True)
+    out = capsys.readouterr().out
+    assert [ln.split()[1] for ln in out.splitlines() if ln.startswith("epoch ")] == ["1/3", "2/3"]
+    monkeypatch.undo()
+    finish(run)
+    assert_like(run, ref, "Ctrl-C as the epoch was saved")

@@ -114,6 +114,7 @@ class _Trainer:
         self.compile_seconds: float | None = None
         self.t_flush = 0.0
         self.pos: Position | None = None
+        self.unprinted: str | None = None  # a completed epoch's line, until it is printed
         self.thinning = Thinning()  # a resumed run's counts: from its records (train)
         try:
             self.enforce = program_enforcer(program)
@@ -248,22 +249,26 @@ class _Trainer:
             _timed_figures(rec, "stability_seconds", program_figures, p, model, epoch)
         for logger in self.loggers:
             logger.log(rec)
-        boundary = Position(pos.state, epoch, 0, zero_sums(p.seeds), pos.states)
-        if test is not None and (self.best_acc is None or rec["test_acc"] > self.best_acc):
-            self.best_acc, self.best_epoch = rec["test_acc"], epoch
-            self.save("best", boundary)
-        self.pos = boundary
-        if schedule.checkpoints(epoch):
-            self.save("latest", boundary)
         split = "val" if self.config.data.validation > 0 else "test"  # held out of train
         test_txt = "" if test is None else (f" | {split} loss {rec['test_loss']:.4f} "
                                             f"acc {rec['test_acc']:.4f}")
         ms = rec["ms_per_batch"]
-        self.echo(f"epoch {epoch}/{self.config.train.epochs}  train loss {rec['train_loss']:.4f} "
-                  f"acc {rec['train_acc']:.4f}{test_txt}{_estimate_text(rec, p.estimator.at_fixed_point())}"
-                  + (f" | sparsity {rec['sparsity']:.3f}" if "sparsity" in rec else "")
-                  + f" | {seconds:.1f} s"
-                  + (f", {ms:.1f} ms/batch" if ms is not None else ""))
+        line = (f"epoch {epoch}/{self.config.train.epochs}  train loss {rec['train_loss']:.4f} "
+                f"acc {rec['train_acc']:.4f}{test_txt}{_estimate_text(rec, p.estimator.at_fixed_point())}"
+                + (f" | sparsity {rec['sparsity']:.3f}" if "sparsity" in rec else "")
+                + f" | {seconds:.1f} s"
+                + (f", {ms:.1f} ms/batch" if ms is not None else ""))
+        boundary = Position(pos.state, epoch, 0, zero_sums(p.seeds), pos.states)
+        if test is not None and (self.best_acc is None or rec["test_acc"] > self.best_acc):
+            self.best_acc, self.best_epoch = rec["test_acc"], epoch
+            self.save("best", boundary)
+        # from here the epoch is done: Ctrl-C before its line is printed prints it (a review
+        # saw epoch 4 saved and its line missing)
+        self.pos, self.unprinted = boundary, line
+        if schedule.checkpoints(epoch):
+            self.save("latest", boundary)
+        self.echo(line)
+        self.unprinted = None
         problems = estimate_problems(rec, beta=getattr(p.estimator, "beta", None),
                                      update=p.solvers.free.update,
                                      linear_solver=self.config.dynamics.linear_solver,
@@ -540,6 +545,8 @@ def train(config: Config, out_dir: str | Path, *, resume: bool = False,
         raise
     except KeyboardInterrupt as interrupt:
         pos = tr.pos
+        if tr.unprinted:  # the epoch completed, its line not yet printed
+            tr.echo(tr.unprinted)
         how = str(interrupt) or "interrupted"  # "terminated (SIGTERM)" from the CLI's handler
         if jax.process_count() > 1:  # the others may be elsewhere: no collective save
             raise TrainingInterrupted(
