@@ -124,6 +124,12 @@ def test_the_example_trains_then_evaluates_and_resumes_without_plugin(tmp_path, 
                   r"arguments but 3 were given"),
     ("build", r"plugin .*broken_build\.py: TypeError: MyFieldKind\.build\(\) got an unexpected "
               r"keyword argument"),
+    # the shapes of the contract, traced before anything relaxes (JAX's errors from deep
+    # inside a solver named neither the model nor the method: a review)
+    ("population", r"MyField\.field\(u, drive\) returns a pytree unlike the state u \(missing 'h'; "
+                   r"extra 'hidden'\)"),
+    ("readout", r"MyField: the readout of output population 'h' gives logits of shape \(2, 11\) for a "
+                r"batch of 2; the data has 10 classes"),
 ])
 def test_a_plugin_that_breaks_the_contract_is_a_one_line_error(tmp_path, capsys, breach, said):
     """A review's plugins with a missing field, a field without drive, a build without
@@ -136,6 +142,12 @@ def test_a_plugin_that_breaks_the_contract_is_a_one_line_error(tmp_path, capsys,
         source = source.replace("    def field(self, u, drive):", "    def _not_the_field(self, u, drive):")
     elif breach == "signature":
         source = source.replace("    def field(self, u, drive):", "    def field(self, u):")
+    elif breach == "population":
+        source = source.replace('return {"h": self.interaction(self.activity(u), drive)["h"] - u["h"]}',
+                                'return {"hidden": self.interaction(self.activity(u), drive)["h"] - u["h"]}')
+    elif breach == "readout":
+        source = source.replace('make_readout("softmax", n, n_classes, key=kr)',
+                                'make_readout("softmax", n, n_classes + 1, key=kr)')
     else:
         source = source.replace("def build(self, *, input_size, n_classes, key):",
                                 "def build(self, *, input_size, key):")
@@ -150,10 +162,12 @@ def test_a_plugin_that_breaks_the_contract_is_a_one_line_error(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert re.match("eqprop: error: " + said, err[0]), err[0]
-    if breach != "signature":  # refused while being built: not a directory holding only plugins/
-        assert not (tmp_path / "run").exists()
-    else:  # failed in its first step: a run (config.toml, its plugins) that resume restarts
-        assert (tmp_path / "run" / "config.toml").is_file()
+    # refused while being built (the signature too, since the contract is traced there):
+    # not a directory holding only plugins/
+    assert not (tmp_path / "run").exists()
+    if breach in ("population", "readout"):  # a ValueError of eqprop's, about the model
+        assert "docs/extending.md" in err[0] or "n_classes" in err[0]
+        return
     assert err[0].endswith("(the contract of a component: docs/extending.md; EQPROP_TRACEBACK=1 "
                            "shows the traceback)")
 

@@ -269,3 +269,15 @@ def test_every_product_of_a_builtin_network_is_at_its_operands_precision(model, 
 def test_the_precision_check_finds_a_product_left_at_the_default():
     """The check above can fail: the plugin's plain ``@`` follows the process default."""
     assert _below_highest("plugin-hopfield", ESTIMATORS_UNDER_TEST[1])
+
+
+@pytest.mark.parametrize("model", MODEL_PARAMS)
+def test_every_model_keeps_the_shapes_of_its_contract(model):
+    """What build_model traces before a run (eqprop.network.contract.check_shapes) holds
+    for every model of the table, the plugin and the conv net included."""
+    from table import MODEL_IDS
+
+    from eqprop.network.contract import check_shapes
+
+    case = MODEL_IDS[model]
+    check_shapes(setup(model).model, (case.n_in,), case.n_classes, jnp.float64)

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from .config import Config, ConfigError, DynamicsSettings
@@ -118,7 +119,7 @@ def configure_numerics(config: Config) -> None:
 
 
 def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Array,
-                input_shape: tuple[int, ...] | None = None) -> EquilibriumModel:
+                input_shape: tuple[int, ...] | None = None, check: bool = True) -> EquilibriumModel:
     """The network of ``[model]`` for inputs of ``input_size`` features and ``n_classes`` classes.
 
     The registered model kind ``config.model.kind`` made from its settings, then its
@@ -130,12 +131,16 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
 
     **Arguments:** ``config``; ``input_size``: features per example; ``n_classes``:
     classes of the data; ``key``: PRNG key of the initialisation; ``input_shape``: the
-    shape of one example (``Dataset.input_shape``; images NHWC), ``None`` when unknown.
+    shape of one example (``Dataset.input_shape``; images NHWC), ``None`` when unknown;
+    ``check``: trace the model's contract on abstract arrays first
+    (:func:`eqprop.network.contract.check_shapes`: nothing is computed).
 
     **Returns:** the :class:`~eqprop.network.EquilibriumModel`.
 
     **Raises:** :class:`~eqprop.config.ConfigError` when the settings do not fit the
-    data.
+    data; :class:`~eqprop.network.contract.ContractError` (a ``ValueError``) when the
+    model's methods return shapes the contract does not allow (a plugin's field missing
+    a population, a readout built for another number of classes).
     """
     import inspect
 
@@ -148,7 +153,13 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
     shape = ({"input_shape": None if input_shape is None else tuple(input_shape)}
              if "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
              else {})
-    return kind.build(input_size=input_size, n_classes=n_classes, key=key, **shape)
+    model = kind.build(input_size=input_size, n_classes=n_classes, key=key, **shape)
+    if check:
+        from .network.contract import check_shapes
+
+        dtype = jnp.float64 if getattr(m, "dtype", None) == "float64" else jnp.float32
+        check_shapes(model, tuple(input_shape) if input_shape else (input_size,), n_classes, dtype)
+    return model
 
 
 def build_pruner(config: Config, model: EquilibriumModel | None = None) -> Pruner:

@@ -181,8 +181,8 @@ def build_program(config: Config, dataset: Dataset | None = None) -> Program:
     init_key, _ = jax.random.split(jax.random.PRNGKey(config.train.seed))
     keys = [init_key] if k == 1 else list(jax.random.split(init_key, k))
     models = [build.build_model(config, input_size=ds.input_size, n_classes=ds.n_classes, key=kk,
-                                input_shape=ds.input_shape)
-              for kk in keys]
+                                input_shape=ds.input_shape, check=i == 0)  # the seeds share a shape
+              for i, kk in enumerate(keys)]
     estimator = build.build_estimator(config)
     # The library's relaxation API, called here and nowhere else in the trainer.
     solvers = build.build_solvers(config)
