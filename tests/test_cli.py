@@ -799,18 +799,9 @@ class Kick:  # a signal while the command's modules import (JAX's second of load
         if MODE == "quiet":
             print("a warning of the import", file=sys.stderr)
             return None
-        sig = signal.SIGTERM if MODE == "sigterm" else signal.SIGINT
-        try:
-            os.kill(os.getpid(), sig)
-            for _ in range(1000000):  # the handler runs between bytecodes
-                pass
-        except KeyboardInterrupt:
-            if MODE == "raised" or MODE == "sigterm":
-                raise
-            if MODE == "import-error":  # a C extension prints its traceback, then fails
-                print("Traceback (most recent call last): ...", file=sys.stderr)
-                raise ImportError("Encountered an error while initializing the extension.")
-            return None  # "swallowed": a garbage-collection callback ate it
+        os.kill(os.getpid(), signal.SIGTERM if MODE == "sigterm" else signal.SIGINT)
+        for _ in range(1000000):  # the handler runs between bytecodes: it must not raise here
+            pass
         return None
 
 sys.meta_path.insert(0, Kick())
@@ -820,13 +811,13 @@ run()
 """
 
 
-@pytest.mark.parametrize("mode", ["raised", "swallowed", "import-error", "sigterm", "quiet"])
+@pytest.mark.parametrize("mode", ["sigint", "sigterm", "quiet"])
 def test_a_signal_while_the_command_starts_is_one_line_and_exit_130(mode):
     """The ``eqprop`` entry point (eqprop/__main__.py) takes Ctrl-C and SIGTERM before
-    JAX loads: a signal during the import is one line and exit 130, whether its
-    ``KeyboardInterrupt`` propagates, is swallowed by a callback (the run used to go on to
-    its end), or surfaces as a C extension's ImportError with a printed traceback (a review
-    saw 24 lines). Without a signal, what the import writes to stderr still shows."""
+    JAX loads and only records them while it imports: an exception raised there printed
+    the import's traceback (a review saw 24 lines), was swallowed by a callback (the run
+    went on to its end), or made nanobind abort (exit 134, a review). After the import,
+    one line and exit 130; without a signal, what the import writes to stderr shows."""
     import subprocess
     import sys
 
