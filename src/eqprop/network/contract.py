@@ -49,7 +49,24 @@ def _like(got: Any, want: Any) -> str | None:
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         if g.shape != w.shape:
             return f"shape {tuple(g.shape)} where the state has {tuple(w.shape)}"
+        if g.dtype != w.dtype:
+            return f"dtype {g.dtype} where the state has {w.dtype}"
     return None
+
+
+def _traced(name: str, what: str, fn, *args):
+    """``jax.eval_shape(fn, *args)``; a shape or key error from it is a ContractError
+    naming ``what`` (an error raised in a plugin's own file propagates: the CLI names its
+    line)."""
+    try:
+        return jax.eval_shape(fn, *args)
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        from ..plugins import plugin_culprit
+
+        if plugin_culprit(e) is not None:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ContractError(f"{name}: {what}: {type(e).__name__}: {first}") from None
 
 
 def check_shapes(model: EquilibriumModel, input_shape: tuple[int, ...], n_classes: int,
@@ -66,30 +83,37 @@ def check_shapes(model: EquilibriumModel, input_shape: tuple[int, ...], n_classe
     differs. An error raised by the model's own code while it is traced propagates.
     """
     name = type(model).__name__
+    if not isinstance(model, EquilibriumModel):
+        raise ContractError(f"the model kind's build returned {name}, not an eqprop.network.EquilibriumModel "
+                            "(a build without `return`?)")
     x = jax.ShapeDtypeStruct((batch, *input_shape), dtype)
     y = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    drive = jax.eval_shape(model.prepare, x)
-    u = jax.eval_shape(model.init_state, drive)
+    drive = _traced(name, "prepare(x)", model.prepare, x)
+    u = _traced(name, "init_state(drive)", model.init_state, drive)
     wrong = [leaf.shape for leaf in jax.tree.leaves(u) if not leaf.shape or leaf.shape[0] != batch]
     if wrong or not jax.tree.leaves(u):
         raise ContractError(f"{name}.init_state: a state of {_describe(u)} for a batch of {batch}; every "
                             "population's leaf has the batch on axis 0 (docs/extending.md)")
-    for method, out in (("field(u, drive)", lambda: jax.eval_shape(model.field, u, drive)),
-                        ("activity(u)", lambda: jax.eval_shape(model.activity, u))):
+    for method, out in (("field(u, drive)", lambda: _traced(name, "field(u, drive)", model.field, u, drive)),
+                        ("activity(u)", lambda: _traced(name, "activity(u)", model.activity, u))):
         d = _like(out(), u)
         if d is not None:
             raise ContractError(f"{name}.{method} returns a pytree unlike the state u ({d}); it must "
                                 "have one leaf per population, shaped as in init_state (docs/extending.md)")
     a = jax.eval_shape(model.activity, u)
-    logits = jax.eval_shape(lambda a: model.readout.logits(model.output_activity(a)), a)
+    if isinstance(a, dict) and model.output not in a:
+        raise ContractError(f"{name}: the output population {model.output!r} is not one of the state's "
+                            f"({', '.join(map(repr, a))}): `output` names the population the readout reads")
+    logits = _traced(name, f"the readout of output population {model.output!r}",
+                     lambda a: model.readout.logits(model.output_activity(a)), a)
     if logits.shape != (batch, n_classes):
         raise ContractError(f"{name}: the readout of output population {model.output!r} gives "
                             f"logits of shape {tuple(logits.shape)} for a batch of {batch}; the data has "
                             f"{n_classes} classes, so ({batch}, {n_classes}): build the readout for n_classes")
-    d = _like(jax.eval_shape(model.nudge, a, y), a)
+    d = _like(_traced(name, "nudge(a, y)", model.nudge, a, y), a)
     if d is not None:
         raise ContractError(f"{name}.nudge(a, y) returns a pytree unlike the activity ({d})")
-    loss = jax.eval_shape(model.loss, a, y)
+    loss = _traced(name, "loss(a, y)", model.loss, a, y)
     if loss.shape != (batch,):
         raise ContractError(f"{name}.loss(a, y) has shape {tuple(loss.shape)}; one loss per example, "
                             f"({batch},)")
