@@ -4,10 +4,11 @@
 
 Reads each run's ``metrics.jsonl`` (the records the trainer wrote, through
 :class:`eqprop.train.rundir.RunDir`) and prints, for every epoch both runs reached, each
-run's mean test accuracy over its seeds, the per-seed gap B - A (seed i of one run against
+run's mean test accuracy over the seeds both trained, the per-seed gap B - A (seed i of one run against
 seed i of the other: the same initialisation key and data order where the two configs share
 ``[train] seed`` and ``[data]``), its mean, smallest and largest, and how many seeds are
-within 1 point. ``benchmarks/gpu.sh`` runs ``configs/fmnist-cnn-hep.toml`` against its BP
+within 1 point either way; a warning where the two configs' ``[data]``, ``[train] seed``
+or ``seeds`` differ. ``benchmarks/gpu.sh`` runs ``configs/fmnist-cnn-hep.toml`` against its BP
 twin over several seeds and calls this; ``docs/results.md`` records the figures.
 """
 
@@ -35,18 +36,40 @@ def per_seed_acc(run: Path) -> dict[int, np.ndarray]:
     return out
 
 
+def mismatches(a: Path, b: Path) -> list[str]:
+    """Why seed i of one run need not be seed i of the other: a different ``[data]``
+    section, ``[train] seed`` or number of seeds in the two ``config.toml``."""
+    import tomllib
+
+    try:
+        ca, cb = (tomllib.loads((r / "config.toml").read_text()) for r in (a, b))
+    except (OSError, ValueError) as e:
+        return [f"config.toml not read ({e}): the runs' seeds and data are not compared"]
+    out = []
+    if ca.get("data") != cb.get("data"):
+        out.append("the runs' [data] sections differ: the gap compares different data")
+    ta, tb = ca.get("train", {}), cb.get("train", {})
+    if ta.get("seed") != tb.get("seed"):
+        out.append(f"the runs' [train] seed differ ({ta.get('seed')} and {tb.get('seed')}): seed i of one "
+                   "is not seed i of the other")
+    na, nb = ta.get("seeds", 1), tb.get("seeds", 1)
+    if na != nb:
+        out.append(f"the runs' [train] seeds differ ({na} and {nb}): only the first {min(na, nb)} are compared")
+    return out
+
+
 def gap_table(a: Path, b: Path) -> list[dict]:
     """One row per epoch both runs evaluated: means, per-seed gaps (B - A, points)."""
     acc_a, acc_b = per_seed_acc(a), per_seed_acc(b)
     rows = []
     for epoch in sorted(set(acc_a) & set(acc_b)):
-        xa, xb = acc_a[epoch], acc_b[epoch]
-        k = min(len(xa), len(xb))
-        gap = xb[:k] - xa[:k]
+        k = min(len(acc_a[epoch]), len(acc_b[epoch]))  # the seeds both runs trained
+        xa, xb = acc_a[epoch][:k], acc_b[epoch][:k]
+        gap = xb - xa
         rows.append({"epoch": epoch, "seeds": k, "a_mean": float(xa.mean()), "a_std": float(xa.std()),
                      "b_mean": float(xb.mean()), "b_std": float(xb.std()),
                      "gap_mean": float(gap.mean()), "gap_min": float(gap.min()),
-                     "gap_max": float(gap.max()), "within_1": int((gap <= 1.0).sum()),
+                     "gap_max": float(gap.max()), "within_1": int((abs(gap) <= 1.0).sum()),
                      "gap_per_seed": [float(g) for g in gap]})
     return rows
 
@@ -61,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / "metrics.jsonl").is_file():
             print(f"{run}: no metrics.jsonl (not a run directory, or no epoch finished)", file=sys.stderr)
             return 2
+    for note in mismatches(args.run_a, args.run_b):
+        print(f"warning: {note}", file=sys.stderr)
     rows = gap_table(args.run_a, args.run_b)
     if not rows:
         print("no epoch evaluated in both runs", file=sys.stderr)

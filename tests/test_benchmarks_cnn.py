@@ -99,6 +99,13 @@ def test_gap_pairs_seed_i_with_seed_i_at_each_epoch_both_evaluated(monkeypatch, 
     assert rows[0]["gap_per_seed"] == pytest.approx([1.0, 2.0])
     assert rows[1]["gap_per_seed"] == pytest.approx([2.0, -1.0])
     assert rows[1]["within_1"] == 1 and rows[1]["gap_max"] == pytest.approx(2.0)
+    c = write("worse", {1: [0.76, 0.93, 0.5], 3: [0.80, 0.90, 0.5]})  # a third seed; 5 points behind
+    rows = gap.gap_table(a, c)
+    assert rows[1]["seeds"] == 2 and rows[1]["a_mean"] == pytest.approx(88.0)  # the seeds both trained
+    assert rows[1]["gap_per_seed"] == pytest.approx([-5.0, -1.0]) and rows[1]["within_1"] == 1  # |gap|
+    for run, seeds in ((a, 2), (c, 3)):
+        (run / "config.toml").write_text(f"[data]\nname = 'digits'\n[train]\nseed = 0\nseeds = {seeds}\n")
+    assert gap.mismatches(a, c) == ["the runs' [train] seeds differ (2 and 3): only the first 2 are compared"]
     assert gap.main([str(a), str(b)]) == 0
     assert "| 3 | 2 | 88.00 ± 3.00 | 88.50 ± 1.50 | 0.50 |" in capsys.readouterr().out
     assert gap.main([str(a), str(tmp_path / "missing")]) == 2
