@@ -805,3 +805,24 @@ def test_ctrl_c_after_an_epoch_is_saved_prints_that_epochs_line(recorded, tmp_pa
     monkeypatch.undo()
     finish(run)
     assert_like(run, ref, "Ctrl-C as the epoch was saved")
+
+
+def test_resume_without_checkpoints_refuses_a_completed_run_and_warns_before_replacing_records(
+        recorded, tmp_path):
+    """A review deleted a completed run's checkpoints and resume silently trained it anew
+    over its metrics.jsonl. With summary.json saying "completed" it is now refused; with
+    records but no summary (a kill between an epoch's record and its first checkpoint),
+    the restart warns that it replaces them, then ends as the uninterrupted run."""
+    import shutil
+
+    ref, _ = recorded
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(ValueError, match=r"summary\.json says the run completed, but it has no checkpoint"):
+        train(CONFIG, run, resume=True, progress=False)
+    assert len(RunDir(run).read_metrics()) == 3  # nothing replaced
+    (run / "summary.json").unlink()
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl records 3 epoch\(s\): the run starts over"):
+        train(CONFIG, run, resume=True, progress=False)
+    assert_like(run, ref, "checkpoints deleted")

@@ -206,14 +206,29 @@ def restore(run: RunDir, program: Program) -> tuple[Position, dict[str, Any]]:
 
     **Returns:** ``(position, meta)``: the state (``step`` from the position, ``key``
     from the seed), the running sums of a partial epoch, the warm-start states. A run
-    without a checkpoint (killed before its first) restarts: :func:`start`, ``{}``.
+    without a checkpoint (killed before its first) restarts: :func:`start`, ``{}``, with a
+    warning where ``metrics.jsonl`` holds records it will replace.
 
     **Raises:** :class:`RunCompleted` when the checkpoint holds all ``[train] epochs``
     (whatever ``summary.json`` says); ``ValueError`` when it has more epochs than that,
-    or reached them by its checkpoint's previous entry (the newest is broken);
+    or reached them by its checkpoint's previous entry (the newest is broken), or when it
+    has no checkpoint but ``summary.json`` says it completed (checkpoints deleted);
     :class:`~eqprop.train.checkpoint.CheckpointError` for missing or broken files.
     """
     if not run.has_checkpoint():
+        summary, records = run.read_summary(), run.read_metrics()
+        if isinstance(summary, dict) and summary.get("status") == "completed":  # checkpoints deleted
+            raise ValueError(f"{run.path}: summary.json says the run completed, but it has no checkpoint "
+                             f"({run.checkpoint('latest')}): nothing to resume from; train anew in "
+                             "another directory")
+        if records:  # killed between an epoch's record and its checkpoint, or checkpoints deleted
+            import warnings
+
+            from ..guards import EqpropWarning
+
+            warnings.warn(f"{run.path}: no checkpoint ({run.checkpoint('latest')}) but metrics.jsonl "
+                          f"records {len(records)} epoch(s): the run starts over from epoch 1 and "
+                          "replaces them", EqpropWarning, stacklevel=3)
         return start(program), {}
     config = program.config
     model, opt_state, meta, snap = _read(run, "latest", program)
