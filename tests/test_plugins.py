@@ -136,6 +136,7 @@ def test_the_example_trains_then_evaluates_and_resumes_without_plugin(tmp_path, 
               r"contracting dimensions to have the same shape, got \(32,\) and \(35,\)"),
     ("output", r"MyField: the output population 'out' is not one of the state's \('h'\)"),
     ("no-return", r"MyFieldKind\.build returned NoneType, not an eqprop\.network\.EquilibriumModel"),
+    ("value", r"plugin .*broken_value\.py: line \d+, in build: hidden too big"),  # a ValueError of its own
     ("float16", r"MyField\.field\(u, drive\) returns a pytree unlike the state u \('h': dtype float16 "
                 r"where the state has float(32|64)\)"),  # float64: the suite runs in x64
 ])
@@ -159,6 +160,8 @@ def test_a_plugin_that_breaks_the_contract_is_a_one_line_error(tmp_path, capsys,
     elif breach == "width":
         source = source.replace('make_readout("softmax", n, n_classes, key=kr)',
                                 'make_readout("softmax", n + 3, n_classes, key=kr)')
+    elif breach == "value":
+        source = source.replace("        n = self.hidden\n", "        n = self.hidden\n        raise ValueError('hidden too big')\n")
     elif breach == "output":
         source = source.replace('output="h"', 'output="out"')
     elif breach == "no-return":
@@ -184,7 +187,7 @@ def test_a_plugin_that_breaks_the_contract_is_a_one_line_error(tmp_path, capsys,
     # refused while being built (the signature too, since the contract is traced there):
     # not a directory holding only plugins/
     assert not (tmp_path / "run").exists()
-    if breach not in ("abstract", "signature", "build"):  # a ValueError of eqprop's, about the model
+    if breach not in ("abstract", "signature", "build"):  # a ValueError: eqprop's about the model, or the plugin's own
         assert "EQPROP_TRACEBACK" not in err[0]  # not blamed on a plugin frame: the contract check
         return
     assert err[0].endswith("(the contract of a component: docs/extending.md; EQPROP_TRACEBACK=1 "

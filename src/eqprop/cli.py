@@ -109,7 +109,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise
         # the run could not be built (data, model): train removed the directory it made,
         # which the line above named
-        raise ValueError(f"{_one_line(e)} ({out} was removed: nothing was trained)") from e
+        raise ValueError(f"{_one_line(e)} ({out} was removed: nothing was trained)").with_traceback(
+            e.__traceback__) from e  # its frames: a plugin's own line is still named
     _quiet_summary(args, summary)
     return EXIT_OK
 
@@ -718,7 +719,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\neqprop: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ConfigError, DataError, ValueError, OSError) as e:
-        print(f"eqprop: error: {_one_line(e)}", file=sys.stderr)
+        where = ""
+        if not isinstance(e, (ConfigError, DataError)):  # raised in a plugin's own code: say where
+            from .plugins import plugin_culprit
+
+            culprit = plugin_culprit(e)
+            if culprit is not None and culprit[1]:
+                where = f"plugin {culprit[0]}: {culprit[1]}: "
+        print(f"eqprop: error: {where}{_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # a plugin that breaks a component's contract: one line, not a traceback
         import os
