@@ -187,8 +187,8 @@ def test_a_plugin_that_breaks_the_contract_is_a_one_line_error(tmp_path, capsys,
     # refused while being built (the signature too, since the contract is traced there):
     # not a directory holding only plugins/
     assert not (tmp_path / "run").exists()
-    if breach not in ("abstract", "signature", "build"):  # a ValueError: eqprop's about the model, or the plugin's own
-        assert "EQPROP_TRACEBACK" not in err[0]  # not blamed on a plugin frame: the contract check
+    if breach not in ("abstract", "signature", "build"):  # a ValueError (the check's, or the plugin's)
+        assert "EQPROP_TRACEBACK" not in err[0]  # bad input: no contract suffix
         return
     assert err[0].endswith("(the contract of a component: docs/extending.md; EQPROP_TRACEBACK=1 "
                            "shows the traceback)")
