@@ -598,6 +598,7 @@ def test_sigterm_at_any_point_exits_130_not_a_crash(tiny_config, tmp_path, delay
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "terminated (SIGTERM)" in err and "Fatal Python error" not in err
+    assert "\n\n" not in "\n" + err  # piped: no blank line before the message (a review)
 
 
 def test_resume_with_other_epochs_warns_when_a_schedule_spans_the_run(tiny_config, tmp_path, capsys):

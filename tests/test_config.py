@@ -148,6 +148,17 @@ def test_unknown_key():
 def test_unknown_section():
     msg = error_of({"modle": {}})
     assert msg.startswith("unknown section 'modle'; allowed sections: data, model, dynamics")
+    assert "is a key of" not in msg
+
+
+def test_a_key_in_the_wrong_place_names_its_section():
+    """A review wrote ``epochs = 3`` at the top level and ``estimator.nudged_steps``: the
+    message names the section that has the key (a variant's key too)."""
+    assert error_of({"epochs": 3}).endswith("; 'epochs' is a key of [train]")
+    assert error_of({"estimator": {"nudged_steps": 3}}).endswith("; 'nudged_steps' is a key of [dynamics]")
+    assert error_of({"model": {"lr": 3}}).endswith("; 'lr' is a key of [optim]")
+    assert error_of({"train": {"projections": []}}).endswith("; 'projections' is a key of [model]")
+    assert error_of({"estimator": {"foo": 3}}).endswith("allowed keys: name, beta, points")
 
 
 def test_section_not_a_table():

@@ -716,7 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
     except KeyboardInterrupt as e:
-        print(f"\neqprop: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        # a new line ends the progress bar's on a terminal; piped, the message is one line
+        lead = "\n" if sys.stderr.isatty() else ""
+        print(f"{lead}eqprop: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ConfigError, DataError, ValueError, OSError) as e:
         where = ""

@@ -742,7 +742,30 @@ def _key_error(section: str, key: str, allowed: Sequence[str],
         if owners:
             return ConfigError(f"{where}: belongs to {union._registry.kind} {_quoted(owners)}, "
                                f"not '{_brief(chosen)}'")
-    return ConfigError(f"{where}: unknown key; allowed keys: {', '.join(allowed)}")
+    return ConfigError(f"{where}: unknown key; allowed keys: {', '.join(allowed)}{_elsewhere(key, section)}")
+
+
+def _sections_with(key: str) -> list[str]:
+    """The sections (or a variant of theirs) that have ``key``."""
+    out = []
+    for name in SECTION_CLASSES:
+        if name in _UNIONS:
+            union = _UNIONS[name]
+            has = any(key in union.variant(v)._fields or key in union.variant(v)._common_keys
+                      for v in union.names())
+        else:
+            has = key in [spec.name for spec in SCHEMA.get(name, ())]
+        if has:
+            out.append(name)
+    return out
+
+
+def _elsewhere(key, section=None) -> str:
+    """``"; 'epochs' is a key of [train]"`` where another section has ``key``, else ``""``."""
+    if not isinstance(key, str):
+        return ""
+    owners = [f"[{n}]" for n in _sections_with(key) if n != section]
+    return f"; '{_brief(key)}' is a key of {' and '.join(owners)}" if owners else ""
 
 
 def _values(section: str, specs: Sequence[FieldSpec], table: Mapping[str, Any]) -> dict[str, Any]:
@@ -820,7 +843,7 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     for name in raw:
         if name not in SECTION_CLASSES:
             raise ConfigError(f"unknown section '{_brief(name)}'; "
-                              f"allowed sections: {', '.join(SECTION_CLASSES)}")
+                              f"allowed sections: {', '.join(SECTION_CLASSES)}{_elsewhere(name)}")
     _load_builtins()
     sections = {}
     for name, cls in SECTION_CLASSES.items():
