@@ -774,6 +774,19 @@ def test_train_into_a_run_is_refused_before_the_directory_is_named(run_dir, tiny
                                     f"`eqprop resume {run_dir}` or choose another --out")
 
 
+def test_train_into_a_file_is_one_line_naming_it(tiny_config, tmp_path, capsys):
+    """``--out`` naming a file, or a path under one: a raw ``[Errno 17] File exists``
+    before (a review); nothing is created."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, said in ((afile, f"{afile}: exists"), (afile / "sub", f"{afile / 'sub'}: {afile} exists")):
+        assert main(["train", str(tiny_config), "--out", str(out), "-q"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"eqprop: error: {said} and is not a directory; choose another --out\n"
+        assert "run directory:" not in captured.out
+    assert afile.read_text() == "x"
+
+
 def test_report_plots_name_the_seed_mean_and_the_free_phases_unsettled_fraction(run_dir, tmp_path,
                                                                                 monkeypatch):
     """A review: a 2-seed run's lines did not say they are seed means, and relaxation.png

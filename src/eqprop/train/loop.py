@@ -430,8 +430,15 @@ def _warn_undeclared_zeros(program: Program) -> None:
 
 def refuse_a_run(run: RunDir, *, cli: bool = False) -> None:
     """Raise ``ValueError`` when ``run`` already holds a run (a checkpoint or metrics): a
-    fresh :func:`train` must not write into it. The message's advice is the command
+    fresh :func:`train` must not write into it; or when it, or the nearest of its parents
+    that exists, is not a directory. The message's advice is the command
     line's (``cli``) or the Python API's."""
+    for path in (run.path, *run.path.parents):  # the nearest that exists must be a directory
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(f"{run.path}: {'' if path == run.path else str(path) + ' '}exists and is not "
+                                 f"a directory; choose another {'--out' if cli else 'out_dir'}")
+            break
     if run.has_checkpoint() or run.metrics.exists():
         how = (f"resume it with `eqprop resume {run.path}` or choose another --out" if cli else
                "continue it with train(config, out_dir, resume=True) or choose another out_dir")
