@@ -736,3 +736,15 @@ def test_flatten_and_num_batches():
     assert flatten(np.zeros((4, 16))).shape == (4, 16)
     assert num_batches(10, 3) == 3 and num_batches(10, 3, drop_last=False) == 4
     assert num_batches(9, 3, drop_last=False) == 3 and num_batches(2, 3) == 0
+
+
+def test_a_path_given_for_a_built_in_set_is_warned_about(tmp_path):
+    """A review's ``--set data.path=...`` with the bundled digits was ignored silently."""
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"data\.path: digits is built in \(no files are read\), so .* is "
+                                         r"not used"):
+        load("digits", path=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load("digits")

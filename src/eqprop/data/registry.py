@@ -331,6 +331,13 @@ def load(name: str, *, path: str | os.PathLike | None = None, validation: float 
     if not 0.0 <= validation < 1.0:
         raise DataError(f"validation must be in [0, 1), got {validation}")
     ds = DATASETS[name](path)
+    if path is not None and ds.source == "built-in":  # a review's --set data.path went unnoticed
+        import warnings
+
+        from ..guards import EqpropWarning
+
+        warnings.warn(f"data.path: {name} is built in (no files are read), so {path} is not used",
+                      EqpropWarning, stacklevel=2)
     return split_validation(ds, validation, seed) if validation > 0 else ds
 
 
