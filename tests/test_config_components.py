@@ -254,6 +254,10 @@ def test_build_checks_the_data():
         m.build(input_size=5, n_classes=2, key=key)
     with pytest.raises(ConfigError, match=r"^model\.sizes: the last size must be the number of classes 3"):
         m.build(input_size=4, n_classes=3, key=key)
+    # the default sizes (Fashion-MNIST's MLP) against the default data (the digits): a hint
+    with pytest.raises(ConfigError, match=r"got 784 \(the default, \[784, 256, 256, 10\], is the "
+                                          r"Fashion-MNIST MLP's: set model\.sizes, e\.g\. \[64, 64, 10\]\)$"):
+        Layered().build(input_size=64, n_classes=10, key=key)
     with pytest.raises(ConfigError, match=r"^model: "):
         Layered(sizes=(4, 2)).build(input_size=4, n_classes=2, key=key)  # softmax needs a hidden layer
     net = Graph(**parse_config({"model": GRAPH}).model.settings()).build(input_size=4, n_classes=3, key=key)

@@ -117,6 +117,25 @@ def test_the_example_trains_then_evaluates_and_resumes_without_plugin(tmp_path, 
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
+def test_a_plugin_with_float16_parameters_is_warned_about(tmp_path, capsys):
+    """A review's float16 ``W`` trained into "diverged at epoch 1" (the optimizer's state
+    underflows): a one-line warning names the parameters before anything trains."""
+    source = EXAMPLE.read_text().replace('register_model("my-field")', 'register_model("my-field-f16")')
+    source = source.replace("return MyField(W=self.coupling * jax.random.normal(kw, (n, n)) / n**0.5,",
+                            "return MyField(W=(self.coupling * jax.random.normal(kw, (n, n)) / n**0.5)"
+                            ".astype(jnp.float16),")
+    plugin = tmp_path / "half.py"
+    plugin.write_text(source)
+    try:
+        main(["train", str(EXAMPLE_TOML), "--plugin", str(plugin), "--out", str(tmp_path / "run"), "-q",
+              "--epochs", "1", "--set", "train.max_batches=1", "--set", 'model.kind="my-field-f16"'])
+    finally:
+        forget("my-field-f16")
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "float16" in ln]
+    assert said and said[0].startswith("eqprop: warning: MyField: the parameters W are float16: the "
+                                       "optimizer's steps and state underflow there")
+
+
 @pytest.mark.parametrize("breach, said", [
     ("abstract", r"plugin .*broken_abstract\.py: line \d+, in build: TypeError: Can't instantiate "
                  # Python 3.11's words, then 3.12's

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .base import EquilibriumModel
+from .base import EquilibriumModel, named_parameters
 
 
 class ContractError(ValueError):
@@ -74,7 +74,8 @@ def check_shapes(model: EquilibriumModel, input_shape: tuple[int, ...], n_classe
     """Trace the model's contract on a batch of ``batch`` abstract examples and check what
     each method returns: ``init_state`` a state whose leaves have the batch first;
     ``field`` and ``activity`` a pytree like the state; ``nudge`` one like the activity;
-    the readout's logits ``(B, n_classes)``; ``loss`` ``(B,)``.
+    the readout's logits ``(B, n_classes)``; ``loss`` ``(B,)``. Parameters in float16 or
+    bfloat16 are warned about (``EqpropWarning``).
 
     **Arguments:** ``model``; ``input_shape``: one example's shape; ``n_classes``: the
     data's; ``dtype``: of the inputs; ``batch``: examples in the abstract batch.
@@ -114,6 +115,17 @@ def check_shapes(model: EquilibriumModel, input_shape: tuple[int, ...], n_classe
     if d is not None:
         raise ContractError(f"{name}.nudge(a, y) returns a pytree unlike the activity ({d})")
     loss = _traced(name, "loss(a, y)", model.loss, a, y)
+    low = {k: v.dtype for k, v in named_parameters(model).items()
+           if v.dtype in (jnp.float16, jnp.bfloat16)}
+    if low:  # a review's float16 W read as "diverged" after its first update
+        import warnings
+
+        from ..guards import EqpropWarning
+
+        dtypes = sorted({str(d) for d in low.values()})
+        warnings.warn(f"{name}: the parameters {', '.join(low)} are {' and '.join(dtypes)}: the optimizer's "
+                      "steps and state underflow there; keep parameters float32 and choose lower-precision "
+                      "products with [model] compute_dtype", EqpropWarning, stacklevel=4)
     if loss.shape != (batch,):
         raise ContractError(f"{name}.loss(a, y) has shape {tuple(loss.shape)}; one loss per example, "
                             f"({batch},)")

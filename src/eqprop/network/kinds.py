@@ -125,8 +125,12 @@ class Layered(DenseKind):
         settings.
         """
         if self.sizes[0] != input_size:
+            # the default sizes are Fashion-MNIST's MLP, the default data the digits: a review's
+            # empty config met this first
+            hint = (f" (the default, {list(self.sizes)}, is the Fashion-MNIST MLP's: set model.sizes, "
+                    f"e.g. [{input_size}, 64, {n_classes}])" if self.sizes == type(self)().sizes else "")
             raise ConfigError(f"model.sizes: the first size must be the input size {input_size} "
-                              f"of the data, got {self.sizes[0]}")
+                              f"of the data, got {self.sizes[0]}{hint}")
         try:
             last = READOUTS.get(self.readout).output_units(n_classes)
         except ValueError as err:
