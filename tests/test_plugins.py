@@ -136,6 +136,24 @@ def test_a_plugin_with_float16_parameters_is_warned_about(tmp_path, capsys):
                                        "optimizer's steps and state underflow there")
 
 
+#: each breach of the contract: the line of docs/examples/my_field.py it edits, and how
+_FIELD_RETURN = 'return {"h": self.interaction(self.activity(u), drive)["h"] - u["h"]}'
+_READOUT = 'make_readout("softmax", n, n_classes, key=kr)'
+_BREACHES = {
+    "abstract": ("    def field(self, u, drive):", "    def _not_the_field(self, u, drive):"),
+    "signature": ("    def field(self, u, drive):", "    def field(self, u):"),
+    "build": ("def build(self, *, input_size, n_classes, key):", "def build(self, *, input_size, key):"),
+    "population": (_FIELD_RETURN, _FIELD_RETURN.replace('{"h":', '{"hidden":')),
+    "readout": (_READOUT, 'make_readout("softmax", n, n_classes + 1, key=kr)'),
+    "width": (_READOUT, 'make_readout("softmax", n + 3, n_classes, key=kr)'),
+    "value": ("        n = self.hidden\n", "        n = self.hidden\n        raise ValueError('hidden too big')\n"),
+    "output": ('output="h"', 'output="out"'),
+    "no-return": ("        return MyField(W=", "        MyField(W="),
+    "float16": (_FIELD_RETURN, 'return {"h": (self.interaction(self.activity(u), drive)["h"] - u["h"])'
+                               '.astype(jnp.float16)}'),
+}
+
+
 @pytest.mark.parametrize("breach, said", [
     ("abstract", r"plugin .*broken_abstract\.py: line \d+, in build: TypeError: Can't instantiate "
                  # Python 3.11's words, then 3.12's
@@ -166,32 +184,9 @@ def test_a_plugin_that_breaks_the_contract_is_a_one_line_error(tmp_path, capsys,
     source = EXAMPLE.read_text()
     kind = f"my-field-{breach}"
     source = source.replace('register_model("my-field")', f'register_model("{kind}")')
-    if breach == "abstract":
-        source = source.replace("    def field(self, u, drive):", "    def _not_the_field(self, u, drive):")
-    elif breach == "signature":
-        source = source.replace("    def field(self, u, drive):", "    def field(self, u):")
-    elif breach == "population":
-        source = source.replace('return {"h": self.interaction(self.activity(u), drive)["h"] - u["h"]}',
-                                'return {"hidden": self.interaction(self.activity(u), drive)["h"] - u["h"]}')
-    elif breach == "readout":
-        source = source.replace('make_readout("softmax", n, n_classes, key=kr)',
-                                'make_readout("softmax", n, n_classes + 1, key=kr)')
-    elif breach == "width":
-        source = source.replace('make_readout("softmax", n, n_classes, key=kr)',
-                                'make_readout("softmax", n + 3, n_classes, key=kr)')
-    elif breach == "value":
-        source = source.replace("        n = self.hidden\n", "        n = self.hidden\n        raise ValueError('hidden too big')\n")
-    elif breach == "output":
-        source = source.replace('output="h"', 'output="out"')
-    elif breach == "no-return":
-        source = source.replace("        return MyField(W=", "        MyField(W=")
-    elif breach == "float16":
-        source = source.replace('return {"h": self.interaction(self.activity(u), drive)["h"] - u["h"]}',
-                                'return {"h": (self.interaction(self.activity(u), drive)["h"] - u["h"])'
-                                '.astype(jnp.float16)}')
-    else:
-        source = source.replace("def build(self, *, input_size, n_classes, key):",
-                                "def build(self, *, input_size, key):")
+    old, replacement = _BREACHES[breach]
+    assert old in source  # the example still has the line the breach edits
+    source = source.replace(old, replacement)
     plugin = tmp_path / f"broken_{breach}.py"
     plugin.write_text(source)
     try:

@@ -8,8 +8,8 @@ of JAX's extension, was swallowed by a garbage-collection callback (and the run 
 its end), or made nanobind abort the process (exit 134) while it built an enum. Once the
 import is over, a recorded signal ends the command with one line and exit 130, before
 anything was written. From then on a signal raises ``KeyboardInterrupt`` as usual and
-also asks the training loop to stop (:func:`eqprop.train.loop.request_stop`), where a
-callback swallows the exception.
+also asks the training loop to stop (:func:`eqprop.signals.stop`), where a callback
+swallows the exception.
 """
 
 from __future__ import annotations
@@ -17,26 +17,20 @@ from __future__ import annotations
 import signal
 import sys
 
+from .signals import describe, stop
+
 #: how the signals asked to stop
 _STOPS: list[str] = []
 
 
-def _how(signum) -> str:
-    return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-
-
 def _record(signum, frame) -> None:
     """While the command imports: note the signal, raise nothing."""
-    _STOPS.append(_how(signum))
+    _STOPS.append(describe(signum))
 
 
 def _handler(signum, frame) -> None:
-    how = _how(signum)
-    _STOPS.append(how)
-    loop = sys.modules.get("eqprop.train.loop")
-    if loop is not None:  # the training loop stops at its next batch if the exception is lost
-        loop.request_stop(how)
-    raise KeyboardInterrupt(how if signum == signal.SIGTERM else "")
+    _STOPS.append(describe(signum))
+    stop(signum, frame)
 
 
 def _unraisable(default):

@@ -155,15 +155,11 @@ def build_model(config: Config, *, input_size: int, n_classes: int, key: jax.Arr
              else {})
     model = kind.build(input_size=input_size, n_classes=n_classes, key=key, **shape)
     if check:
-        from .network import EquilibriumModel
-        from .network.contract import ContractError, check_shapes
-
-        if not isinstance(model, EquilibriumModel):
-            raise ContractError(f"{type(kind).__name__}.build returned {type(model).__name__}, not an "
-                                "eqprop.network.EquilibriumModel (a build without `return`?)")
+        from .network.contract import check_shapes
 
         dtype = jnp.float64 if getattr(m, "dtype", None) == "float64" else jnp.float32
-        check_shapes(model, tuple(input_shape) if input_shape else (input_size,), n_classes, dtype)
+        check_shapes(model, tuple(input_shape) if input_shape else (input_size,), n_classes, dtype,
+                     built_by=f"{type(kind).__name__}.build")
     return model
 
 

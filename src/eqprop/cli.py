@@ -38,17 +38,13 @@ def _stop_on_signals():
     (a notebook, a test) leaves its process's signals as it found them."""
     import signal
 
-    from .train.loop import request_stop
-
-    def handler(signum, frame):
-        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-        request_stop(how)
-        raise KeyboardInterrupt(how if signum == signal.SIGTERM else "")
+    from .signals import stop
+    from .train import loop  # noqa: F401  (stop() asks it to stop)
 
     before = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            before[sig] = signal.signal(sig, handler)
+            before[sig] = signal.signal(sig, stop)
         except ValueError:  # not in the main thread
             pass
     try:

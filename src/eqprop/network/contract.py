@@ -70,7 +70,7 @@ def _traced(name: str, what: str, fn, *args):
 
 
 def check_shapes(model: EquilibriumModel, input_shape: tuple[int, ...], n_classes: int,
-                 dtype: Any = jnp.float32, batch: int = 2) -> None:
+                 dtype: Any = jnp.float32, batch: int = 2, built_by: str = "the model kind's build") -> None:
     """Trace the model's contract on a batch of ``batch`` abstract examples and check what
     each method returns: ``init_state`` a state whose leaves have the batch first;
     ``field`` and ``activity`` a pytree like the state; ``nudge`` one like the activity;
@@ -78,14 +78,15 @@ def check_shapes(model: EquilibriumModel, input_shape: tuple[int, ...], n_classe
     bfloat16 are warned about (``EqpropWarning``).
 
     **Arguments:** ``model``; ``input_shape``: one example's shape; ``n_classes``: the
-    data's; ``dtype``: of the inputs; ``batch``: examples in the abstract batch.
+    data's; ``dtype``: of the inputs; ``batch``: examples in the abstract batch;
+    ``built_by``: what made ``model``, for the message when it is not a model.
 
     **Raises:** :class:`ContractError` naming the model's class, the method and what
     differs. An error raised by the model's own code while it is traced propagates.
     """
     name = type(model).__name__
     if not isinstance(model, EquilibriumModel):
-        raise ContractError(f"the model kind's build returned {name}, not an eqprop.network.EquilibriumModel "
+        raise ContractError(f"{built_by} returned {name}, not an eqprop.network.EquilibriumModel "
                             "(a build without `return`?)")
     x = jax.ShapeDtypeStruct((batch, *input_shape), dtype)
     y = jax.ShapeDtypeStruct((batch,), jnp.int32)
